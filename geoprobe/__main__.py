@@ -1,0 +1,5 @@
+import sys
+
+from geoprobe.cli import main
+
+sys.exit(main())

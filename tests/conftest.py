@@ -1,0 +1,36 @@
+"""Shared fixtures. Real third-party data is read in place from ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"../shared/data not present: {path} is needed for this test")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def wonderproxy_dir() -> Path:
+    return _need(SHARED_DATA / "wonderproxy-pings-2020-07")
+
+
+@pytest.fixture(scope="session")
+def natural_earth_50m() -> Path:
+    return _need(SHARED_DATA / "natural-earth-admin0" / "ne_50m_admin_0_countries.geojson")
+
+
+@pytest.fixture(scope="session")
+def ripe_anchors_csv() -> Path:
+    return _need(SHARED_DATA / "ripe-atlas-anchors-2023" / "anchors.csv")
