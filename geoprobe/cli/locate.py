@@ -1,9 +1,191 @@
-"""CLI: placeholder until its issue lands; registers no command yet."""
+"""CLI: ``geoprobe locate`` (probe the landmarks, answer "where am I?") and ``geoprobe verify``
+(re-check signed evidence offline)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from geoprobe.cli.env import Environment
+from geoprobe.errors import GeoprobeError, InputError, MeasurementError
+from geoprobe.geo.fix import Fix
+from geoprobe.landmarks import Catalogue, default_catalogue_path, load_catalogue
+from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
+from geoprobe.measurement import Measurement, load_measurements, min_rtts, save_measurements
+from geoprobe.status import ExitStatus
+
+DEFAULT_PPS = 1000.0
+
+
+def catalogue_from(path: Path | None) -> Catalogue:
+    """The catalogue given, else the default one; a missing default says how to get one."""
+    if path is not None:
+        return load_catalogue(path)
+    default = default_catalogue_path()
+    if not default.exists():
+        raise InputError("no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
+                         file=default)
+    return load_catalogue(default)
+
+
+def choose_method(cat: Catalogue) -> str:
+    """Signed echo where the catalogue offers it (it cannot be answered by a closer impostor), else TCP."""
+    for method in ("udp", "tcp", "icmp"):
+        if any(lm.supports(method) for lm in cat.landmarks):
+            return method
+    raise InputError("no landmark offers udp, tcp or icmp", file=cat.path, field="methods")
+
+
+@contextmanager
+def _progress(env: Environment, total: int, method: str) -> Iterator[Callable[[int, int], None] | None]:
+    if not env.stderr_isatty or total == 0:
+        yield None
+        return
+    console = Console(file=env.stderr)
+    with Progress(TextColumn(f"probing ({method})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("probe", total=total)
+        yield lambda done, _total: progress.update(task, completed=done)
+
+
+def _nothing_answered(measurements: Sequence[Measurement]) -> MeasurementError:
+    reasons = Counter(m.failure or "no reply" for m in measurements)
+    detail = ", ".join(f"{r}: {n}" for r, n in reasons.most_common(3))
+    return MeasurementError(f"no landmark answered ({len(measurements)} probed; {detail})")
+
+
+def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
+    from geoprobe.locate import locate_from_catalogue
+
+    fix: Fix = locate_from_catalogue(cat, rtts)
+    return fix
+
+
+@click.command("locate")
+@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Landmark catalogue (default: the synced RIPE Atlas anchors).")
+@click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]),
+              help="Probe method (default: signed udp echo if the catalogue offers it, else tcp).")
+@click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Samples per landmark; the minimum is used.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              help="Seconds to wait for each sample.")
+@click.option("--pps", type=click.FloatRange(min=1.0), default=DEFAULT_PPS, show_default=True,
+              help="Cap on packets per second over all landmarks.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the feasible region as GeoJSON.")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the region, estimate and landmarks into a PNG.")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the measurements (for --replay and geoprobe verify).")
+@click.option("--replay", "replay_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Locate from saved measurements instead of probing.")
+@click.option("--mmdb", "mmdb_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="GeoLite2/DB-IP City database for the IP geolocation cross-check.")
+@click.pass_obj
+def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None, samples: int, timeout: float,
+               pps: float, fmt: str, geojson_path: Path | None, map_path: Path | None, save_path: Path | None,
+               replay_path: Path | None, mmdb_path: Path | None) -> None:
+    """Measure RTTs to the landmarks and report where this machine is."""
+    cat = catalogue_from(landmarks_path)
+    if replay_path is not None:
+        measurements, _meta = load_measurements(replay_path)
+        used_method = method or (measurements[0].method if measurements else "replay")
+    else:
+        from geoprobe.probe import measure
+
+        used_method = method or choose_method(cat)
+        with _progress(env, len(cat.landmarks), used_method) as progress:
+            measurements = measure(cat.landmarks, used_method, samples=samples, timeout=timeout, pps=pps,
+                                   progress=progress)
+    if save_path is not None:
+        save_measurements(save_path, measurements, catalogue=str(cat.path) if cat.path else cat.name,
+                          method=used_method)
+    rtts = min_rtts(measurements)
+    if not rtts:
+        raise _nothing_answered(measurements)
+    fix = _solve(cat, rtts)
+    meta: dict[str, Any] = {"catalogue": str(cat.path) if cat.path else cat.name, "probe_method": used_method}
+    if mmdb_path is not None:
+        meta["ipgeo"] = _ipgeo_check(fix, cat, mmdb_path)
+    if geojson_path is not None:
+        from geoprobe.render import region_geojson
+
+        geojson_path.write_text(json.dumps(region_geojson(fix, landmarks=cat.landmarks, rtts=rtts)) + "\n")
+    if map_path is not None:
+        from geoprobe.render import draw_map
+
+        draw_map(fix, map_path, landmarks=cat.landmarks)
+    from geoprobe import report
+
+    if fmt == "json":
+        env.stdout.write(report.render_json(fix, measurements, **meta) + "\n")
+    else:
+        console = Console(file=env.stdout, force_terminal=env.stdout_isatty, width=None if env.stdout_isatty else 100)
+        report.render_table(fix, measurements, console)
+        for line in meta.get("ipgeo", {}).get("notes", []):
+            console.print(f"ip geolocation: {line}")
+
+
+def _ipgeo_check(fix: Fix, cat: Catalogue, mmdb: Path) -> dict[str, Any]:
+    """Cross-check against IP geolocation (TESTBED's ``geoprobe.ipgeo``), when it is installed."""
+    try:
+        from geoprobe import ipgeo  # type: ignore[attr-defined]
+    except ImportError:
+        raise GeoprobeError("IP geolocation support is not available in this build") from None
+    result: dict[str, Any] = ipgeo.cross_check(fix, cat, mmdb)
+    return result
+
+
+def _load_for_audit(path: Path) -> list[Measurement]:
+    """A saved measurement file, or a ``locate --format json`` record (it embeds the measurements)."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON (line {exc.lineno}: {exc.msg})", file=path) from None
+    if isinstance(raw, dict) and "measurements" in raw and raw.get("format", MEASUREMENTS_FORMAT) \
+            == MEASUREMENTS_FORMAT and "results" not in raw:
+        items = raw["measurements"]
+        if not isinstance(items, list):
+            raise InputError("must be a list", file=path, field="measurements")
+        return [Measurement.from_json(r, file=str(path), index=i) for i, r in enumerate(items)]
+    return load_measurements(path)[0]
+
+
+@click.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors).")
+@click.pass_context
+def verify_cmd(ctx: click.Context, file: Path, landmarks_path: Path | None) -> None:
+    """Re-verify the signed replies in FILE offline (exit 0: all good, 3: any bad evidence)."""
+    from geoprobe.probe.evidence import verify_measurements
+
+    env: Environment = ctx.obj
+    cat = catalogue_from(landmarks_path)
+    measurements = _load_for_audit(file)
+    checked, bad = verify_measurements(measurements, cat.by_id())
+    if checked == 0:
+        raise MeasurementError(f"{file}: no signed evidence to verify")
+    for b in bad:
+        env.stdout.write(f"BAD {b}\n")
+    if bad:
+        env.stdout.write(f"{len(bad)} problem(s) in {checked} signed replies\n")
+        ctx.exit(int(ExitStatus.ERROR))
+    env.stdout.write(f"OK: {checked} signed replies verified against {cat.path or cat.name}\n")
 
 
 def register(group: click.Group) -> None:
-    return None
+    group.add_command(locate_cmd)
+    group.add_command(verify_cmd)

@@ -1,9 +1,115 @@
-"""CLI: placeholder until its issue lands; registers no command yet."""
+"""CLI: ``geoprobe policy check|fire|audit`` — validate a policy, run it on an event, show the trail."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
+
+from geoprobe.cli.env import Environment
+from geoprobe.defend import ActionResult, respond
+from geoprobe.defend.audit import AuditStore
+from geoprobe.errors import InputError
+from geoprobe.policy import VERDICTS, Policy, load_policy
+from geoprobe.store import default_path
+
+
+def _summary_lines(policy: Policy) -> list[str]:
+    allow = ", ".join(sorted(policy.allow)) or "(none: pass --allow to watch/check)"
+    written = ", ".join(policy.allow_as_written)
+    lines = [f"{policy.path}: valid",
+             f"  allow: {allow}" + (f"  (as written: {written})" if written != allow else ""),
+             f"  confidence: min_probability={policy.min_probability:g} "
+             f"min_landmarks={policy.min_landmarks}"]
+    for verdict in VERDICTS:
+        specs = policy.actions_for(verdict)
+        lines.append(f"  on {verdict}: {len(specs)} action(s)")
+        lines.extend(f"    [{s.index}] {s.describe()}" for s in specs)
+    return lines
+
+
+def _print_results(env: Environment, results: list[ActionResult], as_json: bool) -> None:
+    if as_json:
+        env.stdout.write(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        return
+    if not results:
+        env.stdout.write("no actions for this event\n")
+    for r in results:
+        env.stdout.write(f"[{r.index}] {r.action}: {r.status}: {r.detail}\n")
+        for w in r.warnings:
+            env.stdout.write(f"      warning: {w}\n")
+
+
+def _load_event(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text() if str(path) != "-" else click.get_text_stream("stdin").read()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        event = json.loads(lines[-1] if len(lines) > 1 else text)
+    except (OSError, json.JSONDecodeError, IndexError) as exc:
+        raise InputError(f"not a CloudEvent JSON (line): {exc}", file=path) from None
+    if not isinstance(event, dict):
+        raise InputError("not a CloudEvent JSON object", file=path)
+    return event
 
 
 def register(group: click.Group) -> None:
-    return None
+    @group.group("policy")
+    def policy_group() -> None:
+        """Validate and exercise a defence policy (TOML)."""
+
+    @policy_group.command("check")
+    @click.argument("file", type=click.Path(path_type=Path))
+    @click.option("--json", "as_json", is_flag=True, help="Print the parsed policy as JSON.")
+    @click.pass_obj
+    def check(env: Environment, file: Path, as_json: bool) -> None:
+        """Validate FILE; a malformed policy gives one line naming the field, and exit 3."""
+        policy = load_policy(file)
+        if as_json:
+            env.stdout.write(json.dumps(policy.summary(), indent=2) + "\n")
+        else:
+            env.stdout.write("\n".join(_summary_lines(policy)) + "\n")
+
+    @policy_group.command("fire")
+    @click.argument("file", type=click.Path(path_type=Path))
+    @click.option("--event", "event_file", type=click.Path(path_type=Path), required=True,
+                  help="CloudEvent JSON (a file, its last line if JSON lines, or - for stdin).")
+    @click.option("--state", "state", type=click.Path(path_type=Path), default=None,
+                  help="State dir holding the store (default: the state dir).")
+    @click.option("--dry-run", is_flag=True, help="Print what would run; touch nothing.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def fire(env: Environment, file: Path, event_file: Path, state: Path | None, dry_run: bool,
+             as_json: bool) -> None:
+        """Run FILE's actions for one event, as the watch daemon would (once per event)."""
+        policy = load_policy(file)
+        event = _load_event(event_file)
+        store = default_path(state or env.state_dir)
+
+        def log(message: str) -> None:
+            env.stderr.write(f"geoprobe: {message}\n")
+
+        results = respond(event, policy, store_path=store, dry_run=dry_run, log=log)
+        _print_results(env, results, as_json)
+        if any(r.status in ("failed", "timeout") for r in results):
+            raise click.exceptions.Exit(1)
+
+    @policy_group.command("audit")
+    @click.option("--state", "state", type=click.Path(path_type=Path), default=None)
+    @click.option("--event", "event_id", default=None, help="Only this event id.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def audit(env: Environment, state: Path | None, event_id: str | None, as_json: bool) -> None:
+        """Show the defence audit trail from the state store."""
+        path = default_path(state or env.state_dir)
+        store = AuditStore.open_readonly(path)
+        rows = store.trail(event_id) if store is not None else []
+        if store is not None:
+            store.close()
+        if as_json:
+            env.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        for r in rows:
+            env.stdout.write(f"{r['ts']:.3f} {r['event_id']} {r['verdict']} [{r['action_index']}] "
+                             f"{r['action']}: {r['status']}: {r['detail']}\n")

@@ -1,0 +1,97 @@
+"""Defence: map a migration event to the policy's verdict and run its actions.
+
+The watch daemon calls ``respond(event, policy, store_path=...)`` for every migration event and
+``clear(store_path)`` when a suspicion clears (that stops a background ``delay``).
+
+Verdicts from CloudEvents (``geoprobe.events``):
+
+- ``io.geoprobe.migration.suspected`` -> ``suspected``
+- ``io.geoprobe.migration.confirmed`` with ``data.crossing`` true -> ``confirmed_crossing``,
+  unless the evidence is below the policy's ``[confidence]`` (``data.probability`` below
+  ``min_probability`` or fewer than ``min_landmarks`` in ``data.landmarks``): then ``unknown``;
+  ``data.crossing`` null -> ``unknown``; false (moved within the allowed set) -> no verdict.
+- any event whose ``data.verdict`` names a verdict (e.g. ``"unknown"`` when the location can no
+  longer be measured) -> that verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from geoprobe.defend.base import ActionResult, Log, no_log
+from geoprobe.errors import InputError
+from geoprobe.events import CONFIRMED, SUSPECTED
+from geoprobe.policy import VERDICTS, Policy
+
+__all__ = ["ActionResult", "clear", "respond", "verdict_of"]
+
+
+def _landmark_count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return None
+
+
+def verdict_of(event: Mapping[str, Any], policy: Policy | None = None) -> str | None:
+    """The policy verdict an event calls for, or None when it calls for nothing."""
+    data = event.get("data") or {}
+    if not isinstance(data, Mapping):
+        data = {}
+    explicit = data.get("verdict")
+    if isinstance(explicit, str) and explicit in VERDICTS:
+        return explicit
+    etype = event.get("type")
+    if etype == SUSPECTED:
+        return "suspected"
+    if etype != CONFIRMED:
+        return None
+    crossing = data.get("crossing")
+    if crossing is None:
+        return "unknown"
+    if crossing is not True:
+        return None
+    if policy is not None:
+        p = data.get("probability")
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and p < policy.min_probability:
+            return "unknown"
+        n = _landmark_count(data.get("landmarks", data.get("landmarks_used")))
+        if n is not None and n < policy.min_landmarks:
+            return "unknown"
+    return "confirmed_crossing"
+
+
+def respond(event: Mapping[str, Any], policy: Policy, *, store_path: str | Path,
+            dry_run: bool = False, log: Log = no_log) -> list[ActionResult]:
+    """Run (or with ``dry_run`` only describe) the actions the event's verdict calls for.
+
+    Each action fires at most once per event id, also across restarts; an action interrupted by
+    a crash is resumed on the next delivery. Returns one result per action of the verdict.
+    """
+    from geoprobe.defend import runner  # imports every action family; keep `verdict_of` light
+
+    if not isinstance(event, Mapping) or not event.get("id") or not event.get("type"):
+        raise InputError("not a CloudEvent: needs 'id' and 'type'", entry="event", field="id")
+    verdict = verdict_of(event, policy)
+    if verdict is None:
+        return []
+    specs = policy.actions_for(verdict)
+    if not specs:
+        log(f"event {event['id']}: verdict {verdict}: the policy has no actions for it")
+        return []
+    path = Path(store_path)
+    if dry_run:
+        return runner.dry_run(event, verdict, specs, store_path=path, log=log)
+    return runner.run_actions(event, verdict, specs, store_path=path, log=log)
+
+
+def clear(store_path: str | Path | None = None) -> int:
+    """The verdict cleared: stop background delays. Returns how many of ours were stopped."""
+    from geoprobe.defend.delay import stop_background
+
+    return stop_background(store_path)

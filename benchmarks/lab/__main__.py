@@ -1,0 +1,200 @@
+"""`python -m benchmarks.lab [--smoke|--full]`: real QEMU live migrations of a guest running geoprobe.
+
+Exit status: 0 when the mode's targets are met, 1 when a target is missed, 2 when the lab cannot run here
+(missing tools, not root); with --skip-unavailable the last case prints why and exits 0 instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .build import build_guest, default_cache, need_tools
+from .programs import DEFAULT_WATCH, clock_program, geoprobe_program
+from .report import analyse, summarise, write
+from .scenarios import GuestProgram, Lab, RunPlan, RunRecord
+from .sites import WONDERPROXY, Place, distance_km, find_place
+
+DEFAULT_DELAY = "python3 -m geoprobe delay --memory 200M --cpu 1.0 --duration {duration}"
+
+
+def _place(spec: str) -> Place:
+    server, _, country = spec.partition(":")
+    if not country:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected SERVER:CC, e.g. Frankfurt:DE")
+    return find_place(server, country)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.lab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="one cross-border migration (default)")
+    mode.add_argument("--full", action="store_true",
+                      help="cross-border, control, same-country and delay runs")
+    mode.add_argument("--build-only", action="store_true", help="build the cached guest and stop")
+    ap.add_argument("--kinds", default=None,
+                    help="comma list among cross,control,same,delay (default: the mode's)")
+    ap.add_argument("--runs", type=int, default=10, help="cross-border and control runs in --full")
+    ap.add_argument("--same-runs", type=int, default=3)
+    ap.add_argument("--program", choices=("geoprobe", "clock"), default="geoprobe",
+                    help="guest program: geoprobe watch, or the lab's clock probe (development)")
+    ap.add_argument("--guest-command", default=DEFAULT_WATCH,
+                    help="the geoprobe command the guest runs at boot (its stdout is the console)")
+    ap.add_argument("--delay-command", default=DEFAULT_DELAY,
+                    help="guest command for the delay runs; {duration} is filled in")
+    ap.add_argument("--delay-seconds", type=float, default=60.0)
+    ap.add_argument("--a", type=_place, default="Frankfurt:DE", help="site A, SERVER:CC")
+    ap.add_argument("--b", type=_place, default="Madrid:ES", help="site B across the border")
+    ap.add_argument("--same", type=_place, default="Hamburg:DE", help="site B in A's country")
+    ap.add_argument("--settle", type=float, default=20.0, help="seconds at A after the baseline")
+    ap.add_argument("--after", type=float, default=30.0, help="seconds to wait for a confirmation")
+    ap.add_argument("--memory", type=int, default=512, help="guest MiB")
+    ap.add_argument("--accel", default="tcg", help="tcg (default here) or kvm")
+    ap.add_argument("--cache", type=Path, default=None, help="guest image cache (~/.cache/geoprobe-lab)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/lab/results"))
+    ap.add_argument("--keep-work", action="store_true", help="keep per-run logs and serial files")
+    ap.add_argument("--skip-unavailable", action="store_true",
+                    help="exit 0 with a reason when the lab cannot run on this machine")
+    return ap.parse_args(argv)
+
+
+def unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    missing = need_tools()
+    if missing:
+        return ("missing " + ", ".join(missing)
+                + ": apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2")
+    if not WONDERPROXY.is_dir():
+        return f"../shared/data not present: {WONDERPROXY} is needed"
+    return None
+
+
+def plans(args: argparse.Namespace) -> list[tuple[RunPlan, str]]:
+    """The runs of the chosen mode, each with the program variant it needs ("" or "delay")."""
+    kinds = (args.kinds.split(",") if args.kinds else
+             ["cross", "control", "same", "delay"] if args.full else ["cross"])
+    n = args.runs if args.full else 1
+    out: list[tuple[RunPlan, str]] = []
+    common = dict(settle_s=args.settle, after_s=args.after)
+    for i in range(n):
+        if "cross" in kinds:
+            out.append((RunPlan("cross", args.a, args.b, **common), ""))  # type: ignore[arg-type]
+        if "control" in kinds:
+            out.append((RunPlan("control", args.a, args.b, migrate=False, **common), ""))  # type: ignore[arg-type]
+    if "same" in kinds:
+        out += [(RunPlan("same", args.a, args.same, **common), "")  # type: ignore[arg-type]
+                for _ in range(args.same_runs if args.full else 1)]
+    if "delay" in kinds:
+        # Same fixed bandwidth for all three so the totals compare; the delay holds for delay_seconds.
+        params = {"max-bandwidth": 128 << 20, "downtime-limit": 300}
+        timeout = args.delay_seconds + 90.0
+        d = dict(settle_s=10.0, after_s=5.0, parameters=params, migration_timeout_s=timeout)
+        out += [(RunPlan("delay-baseline", args.a, args.b, **d), "delay-baseline"),  # type: ignore[arg-type]
+                (RunPlan("delay-off", args.a, args.b, **d), "delay"),  # type: ignore[arg-type]
+                (RunPlan("delay-on", args.a, args.b, auto_converge=True, **d), "delay")]  # type: ignore[arg-type]
+    return out
+
+
+def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestProgram:
+    background = ""
+    if variant == "delay":
+        cmd = args.delay_command.replace("{duration}", str(int(args.delay_seconds)))
+        background = (f"(echo LAB-DELAY-START; {cmd} > /tmp/delay.log 2>&1; rc=$?; "
+                      f"echo LAB-DELAY-END rc=$rc; tail -c 1500 /tmp/delay.log) &")
+    if variant.startswith("delay") or args.program == "clock":
+        return clock_program(background)  # delay runs measure QEMU's convergence, not detection
+    return geoprobe_program([plan.a.country], command=args.guest_command, background=background)
+
+
+def targets(summary: dict[str, Any], mode_full: bool) -> list[str]:
+    """Issue 6's targets; returns what was missed."""
+    missed: list[str] = []
+    cross = summary.get("cross")
+    if cross:
+        if cross["with_confirmed"] < cross["runs"]:
+            missed.append(f"cross: {cross['with_confirmed']}/{cross['runs']} confirmed in the guest")
+        med = cross["median_switchover_to_confirmed_s"]
+        if med is None or med > 5.0:
+            missed.append(f"cross: median switchover->confirmed {med} s > 5 s")
+        if cross["countermeasures_fired"] < cross["runs"]:
+            missed.append(f"cross: counter-measures fired in {cross['countermeasures_fired']} runs")
+    ctl = summary.get("control")
+    if ctl and (ctl["with_suspected"] or ctl["with_confirmed"]):
+        missed.append(f"control: {ctl['with_suspected']} suspected, {ctl['with_confirmed']} confirmed")
+    same = summary.get("same")
+    if same and same["confirmed_crossing"]:
+        missed.append(f"same-country: {same['confirmed_crossing']} crossings confirmed")
+    off = summary.get("delay-off")
+    if off and any(off.get("converged_while_delay_ran") or []):
+        missed.append("delay-off: the migration converged while the delay ran")
+    return missed
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every run's finally stops its QEMUs and deletes its namespaces.
+    signal.signal(signal.SIGTERM, _interrupt)
+    why = unavailable()
+    if why:
+        print(f"lab skipped: {why}", file=sys.stderr)
+        return 0 if args.skip_unavailable else 2
+
+    def log(msg: str) -> None:
+        print(f"[lab {dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+    t0 = time.time()
+    log("guest image: building or reusing the cache (first build: debootstrap, several minutes)")
+    image = build_guest(args.cache or default_cache())
+    log(f"guest image ready: {image.root}")
+    if args.build_only:
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="geoprobe-lab-"))
+    lab = Lab(image, workdir, memory_mb=args.memory, accel=args.accel, log=log)
+    todo = plans(args)
+    records: list[RunRecord] = []
+    for i, (plan, variant) in enumerate(todo, 1):
+        km = distance_km(plan.a, plan.b)
+        log(f"run {i}/{len(todo)}: {plan.kind} {plan.a.server} -> {plan.b.server} ({km:.0f} km)"
+            + ("" if plan.migrate else " [no migration]"))
+        rec = lab.run(plan, program_for(args, variant, plan))
+        records.append(rec)
+        row = analyse(rec)
+        log(f"  suspected {row['suspected']}, confirmed {row['confirmed']}, "
+            f"switchover->confirmed {row['switchover_to_confirmed_s']} s, "
+            f"hooks {len(row['hooks'])}, webhooks {len(row['webhooks'])}")
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    meta = {"mode": "full" if args.full else "smoke", "program": args.program,
+            "guest_command": args.guest_command, "accel": args.accel, "memory_mb": args.memory,
+            "qemu": qemu.stdout.split("\n")[0].replace("QEMU emulator version ", ""),
+            "started_utc": dt.datetime.fromtimestamp(t0, dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - t0), "workdir": str(workdir)}
+    j, md = write(args.out, records, meta)
+    summary = json.loads(j.read_text())["summary"]
+    print(md.read_text())
+    missed = targets(summary, args.full)
+    for m in missed:
+        log(f"target missed: {m}")
+    log(f"report: {j} and {md}")
+    if not args.keep_work:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Build the lab's guest once (Debian bookworm from Debian's packages) and cache it.
+
+The guest is three files: the Debian cloud kernel, a tiny initramfs assembled here (busybox plus the virtio and
+ext4 modules, so TCG boots to userspace in about two seconds), and a read-only ext4 root image. Both QEMU
+processes of a migration open the same image path; nothing writes it, so sharing it needs no storage migration.
+What changes per run (the geoprobe working tree, the catalogue, the policy, the guest command) goes on a small
+second "run disk" rebuilt for every run, so code changes never need a rebuild of the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("GEOPROBE_LAB_MIRROR", "http://deb.debian.org/debian")
+PACKAGES = (
+    "python3", "python3-numpy", "python3-scipy", "python3-click", "python3-shapely",
+    "python3-cryptography", "python3-rich", "python3-platformdirs", "python3-matplotlib",
+    "python3-scapy", "python3-tomli-w", "linux-image-cloud-amd64", "busybox-static", "iproute2",
+    "kmod", "procps",
+)
+# Load order for the cloud kernel, which builds virtio, virtio-blk and ext4 as modules.
+# Dependencies are resolved from modules.dep; these are the roots.
+MODULE_ROOTS = ("virtio_pci", "virtio_net", "virtio_blk", "ext4")
+
+INITRAMFS_INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /newroot
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+mount -t ext4 -o ro /dev/vda /newroot || { echo "LAB-PANIC: cannot mount /dev/vda"; poweroff -f; }
+mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/lab-init
+"""
+
+# PID 1 inside the guest. The root stays read-only; everything writable is tmpfs.
+LAB_INIT = """#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp/home LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
+for d in /tmp /run /var/tmp /var/lib /var/log; do mount -t tmpfs -o mode=1777 tmpfs $d; done
+mkdir -p /tmp/home
+mount -t ext4 -o ro /dev/vdb /lab 2>/dev/null || echo "LAB-WARN: no run disk"
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+echo "LAB-READY uptime=$(cut -d' ' -f1 /proc/uptime)"
+if [ -x /lab/run.sh ]; then /lab/run.sh; rc=$?; else echo "LAB-WARN: no /lab/run.sh"; rc=127; fi
+echo "LAB-EXIT rc=$rc"
+sync
+busybox poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    kernel: Path
+    initrd: Path
+    root: Path
+
+    def exists(self) -> bool:
+        return self.kernel.is_file() and self.initrd.is_file() and self.root.is_file()
+
+
+def default_cache() -> Path:
+    env = os.environ.get("GEOPROBE_LAB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "geoprobe-lab"
+
+
+def _key() -> str:
+    """Changes whenever what goes into the image changes, so a stale cache is never reused."""
+    h = hashlib.sha256("\n".join((SUITE, *PACKAGES, INITRAMFS_INIT, LAB_INIT)).encode())
+    return h.hexdigest()[:12]
+
+
+def image_paths(cache: Path) -> GuestImage:
+    d = cache / f"guest-{_key()}"
+    return GuestImage(kernel=d / "vmlinuz", initrd=d / "initrd.cpio", root=d / "root.ext4")
+
+
+def need_tools() -> list[str]:
+    """Host tools the build and the runs need; the lab says which are missing instead of failing later."""
+    tools = ("qemu-system-x86_64", "debootstrap", "mkfs.ext4", "cpio", "ip")
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def debootstrap(cache: Path, log: Path) -> Path:
+    """Debootstrap the root once; a partial tree from an interrupted run is discarded."""
+    rootfs = cache / "rootfs"
+    if (rootfs / "usr" / "bin" / "python3").exists() and (rootfs / ".lab-complete").exists():
+        return rootfs
+    partial = cache / "rootfs.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", INITRD="No")
+    with log.open("wb") as out:
+        # debootstrap alone does not resolve virtual packages (python3-cryptography needs one),
+        # so it lays the minimal base and apt inside the chroot installs the rest.
+        subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR], check=True,
+                       stdout=out, stderr=subprocess.STDOUT, env=env)
+        (partial / "etc" / "apt" / "sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
+        subprocess.run(["mount", "-t", "proc", "proc", str(partial / "proc")], check=True)
+        try:
+            for cmd in (["apt-get", "update"],
+                        ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
+                        ["apt-get", "clean"]):
+                subprocess.run(["chroot", str(partial), *cmd], check=True, stdout=out,
+                               stderr=subprocess.STDOUT, env=env)
+        finally:
+            subprocess.run(["umount", str(partial / "proc")], check=False)
+    shutil.rmtree(partial / "var" / "lib" / "apt" / "lists", ignore_errors=True)
+    # The package caches are half the tree and the guest never installs anything.
+    shutil.rmtree(partial / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+    (partial / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    (partial / ".lab-complete").write_text(" ".join(PACKAGES) + "\n")
+    shutil.rmtree(rootfs, ignore_errors=True)
+    partial.rename(rootfs)
+    return rootfs
+
+
+def _kernel_version(rootfs: Path) -> str:
+    versions = sorted(p.name for p in (rootfs / "lib" / "modules").iterdir() if p.is_dir())
+    if not versions:
+        raise RuntimeError(f"{rootfs}: no kernel installed (linux-image-cloud-amd64 missing?)")
+    return versions[-1]
+
+
+def module_order(modules_dep: str, roots: tuple[str, ...]) -> list[str]:
+    """Modules (paths relative to the version dir) in dependency order for insmod, each once."""
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in modules_dep.splitlines():
+        if ":" not in line:
+            continue
+        mod, rest = line.split(":", 1)
+        deps[mod] = rest.split()
+        name = Path(mod).name.split(".ko")[0].replace("-", "_")
+        by_name[name] = mod
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        if mod in order:
+            return
+        for dep in reversed(deps.get(mod, [])):  # modules.dep lists the deepest dependency last
+            visit(dep)
+        order.append(mod)
+
+    for root in roots:
+        if root in by_name:  # absent when built into the kernel
+            visit(by_name[root])
+    return order
+
+
+def build_initramfs(rootfs: Path, out: Path) -> None:
+    version = _kernel_version(rootfs)
+    moddir = rootfs / "lib" / "modules" / version
+    order = module_order((moddir / "modules.dep").read_text(), MODULE_ROOTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        (t / "bin").mkdir()
+        shutil.copy2(rootfs / "bin" / "busybox", t / "bin" / "busybox")
+        for mod in order:
+            dest = t / "lib" / "modules" / mod
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src = moddir / mod
+            if src.suffix == ".xz":
+                subprocess.run(["xz", "-dc", str(src)], check=True, stdout=dest.with_suffix("").open("wb"))
+                mod = mod[:-3]
+            else:
+                shutil.copy2(src, dest)
+        (t / "modules.order").write_text("\n".join(m.removesuffix(".xz") for m in order) + "\n")
+        (t / "init").write_text(INITRAMFS_INIT)
+        (t / "init").chmod(0o755)
+        files = subprocess.run(["find", "."], cwd=t, check=True, capture_output=True).stdout
+        with out.open("wb") as f:
+            subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=t, input=files, stdout=f,
+                           check=True)
+
+
+def make_ext4(src: Path, out: Path, size_mb: int | None = None, label: str = "lab") -> None:
+    """An ext4 image holding `src`, sized to fit it (mkfs.ext4 -d needs no loop mount or root)."""
+    if size_mb is None:
+        used = int(subprocess.run(["du", "-sm", str(src)], check=True, capture_output=True,
+                                  text=True).stdout.split()[0])
+        size_mb = int(used * 1.25) + 64
+    out.unlink(missing_ok=True)
+    with out.open("wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", "^has_journal", "-d", str(src),
+                    str(out)], check=True, capture_output=True)
+
+
+def build_guest(cache: Path | None = None, rebuild: bool = False) -> GuestImage:
+    """The cached guest image, built on first use (debootstrap takes minutes, the rest seconds)."""
+    cache = cache or default_cache()
+    img = image_paths(cache)
+    if img.exists() and not rebuild:
+        return img
+    missing = need_tools()
+    if missing:
+        raise RuntimeError("missing host tools: " + ", ".join(missing)
+                           + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)")
+    rootfs = debootstrap(cache, cache / "debootstrap.log")
+    (rootfs / "sbin" / "lab-init").write_text(LAB_INIT)
+    (rootfs / "sbin" / "lab-init").chmod(0o755)
+    (rootfs / "etc" / "hostname").write_text("geoprobe-guest\n")
+    (rootfs / "lab").mkdir(exist_ok=True)  # the run disk's mount point (the root is read-only)
+    for old in cache.glob("guest-*"):  # images of an older recipe: 2 GB each
+        if old != img.kernel.parent:
+            shutil.rmtree(old)
+    img.kernel.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(rootfs / "boot" / f"vmlinuz-{_kernel_version(rootfs)}", img.kernel)
+    build_initramfs(rootfs, img.initrd)
+    make_ext4(rootfs, img.root, label="labroot")
+    return img
+
+
+def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh: str) -> Path:
+    """The per-run disk: the geoprobe package from the working tree, extra files, and /lab/run.sh."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        shutil.copytree(repo / "geoprobe", t / "geoprobe",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name, content in files.items():
+            p = t / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                p.write_bytes(content)
+            else:
+                p.write_text(content)
+            if name.endswith((".sh", ".py")):
+                p.chmod(0o755)
+        # The guest's root is read-only: compile here (same Python 3.11) so imports don't recompile.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(t)], check=False,
+                       capture_output=True)
+        (t / "run.sh").write_text(run_sh)
+        (t / "run.sh").chmod(0o755)
+        make_ext4(t, out, label="labrun")
+    return out

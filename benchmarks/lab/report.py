@@ -1,0 +1,217 @@
+"""Turn run records into the lab's findings: per-run figures, per-kind summaries, JSON and Markdown.
+
+Times on both sides are host wall-clock seconds: QMP events carry QEMU's own timestamp, console lines the
+time the host read them (polled every 20-50 ms, so guest-side times are late by at most that).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .console import ConsoleLine
+from .scenarios import CONFIRMED, SUSPECTED, RunRecord
+
+
+def _first(events: Sequence[dict[str, Any]], name: str, **match: Any) -> float | None:
+    for e in events:
+        if e["event"] == name and all(e["data"].get(k) == v for k, v in match.items()):
+            return float(e["qemu_time"])
+    return None
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round((b - a) * 1000.0, 1)
+
+
+def guest_events(rec: RunRecord) -> list[tuple[float, dict[str, Any]]]:
+    return [(t, ev) for t, text in rec.console if (ev := ConsoleLine(t, text).event()) is not None]
+
+
+def analyse(rec: RunRecord) -> dict[str, Any]:
+    """The figures of one run; every time is relative to the run's start unless it says otherwise."""
+    p = rec.plan
+    src, dst = rec.src_events, rec.dst_events
+    t_setup = _first(src, "MIGRATION", status="setup")
+    t_active = _first(src, "MIGRATION", status="active")
+    t_stop = _first(src, "STOP")  # the switchover: the source pauses for the last copy
+    t_resume = _first(dst, "RESUME")  # the guest runs again, now at site B
+    t_done = _first(src, "MIGRATION", status="completed")
+    evs = guest_events(rec)
+    suspected = [(t, e) for t, e in evs if e.get("type") == SUSPECTED]
+    confirmed = [(t, e) for t, e in evs if e.get("type") == CONFIRMED]
+    clock_b = [t for t, e in evs if e.get("lab") == "clock" and e.get("event") == "site"
+               and e.get("site") == "B"]
+    if rec.program == "clock" and not confirmed:
+        # The development probe cannot judge borders: "confirmed" means site B answered it.
+        confirmed = [(t, {"type": CONFIRMED, "data": {"crossing": None, "signals": ["site"]}})
+                     for t in clock_b[:1]]
+    steps = [e.get("step_ms") for _, e in evs if e.get("event") == "offset_step"]
+    hooks = [(t, text) for t, text in rec.console if text.startswith("LAB-HOOK")]
+    delay_start = next((t for t, x in rec.console if x.startswith("LAB-DELAY-START")), None)
+    delay_end = next((t for t, x in rec.console if x.startswith("LAB-DELAY-END")), None)
+    precopy_end = t_stop if t_stop is not None else (rec.ended if t_active else None)
+    flagged_precopy = [
+        {"type": e.get("type"), "t_after_start_ms": _ms(t_active, t)}
+        for t, e in suspected + confirmed
+        if t_active is not None and precopy_end is not None and t_active <= t <= precopy_end]
+    first_confirmed = confirmed[0] if confirmed else None
+    crossing = None
+    if first_confirmed is not None:
+        data = first_confirmed[1].get("data", {})
+        crossing = {"crossing": data.get("crossing"), "from": data.get("from"), "to": data.get("to"),
+                    "distance_km": data.get("distance_km"), "signals": data.get("signals")}
+    samples = rec.samples
+    ram = [s.get("ram", {}) for s in samples]
+    dirty_rates = [r.get("dirty-pages-rate", 0) * r.get("page-size", 4096) for r in ram]
+    mbps = [r.get("mbps", 0.0) for r in ram if r.get("mbps")]
+    final = rec.final
+    out: dict[str, Any] = {
+        "kind": p.kind, "program": rec.program, "error": rec.error,
+        "a": f"{p.a.server} ({p.a.country})", "b": f"{p.b.server} ({p.b.country})",
+        "migrated": p.migrate, "auto_converge": p.auto_converge, "parameters": p.parameters,
+        "boot_to_ready_s": None if rec.guest_ready is None else round(rec.guest_ready - rec.started, 1),
+        "migration": None,
+        "suspected": len(suspected), "confirmed": len(confirmed),
+        "first_suspected_vs_switchover_ms": _ms(t_stop, suspected[0][0]) if suspected else None,
+        "flagged_during_precopy": flagged_precopy,
+        "confirmation": crossing,
+        "switchover_to_confirmed_s": (None if first_confirmed is None or t_stop is None
+                                      else round(first_confirmed[0] - t_stop, 2)),
+        "switchover_to_site_b_s": (None if not clock_b or t_stop is None
+                                   else round(clock_b[0] - t_stop, 2)),
+        "guest_offset_steps_ms": steps,
+        "hooks": [{"t_after_switchover_s": None if t_stop is None else round(t - t_stop, 2),
+                   "line": text[:300]} for t, text in hooks],
+        "webhooks": [{"site": w["site"], "t_after_switchover_s":
+                      None if t_stop is None else round(w["received"] - t_stop, 2)}
+                     for w in rec.webhooks],
+        "delay": None if delay_start is None else {
+            "started_s": round(delay_start - rec.started, 1),
+            "ended_s": None if delay_end is None else round(delay_end - rec.started, 1)},
+        "run_seconds": round(rec.ended - rec.started, 1),
+    }
+    if p.migrate:
+        converged_during_delay = None
+        if delay_start is not None and t_done is not None:
+            converged_during_delay = delay_end is None or t_done < delay_end
+        out["migration"] = {
+            "status": final.get("status"),
+            "total_time_ms": final.get("total-time"),
+            "qemu_downtime_ms": final.get("downtime"),
+            "setup_time_ms": final.get("setup-time"),
+            "guest_pause_ms": _ms(t_stop, t_resume),  # STOP at source to RESUME at destination
+            "dirty_sync_count": final.get("ram", {}).get("dirty-sync-count",
+                                                         (ram[-1] if ram else {}).get("dirty-sync-count")),
+            "transferred_mb": round(final.get("ram", {}).get("transferred", 0) / 1e6, 1),
+            "max_dirty_rate_mb_s": round(max(dirty_rates, default=0) / 1e6, 1),
+            "median_bandwidth_mb_s": round(statistics.median(mbps) / 8, 1) if mbps else None,
+            "max_cpu_throttle_pct": max((s.get("cpu-throttle-percentage", 0) for s in samples),
+                                        default=0),
+            "timeline_s": {"migrate_cmd": _rel(rec.migrate_cmd, rec.started),
+                           "setup": _rel(t_setup, rec.started), "active": _rel(t_active, rec.started),
+                           "switchover": _rel(t_stop, rec.started), "resume": _rel(t_resume, rec.started),
+                           "completed": _rel(t_done, rec.started)},
+            "converged_while_delay_ran": converged_during_delay,
+        }
+    return out
+
+
+def _rel(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 3)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind of run, the figures issue 6 asks for."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    out: dict[str, Any] = {}
+    for kind, rs in by_kind.items():
+        conf = [r["switchover_to_confirmed_s"] for r in rs if r["switchover_to_confirmed_s"] is not None]
+        migs = [r["migration"] for r in rs if r["migration"]]
+        s: dict[str, Any] = {
+            "runs": len(rs), "errors": sum(1 for r in rs if r["error"]),
+            "with_suspected": sum(1 for r in rs if r["suspected"]),
+            "with_confirmed": sum(1 for r in rs if r["confirmed"]),
+            "confirmed_crossing": sum(1 for r in rs if (r["confirmation"] or {}).get("crossing")),
+            "flagged_during_precopy": sum(1 for r in rs if r["flagged_during_precopy"]),
+            "countermeasures_fired": sum(1 for r in rs if r["hooks"] or r["webhooks"]),
+            "median_switchover_to_confirmed_s": statistics.median(conf) if conf else None,
+            "max_switchover_to_confirmed_s": max(conf) if conf else None,
+        }
+        if migs:
+            def med(key: str) -> float | None:
+                vals = [m[key] for m in migs if m.get(key) is not None]
+                return statistics.median(vals) if vals else None
+            s.update({
+                "migrations_completed": sum(1 for m in migs if m["status"] == "completed"),
+                "median_total_time_ms": med("total_time_ms"),
+                "median_qemu_downtime_ms": med("qemu_downtime_ms"),
+                "median_guest_pause_ms": med("guest_pause_ms"),
+                "median_dirty_syncs": med("dirty_sync_count"),
+                "max_dirty_rate_mb_s": max((m["max_dirty_rate_mb_s"] for m in migs), default=None),
+                "median_bandwidth_mb_s": med("median_bandwidth_mb_s"),
+                "max_cpu_throttle_pct": max((m["max_cpu_throttle_pct"] for m in migs), default=None),
+                "converged_while_delay_ran": [m["converged_while_delay_ran"] for m in migs
+                                              if m["converged_while_delay_ran"] is not None],
+            })
+        out[kind] = s
+    return out
+
+
+def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})", "",
+             f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
+             f"started {meta.get('started_utc')}, took {meta.get('seconds')} s.", "",
+             "| kind | runs | errors | migrations completed | suspected | confirmed | crossing | "
+             "flagged in pre-copy | counter-measures | median switchover→confirmed (s) | "
+             "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
+             "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |",
+             "|" + "---|" * 17]
+    for kind, s in summary.items():
+        lines.append("| " + " | ".join(str(x) for x in (
+            kind, s["runs"], s["errors"], s.get("migrations_completed", "-"), s["with_suspected"],
+            s["with_confirmed"], s["confirmed_crossing"], s["flagged_during_precopy"],
+            s["countermeasures_fired"], _fmt(s["median_switchover_to_confirmed_s"]),
+            _fmt(s.get("median_total_time_ms")), _fmt(s.get("median_qemu_downtime_ms")),
+            _fmt(s.get("median_guest_pause_ms")), _fmt(s.get("median_dirty_syncs")),
+            _fmt(s.get("max_dirty_rate_mb_s")), _fmt(s.get("median_bandwidth_mb_s")),
+            _fmt(s.get("max_cpu_throttle_pct")))) + " |")
+    lines += ["", "## Runs", "",
+              "| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
+              "switchover→confirmed s | verdict | hooks/webhooks | error |", "|" + "---|" * 12]
+    for i, r in enumerate(rows, 1):
+        m = r["migration"] or {}
+        c = r["confirmation"] or {}
+        verdict = (f"crossing={c.get('crossing')} {c.get('from')}→{c.get('to')}" if c else
+                   ("suspected" if r["suspected"] else "none"))
+        lines.append("| " + " | ".join(str(x) for x in (
+            i, r["kind"], f"{r['a']} → {r['b']}" if r["migrated"] else r["a"],
+            m.get("status", "-"), _fmt(m.get("total_time_ms")), _fmt(m.get("qemu_downtime_ms")),
+            _fmt(m.get("guest_pause_ms")), _fmt(m.get("dirty_sync_count")),
+            _fmt(r["switchover_to_confirmed_s"]), verdict, f"{len(r['hooks'])}/{len(r['webhooks'])}",
+            (r["error"] or "")[:80].replace("|", "/"))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.2f}" if abs(x) < 100 else f"{x:.0f}"
+    return str(x)
+
+
+def write(out: Path, records: Sequence[RunRecord], meta: dict[str, Any]) -> tuple[Path, Path]:
+    rows = [analyse(r) for r in records]
+    summary = summarise(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    j = out / "lab-report.json"
+    j.write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+    md = out / "lab-report.md"
+    md.write_text(markdown(summary, rows, meta))
+    return j, md

@@ -1,0 +1,215 @@
+"""One lab run: boot the guest at site A, optionally migrate it live to site B, record both timelines.
+
+The host's record (QMP events and query-migrate samples, stamped with host time) is the ground truth;
+the guest's record (its serial console, stamped with the host time each line was read) is what geoprobe
+claimed. The report compares the two.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .build import GuestImage, build_run_disk
+from .console import ConsoleLine, GuestConsole
+from .sites import REPO, Place, Site, distance_km, wait_for_file
+from .vm import MachineSpec, QemuProcess
+
+SUSPECTED = "io.geoprobe.migration.suspected"
+CONFIRMED = "io.geoprobe.migration.confirmed"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class GuestProgram:
+    """What the guest runs at boot, and how the lab reads its output.
+
+    `run_sh` is the body of /lab/run.sh; `files` go on the run disk too. `ready` says when the guest has
+    its baseline (the lab starts counting then). `confirmed` recognises the guest's "I crossed" line.
+    """
+
+    name: str
+    run_sh: str
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    needs_testbed: bool = False
+    ready: Callable[[ConsoleLine], bool] = lambda line: "LAB-READY" in line.text
+    confirmed: Callable[[ConsoleLine], bool] = lambda line: False
+    suspected: Callable[[ConsoleLine], bool] = lambda line: False
+    countermeasure: Callable[[ConsoleLine], bool] = lambda line: "LAB-HOOK" in line.text
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    kind: str  # "cross", "same", "control", "delay-baseline", "delay-off", "delay-on"
+    a: Place
+    b: Place
+    migrate: bool = True
+    settle_s: float = 20.0  # time at A after the guest is ready, before the migration starts
+    after_s: float = 30.0  # how long to wait after the switchover for the guest to confirm
+    migration_timeout_s: float = 120.0  # cancel a migration that has not completed by then
+    auto_converge: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)  # migrate-set-parameters
+    ready_timeout_s: float = 240.0
+
+
+@dataclass
+class RunRecord:
+    plan: RunPlan
+    program: str
+    started: float = 0.0
+    guest_ready: float | None = None
+    migrate_cmd: float | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)  # query-migrate every ~100 ms
+    src_events: list[dict[str, Any]] = field(default_factory=list)
+    dst_events: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)  # last query-migrate
+    console: list[tuple[float, str]] = field(default_factory=list)
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    ended: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "kind": p.kind, "program": self.program,
+            "a": vars(p.a), "b": vars(p.b), "distance_km": round(distance_km(p.a, p.b), 1),
+            "plan": {"migrate": p.migrate, "settle_s": p.settle_s, "after_s": p.after_s,
+                     "auto_converge": p.auto_converge, "parameters": p.parameters,
+                     "migration_timeout_s": p.migration_timeout_s},
+            "started": self.started, "guest_ready": self.guest_ready, "migrate_cmd": self.migrate_cmd,
+            "samples": self.samples, "src_events": self.src_events, "dst_events": self.dst_events,
+            "final": self.final, "console": self.console, "webhooks": self.webhooks,
+            "error": self.error, "ended": self.ended,
+        }
+
+
+@dataclass
+class Lab:
+    """Shared pieces of every run: the cached guest image, the work dir, the landmark keys."""
+
+    image: GuestImage
+    workdir: Path
+    memory_mb: int = 512
+    accel: str = "tcg"
+    log: Callable[[str], None] = print
+
+    def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
+        rec = RunRecord(plan=plan, program=program.name, started=time.time())
+        wd = self.workdir / f"run-{int(rec.started * 1000)}-{plan.kind}"
+        wd.mkdir(parents=True)
+        keys = self.workdir / "keys"
+        keys.mkdir(exist_ok=True)
+        sites = [Site("A", plan.a, wd), Site("B", plan.b, wd)]
+        src: QemuProcess | None = None
+        dst: QemuProcess | None = None
+        console = GuestConsole()
+        try:
+            catalogue = wd / "catalogue-A.json"
+            for s in sites:
+                s.start(testbed=program.needs_testbed, keys=keys)
+                if program.needs_testbed:  # sequential: B reuses the keys A generated
+                    wait_for_file(wd / f"catalogue-{s.label}.json", 120.0, s)
+            files = dict(program.files)
+            if program.needs_testbed:
+                files["catalogue.json"] = catalogue.read_text()
+            run_disk = build_run_disk(wd / "run.ext4", REPO, files, program.run_sh)
+            spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
+            src = QemuProcess("src", spec, sites[0].ns, wd).start()
+            console.add(src.serial)
+            ready = console.wait_for(program.ready, plan.ready_timeout_s, alive=src.alive)
+            if ready is None:
+                raise RuntimeError(f"guest not ready within {plan.ready_timeout_s} s:\n"
+                                   + console.text()[-3000:])
+            rec.guest_ready = ready.received
+            self.log(f"  guest ready after {ready.received - src.started:.1f} s")
+            self._idle(console, plan.settle_s, sites)
+            if plan.migrate:
+                dst = QemuProcess("dst", spec, sites[1].ns, wd, incoming=True).start()
+                console.add(dst.serial)
+                self._migrate(rec, src, dst, console, wd / "migration.sock", sites)
+                self._await_confirmation(rec, console, program, plan.after_s, dst, sites)
+            else:
+                self._idle(console, plan.after_s, sites)
+        except Exception as exc:  # a failed run is recorded, never silently dropped
+            rec.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"  run failed: {rec.error[:500]}")
+        finally:
+            for vm in (dst, src):
+                if vm is not None:
+                    if vm.qmp is not None:
+                        vm.qmp.poll_events(0.0)
+                        (rec.src_events if vm is src else rec.dst_events).extend(
+                            e.to_json() for e in vm.qmp.events)
+                    vm.stop()
+            console.read()
+            rec.console = [(line.received, line.text) for line in console.lines]
+            for s in sites:
+                s.stop()
+                if s.webhook_log.exists():
+                    rec.webhooks += [json.loads(x) for x in s.webhook_log.read_text().splitlines()]
+            rec.ended = time.time()
+            (wd / "record.json").write_text(json.dumps(rec.to_json(), indent=1))
+            (wd / "run.ext4").unlink(missing_ok=True)
+        return rec
+
+    def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            console.read()
+            for s in sites:
+                s.check_alive()
+            time.sleep(0.05)
+
+    def _migrate(self, rec: RunRecord, src: QemuProcess, dst: QemuProcess, console: GuestConsole,
+                 sock: Path, sites: list[Site]) -> None:
+        assert src.qmp is not None and dst.qmp is not None
+        plan = rec.plan
+        src.qmp.set_capabilities(auto_converge=plan.auto_converge)
+        if plan.parameters:
+            src.qmp.set_parameters(**plan.parameters)
+        dst.qmp.migrate_incoming(f"unix:{sock}")
+        rec.migrate_cmd = time.time()
+        src.qmp.migrate(f"unix:{sock}")
+        deadline = time.monotonic() + plan.migration_timeout_s
+        status = "setup"
+        while status not in TERMINAL:
+            info = src.qmp.query_migrate()
+            status = info.get("status", "none")
+            rec.samples.append({"t": time.time(), **info})
+            src.qmp.poll_events(0.0)
+            dst.qmp.poll_events(0.0)
+            console.read()
+            if time.monotonic() > deadline and status not in TERMINAL:
+                self.log(f"  migration still {status} after {plan.migration_timeout_s} s: cancelling")
+                src.qmp.execute("migrate_cancel")
+                deadline = float("inf")
+            time.sleep(0.1)
+        rec.final = src.qmp.query_migrate()
+        ram = rec.final.get("ram", {})
+        self.log(f"  migration {status}: total {rec.final.get('total-time')} ms, downtime "
+                 f"{rec.final.get('downtime')} ms, dirty syncs {ram.get('dirty-sync-count')}")
+
+    def _await_confirmation(self, rec: RunRecord, console: GuestConsole, program: GuestProgram,
+                            seconds: float, dst: QemuProcess, sites: list[Site]) -> None:
+        if rec.final.get("status") != "completed":
+            return
+        assert dst.qmp is not None
+        dst.qmp.wait_event("RESUME", timeout=10.0)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            new = console.read()
+            if any(program.confirmed(line) for line in new):
+                # linger briefly so the counter-measures' own output is recorded too
+                self._idle(console, min(5.0, max(0.0, deadline - time.monotonic())), sites)
+                return
+            dst.qmp.poll_events(0.0)
+            time.sleep(0.05)
+
+
+def cleanup_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

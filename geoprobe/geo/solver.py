@@ -1,0 +1,281 @@
+"""From measurements (landmark -> minimum RTT) to a Fix: region, estimate, countries, certification.
+
+Two layers answer two questions:
+
+* the **sound region** -- the intersection of speed-of-light caps -- says where the VM *can* be. Only
+  it can certify a country, and only when it lies wholly inside that country's polygon.
+* the **posterior** over points sampled inside the smallest sound cap says where the VM probably is:
+  the soft-ranging likelihood of every RTT (calibrated per landmark), tempered so that its country
+  probabilities are calibrated, times a prior that VMs live on land near other data centres.
+
+An empty sound intersection means a bad input; the constraints to blame are found (the fewest caps
+whose removal leaves a point) and named, never papered over by growing every circle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from geoprobe.errors import MeasurementError
+from geoprobe.geo.calibration import Model, measured_rtts, soft_loglik
+from geoprobe.geo.fix import CountryShare, Fix
+from geoprobe.geo.regions import CapIntersection, CountryLookup, Sample, SampledRegion, sample_cap
+from geoprobe.geo.sphere import EARTH_RADIUS_KM, SOUND_KM_PER_MS, from_xyz, to_xyz
+
+FArray = npt.NDArray[np.float64]
+IArray = npt.NDArray[np.intp]
+
+#: Landmarks with the lowest RTTs carry nearly all the information; the rest only bound.
+SOFT_LANDMARKS = 60
+SEA_LOG_PRIOR = math.log(0.02)
+HPD_MASS = 0.95
+ACCESS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
+PROFILE_LANDMARKS = 10
+PROFILE_GAIN = 1.0
+
+
+@dataclass(slots=True)
+class Posterior:
+    """Everything the solver knows about the sampled points; kept for temperature fitting."""
+
+    sample: Sample
+    loglik: FArray
+    logprior: FArray
+    codes: npt.NDArray[np.str_]
+    sound: CapIntersection
+    used: IArray  # model indices of the measurements used
+    rtt: FArray
+    culprits: list[int]
+
+    def weights(self, temperature: float) -> FArray:
+        lp = self.loglik / temperature + self.logprior
+        lp = lp - lp.max()
+        w = np.exp(lp) * self.sample.weight
+        return np.asarray(w / w.sum(), dtype=float)
+
+
+def country_probabilities(codes: npt.NDArray[np.str_], w: FArray) -> list[tuple[str, float]]:
+    """Posterior mass per country, renormalised over land (a VM sits on land)."""
+    land = codes != ""
+    total = float(w[land].sum())
+    if total <= 0:
+        return []
+    uniq, inv = np.unique(codes[land], return_inverse=True)
+    mass = np.bincount(inv, weights=w[land]) / total
+    order = np.argsort(-mass)
+    return [(str(uniq[k]), float(mass[k])) for k in order if mass[k] > 1e-6]
+
+
+def _cos_radius(radius_km: FArray) -> FArray:
+    return np.asarray(np.cos(np.minimum(radius_km / EARTH_RADIUS_KM, math.pi)), dtype=float)
+
+
+def find_inconsistent(lat: FArray, lon: FArray, radius_km: FArray) -> list[int]:
+    """The smallest set of caps whose removal leaves a common point (searched on a global grid).
+
+    Candidates: a Fibonacci lattice over the globe (~100 km apart) plus samples of every small cap;
+    the point violating the fewest caps (ties: the least total overshoot) names the culprits.
+    """
+    n = 40_000
+    k = np.arange(n) + 0.5
+    glat = np.degrees(np.arcsin(1 - 2 * k / n))
+    glon = (np.degrees(np.pi * (1 + 5**0.5) * k) + 180.0) % 360.0 - 180.0
+    pts = [to_xyz(glat, glon)]
+    for i in np.argsort(radius_km)[:10]:
+        pts.append(sample_cap(float(lat[i]), float(lon[i]), float(radius_km[i]), points=800).xyz)
+    xyz = np.concatenate(pts)
+    cent = to_xyz(lat, lon)
+    ang = np.arccos(np.clip(xyz @ cent.T, -1.0, 1.0)) * EARTH_RADIUS_KM
+    over = np.maximum(ang - radius_km[None, :], 0.0)
+    count = (over > 0).sum(axis=1)
+    best = np.flatnonzero(count == count.min())
+    j = int(best[np.argmin(over[best].sum(axis=1))])
+    return [int(i) for i in np.flatnonzero(over[j] > 0)]
+
+
+def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: FArray,
+              countries: CountryLookup, *, points: int = 4000) -> Posterior:
+    """Sample the smallest sound cap and score every point. ``lat``/``lon`` are the landmarks'."""
+    culprits: list[int] = []
+    keep = np.ones(len(idx), dtype=bool)
+    for _ in range(3):
+        radius = np.maximum(rtt[keep], 0.0) * SOUND_KM_PER_MS
+        llat, llon = lat[keep], lon[keep]
+        s = int(np.argmin(radius))
+        sample = sample_cap(float(llat[s]), float(llon[s]), float(radius[s]), points=points)
+        cent = to_xyz(llat, llon)
+        cosd = sample.xyz @ cent.T
+        # A point stands for a cell: allow half a cell diagonal so thin regions are not lost.
+        slack = sample.spacing_km * 0.75
+        inside = (cosd >= _cos_radius(radius + slack)[None, :]).all(axis=1)
+        if inside.any():
+            break
+        bad = find_inconsistent(llat, llon, radius)
+        if not bad:
+            break
+        live = np.flatnonzero(keep)
+        culprits.extend(int(idx[live[b]]) for b in bad)
+        keep[live[bad]] = False
+    sound = CapIntersection(llat, llon, radius, sample, inside)
+    codes = countries.codes_at(sample.lat, sample.lon)
+    land = codes != ""
+    logprior = np.where(land, 0.0, SEA_LOG_PRIOR)
+    loglik = np.zeros(len(sample))
+    used = idx[keep]
+    r_used = rtt[keep]
+    if model is not None and inside.any():
+        near = np.argsort(r_used)[:SOFT_LANDMARKS]
+        dist = np.arccos(np.clip(cosd[:, near], -1.0, 1.0)) * EARTH_RADIUS_KM
+        base = r_used[near] - model.offset[used[near]]
+        # The VM's own access delay adds to every RTT alike: marginalise over it.
+        levels = []
+        for frac in ACCESS_LEVELS:
+            radj = np.maximum(base - frac * base.min(), 0.25)
+            ll = soft_loglik(model.table, radj[None, :], dist)
+            # Beyond the adjusted bound (but inside the sound one): steep penalty, not impossibility.
+            u = dist / (SOUND_KM_PER_MS * radj[None, :])
+            ll = np.where(np.isfinite(ll), ll, model.table[-1, -1] - 20.0 * (u - 1.0))
+            levels.append(ll.sum(axis=1))
+        stack = np.array(levels)
+        mx = stack.max(axis=0)
+        loglik = mx + np.log(np.exp(stack - mx).mean(axis=0))
+        logprior = logprior + _kde_logprior(model, sample, used, r_used)
+    loglik = np.where(inside, loglik, -np.inf)
+    if not inside.any():
+        loglik = np.zeros(len(sample))
+    return Posterior(sample, loglik, logprior, codes, sound, used, r_used, culprits)
+
+
+def _kde_logprior(model: Model, sample: Sample, used: IArray, rtt: FArray) -> FArray:
+    """Data centres cluster: a kernel density of the (vetted) landmarks' own positions.
+
+    Each landmark's kernel is weighted by how well its RTTs to the VM's nearest landmarks match the
+    VM's own (delay-space nearest neighbours, as in GeoPing): a peer with the same RTT profile is
+    probably in the same place.
+    """
+    ok = np.array([lid not in model.excluded for lid in model.ids])
+    near = np.argsort(rtt)[:PROFILE_LANDMARKS]
+    prof = model.rtt[:, used[near]] if model.rtt.size else np.full((len(model.ids), len(near)), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.abs(np.log(np.maximum(prof, 0.1)) - np.log(np.maximum(rtt[near], 0.1))[None, :])
+    has = np.isfinite(diff).sum(axis=1) >= min(3, len(near))
+    delta = np.where(has, np.nanmedian(np.where(np.isfinite(diff), diff, np.nan), axis=1), np.inf)
+    wk = np.where(ok & has, np.exp(-((delta / model.profile_width) ** 2)), 0.0)
+    keep = wk > 1e-4
+    if not keep.any():
+        return np.full(len(sample), math.log(model.prior_floor))
+    cent = to_xyz(model.lat[keep], model.lon[keep])
+    h = model.prior_bandwidth_km
+    d = np.arccos(np.clip(sample.xyz @ cent.T, -1.0, 1.0)) * EARTH_RADIUS_KM
+    dens = (np.exp(-0.5 * (d / h) ** 2) * wk[keep][None, :]).sum(axis=1)
+    return np.asarray(np.log(model.prior_floor + PROFILE_GAIN * dens), dtype=float)
+
+
+def estimate(post: Posterior, w: FArray) -> tuple[float, float, float]:
+    """Point estimate (the posterior mean around the densest area) and its 90 % error radius."""
+    s = post.sample
+    # Smooth the weights over ~150 km and take the peak, then average around it: robust to modes.
+    top = np.argsort(-w)[:400]
+    cos150 = math.cos(150.0 / EARTH_RADIUS_KM)
+    near = (s.xyz[top] @ s.xyz[top].T) >= cos150
+    score = near.astype(float) @ w[top]
+    peak = top[int(np.argmax(score))]
+    around = (s.xyz @ s.xyz[peak]) >= cos150
+    v = (w[around, None] * s.xyz[around]).sum(axis=0)
+    if np.linalg.norm(v) < 1e-12:
+        v = s.xyz[peak]
+    v = v / np.linalg.norm(v)
+    lat, lon = from_xyz(v)
+    d = np.arccos(np.clip(s.xyz @ v, -1.0, 1.0)) * EARTH_RADIUS_KM
+    order = np.argsort(d)
+    cum = np.cumsum(w[order])
+    radius = float(d[order][min(int(np.searchsorted(cum, 0.9)), len(order) - 1)])
+    return float(lat), float(lon), max(radius, s.spacing_km)
+
+
+def hpd(post: Posterior, w: FArray, mass: float = HPD_MASS) -> SampledRegion:
+    order = np.argsort(-w)
+    cum = np.cumsum(w[order])
+    k = min(int(np.searchsorted(cum, mass)) + 1, len(order))
+    mask = np.zeros(len(w), dtype=bool)
+    mask[order[:k]] = True
+    return SampledRegion(post.sample.subset(mask))
+
+
+def certify(post: Posterior, countries: CountryLookup) -> str | None:
+    """Certify only when the sound region's land lies in one country (checked on polygons)."""
+    if post.sound.empty:
+        return None
+    land = post.codes[post.sound.inside]
+    land = land[land != ""]
+    if len(set(land.tolist())) > 1:
+        return None  # the sample already shows two countries: no need for polygons
+    return countries.certify(post.sound.polygon())
+
+
+def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, rtts: Mapping[str, float],
+                countries: CountryLookup, *, method: str = "geoprobe",
+                temperature: float | None = None) -> Fix:
+    """Solve with a fitted ``model`` (None: sound bound only). ``ids/lat/lon`` describe the landmarks."""
+    notes: list[str] = []
+    excluded: dict[str, str] = {}
+    if model is not None:
+        excluded.update({k: v for k, v in model.excluded.items() if k in rtts})
+        pos = model.index
+        idx, r = measured_rtts(model, rtts)
+        mlat, mlon = model.lat, model.lon
+    else:
+        pos = {k: i for i, k in enumerate(ids)}
+        pairs = [(pos[k], float(v)) for k, v in rtts.items() if k in pos and math.isfinite(v) and v >= 0]
+        idx = np.array([p[0] for p in pairs], dtype=np.intp)
+        r = np.array([p[1] for p in pairs], dtype=float)
+        mlat, mlon = np.asarray(lat, float), np.asarray(lon, float)
+        notes.append("no calibration data: the region and verdict rest on the sound bound only")
+    for k in rtts:
+        if k not in pos:
+            excluded[k] = "not in the catalogue"
+    if len(idx) == 0:
+        raise MeasurementError("no usable RTT measurement to a known landmark")
+    all_ids = model.ids if model is not None else list(ids)
+    post = posterior(model, idx, r, mlat[idx] * 0 + mlat[idx], mlon[idx], countries)
+    inconsistent = [all_ids[i] for i in post.culprits]
+    for lid in inconsistent:
+        excluded[lid] = "inconsistent: its bound leaves no common point with the others"
+    if inconsistent:
+        notes.append(f"empty intersection: left out {len(inconsistent)} inconsistent constraint(s): "
+                     + ", ".join(inconsistent))
+    if post.sound.empty:
+        notes.append("no point satisfies the remaining bounds; estimate is the best compromise")
+    t = temperature if temperature is not None else (model.temperature if model is not None else 1.0)
+    w = post.weights(t)
+    lat_e, lon_e, err = estimate(post, w)
+    region = hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
+    probs = country_probabilities(post.codes, w)
+    rcodes = post.codes[np.isin(np.arange(len(w)), np.flatnonzero(w > 0))]
+    shares = _shares(region.sample, countries)
+    countries_out = [CountryShare(c, p, shares.get(c, 0.0)) for c, p in probs]
+    _ = rcodes
+    cert = certify(post, countries)
+    return Fix(lat=lat_e, lon=lon_e, error_radius_km=err, bound="calibrated" if model is not None else "sound",
+               countries=countries_out, certified=cert, region=region, sound_region=post.sound,
+               landmarks_used=[all_ids[i] for i in post.used], excluded=excluded, inconsistent=inconsistent,
+               method=method, notes=notes)
+
+
+def _shares(sample: Sample, countries: CountryLookup) -> dict[str, float]:
+    if len(sample) == 0:
+        return {}
+    codes = countries.codes_at(sample.lat, sample.lon)
+    land = codes != ""
+    tot = float(sample.weight[land].sum())
+    if tot <= 0:
+        return {}
+    out: dict[str, float] = {}
+    for c, wt in zip(codes[land].tolist(), sample.weight[land].tolist()):
+        out[c] = out.get(c, 0.0) + wt / tot
+    return out

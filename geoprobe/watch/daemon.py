@@ -1,0 +1,349 @@
+"""The watch loop as a library: probe, test the fingerprint, read signals, fuse, emit, record.
+
+One :class:`Watcher` owns the baseline and the state machine. ``round()`` does one cycle and is what
+tests and the replay drive; ``run()`` repeats it until told to stop, probing every ``interval_s``
+while all is quiet and every ``fast_interval_s`` while a suspicion is open.
+
+Everything the loop touches from outside comes in as a parameter (the probe, the solver, the signal
+sources, the event sink and the policy hook), so the daemon runs without a policy (``--allow``
+only) and DEFEND plugs its response in through ``on_event``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from geoprobe import events
+from geoprobe.errors import GeoprobeError
+from geoprobe.geo.fix import Fix
+from geoprobe.landmarks import Catalogue, Landmark
+from geoprobe.measurement import Measurement, min_rtts
+from geoprobe.metrics import Metrics
+from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
+from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
+from geoprobe.watch.state import WatchStore
+
+log = logging.getLogger("geoprobe.watch")
+
+Event = dict[str, Any]
+MeasureFn = Callable[[Sequence[Landmark]], list[Measurement]]
+SolveFn = Callable[[Mapping[str, float]], Fix]
+
+
+class AnomalySource(Protocol):
+    """A timing, fingerprint or cloud signal, polled once per round with that round's measurements."""
+
+    name: str
+
+    def poll(self, measurements: Sequence[Measurement], now: float) -> Sequence[Anomaly]: ...
+
+
+class SignalAdapter:
+    """Wraps a SIGNALS ``Signal`` (``sample() -> Reading``) as an AnomalySource.
+
+    Signals fed by the prober (clock offsets against landmark time) get each round's measurements
+    through their ``update``; the last reading is kept so the daemon can store it as a baseline.
+    """
+
+    def __init__(self, signal: Any) -> None:
+        self.signal = signal
+        self.name: str = str(getattr(signal, "name", type(signal).__name__))
+        self.last: Any = None
+
+    def poll(self, measurements: Sequence[Measurement], now: float) -> Sequence[Anomaly]:
+        update = getattr(self.signal, "update", None)
+        if callable(update):
+            update(measurements)
+        r = self.signal.sample()
+        self.last = r
+        if r.available and r.anomalous:
+            return [Anomaly(r.name, float(r.score), r.reason, bool(r.decisive), float(r.time))]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    interval_s: float = 60.0
+    fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
+    warmup_rounds: int = 3  # rounds that build the baseline before the test starts
+    fix_every: int = 10  # emit a location.fix event every N quiet rounds
+    min_landmarks: int = 3
+
+    @property
+    def fast(self) -> float:
+        return self.fast_interval_s if self.fast_interval_s is not None else max(0.2, self.interval_s / 4)
+
+
+@dataclass(slots=True)
+class RoundResult:
+    rtts: dict[str, float]
+    shift: ShiftResult | None
+    transitions: list[Transition]
+    events: list[Event]
+    fix: Fix | None
+    duration_s: float
+
+
+@dataclass
+class Counters:
+    rounds: int = 0
+    failed_rounds: int = 0
+    suspected: int = 0
+    confirmed: dict[str, int] = field(default_factory=lambda: {"true": 0, "false": 0})
+    events: int = 0
+    hook_errors: int = 0
+
+
+class EventSink:
+    """Writes each event as one JSON line (stdout or --events FILE) and records it."""
+
+    def __init__(self, stream: Any, store: WatchStore | None) -> None:
+        self.stream = stream
+        self.store = store
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            if self.store is not None:
+                self.store.record_event(event)
+            events.write_event(self.stream, event)
+
+
+class HookRunner:
+    """Runs the policy hook (DEFEND's response) on its own thread, in event order.
+
+    Actions can take their full timeout (or, for ``delay``, keep running); the probing loop must
+    not wait for them, or a slow webhook would blind the watch exactly when it matters.
+    """
+
+    def __init__(self, hook: Callable[[Event], None], on_error: Callable[[BaseException], None]) -> None:
+        self.hook = hook
+        self.on_error = on_error
+        self.q: queue.Queue[Event | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="geoprobe-hook", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            ev = self.q.get()
+            if ev is None:
+                return
+            try:
+                self.hook(ev)
+            except Exception as exc:  # a failing action must not stop the watch
+                self.on_error(exc)
+
+    def __call__(self, event: Event) -> None:
+        self.q.put(event)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.q.put(None)
+        self.thread.join(timeout)
+
+
+class Watcher:
+    def __init__(self, catalogue: Catalogue, jurisdiction: Jurisdiction, *, measure: MeasureFn, solve: SolveFn,
+                 emit: Callable[[Event], None], store: WatchStore | None = None,
+                 on_event: Callable[[Event], None] | None = None, signals: Sequence[AnomalySource] = (),
+                 metrics_path: str | Path | None = None, config: WatchConfig | None = None,
+                 shift_test: ShiftTest | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.catalogue = catalogue
+        self.jurisdiction = jurisdiction
+        self.measure = measure
+        self.solve = solve
+        self.emit = emit
+        self.store = store
+        self.on_event = on_event
+        self.signals = list(signals)
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        self.config = config or WatchConfig()
+        self.test = shift_test or ShiftTest()
+        self.clock = clock
+        self.fusion = Fusion(jurisdiction)
+        self.baseline = Baseline()
+        self.counters = Counters()
+        self.last_fix: Fix | None = None
+        self.last_shift: ShiftResult | None = None
+        self.last_round_s = 0.0
+        self._quiet_since_fix = 0
+        self._restore()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Pick up the baseline where a previous run left it, so a move while we were down shows."""
+        if self.store is None:
+            return
+        raw = self.store.load_baseline("rtt")
+        last = self.store.last_fix("watch")
+        if raw is None or last is None:
+            return
+        self.baseline = Baseline.from_json(raw)
+        try:
+            fix = self.solve(last.rtts)
+        except GeoprobeError as exc:
+            log.warning("cannot re-solve the stored fix: %s; starting a new baseline", exc)
+            self.baseline = Baseline()
+            return
+        self.baseline.fix = fix
+        self.fusion.rebaseline(fix)
+        self.last_fix = fix
+
+    def _save_baseline(self) -> None:
+        if self.store is not None:
+            self.store.save_baseline("rtt", self.baseline.to_json())
+
+    # -- one round -----------------------------------------------------------------------------
+    def _publish(self, type_: str, data: dict[str, Any], out: list[Event]) -> None:
+        ev = events.make_event(type_, data)
+        self.emit(ev)
+        self.counters.events += 1
+        out.append(ev)
+        if self.on_event is not None and type_ != events.FIX:
+            self.on_event(ev)
+
+    def _record_fix(self, fix: Fix, rtts: Mapping[str, float], now: float, out: list[Event]) -> None:
+        self.last_fix = fix
+        if self.store is not None:
+            self.store.record_fix(fix, rtts, source="watch", time=now)
+        data = fix.to_json()
+        data["allowed"] = sorted(self.jurisdiction.allowed)
+        data["verdict"] = self.jurisdiction.judge(fix).to_json()
+        self._publish(events.FIX, data, out)
+        self._quiet_since_fix = 0
+
+    def _anomalies(self, ms: Sequence[Measurement], now: float) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        for s in self.signals:
+            try:
+                out.extend(s.poll(ms, now))
+            except Exception as exc:  # a broken signal degrades to silence, never stops the watch
+                log.warning("signal %s failed: %s", getattr(s, "name", s), exc)
+                continue
+            last = getattr(s, "last", None)
+            if self.store is not None and last is not None and hasattr(last, "to_json"):
+                self.store.save_baseline(f"signal:{s.name}", last.to_json())
+        return out
+
+    def round(self) -> RoundResult:
+        t0 = time.monotonic()
+        now = self.clock()
+        out: list[Event] = []
+        ms = self.measure(self.catalogue.landmarks)
+        rtts = min_rtts(ms)
+        self.counters.rounds += 1
+        anomalies = self._anomalies(ms, now)
+        shift: ShiftResult | None = None
+        transitions: list[Transition] = []
+        fix: Fix | None = None
+        if len(rtts) < self.config.min_landmarks:
+            self.counters.failed_rounds += 1
+            log.warning("only %d landmarks answered (need %d)", len(rtts), self.config.min_landmarks)
+            transitions = self.fusion.step(Observation(None, None, anomalies, now))
+        elif self.baseline.rounds < self.config.warmup_rounds and self.fusion.state == State.NORMAL:
+            self.baseline.add(rtts)
+            if self.baseline.fix is None:
+                fix = self.solve(rtts)
+                self.baseline.fix = fix
+                self.fusion.rebaseline(fix)
+                self._record_fix(fix, rtts, now, out)
+            transitions = self.fusion.step(Observation(None, None, anomalies, now))
+        else:
+            shift = self.test.assess(self.baseline, rtts, solve=self.solve)
+            fix = shift.fix
+            transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
+            if shift.outcome == "not_moved" and self.fusion.state not in (State.SUSPECT, State.CONFIRMING):
+                self.baseline.add(rtts)
+                self._quiet_since_fix += 1
+        for t in transitions:
+            if self.store is not None:
+                self.store.record_transition(t.frm.value, t.to.value, t.reasons, t.time)
+            log.info("%s -> %s: %s", t.frm.value, t.to.value, "; ".join(t.reasons))
+            if t.event_type is not None:
+                data = dict(t.data)
+                data["state"] = t.to.value
+                data["reasons"] = t.reasons
+                if t.event_type == events.SUSPECTED:
+                    self.counters.suspected += 1
+                elif t.event_type == events.CONFIRMED:
+                    self.counters.confirmed["true" if data.get("crossing") else "false"] += 1
+                self._publish(t.event_type, data, out)
+        if any(t.to == State.CONFIRMED for t in transitions) and self.fusion.confirmed_fix is not None:
+            new = self.fusion.confirmed_fix
+            self.baseline.reset([rtts], fix=new)
+            self.fusion.rebaseline(new)
+            self._record_fix(new, rtts, now, out)
+        elif fix is not None and self.store is not None:
+            self.last_fix = fix
+            self.store.record_fix(fix, rtts, source="watch", time=now)
+        elif self._quiet_since_fix >= self.config.fix_every and rtts:
+            self._record_fix(self.solve(rtts), rtts, now, out)
+        self._save_baseline()
+        self.last_shift = shift
+        self.last_round_s = time.monotonic() - t0
+        self.write_metrics(len(rtts), now)
+        return RoundResult(rtts, shift, transitions, out, fix, self.last_round_s)
+
+    # -- the loop ------------------------------------------------------------------------------
+    @property
+    def interval(self) -> float:
+        return self.config.fast if self.fusion.fast else self.config.interval_s
+
+    def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
+        """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are interruptible."""
+        n = 0
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                self.round()
+            except GeoprobeError as exc:
+                self.counters.failed_rounds += 1
+                log.warning("round failed: %s", exc)
+            n += 1
+            if max_rounds is not None and n >= max_rounds:
+                return
+            stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+
+    def write_metrics(self, answered: int, now: float) -> None:
+        if self.metrics_path is None:
+            return
+        m = Metrics()
+        c = self.counters
+        m.gauge("geoprobe_up", "1 while the watch runs.", 1)
+        m.counter("geoprobe_watch_rounds_total", "Probe rounds run.", c.rounds)
+        m.counter("geoprobe_watch_failed_rounds_total", "Rounds with too few landmarks answering.",
+                  c.failed_rounds)
+        m.counter("geoprobe_migrations_suspected_total", "Migrations suspected.", c.suspected)
+        for crossing, n in c.confirmed.items():
+            m.counter("geoprobe_migrations_confirmed_total", "Migrations confirmed, by border crossing.", n,
+                      crossing=crossing)
+        m.counter("geoprobe_events_total", "CloudEvents emitted.", c.events)
+        m.counter("geoprobe_hook_errors_total", "Policy hook calls that raised.", c.hook_errors)
+        for s in State:
+            m.gauge("geoprobe_watch_state", "Current state of the migration state machine.",
+                    1 if self.fusion.state == s else 0, state=s.value)
+        m.gauge("geoprobe_landmarks_answered", "Landmarks that answered in the last round.", answered)
+        m.gauge("geoprobe_probe_interval_seconds", "Current probing interval (shorter while suspicious).",
+                self.interval)
+        m.gauge("geoprobe_round_duration_seconds", "Duration of the last round.", self.last_round_s)
+        m.gauge("geoprobe_last_round_timestamp_seconds", "UNIX time of the last round.", now)
+        if self.last_shift is not None:
+            m.gauge("geoprobe_fingerprint_changed_landmarks", "Landmarks whose min RTT moved beyond noise.",
+                    len(self.last_shift.changed))
+        fix = self.last_fix
+        if fix is not None:
+            m.gauge("geoprobe_fix_latitude_degrees", "Latitude of the last fix.", fix.lat)
+            m.gauge("geoprobe_fix_longitude_degrees", "Longitude of the last fix.", fix.lon)
+            m.gauge("geoprobe_fix_error_radius_meters", "Error radius of the last fix.", fix.error_radius_km * 1000)
+            m.gauge("geoprobe_allowed_probability_ratio", "Probability that the VM is in the allowed set.",
+                    fix.probability_in(set(self.jurisdiction.allowed)))
+            m.gauge("geoprobe_fix_certified", "1 when the last fix is certified in a country.",
+                    1 if fix.certified else 0, country=fix.certified or "")
+        m.write(self.metrics_path)

@@ -1,0 +1,255 @@
+"""Fusion: one state machine turns fingerprint shifts, fixes and timing signals into a verdict.
+
+States: ``normal -> suspect -> confirming -> confirmed -> settled`` (and back to ``normal`` when a
+suspicion clears). Every transition carries its reasons, and the ones users act on carry an event.
+
+* normal/settled -> suspect: the fingerprint moved, or a decisive timing/fingerprint signal fired.
+  Emits ``migration.suspected``; the daemon probes faster while suspicious.
+* suspect -> confirming: a re-measurement agrees with the moved fingerprint (same landmarks changed
+  the same way and, when both have fixes, the fixes lie close together).
+* confirming -> confirmed, ``crossing=true``: the jurisdiction rule says *outside* (by default only a
+  certified country or a sound region that leaves the allowed set, see ``jurisdiction.py``) AND it is
+  corroborated, either by a decisive independent signal within ``signal_window_s`` or by the
+  previous agreeing measurement also judged outside. Added delay alone cannot satisfy the sound rule,
+  so a crossing cannot be forced by an on-path adversary.
+* confirming -> confirmed, ``crossing=false``: the new fix is inside the allowed set (a move within
+  it), or it still straddles the border after ``max_confirm_rounds`` rounds (a move, not a proven
+  crossing: an overlapping region is never a confirmed crossing).
+* confirming/suspect -> normal: the fingerprint is back at its baseline for ``clear_rounds`` rounds.
+* confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after the move.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from geoprobe import events
+from geoprobe.geo.fix import Fix
+from geoprobe.geo.sphere import haversine_km
+from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
+from geoprobe.watch.shift import ShiftResult
+
+
+class State(str, Enum):
+    NORMAL = "normal"
+    SUSPECT = "suspect"
+    CONFIRMING = "confirming"
+    CONFIRMED = "confirmed"
+    SETTLED = "settled"
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """An independent signal that fired (clock step, execution gaps, host fingerprint, cloud notice)."""
+
+    signal: str
+    score: float
+    detail: str = ""
+    decisive: bool = True  # weak signals (steal time) are recorded but never corroborate
+    time: float = 0.0
+
+
+@dataclass(slots=True)
+class Observation:
+    """One round: the shift test's answer (with its fix, if solved) and the signals that fired."""
+
+    shift: ShiftResult | None
+    fix: Fix | None = None
+    anomalies: Sequence[Anomaly] = ()
+    time: float = field(default_factory=_time.time)
+
+
+@dataclass(slots=True)
+class Transition:
+    frm: State
+    to: State
+    reasons: list[str]
+    time: float
+    event_type: str | None = None  # a CloudEvent type when users should hear of it
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.frm.value, "to": self.to.value, "reasons": self.reasons, "time": self.time,
+                "event_type": self.event_type}
+
+
+@dataclass(frozen=True, slots=True)
+class FusionConfig:
+    agree_km: float = 400.0  # two fixes of one move agree if this close (or within their error radii)
+    agree_overlap: float = 0.5  # share of changed landmarks two measurements of one move must share
+    clear_rounds: int = 3
+    max_confirm_rounds: int = 5
+    settle_rounds: int = 3
+    signal_window_s: float = 600.0
+
+
+def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[bool, str]:
+    """Do two moved measurements describe the same move?"""
+    sa, sb = set(a.changed), set(b.changed)
+    small = min(len(sa), len(sb))
+    overlap = len(sa & sb) / small if small else 0.0
+    if overlap < cfg.agree_overlap:
+        return False, f"changed landmarks overlap {overlap:.0%} (< {cfg.agree_overlap:.0%})"
+    ia, ib = set(a.increased), set(b.increased)
+    da, db = set(a.decreased), set(b.decreased)
+    contra = len((ia & db) | (da & ib))
+    if contra > 0.2 * max(1, len(sa & sb)):
+        return False, f"{contra} landmarks changed in opposite directions"
+    if a.fix is not None and b.fix is not None:
+        d = float(haversine_km(a.fix.lat, a.fix.lon, b.fix.lat, b.fix.lon))
+        tol = max(cfg.agree_km, a.fix.error_radius_km + b.fix.error_radius_km)
+        if d > tol:
+            return False, f"fixes {d:.0f} km apart (> {tol:.0f} km)"
+        return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, fixes {d:.0f} km apart"
+    return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared"
+
+
+@dataclass
+class Fusion:
+    """The state machine. Pure: it knows nothing of sockets, files or clocks (time comes in)."""
+
+    jurisdiction: Jurisdiction
+    config: FusionConfig = field(default_factory=FusionConfig)
+    home_fix: Fix | None = None  # where the baseline was taken
+    state: State = State.NORMAL
+    _moves: list[ShiftResult] = field(default_factory=list)  # moved measurements of this episode
+    _verdicts: list[JurisdictionVerdict] = field(default_factory=list)
+    _signals: list[Anomaly] = field(default_factory=list)
+    _quiet: int = 0
+    _confirm_rounds: int = 0
+    _since: float = 0.0
+    confirmed_fix: Fix | None = None  # set on confirmation: the daemon re-baselines there
+
+    @property
+    def fast(self) -> bool:
+        """Probe faster while a suspicion is open."""
+        return self.state in (State.SUSPECT, State.CONFIRMING)
+
+    def _go(self, out: list[Transition], to: State, reasons: list[str], now: float,
+            event_type: str | None = None, data: dict[str, Any] | None = None) -> None:
+        out.append(Transition(self.state, to, reasons, now, event_type, data or {}))
+        self.state = to
+
+    def _corroborating(self, now: float) -> list[Anomaly]:
+        return [a for a in self._signals if a.decisive and now - a.time <= self.config.signal_window_s]
+
+    def step(self, obs: Observation) -> list[Transition]:
+        now = obs.time
+        out: list[Transition] = []
+        for a in obs.anomalies:
+            self._signals.append(a if a.time else Anomaly(a.signal, a.score, a.detail, a.decisive, now))
+        self._signals = [a for a in self._signals if now - a.time <= self.config.signal_window_s]
+        decisive_now = [a for a in obs.anomalies if a.decisive]
+        shift = obs.shift
+        moved = shift is not None and shift.outcome == "moved"
+        quiet = shift is not None and shift.outcome == "not_moved"
+
+        if self.state in (State.NORMAL, State.SETTLED):
+            if moved or decisive_now:
+                assert shift is not None or decisive_now
+                reasons = list(shift.reasons) if moved and shift is not None else []
+                reasons += [f"signal {a.signal}: {a.detail}" for a in decisive_now]
+                self._moves = [shift] if moved and shift is not None else []
+                self._verdicts, self._quiet, self._confirm_rounds, self._since = [], 0, 0, now
+                self._go(out, State.SUSPECT, reasons, now, events.SUSPECTED,
+                         self._data(shift, signals=[a.signal for a in decisive_now]))
+            return out
+
+        if self.state == State.CONFIRMED:
+            if moved and shift is not None:
+                # A further move against the new baseline opens a new episode.
+                self._moves, self._verdicts, self._quiet, self._confirm_rounds = [shift], [], 0, 0
+                self._since = now
+                self._go(out, State.SUSPECT, list(shift.reasons), now, events.SUSPECTED, self._data(shift))
+            elif quiet:
+                self._quiet += 1
+                if self._quiet >= self.config.settle_rounds:
+                    self._go(out, State.SETTLED, [f"{self._quiet} quiet rounds at the new location"], now)
+            return out
+
+        # SUSPECT or CONFIRMING
+        if quiet:
+            self._quiet += 1
+            if self._quiet >= self.config.clear_rounds:
+                why = f"fingerprint at its baseline for {self._quiet} rounds"
+                if shift is not None and shift.near is not None and shift.max_move_km is not None:
+                    why += f"; still near {shift.near} (moved at most {shift.max_move_km:.0f} km)"
+                self._go(out, State.NORMAL, [why], now)
+            return out
+        if not moved or shift is None:
+            return out  # unsure or nothing new: keep probing fast
+        self._quiet = 0
+
+        if self.state == State.SUSPECT:
+            if not self._moves:
+                self._moves.append(shift)  # suspicion came from a signal; this is the first measurement
+                return out
+            ok, why = _agree_shift(self._moves[-1], shift, self.config)
+            self._moves.append(shift)
+            if not ok:
+                self._verdicts.clear()
+                return out  # keep suspecting; compare the next round with this one
+            prev = self._moves[-2]
+            if prev.fix is not None:
+                self._verdicts = [self.jurisdiction.judge(prev.fix)]
+            self._go(out, State.CONFIRMING, [why], now)
+
+        # CONFIRMING: judge this measurement's fix.
+        fix = shift.fix or obs.fix
+        if fix is None:
+            return out
+        self._confirm_rounds += 1
+        verdict = self.jurisdiction.judge(fix)
+        prev_v = self._verdicts[-1] if self._verdicts else None
+        self._verdicts.append(verdict)
+        if verdict.verdict == "outside":
+            corr = self._corroborating(now)
+            if corr:
+                support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
+            elif prev_v is not None and prev_v.verdict == "outside":
+                support = ["corroborated by a re-measurement also judged outside"]
+            else:
+                return out  # one outside verdict: wait for the next round to agree
+            self._confirm(out, shift, fix, True, verdict.reasons + support, now, [a.signal for a in corr])
+        elif verdict.verdict == "inside":
+            self._confirm(out, shift, fix, False, verdict.reasons + ["a move within the allowed set"], now,
+                          [a.signal for a in self._corroborating(now)])
+        elif self._confirm_rounds >= self.config.max_confirm_rounds:
+            self._confirm(out, shift, fix, False,
+                          verdict.reasons + [f"still straddling after {self._confirm_rounds} rounds: "
+                                             "a move, not a confirmed crossing"], now,
+                          [a.signal for a in self._corroborating(now)])
+        return out
+
+    def _confirm(self, out: list[Transition], shift: ShiftResult, fix: Fix, crossing: bool, reasons: list[str],
+                 now: float, signals: list[str]) -> None:
+        data = self._data(shift, signals=["rtt_fingerprint", *signals])
+        v = self._verdicts[-1]
+        data.update({"crossing": crossing, "to": self.jurisdiction.label(fix), "verdict": v.to_json(),
+                     "rounds": len(self._moves), "seconds": round(now - self._since, 3),
+                     "fix": fix.to_json()})
+        self._go(out, State.CONFIRMED, reasons, now, events.CONFIRMED, data)
+        self.confirmed_fix = fix
+        self._quiet = 0
+
+    def _data(self, shift: ShiftResult | None, signals: Sequence[str] = ()) -> dict[str, Any]:
+        """The event payload shared by suspected and confirmed (``from``, ``to``, distance, signals)."""
+        sigs = list(signals)
+        if shift is not None and shift.outcome == "moved" and "rtt_fingerprint" not in sigs:
+            sigs.insert(0, "rtt_fingerprint")
+        return {
+            "from": self.jurisdiction.label(self.home_fix),
+            "to": self.jurisdiction.label(shift.fix) if shift is not None and shift.fix is not None else None,
+            "distance_km": None if shift is None or shift.distance_km is None else round(shift.distance_km, 1),
+            "signals": sigs,
+            "shift": shift.to_json() if shift is not None else None,
+            "allowed": sorted(self.jurisdiction.allowed),
+        }
+
+    def rebaseline(self, fix: Fix | None) -> None:
+        """The daemon took a new baseline (after confirmation): fixes are now compared with this one."""
+        self.home_fix = fix

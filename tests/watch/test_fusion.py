@@ -1,0 +1,154 @@
+"""The state machine: crossings need a sound exit from the allowed set plus corroboration."""
+
+from __future__ import annotations
+
+from watch_world import make_fix
+
+from geoprobe import events
+from geoprobe.geo.fix import Fix
+from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
+from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.shift import ShiftResult
+
+FRANKFURT = make_fix(50.11, 8.68, 120, [("DE", 0.99), ("FR", 0.01)])
+PARIS = make_fix(48.86, 2.35, 120, [("FR", 0.99), ("BE", 0.01)])
+BERLIN = make_fix(52.52, 13.40, 120, [("DE", 0.99), ("PL", 0.01)])
+# Strasbourg with a large sound region: its calibrated verdict says FR, but the sound region reaches DE.
+STRASBOURG_WIDE = make_fix(48.58, 7.75, 300, [("FR", 0.97), ("DE", 0.03)])
+CHANGED = [f"lm{i:02d}" for i in range(20)]
+
+
+def moved(fix: Fix, changed: list[str] = CHANGED, decreased: list[str] | None = None) -> ShiftResult:
+    dec = decreased if decreased is not None else changed[:5]
+    return ShiftResult(outcome="moved", p_value=1e-12, compared=60, changed=changed, decreased=dec,
+                       increased=[c for c in changed if c not in dec], common_mode_ms=0.1, max_move_km=900.0,
+                       near="lm01", distance_km=480.0, fix=fix, reasons=["20 of 60 landmarks changed"])
+
+
+def quiet() -> ShiftResult:
+    return ShiftResult(outcome="not_moved", p_value=0.5, compared=60, changed=[], decreased=[], increased=[],
+                       common_mode_ms=0.0, max_move_km=90.0, near="lm07", distance_km=None, fix=None,
+                       reasons=["still near lm07: moved at most 90 km"])
+
+
+def fusion(allowed: str = "DE", **kw: object) -> Fusion:
+    f = Fusion(Jurisdiction.of(allowed.split(","), **kw))  # type: ignore[arg-type]
+    f.rebaseline(FRANKFURT)
+    return f
+
+
+def run(f: Fusion, observations: list[Observation]) -> list[Transition]:
+    out: list[Transition] = []
+    for i, o in enumerate(observations):
+        o.time = 1000.0 + i
+        out += f.step(o)
+    assert all(t.reasons for t in out), "every transition carries its reasons"
+    return out
+
+
+def confirmed(ts: list[Transition]) -> list[Transition]:
+    return [t for t in ts if t.event_type == events.CONFIRMED]
+
+
+def test_quiet_rounds_change_nothing() -> None:
+    f = fusion()
+    assert run(f, [Observation(quiet()) for _ in range(20)]) == []
+    assert f.state == State.NORMAL and not f.fast
+
+
+def test_cross_border_move_is_confirmed_on_the_agreeing_remeasurement() -> None:
+    f = fusion()
+    ts = run(f, [Observation(moved(PARIS))])
+    assert [t.to for t in ts] == [State.SUSPECT]
+    assert ts[0].event_type == events.SUSPECTED and f.fast
+    ts = run(f, [Observation(moved(PARIS))])
+    assert [t.to for t in ts] == [State.CONFIRMING, State.CONFIRMED]
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is True
+    assert c.data["from"] == "DE" and c.data["to"] == "FR"
+    assert c.data["verdict"]["rule"] == "sound"
+    assert "rtt_fingerprint" in c.data["signals"]
+    assert any("re-measurement" in r for r in c.reasons)
+    assert f.confirmed_fix is PARIS
+
+
+def test_single_outside_measurement_is_not_enough() -> None:
+    f = fusion()
+    ts = run(f, [Observation(moved(PARIS)), Observation(quiet()), Observation(quiet()), Observation(quiet())])
+    assert confirmed(ts) == []
+    assert f.state == State.NORMAL
+    assert "still near lm07" in ts[-1].reasons[0]
+
+
+def test_move_within_the_allowed_country_is_not_a_crossing() -> None:
+    f = fusion()
+    ts = run(f, [Observation(moved(BERLIN)), Observation(moved(BERLIN))])
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is False and c.data["to"] == "DE"
+    assert any("within the allowed set" in r for r in c.reasons)
+
+
+def test_allowed_group_makes_a_move_to_france_no_crossing() -> None:
+    f = fusion("DE,FR")
+    (c,) = confirmed(run(f, [Observation(moved(PARIS)), Observation(moved(PARIS))]))
+    assert c.data["crossing"] is False
+
+
+def test_region_overlapping_the_allowed_set_is_never_a_confirmed_crossing() -> None:
+    f = fusion()
+    ts = run(f, [Observation(moved(STRASBOURG_WIDE)) for _ in range(8)])
+    cs = confirmed(ts)
+    assert len(cs) == 1 and cs[0].data["crossing"] is False
+    assert any("straddling" in r for r in cs[0].reasons)
+
+
+def test_calibrated_basis_is_opt_in() -> None:
+    f = fusion(basis="calibrated", min_probability=0.95)
+    (c,) = confirmed(run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(STRASBOURG_WIDE))]))
+    assert c.data["crossing"] is True and c.data["verdict"]["rule"] == "probability"
+
+
+def test_disagreeing_remeasurements_do_not_confirm() -> None:
+    f = fusion()
+    other = [f"lm{i:02d}" for i in range(30, 50)]
+    ts = run(f, [Observation(moved(PARIS)), Observation(moved(PARIS, changed=other))])
+    assert confirmed(ts) == [] and f.state == State.SUSPECT
+    ts = run(f, [Observation(moved(PARIS, changed=other))])
+    assert confirmed(ts)[0].data["crossing"] is True
+
+
+def test_independent_signal_corroborates_a_single_outside_fix() -> None:
+    clock = Anomaly("clock_offset", 8.0, "offset stepped +52 ms", decisive=True)
+    f = fusion()
+    ts = run(f, [Observation(moved(STRASBOURG_WIDE), anomalies=[clock]), Observation(moved(PARIS))])
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is True and "clock_offset" in c.data["signals"]
+    assert any("corroborated by clock_offset" in r for r in c.reasons)
+    # Without the signal the same sequence waits for a second outside fix.
+    f = fusion()
+    assert confirmed(run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(PARIS))])) == []
+    assert f.state == State.CONFIRMING
+
+
+def test_decisive_signal_alone_raises_then_clears_a_suspicion() -> None:
+    f = fusion()
+    ts = run(f, [Observation(quiet(), anomalies=[Anomaly("gce_maintenance", 1.0, "MIGRATE_ON_HOST_MAINTENANCE")])])
+    assert [t.to for t in ts] == [State.SUSPECT] and ts[0].data["signals"] == ["gce_maintenance"]
+    ts = run(f, [Observation(quiet()) for _ in range(3)])
+    assert [t.to for t in ts] == [State.NORMAL]
+
+
+def test_weak_signal_never_raises_a_suspicion() -> None:
+    f = fusion()
+    assert run(f, [Observation(quiet(), anomalies=[Anomaly("steal", 9.0, "steal 40%", decisive=False)])]) == []
+
+
+def test_confirmed_settles_after_quiet_rounds_and_a_second_move_opens_a_new_episode() -> None:
+    f = fusion()
+    run(f, [Observation(moved(PARIS)), Observation(moved(PARIS))])
+    f.rebaseline(PARIS)
+    ts = run(f, [Observation(quiet()) for _ in range(3)])
+    assert [t.to for t in ts] == [State.SETTLED]
+    ts = run(f, [Observation(moved(FRANKFURT)), Observation(moved(FRANKFURT))])
+    (c,) = confirmed(ts)
+    assert c.data["from"] == "FR" and c.data["to"] == "DE" and c.data["crossing"] is False
