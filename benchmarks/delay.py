@@ -5,7 +5,7 @@ Targets (issue 5): the dirtier's page-write rate is at least 50 % of a bare
 exceeds the configured cap. Each run is a fresh process, baseline and dirtier interleaved so
 that load from other processes hits both alike; medians are reported.
 
-    python benchmarks/delay.py [--seconds 3] [--reps 3] [--caps 64M,256M] [--json]
+    python benchmarks/delay.py [--seconds 3] [--reps 3] [--caps 128M,256M,1G] [--json]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--caps", default="64M,256M")
+    ap.add_argument("--caps", default="128M,256M,1G")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -92,7 +92,7 @@ def main() -> int:
         for r in rows:
             print(f"{r['cap']:>6} {r['buffer_bytes'] >> 20:>6}Mi {r['baseline_pages_per_s']:>14,.0f} "
                   f"{r['dirtier_pages_per_s']:>14,.0f} {r['ratio']:>6.2f} "
-                  f"{r['peak_rss_bytes'] >> 20:>7}Mi {str(r['peak_within_cap']):>5} "
+                  f"{r['peak_rss_bytes'] >> 20:>7}Mi {r['peak_within_cap']!s:>5} "
                   f"{r['cpu0.25_cpu_share']:>8.2f} {r['rate200k_pages_per_s']:>10,.0f}")
     ok = all(r["ratio"] >= 0.5 and r["peak_within_cap"] and
              r["peak_rss_capped_runs"] <= r["cap_bytes"] for r in rows)

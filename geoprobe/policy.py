@@ -74,9 +74,16 @@ class ActionSpec:
     def where(self) -> str:
         return f"on.{self.verdict}[{self.index}]"
 
+    def public_options(self) -> dict[str, Any]:
+        """Options fit to print: header values (tokens) are redacted."""
+        opts = dict(self.options)
+        if "headers" in opts:
+            opts["headers"] = {k: "***" for k in opts["headers"]}
+        return opts
+
     def describe(self) -> str:
         """One line for summaries and --dry-run."""
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.public_options().items())
         return f"{self.action}({opts}) timeout={self.timeout:g}s"
 
 
@@ -101,7 +108,7 @@ class Policy:
             "min_probability": self.min_probability,
             "min_landmarks": self.min_landmarks,
             "actions": {
-                v: [{"action": a.action, "timeout": a.timeout, **dict(a.options)} for a in specs]
+                v: [{"action": a.action, "timeout": a.timeout, **a.public_options()} for a in specs]
                 for v, specs in self.actions.items()
             },
         }

@@ -32,7 +32,7 @@ def record(fix: Fix, measurements: Sequence[Measurement], **meta: Any) -> dict[s
     out["countries"] = sorted(out["countries"], key=lambda c: (-c["probability"], c["code"]))
     out.update(meta)
     out["rtts_ms"] = {k: round(v, 4) for k, v in sorted(min_rtts(measurements).items())}
-    out["failures"] = failures(measurements)
+    out["failures"] = dict(sorted(failures(measurements).items()))
     out["rejected"] = rejected(measurements)
     out["measurements"] = [m.to_json() for m in measurements]
     return out

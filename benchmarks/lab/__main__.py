@@ -21,7 +21,7 @@ from typing import Any
 
 from .build import build_guest, default_cache, need_tools
 from .programs import DEFAULT_WATCH, clock_program, geoprobe_program
-from .report import analyse, summarise, write
+from .report import analyse, write
 from .scenarios import GuestProgram, Lab, RunPlan, RunRecord
 from .sites import WONDERPROXY, Place, distance_km, find_place
 
@@ -87,23 +87,24 @@ def plans(args: argparse.Namespace) -> list[tuple[RunPlan, str]]:
              ["cross", "control", "same", "delay"] if args.full else ["cross"])
     n = args.runs if args.full else 1
     out: list[tuple[RunPlan, str]] = []
-    common = dict(settle_s=args.settle, after_s=args.after)
+    common: dict[str, Any] = {"settle_s": args.settle, "after_s": args.after}
     for i in range(n):
         if "cross" in kinds:
-            out.append((RunPlan("cross", args.a, args.b, **common), ""))  # type: ignore[arg-type]
+            out.append((RunPlan("cross", args.a, args.b, **common), ""))
         if "control" in kinds:
-            out.append((RunPlan("control", args.a, args.b, migrate=False, **common), ""))  # type: ignore[arg-type]
+            out.append((RunPlan("control", args.a, args.b, migrate=False, **common), ""))
     if "same" in kinds:
-        out += [(RunPlan("same", args.a, args.same, **common), "")  # type: ignore[arg-type]
+        out += [(RunPlan("same", args.a, args.same, **common), "")
                 for _ in range(args.same_runs if args.full else 1)]
     if "delay" in kinds:
         # Same fixed bandwidth for all three so the totals compare; the delay holds for delay_seconds.
         params = {"max-bandwidth": 128 << 20, "downtime-limit": 300}
         timeout = args.delay_seconds + 90.0
-        d = dict(settle_s=10.0, after_s=5.0, parameters=params, migration_timeout_s=timeout)
-        out += [(RunPlan("delay-baseline", args.a, args.b, **d), "delay-baseline"),  # type: ignore[arg-type]
-                (RunPlan("delay-off", args.a, args.b, **d), "delay"),  # type: ignore[arg-type]
-                (RunPlan("delay-on", args.a, args.b, auto_converge=True, **d), "delay")]  # type: ignore[arg-type]
+        d: dict[str, Any] = {"settle_s": 10.0, "after_s": 5.0, "parameters": params,
+                             "migration_timeout_s": timeout}
+        out += [(RunPlan("delay-baseline", args.a, args.b, **d), "delay-baseline"),
+                (RunPlan("delay-off", args.a, args.b, **d), "delay"),
+                (RunPlan("delay-on", args.a, args.b, auto_converge=True, **d), "delay")]
     return out
 
 
@@ -130,6 +131,11 @@ def targets(summary: dict[str, Any], mode_full: bool) -> list[str]:
             missed.append(f"cross: median switchover->confirmed {med} s > 5 s")
         if cross["countermeasures_fired"] < cross["runs"]:
             missed.append(f"cross: counter-measures fired in {cross['countermeasures_fired']} runs")
+    for kind, s in summary.items():
+        if s.get("guest_faults"):
+            missed.append(f"{kind}: the guest faulted after migration in {s['guest_faults']} runs")
+        if s.get("errors"):
+            missed.append(f"{kind}: {s['errors']} runs failed")
     ctl = summary.get("control")
     if ctl and (ctl["with_suspected"] or ctl["with_confirmed"]):
         missed.append(f"control: {ctl['with_suspected']} suspected, {ctl['with_confirmed']} confirmed")
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.skip_unavailable else 2
 
     def log(msg: str) -> None:
-        print(f"[lab {dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+        print(f"[lab {dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
     t0 = time.time()
     log("guest image: building or reusing the cache (first build: debootstrap, several minutes)")
@@ -178,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  suspected {row['suspected']}, confirmed {row['confirmed']}, "
             f"switchover->confirmed {row['switchover_to_confirmed_s']} s, "
             f"hooks {len(row['hooks'])}, webhooks {len(row['webhooks'])}")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                          check=False)
     meta = {"mode": "full" if args.full else "smoke", "program": args.program,
             "guest_command": args.guest_command, "accel": args.accel, "memory_mb": args.memory,
             "qemu": qemu.stdout.split("\n")[0].replace("QEMU emulator version ", ""),
-            "started_utc": dt.datetime.fromtimestamp(t0, dt.timezone.utc).isoformat(timespec="seconds"),
+            "started_utc": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - t0), "workdir": str(workdir)}
     j, md = write(args.out, records, meta)
     summary = json.loads(j.read_text())["summary"]

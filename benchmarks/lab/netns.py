@@ -28,7 +28,7 @@ class Namespace:
         return self
 
     def delete(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
 
     def exists(self) -> bool:
         out = _ip("netns", "list").stdout

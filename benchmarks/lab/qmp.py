@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 class QMPError(RuntimeError):
@@ -69,8 +69,10 @@ class QMPClient:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> QMPClient:
-        return self.connect() if self._sock is None else self
+    def __enter__(self) -> Self:
+        if self._sock is None:
+            self.connect()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -102,7 +104,7 @@ class QMPClient:
             self._sock.settimeout(max(remaining, 0.0) if remaining > 0 else 0.0)
             try:
                 chunk = self._sock.recv(65536)
-            except (BlockingIOError, TimeoutError, socket.timeout):
+            except (BlockingIOError, TimeoutError):
                 break
             except ConnectionResetError:  # QEMU quit: what it said before going is kept
                 break
@@ -163,7 +165,7 @@ class QMPClient:
         while b"\n" not in self._buf:
             try:
                 chunk = self._sock.recv(65536)
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 raise QMPError(f"{self.path}: no answer from QEMU within {self.timeout} s") from exc
             except OSError as exc:
                 raise QMPError(f"{self.path}: QMP connection lost: {exc}") from exc

@@ -27,6 +27,10 @@ def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000.0, 1)
 
 
+# Kernel messages that mean the guest's memory or a device's state did not survive the migration.
+GUEST_FAULTS = ("BUG:", "Oops", "Kernel panic", "is not a head", "general protection", "LAB-PANIC")
+
+
 def guest_events(rec: RunRecord) -> list[tuple[float, dict[str, Any]]]:
     return [(t, ev) for t, text in rec.console if (ev := ConsoleLine(t, text).event()) is not None]
 
@@ -92,6 +96,7 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
         "delay": None if delay_start is None else {
             "started_s": round(delay_start - rec.started, 1),
             "ended_s": None if delay_end is None else round(delay_end - rec.started, 1)},
+        "guest_faults": [text[:200] for _, text in rec.console if any(f in text for f in GUEST_FAULTS)],
         "run_seconds": round(rec.ended - rec.started, 1),
     }
     if p.migrate:
@@ -140,11 +145,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "confirmed_crossing": sum(1 for r in rs if (r["confirmation"] or {}).get("crossing")),
             "flagged_during_precopy": sum(1 for r in rs if r["flagged_during_precopy"]),
             "countermeasures_fired": sum(1 for r in rs if r["hooks"] or r["webhooks"]),
+            "guest_faults": sum(1 for r in rs if r["guest_faults"]),
             "median_switchover_to_confirmed_s": statistics.median(conf) if conf else None,
             "max_switchover_to_confirmed_s": max(conf) if conf else None,
         }
         if migs:
-            def med(key: str) -> float | None:
+            def med(key: str, migs: list[dict[str, Any]] = migs) -> float | None:
                 vals = [m[key] for m in migs if m.get(key) is not None]
                 return statistics.median(vals) if vals else None
             s.update({
@@ -167,14 +173,14 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
     lines = [f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})", "",
              f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
              f"started {meta.get('started_utc')}, took {meta.get('seconds')} s.", "",
-             "| kind | runs | errors | migrations completed | suspected | confirmed | crossing | "
+             "| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
              "flagged in pre-copy | counter-measures | median switchover→confirmed (s) | "
              "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
              "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |",
-             "|" + "---|" * 17]
+             "|" + "---|" * 18]
     for kind, s in summary.items():
         lines.append("| " + " | ".join(str(x) for x in (
-            kind, s["runs"], s["errors"], s.get("migrations_completed", "-"), s["with_suspected"],
+            kind, s["runs"], s["errors"], s["guest_faults"], s.get("migrations_completed", "-"), s["with_suspected"],
             s["with_confirmed"], s["confirmed_crossing"], s["flagged_during_precopy"],
             s["countermeasures_fired"], _fmt(s["median_switchover_to_confirmed_s"]),
             _fmt(s.get("median_total_time_ms")), _fmt(s.get("median_qemu_downtime_ms")),

@@ -135,7 +135,7 @@ class Lab:
                 self._await_confirmation(rec, console, program, plan.after_s, dst, sites)
             else:
                 self._idle(console, plan.after_s, sites)
-        except Exception as exc:  # a failed run is recorded, never silently dropped
+        except Exception as exc:  # noqa: BLE001 (a failed run is recorded, never silently dropped
             rec.error = f"{type(exc).__name__}: {exc}"
             self.log(f"  run failed: {rec.error[:500]}")
         finally:

@@ -91,14 +91,18 @@ class Site:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}-{self.label}.log").open("wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # Each site's testbed registers in its own runtime dir, so two can run on one host.
+        rt = self.workdir / f"runtime-{self.label}"
+        rt.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(REPO), GEOPROBE_RUNTIME_DIR=str(rt),
+                   GEOPROBE_STATE_DIR=str(self.workdir / f"state-{self.label}"))
         self.procs.append(self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=str(REPO), env=env))
 
     def check_alive(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"site {self.label}: {' '.join(map(str, p.args))} exited "
+                raise RuntimeError(f"site {self.label}: {p.args!r} exited "
                                    f"with {p.returncode}; see logs in {self.workdir}")
 
     def stop(self) -> None:

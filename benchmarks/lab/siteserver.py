@@ -35,7 +35,7 @@ def serve_clock(site: str, port: int, stop: threading.Event) -> None:
 
 def make_webhook_handler(site: str, log: Path, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(min(length, 1 << 20)).decode("utf-8", "replace")
             rec = {"site": site, "received": time.time(), "path": self.path, "body": body}
@@ -45,7 +45,7 @@ def make_webhook_handler(site: str, log: Path, lock: threading.Lock) -> type[Bas
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return None
 
     return Handler

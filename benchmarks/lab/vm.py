@@ -6,6 +6,7 @@ namespace, which serial file, which QMP socket) differ, so one function builds b
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .build import GuestImage
 from .netns import Namespace
-from .qmp import QMPClient
+from .qmp import QMPClient, QMPError
 
 QEMU = "qemu-system-x86_64"
 
@@ -80,7 +81,7 @@ class QemuProcess:
                                   stdin=subprocess.DEVNULL)
         try:
             self.qmp = QMPClient(self.qmp_path).connect(wait=15.0)
-        except Exception:
+        except (QMPError, OSError):
             self.stop()
             raise RuntimeError(f"QEMU {self.name} did not start: "
                                + (self.workdir / f"qemu-{self.name}.log").read_text()[-2000:])
@@ -93,10 +94,8 @@ class QemuProcess:
     def stop(self, timeout: float = 5.0) -> None:
         """Quit over QMP, then terminate, then kill: always by this process's own pid."""
         if self.qmp is not None:
-            try:
+            with contextlib.suppress(QMPError, OSError):  # it may be gone already
                 self.qmp.execute("quit")
-            except Exception:
-                pass
             self.qmp.close()
             self.qmp = None
         if self.proc is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +50,7 @@ def _progress(env: Environment, total: int, method: str) -> Iterator[Callable[[i
     if not env.stderr_isatty or total == 0:
         yield None
         return
-    console = Console(file=env.stderr)
+    console = Console(file=env.stderr, force_terminal=True)
     with Progress(TextColumn(f"probing ({method})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("probe", total=total)
@@ -118,13 +119,13 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
     if mmdb_path is not None:
         meta["ipgeo"] = _ipgeo_check(fix, cat, mmdb_path)
     if geojson_path is not None:
-        from geoprobe.render import region_geojson
+        from geoprobe.render.geojson import write_geojson
 
-        geojson_path.write_text(json.dumps(region_geojson(fix, landmarks=cat.landmarks, rtts=rtts)) + "\n")
+        write_geojson(fix, geojson_path, landmarks=cat.landmarks, rtts=rtts)
     if map_path is not None:
         from geoprobe.render import draw_map
 
-        draw_map(fix, map_path, landmarks=cat.landmarks)
+        draw_map(fix, map_path, landmarks=cat.landmarks, rtts=rtts)
     from geoprobe import report
 
     if fmt == "json":
@@ -137,12 +138,20 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
 
 
 def _ipgeo_check(fix: Fix, cat: Catalogue, mmdb: Path) -> dict[str, Any]:
-    """Cross-check against IP geolocation (TESTBED's ``geoprobe.ipgeo``), when it is installed."""
+    """Cross-check against IP geolocation (TESTBED's ``geoprobe.ipgeo``).
+
+    Expected contract: ``ipgeo.cross_check(fix, catalogue, mmdb_path) -> dict`` with a ``notes`` list
+    of one-line findings (landmark claims against their addresses, the VM's registered place
+    against the measured region); the dict goes into the JSON record under ``ipgeo``.
+    """
     try:
-        from geoprobe import ipgeo  # type: ignore[attr-defined]
+        ipgeo: object = importlib.import_module("geoprobe.ipgeo")
     except ImportError:
-        raise GeoprobeError("IP geolocation support is not available in this build") from None
-    result: dict[str, Any] = ipgeo.cross_check(fix, cat, mmdb)
+        ipgeo = None
+    cross_check = getattr(ipgeo, "cross_check", None)
+    if cross_check is None:
+        raise GeoprobeError("--mmdb: IP geolocation support is not available in this build")
+    result: dict[str, Any] = cross_check(fix, cat, mmdb)
     return result
 
 

@@ -19,10 +19,11 @@ from geoprobe.store import default_path
 def _summary_lines(policy: Policy) -> list[str]:
     allow = ", ".join(sorted(policy.allow)) or "(none: pass --allow to watch/check)"
     written = ", ".join(policy.allow_as_written)
+    as_written = f"  (as written: {written})" if written != allow else ""
     lines = [f"{policy.path}: valid",
-             f"  allow: {allow}" + (f"  (as written: {written})" if written != allow else ""),
-             f"  confidence: min_probability={policy.min_probability:g} "
-             f"min_landmarks={policy.min_landmarks}"]
+             f"  allow: {allow}{as_written}",
+             (f"  confidence: min_probability={policy.min_probability:g} "
+              f"min_landmarks={policy.min_landmarks}")]
     for verdict in VERDICTS:
         specs = policy.actions_for(verdict)
         lines.append(f"  on {verdict}: {len(specs)} action(s)")

@@ -7,6 +7,7 @@ cleanup); an action that still has not returned is recorded as ``timeout`` and a
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -118,10 +119,29 @@ def dry_run(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec],
     return results
 
 
+def _run_unrecorded(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec],
+                    store_path: Path, log: Log, why: str) -> list[ActionResult]:
+    results = []
+    for spec in specs:
+        res = execute(spec, _context(event, verdict, spec, store_path, log))
+        res.warnings.append(f"not recorded in the state store ({why}): may fire again")
+        log(f"{spec.where} {spec.action}: {res.status}: {res.detail}")
+        results.append(res)
+    return results
+
+
 def run_actions(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec], *,
                 store_path: Path, log: Log = no_log) -> list[ActionResult]:
-    """Fire each not-yet-fired action in order; audit every one, including skips."""
-    store = AuditStore.open(store_path)
+    """Fire each not-yet-fired action in order; audit every one, including skips.
+
+    If the state store cannot be opened the actions still run (a broken disk must not disarm
+    the defence) and each result says it was neither deduplicated nor audited.
+    """
+    try:
+        store = AuditStore.open(store_path)
+    except (sqlite3.Error, OSError) as exc:
+        log(f"state store {store_path} unavailable ({exc}); running actions unrecorded")
+        return _run_unrecorded(event, verdict, specs, store_path, log, str(exc))
     event_id = str(event["id"])
     results: list[ActionResult] = []
     try:

@@ -62,9 +62,9 @@ def mount_of(path: str | Path, table: list[Mount] | None = None) -> Mount | None
     best: Mount | None = None
     for m in table if table is not None else mounts():
         mp = m.mountpoint.rstrip("/") or "/"
-        if real == mp or real.startswith(mp + "/") or mp == "/":
-            if best is None or len(mp) >= len(best.mountpoint.rstrip("/") or "/"):
-                best = m
+        inside = real == mp or real.startswith(mp + "/") or mp == "/"
+        if inside and (best is None or len(mp) >= len(best.mountpoint.rstrip("/") or "/")):
+            best = m
     return best
 
 

@@ -172,10 +172,15 @@ def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0) -> FArray:
 
 
 def soft_loglik(table: FArray, rtt: FArray, km: FArray) -> FArray:
-    """log-likelihood of distances ``km`` given RTTs (broadcast); -inf beyond the sound bound."""
-    u = km / (SOUND_KM_PER_MS * np.maximum(rtt, 1e-6))
-    ub = np.clip((u * U_BINS).astype(np.intp), 0, U_BINS - 1)
-    out = table[_rbin(rtt), ub]
+    """log-likelihood of distances ``km`` (points x landmarks) given each landmark's RTT (1-D).
+
+    Beyond the sound bound the value is -inf.
+    """
+    rtt = np.asarray(rtt, dtype=float).reshape(-1)
+    rows = table[_rbin(rtt)]  # landmarks x U_BINS
+    u = km * (1.0 / (SOUND_KM_PER_MS * np.maximum(rtt, 1e-6)))[None, :]
+    ub = np.minimum((u * U_BINS).astype(np.intp), U_BINS - 1)
+    out = rows[np.arange(len(rtt))[None, :], ub]
     return np.asarray(np.where(u <= 1.0, out, -np.inf), dtype=float)
 
 
@@ -196,6 +201,7 @@ class Model:
     table: FArray  # soft-ranging log p(u | rtt)
     excluded: dict[str, str] = field(default_factory=dict)  # vetted out: id -> why
     temperature: float = 1.0  # divides the log-likelihood; fitted so probabilities are calibrated
+    estimate_temperature: float = 4.0  # the same for the point estimate, fitted for the least error
     prior_bandwidth_km: float = 60.0
     prior_floor: float = 0.3
     profile_width: float = 0.35  # log-RTT difference at which a peer's RTT profile stops matching

@@ -200,38 +200,79 @@ def _merge(parts: list[BaseGeometry]) -> BaseGeometry:
 # The raster
 
 
-def _build_raster(geoms: list[BaseGeometry], cell: float) -> npt.NDArray[np.uint16]:
-    """Cells wholly inside one polygon (or none) get its index + 1 (0 = sea); the rest _BORDER.
+@dataclass(frozen=True, slots=True)
+class Raster:
+    """Cells of ``cell_deg``: a polygon index + 1, 0 for sea, or _BORDER with a candidate list.
+
+    The candidates of ``border_cells[i]`` (sorted flat cell ids) are ``cand[ptr[i]:ptr[i + 1]]``:
+    every polygon that can hold a point of that cell, usually one or two.
+    """
+
+    grid: npt.NDArray[np.uint16]
+    cell_deg: float
+    border_cells: npt.NDArray[np.int64]
+    ptr: npt.NDArray[np.int64]
+    cand: npt.NDArray[np.uint16]
+
+
+def _dilate_ids(cells: npt.NDArray[np.int64], shape: tuple[int, int], r: int) -> npt.NDArray[np.int64]:
+    ny, nx = shape
+    cy, cx = np.divmod(cells, nx)
+    out = []
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            y, x = cy + dy, cx + dx
+            ok = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            out.append(y[ok] * nx + x[ok])
+    return np.unique(np.concatenate(out))
+
+
+def _build_raster(geoms: list[BaseGeometry], cell: float) -> Raster:
+    """Classify every cell with one point test per connected border-free area.
 
     A cell is free of borders iff no boundary segment passes through it. Boundaries are densified
     to half a cell, so any cell a segment crosses is within one cell of a sample: marking sample
-    cells and dilating by one finds every border cell. Connected border-free cells then lie in
-    one face, so one point test per connected component classifies them all.
+    cells and dilating by one finds every border cell. Connected border-free cells lie in one
+    face, so one point test per connected component classifies them all. A polygon can hold a
+    point of a border cell only if its own boundary passes within the cell's 3x3 block (else the
+    block is wholly in or out of it), hence within two cells of one of its samples.
     """
     from scipy import ndimage  # only needed to build, and slow to import: keep it off start-up
 
     ny, nx = round(180 / cell), round(360 / cell)
-    border = np.zeros((ny, nx), dtype=bool)
-    for g in geoms:
+    border = np.zeros(ny * nx, dtype=bool)
+    pair_cells, pair_geoms = [], []
+    for k, g in enumerate(geoms):
         xy = shapely.get_coordinates(shapely.segmentize(g.boundary, cell / 2))
         ix = np.clip(np.floor((xy[:, 0] + 180.0) / cell).astype(np.int64), 0, nx - 1)
         iy = np.clip(np.floor((xy[:, 1] + 90.0) / cell).astype(np.int64), 0, ny - 1)
-        border[iy, ix] = True
-    border = ndimage.binary_dilation(border, structure=np.ones((3, 3), dtype=bool))
-    labels, count = ndimage.label(~border)
-    flat = labels.ravel()
-    comp, first = np.unique(flat, return_index=True)
+        cells = np.unique(iy * nx + ix)
+        border[cells] = True
+        near = _dilate_ids(cells, (ny, nx), 2)
+        pair_cells.append(near)
+        pair_geoms.append(np.full(len(near), k, dtype=np.uint16))
+    border2d = ndimage.binary_dilation(border.reshape(ny, nx), structure=np.ones((3, 3), dtype=bool))
+    labels, count = ndimage.label(~border2d)
+    comp, first = np.unique(labels.ravel(), return_index=True)
     keep = comp > 0
     comp, first = comp[keep], first[keep]
     cy, cx = np.divmod(first, nx)
     pts = shapely.points((cx + 0.5) * cell - 180.0, (cy + 0.5) * cell - 90.0)
-    tree = shapely.STRtree(geoms)
-    pi, gi = tree.query(pts, predicate="within")
+    pi, gi = shapely.STRtree(geoms).query(pts, predicate="within")
     lut = np.zeros(count + 1, dtype=np.uint16)
     lut[comp[pi]] = (gi + 1).astype(np.uint16)
-    raster: npt.NDArray[np.uint16] = lut[labels]
-    raster[border] = _BORDER
-    return raster
+    grid: npt.NDArray[np.uint16] = lut[labels]
+    grid[border2d] = _BORDER
+
+    pc, pg = np.concatenate(pair_cells), np.concatenate(pair_geoms)
+    on_border = border2d.ravel()[pc]
+    pc, pg = pc[on_border], pg[on_border]
+    order = np.lexsort((pg, pc))
+    pc, pg = pc[order], pg[order]
+    border_cells = np.flatnonzero(border2d.ravel()).astype(np.int64)
+    ptr = np.searchsorted(pc, border_cells, side="left")
+    ptr = np.append(ptr, len(pc)).astype(np.int64)
+    return Raster(grid, cell, border_cells, ptr, pg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,8 +282,7 @@ class CountryIndex:
     """Country lookups over a fixed set of polygons, one (multi)polygon per code."""
 
     def __init__(self, geometries: Mapping[str, BaseGeometry], names: Mapping[str, str] | None = None,
-                 *, cell_deg: float = CELL_DEG, raster: npt.NDArray[np.uint16] | None = None,
-                 source: str = "") -> None:
+                 *, cell_deg: float = CELL_DEG, raster: Raster | None = None, source: str = "") -> None:
         self._codes = sorted(geometries)
         if len(self._codes) >= _BORDER - 1:
             raise ValueError("too many countries for the raster")
@@ -250,8 +290,9 @@ class CountryIndex:
         self._pos = {c: i for i, c in enumerate(self._codes)}
         self._names = dict(names or {})
         self.source = source
-        self.cell_deg = cell_deg
         self._raster = raster if raster is not None else _build_raster(self._geoms, cell_deg)
+        self.cell_deg = self._raster.cell_deg
+        self._geom_array = np.array(self._geoms, dtype=object)
         self._table = np.array([""] + self._codes, dtype=f"<U{max(2, *map(len, self._codes))}")
         self._tree = shapely.STRtree(self._geoms)
         self._prepared = False
@@ -278,7 +319,7 @@ class CountryIndex:
     def _prepare(self) -> None:
         with self._lock:
             if not self._prepared:
-                shapely.prepare(np.array(self._geoms, dtype=object))
+                shapely.prepare(self._geom_array)
                 self._prepared = True
 
     def _indices_at(self, lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.uint16]:
@@ -286,34 +327,31 @@ class CountryIndex:
         lo = np.asarray(lon, dtype=np.float64)
         la, lo = np.broadcast_arrays(la, lo)
         ok = np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90.0)
-        lo = np.where(ok, (lo + 180.0) % 360.0 - 180.0, 0.0)
+        lo = (np.where(ok, lo, 0.0) + 180.0) % 360.0 - 180.0
         la = np.where(ok, la, 0.0)
-        ny, nx = self._raster.shape
+        grid = self._raster.grid
+        ny, nx = grid.shape
         iy = np.minimum(((la + 90.0) / self.cell_deg).astype(np.intp), ny - 1)
         ix = np.minimum(((lo + 180.0) / self.cell_deg).astype(np.intp), nx - 1)
-        out = self._raster[iy, ix]
-        out = np.where(ok, out, np.uint16(_SEA))
+        out = np.where(ok, grid[iy, ix], np.uint16(_SEA))
         edge = out == _BORDER
         if edge.any():
-            out[edge] = self._exact(la[edge], lo[edge])
+            out[edge] = self._exact(la[edge], lo[edge], iy[edge] * nx + ix[edge])
         return out
 
-    def _exact(self, lat: FloatArray, lon: FloatArray) -> npt.NDArray[np.uint16]:
-        """Point-in-polygon for points near borders: bbox candidates, then prepared polygons."""
+    def _exact(self, lat: FloatArray, lon: FloatArray, cells: npt.NDArray[np.intp]) -> npt.NDArray[np.uint16]:
+        """Point-in-polygon for points in border cells, against that cell's candidates only."""
         self._prepare()
+        r = self._raster
+        pos = np.searchsorted(r.border_cells, cells)
+        start = r.ptr[pos]
+        count = r.ptr[pos + 1] - start
+        point = np.repeat(np.arange(len(cells)), count)
+        within = np.arange(len(point)) - np.repeat(np.cumsum(count) - count, count)
+        cand = r.cand[np.repeat(start, count) + within]
+        hit = shapely.intersects_xy(self._geom_array[cand], lon[point], lat[point])
         res = np.zeros(lat.shape, dtype=np.uint16)
-        pi, gi = self._tree.query(shapely.points(lon, lat))
-        if len(pi) == 0:
-            return res
-        order = np.argsort(gi, kind="stable")
-        pi, gi = pi[order], gi[order]
-        starts = np.flatnonzero(np.r_[True, gi[1:] != gi[:-1]])
-        ends = np.r_[starts[1:], len(gi)]
-        for s, e in zip(starts, ends):
-            g = int(gi[s])
-            sel = pi[s:e]
-            hit = shapely.intersects_xy(self._geoms[g], lon[sel], lat[sel])
-            res[sel[hit]] = g + 1
+        res[point[hit]] = cand[hit] + 1
         return res
 
     def codes_at(self, lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.str_]:
@@ -327,6 +365,32 @@ class CountryIndex:
     def land_mask(self, lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         mask: npt.NDArray[np.bool_] = self._indices_at(lat, lon) != _SEA
         return mask
+
+    def codes_near(self, lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 10.0) -> npt.NDArray[np.str_]:
+        """Like :meth:`codes_at`, but a point at sea takes the nearest country within ``max_km``.
+
+        1:50m coastlines are generalised by a few km, so harbour cities (Copenhagen, Lisbon, Hong
+        Kong, Miami, ...) can fall just offshore. Use this for "which country is this landmark or
+        data centre in", never for certification.
+        """
+        la, lo = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+        idx = self._indices_at(la, lo)
+        sea = np.flatnonzero((idx == _SEA) & np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90.0))
+        if len(sea) and max_km > 0:
+            slat, slon = la.ravel()[sea], (lo.ravel()[sea] + 180.0) % 360.0 - 180.0
+            reach = max_km / (KM_PER_DEG * max(math.cos(math.radians(min(float(np.abs(slat).max()), 89.0))), 0.01))
+            pts = shapely.points(slon, slat)
+            pi, gi = self._tree.query_nearest(pts, max_distance=reach, all_matches=False)
+            if len(pi):
+                ends = shapely.get_coordinates(shapely.shortest_line(pts[pi], self._geom_array[gi]))[1::2]
+                from geoprobe.geo.sphere import haversine_km
+
+                km = np.asarray(haversine_km(slat[pi], slon[pi], ends[:, 1], ends[:, 0]), dtype=float)
+                ok = km <= max_km
+                flat = idx.reshape(-1)
+                flat[sea[pi[ok]]] = (gi[ok] + 1).astype(np.uint16)
+                idx = flat.reshape(idx.shape)
+        return self._table[idx]
 
     # -- certification -------------------------------------------------------------------------
 
@@ -383,9 +447,11 @@ def _save_cache(path: Path, index: CountryIndex) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as fh:
-            np.savez_compressed(fh, raster=index._raster, codes=np.array(index._codes), offsets=offsets,
+            r = index._raster
+            np.savez_compressed(fh, grid=r.grid, border_cells=r.border_cells, ptr=r.ptr, cand=r.cand,
+                                codes=np.array(index._codes), offsets=offsets,
                                 wkb=np.frombuffer(blob, dtype=np.uint8), names=np.array([names]),
-                                meta=np.array([index.source, repr(index.cell_deg)]))
+                                meta=np.array([index.source, repr(r.cell_deg)]))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)  # an unwritable cache only costs start-up time
@@ -400,8 +466,8 @@ def _load_cache(path: Path) -> CountryIndex | None:
             geoms = shapely.from_wkb([blob[offsets[i]:offsets[i + 1]] for i in range(len(codes))])
             names = json.loads(str(z["names"][0]))
             source, cell = (str(x) for x in z["meta"])
-            return CountryIndex(dict(zip(codes, geoms)), names, cell_deg=float(cell),
-                                raster=z["raster"], source=source)
+            raster = Raster(z["grid"], float(cell), z["border_cells"], z["ptr"], z["cand"])
+            return CountryIndex(dict(zip(codes, geoms)), names, raster=raster, source=source)
     except (OSError, ValueError, KeyError, shapely.errors.GEOSException):
         return None
 

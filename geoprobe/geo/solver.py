@@ -14,8 +14,9 @@ whose removal leaves a point) and named, never papered over by growing every cir
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +35,12 @@ IArray = npt.NDArray[np.intp]
 SOFT_LANDMARKS = 60
 SEA_LOG_PRIOR = math.log(0.02)
 HPD_MASS = 0.95
-ACCESS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
+ACCESS_LEVELS = (0.0, 0.3, 0.6)
 PROFILE_LANDMARKS = 10
 PROFILE_GAIN = 1.0
+MEAN_COHERENCE = 0.97  # |mean unit vector| below this: modes > ~1500 km apart
+MODE_RADIUS_KM = 300.0
+CBG_PENALTY = 2.0
 
 
 @dataclass(slots=True)
@@ -98,9 +102,17 @@ def find_inconsistent(lat: FArray, lon: FArray, radius_km: FArray) -> list[int]:
     return [int(i) for i in np.flatnonzero(over[j] > 0)]
 
 
+def _dots(xyz: FArray, cent: FArray) -> FArray:
+    return np.asarray(xyz @ cent.T, dtype=float)
+
+
 def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: FArray,
-              countries: CountryLookup, *, points: int = 4000) -> Posterior:
-    """Sample the smallest sound cap and score every point. ``lat``/``lon`` are the landmarks'."""
+              countries: CountryLookup, *, points: int = 2500) -> Posterior:
+    """Sample the smallest sound cap and score every point. ``lat``/``lon`` are the landmarks'.
+
+    Only caps that can cut the sampled one are tested (a cap that contains it whole changes nothing),
+    which keeps a solve with hundreds of landmarks to a few milliseconds of arithmetic.
+    """
     culprits: list[int] = []
     keep = np.ones(len(idx), dtype=bool)
     for _ in range(3):
@@ -109,10 +121,12 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
         s = int(np.argmin(radius))
         sample = sample_cap(float(llat[s]), float(llon[s]), float(radius[s]), points=points)
         cent = to_xyz(llat, llon)
-        cosd = sample.xyz @ cent.T
+        dcent = np.arccos(np.clip(cent @ cent[s], -1.0, 1.0)) * EARTH_RADIUS_KM
         # A point stands for a cell: allow half a cell diagonal so thin regions are not lost.
         slack = sample.spacing_km * 0.75
-        inside = (cosd >= _cos_radius(radius + slack)[None, :]).all(axis=1)
+        reach = dcent + radius[s] + slack
+        cut = np.flatnonzero(reach > radius)
+        inside = (_dots(sample.xyz, cent[cut]) >= _cos_radius(radius[cut] + slack)[None, :]).all(axis=1)
         if inside.any():
             break
         bad = find_inconsistent(llat, llon, radius)
@@ -130,13 +144,13 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
     r_used = rtt[keep]
     if model is not None and inside.any():
         near = np.argsort(r_used)[:SOFT_LANDMARKS]
-        dist = np.arccos(np.clip(cosd[:, near], -1.0, 1.0)) * EARTH_RADIUS_KM
+        dist = np.arccos(np.clip(_dots(sample.xyz, cent[near]), -1.0, 1.0)) * EARTH_RADIUS_KM
         base = r_used[near] - model.offset[used[near]]
         # The VM's own access delay adds to every RTT alike: marginalise over it.
         levels = []
         for frac in ACCESS_LEVELS:
             radj = np.maximum(base - frac * base.min(), 0.25)
-            ll = soft_loglik(model.table, radj[None, :], dist)
+            ll = soft_loglik(model.table, radj, dist)
             # Beyond the adjusted bound (but inside the sound one): steep penalty, not impossibility.
             u = dist / (SOUND_KM_PER_MS * radj[None, :])
             ll = np.where(np.isfinite(ll), ll, model.table[-1, -1] - 20.0 * (u - 1.0))
@@ -144,51 +158,69 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
         stack = np.array(levels)
         mx = stack.max(axis=0)
         loglik = mx + np.log(np.exp(stack - mx).mean(axis=0))
-        logprior = logprior + _kde_logprior(model, sample, used, r_used)
+        if CBG_PENALTY > 0:
+            # Each landmark's own bestline as a soft bound (as a hard one it misses the truth half the time).
+            rc = np.maximum(r_used - model.intercept[used], 0.0) / model.slope[used]
+            c2 = np.flatnonzero(reach > rc)
+            outside = _dots(sample.xyz, cent[c2]) < _cos_radius(rc[c2] + slack)[None, :]
+            loglik = loglik - CBG_PENALTY * outside.sum(axis=1)
+        logprior = logprior + _kde_logprior(model, sample, used, r_used, cent[s], float(radius[s]))
     loglik = np.where(inside, loglik, -np.inf)
     if not inside.any():
         loglik = np.zeros(len(sample))
     return Posterior(sample, loglik, logprior, codes, sound, used, r_used, culprits)
 
 
-def _kde_logprior(model: Model, sample: Sample, used: IArray, rtt: FArray) -> FArray:
+def _kde_logprior(model: Model, sample: Sample, used: IArray, rtt: FArray, centre: FArray,
+                  radius_km: float) -> FArray:
     """Data centres cluster: a kernel density of the (vetted) landmarks' own positions.
 
     Each landmark's kernel is weighted by how well its RTTs to the VM's nearest landmarks match the
     VM's own (delay-space nearest neighbours, as in GeoPing): a peer with the same RTT profile is
     probably in the same place.
     """
-    ok = np.array([lid not in model.excluded for lid in model.ids])
+    h = model.prior_bandwidth_km
+    mxyz = to_xyz(model.lat, model.lon)
+    dc = np.arccos(np.clip(mxyz @ centre, -1.0, 1.0)) * EARTH_RADIUS_KM
+    ok = np.array([lid not in model.excluded for lid in model.ids]) & (dc <= radius_km + 4 * h)
     near = np.argsort(rtt)[:PROFILE_LANDMARKS]
-    prof = model.rtt[:, used[near]] if model.rtt.size else np.full((len(model.ids), len(near)), np.nan)
+    cand = np.flatnonzero(ok)
+    if len(cand) == 0 or not model.rtt.size:
+        return np.full(len(sample), math.log(model.prior_floor))
+    prof = model.rtt[np.ix_(cand, used[near])]
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = np.abs(np.log(np.maximum(prof, 0.1)) - np.log(np.maximum(rtt[near], 0.1))[None, :])
-    has = np.isfinite(diff).sum(axis=1) >= min(3, len(near))
-    delta = np.where(has, np.nanmedian(np.where(np.isfinite(diff), diff, np.nan), axis=1), np.inf)
-    wk = np.where(ok & has, np.exp(-((delta / model.profile_width) ** 2)), 0.0)
-    keep = wk > 1e-4
-    if not keep.any():
+    fin = np.isfinite(diff)
+    has = fin.sum(axis=1) >= min(3, len(near))
+    srt = np.sort(np.where(fin, diff, np.inf), axis=1)
+    cnt = np.maximum(fin.sum(axis=1), 1)
+    delta = srt[np.arange(len(cand)), (cnt - 1) // 2]  # (lower) median of the finite differences
+    wk = np.where(has, np.exp(-((delta / model.profile_width) ** 2)), 0.0)
+    sel = wk > 1e-4
+    if not sel.any():
         return np.full(len(sample), math.log(model.prior_floor))
-    cent = to_xyz(model.lat[keep], model.lon[keep])
-    h = model.prior_bandwidth_km
-    d = np.arccos(np.clip(sample.xyz @ cent.T, -1.0, 1.0)) * EARTH_RADIUS_KM
-    dens = (np.exp(-0.5 * (d / h) ** 2) * wk[keep][None, :]).sum(axis=1)
+    d = np.arccos(np.clip(_dots(sample.xyz, mxyz[cand[sel]]), -1.0, 1.0)) * EARTH_RADIUS_KM
+    dens = (np.exp(-0.5 * (d / h) ** 2) * wk[sel][None, :]).sum(axis=1)
     return np.asarray(np.log(model.prior_floor + PROFILE_GAIN * dens), dtype=float)
 
 
 def estimate(post: Posterior, w: FArray) -> tuple[float, float, float]:
-    """Point estimate (the posterior mean around the densest area) and its 90 % error radius."""
+    """Point estimate and its 90 % error radius.
+
+    The posterior mean minimises the expected squared error; when the posterior is split between
+    far-apart modes (the mean would fall between them), the mean around the heaviest mode is used.
+    """
     s = post.sample
-    # Smooth the weights over ~150 km and take the peak, then average around it: robust to modes.
-    top = np.argsort(-w)[:400]
-    cos150 = math.cos(150.0 / EARTH_RADIUS_KM)
-    near = (s.xyz[top] @ s.xyz[top].T) >= cos150
-    score = near.astype(float) @ w[top]
-    peak = top[int(np.argmax(score))]
-    around = (s.xyz @ s.xyz[peak]) >= cos150
-    v = (w[around, None] * s.xyz[around]).sum(axis=0)
-    if np.linalg.norm(v) < 1e-12:
-        v = s.xyz[peak]
+    v = (w[:, None] * s.xyz).sum(axis=0)
+    if np.linalg.norm(v) < MEAN_COHERENCE:
+        top = np.argsort(-w)[:400]
+        cosr = math.cos(MODE_RADIUS_KM / EARTH_RADIUS_KM)
+        score = ((s.xyz[top] @ s.xyz[top].T) >= cosr).astype(float) @ w[top]
+        peak = top[int(np.argmax(score))]
+        around = (s.xyz @ s.xyz[peak]) >= cosr
+        v = (w[around, None] * s.xyz[around]).sum(axis=0)
+        if np.linalg.norm(v) < 1e-12:
+            v = s.xyz[peak]
     v = v / np.linalg.norm(v)
     lat, lon = from_xyz(v)
     d = np.arccos(np.clip(s.xyz @ v, -1.0, 1.0)) * EARTH_RADIUS_KM
@@ -242,7 +274,7 @@ def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, r
     if len(idx) == 0:
         raise MeasurementError("no usable RTT measurement to a known landmark")
     all_ids = model.ids if model is not None else list(ids)
-    post = posterior(model, idx, r, mlat[idx] * 0 + mlat[idx], mlon[idx], countries)
+    post = posterior(model, idx, r, mlat[idx], mlon[idx], countries)
     inconsistent = [all_ids[i] for i in post.culprits]
     for lid in inconsistent:
         excluded[lid] = "inconsistent: its bound leaves no common point with the others"
@@ -253,13 +285,11 @@ def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, r
         notes.append("no point satisfies the remaining bounds; estimate is the best compromise")
     t = temperature if temperature is not None else (model.temperature if model is not None else 1.0)
     w = post.weights(t)
-    lat_e, lon_e, err = estimate(post, w)
+    lat_e, lon_e, err = estimate(post, post.weights(model.estimate_temperature) if model is not None else w)
     region = hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
     probs = country_probabilities(post.codes, w)
-    rcodes = post.codes[np.isin(np.arange(len(w)), np.flatnonzero(w > 0))]
     shares = _shares(region.sample, countries)
     countries_out = [CountryShare(c, p, shares.get(c, 0.0)) for c, p in probs]
-    _ = rcodes
     cert = certify(post, countries)
     return Fix(lat=lat_e, lon=lon_e, error_radius_km=err, bound="calibrated" if model is not None else "sound",
                countries=countries_out, certified=cert, region=region, sound_region=post.sound,
@@ -279,3 +309,64 @@ def _shares(sample: Sample, countries: CountryLookup) -> dict[str, float]:
     for c, wt in zip(codes[land].tolist(), sample.weight[land].tolist()):
         out[c] = out.get(c, 0.0) + wt / tot
     return out
+
+
+TEMPERATURES = np.geomspace(0.5, 64.0, 29)
+
+
+def fit_temperature(cases: list[tuple[Posterior, str, FArray]]) -> tuple[float, float]:
+    """Temperatures fitted on held-out landmarks: (for country probabilities, for the point estimate).
+
+    The first minimises the negative log-probability of each case's true country (clipped, so one
+    hopeless case cannot dominate); the second the median distance error. Landmark<->landmark RTTs
+    are correlated, so both are usually above 1.
+    """
+    if len(cases) < 5:
+        return 1.0, 4.0
+    best, best_nll = 1.0, math.inf
+    best_e, best_err = 4.0, math.inf
+    for t in TEMPERATURES:
+        nll = 0.0
+        errs = []
+        for post, truth, xyz in cases:
+            w = post.weights(float(t))
+            probs = dict(country_probabilities(post.codes, w))
+            nll -= math.log(min(max(probs.get(truth, 0.0), 1e-3), 1.0))
+            la, lo, _ = estimate(post, w)
+            errs.append(float(np.arccos(np.clip(to_xyz(la, lo) @ xyz, -1.0, 1.0))) * EARTH_RADIUS_KM)
+        if nll < best_nll - 1e-9:
+            best, best_nll = float(t), nll
+        med = float(np.median(errs))
+        if med < best_err - 1e-9:
+            best_e, best_err = float(t), med
+    return best, best_e
+
+
+def self_temperature(model: Model, countries: CountryLookup, claimed: Sequence[str | None] | None = None,
+                     *, limit: int = 40, landmarks: int | None = None, seed: int = 0) -> tuple[float, float]:
+    """Fit the temperature by locating the model's own landmarks, each held out of its own fix.
+
+    Only landmark<->landmark RTTs are used, so an evaluation target that is not in ``model`` never
+    influences it. ``landmarks`` limits each case to that many random others (as the evaluation does).
+    """
+    rng = np.random.default_rng(seed)
+    cand = [i for i, lid in enumerate(model.ids) if lid not in model.excluded]
+    cases: list[tuple[Posterior, str, FArray]] = []
+    for i in rng.permutation(cand)[:limit].tolist():
+        lid = model.ids[i]
+        row = model.rtt[i] if model.rtt.size else np.full(len(model.ids), np.nan)
+        others = [j for j in range(len(model.ids)) if j != i and np.isfinite(row[j])]
+        if landmarks is not None and len(others) > landmarks:
+            others = sorted(rng.choice(others, size=landmarks, replace=False).tolist())
+        rtts = {model.ids[j]: float(row[j]) for j in others}
+        truth = (claimed[i] if claimed is not None and i < len(claimed) else None) or str(
+            countries.codes_at(model.lat[i:i + 1], model.lon[i:i + 1])[0])
+        if not rtts or not truth:
+            continue
+        held = dataclasses.replace(model, excluded={**model.excluded, lid: "held out"})
+        idx, r = measured_rtts(held, rtts)
+        if len(idx) == 0:
+            continue
+        post = posterior(held, idx, r, held.lat[idx], held.lon[idx], countries)
+        cases.append((post, truth, to_xyz(model.lat[i], model.lon[i])))
+    return fit_temperature(cases)

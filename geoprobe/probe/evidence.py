@@ -59,10 +59,10 @@ def check_reply(reply: Reply, landmark: Landmark, pubkey: Ed25519PublicKey) -> s
 
 def _b64(record: Mapping[str, Any], name: str) -> bytes:
     value = record.get(name)
-    if not isinstance(value, str):
+    if value is None:
         raise ValueError(f"field {name!r} missing")
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(value if isinstance(value, str) else "?", validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"field {name!r} is not base64") from None
 

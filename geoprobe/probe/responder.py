@@ -131,10 +131,11 @@ class EchoResponder(asyncio.DatagramProtocol):
         sock = self._sock
         if sock is None:
             return
+        self.answered += 1  # counted first, so whoever reads the reply also sees the count
         try:
             sock.sendto(reply, addr)
-            self.answered += 1
         except OSError as exc:  # full buffer or closed: the prober sees a lost packet
+            self.answered -= 1
             self.dropped += 1
             log.debug("reply to %s dropped: %s", addr, exc)
 

@@ -69,7 +69,7 @@ async def resolve(landmark: Landmark, timeout: float) -> str:
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(target, None, type=socket.SOCK_DGRAM), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         raise ProbeFailure(f"cannot resolve {target}") from None
     if not infos:
         raise ProbeFailure(f"cannot resolve {target}")
@@ -143,7 +143,7 @@ async def measure_async(
         for outcome in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(outcome, ProbeFailure):
                 reasons.append(outcome.reason)
-            elif isinstance(outcome, (asyncio.TimeoutError, TimeoutError)):
+            elif isinstance(outcome, TimeoutError):
                 reasons.append("timeout")
             elif isinstance(outcome, BaseException):
                 raise outcome

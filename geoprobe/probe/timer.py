@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class PreciseTimer:
     def now() -> int:
         return time.monotonic_ns()
 
-    def start(self) -> PreciseTimer:
+    def start(self) -> Self:
         with self._cond:
             if self._thread is None:
                 self._stopping = False
@@ -69,7 +70,7 @@ class PreciseTimer:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def __enter__(self) -> PreciseTimer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -118,33 +118,45 @@ class EventSink:
 
 
 class HookRunner:
-    """Runs the policy hook (DEFEND's response) on its own thread, in event order.
+    """Runs the policy response (DEFEND) on its own thread, in event order.
 
     Actions can take their full timeout (or, for ``delay``, keep running); the probing loop must
     not wait for them, or a slow webhook would blind the watch exactly when it matters.
+    ``cleared()`` queues the end of a suspicion behind the events before it.
     """
 
-    def __init__(self, hook: Callable[[Event], None], on_error: Callable[[BaseException], None]) -> None:
-        self.hook = hook
+    def __init__(self, respond: Callable[[Event], None], clear: Callable[[], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.respond = respond
+        self.clear = clear
         self.on_error = on_error
-        self.q: queue.Queue[Event | None] = queue.Queue()
+        self.q: queue.Queue[tuple[str, Event | None] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="geoprobe-hook", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while True:
-            ev = self.q.get()
-            if ev is None:
+            item = self.q.get()
+            if item is None:
                 return
+            kind, ev = item
             try:
-                self.hook(ev)
+                if kind == "event" and ev is not None:
+                    self.respond(ev)
+                elif kind == "clear" and self.clear is not None:
+                    self.clear()
             except Exception as exc:  # a failing action must not stop the watch
-                self.on_error(exc)
+                if self.on_error is not None:
+                    self.on_error(exc)
 
-    def __call__(self, event: Event) -> None:
-        self.q.put(event)
+    def event(self, event: Event) -> None:
+        self.q.put(("event", event))
+
+    def cleared(self) -> None:
+        self.q.put(("clear", None))
 
     def close(self, timeout: float = 30.0) -> None:
+        """Let queued responses finish (up to ``timeout``), then stop the thread."""
         self.q.put(None)
         self.thread.join(timeout)
 
@@ -152,7 +164,8 @@ class HookRunner:
 class Watcher:
     def __init__(self, catalogue: Catalogue, jurisdiction: Jurisdiction, *, measure: MeasureFn, solve: SolveFn,
                  emit: Callable[[Event], None], store: WatchStore | None = None,
-                 on_event: Callable[[Event], None] | None = None, signals: Sequence[AnomalySource] = (),
+                 on_event: Callable[[Event], None] | None = None,
+                 on_clear: Callable[[], None] | None = None, signals: Sequence[AnomalySource] = (),
                  metrics_path: str | Path | None = None, config: WatchConfig | None = None,
                  shift_test: ShiftTest | None = None, clock: Callable[[], float] = time.time) -> None:
         self.catalogue = catalogue
@@ -162,6 +175,7 @@ class Watcher:
         self.emit = emit
         self.store = store
         self.on_event = on_event
+        self.on_clear = on_clear
         self.signals = list(signals)
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self.config = config or WatchConfig()
@@ -215,7 +229,7 @@ class Watcher:
             self.store.record_fix(fix, rtts, source="watch", time=now)
         data = fix.to_json()
         data["allowed"] = sorted(self.jurisdiction.allowed)
-        data["verdict"] = self.jurisdiction.judge(fix).to_json()
+        data["jurisdiction"] = self.jurisdiction.judge(fix).to_json()
         self._publish(events.FIX, data, out)
         self._quiet_since_fix = 0
 
@@ -275,6 +289,10 @@ class Watcher:
                 elif t.event_type == events.CONFIRMED:
                     self.counters.confirmed["true" if data.get("crossing") else "false"] += 1
                 self._publish(t.event_type, data, out)
+        if self.on_clear is not None and any(
+                t.to == State.NORMAL or (t.to == State.CONFIRMED and not t.data.get("crossing"))
+                for t in transitions):
+            self.on_clear()  # the suspicion is over: stop what it started (e.g. a delay)
         if any(t.to == State.CONFIRMED for t in transitions) and self.fusion.confirmed_fix is not None:
             new = self.fusion.confirmed_fix
             self.baseline.reset([rtts], fix=new)

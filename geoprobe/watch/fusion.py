@@ -12,6 +12,8 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
   corroborated, either by a decisive independent signal within ``signal_window_s`` or by the
   previous agreeing measurement also judged outside. Added delay alone cannot satisfy the sound rule,
   so a crossing cannot be forced by an on-path adversary.
+  With the opt-in calibrated basis, a probability-only "outside" also needs the RTT to have *fallen*
+  to at least ``min_decreased`` landmarks, which added delay cannot produce.
 * confirming -> confirmed, ``crossing=false``: the new fix is inside the allowed set (a move within
   it), or it still straddles the border after ``max_confirm_rounds`` rounds (a move, not a proven
   crossing: an overlapping region is never a confirmed crossing).
@@ -85,6 +87,7 @@ class FusionConfig:
     max_confirm_rounds: int = 5
     settle_rounds: int = 3
     signal_window_s: float = 600.0
+    min_decreased: int = 2  # a calibrated-only "outside" needs RTT to fall to this many landmarks
 
 
 def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[bool, str]:
@@ -204,6 +207,12 @@ class Fusion:
             return out
         self._confirm_rounds += 1
         verdict = self.jurisdiction.judge(fix)
+        if verdict.verdict == "outside" and verdict.rule == "probability" \
+                and len(shift.decreased) < self.config.min_decreased:
+            # Calibrated bounds can be pushed across a border by added delay; falling RTTs cannot.
+            verdict.verdict = "straddles"
+            verdict.reasons.append(f"calibrated verdict outside, but RTT fell to only {len(shift.decreased)} "
+                                   f"landmarks (need {self.config.min_decreased}): could be added delay")
         prev_v = self._verdicts[-1] if self._verdicts else None
         self._verdicts.append(verdict)
         if verdict.verdict == "outside":
@@ -229,7 +238,12 @@ class Fusion:
                  now: float, signals: list[str]) -> None:
         data = self._data(shift, signals=["rtt_fingerprint", *signals])
         v = self._verdicts[-1]
-        data.update({"crossing": crossing, "to": self.jurisdiction.label(fix), "verdict": v.to_json(),
+        # ``probability``: that the VM is where the event says (outside the allowed set for a
+        # crossing, inside for a move within it); a sound or certified verdict is a proof.
+        proof = v.rule in ("sound", "certified")
+        prob = 1.0 if proof else (1.0 - v.p_allowed if crossing else v.p_allowed)
+        data.update({"crossing": crossing, "to": self.jurisdiction.label(fix), "jurisdiction": v.to_json(),
+                     "probability": round(prob, 4), "landmarks": len(fix.landmarks_used),
                      "rounds": len(self._moves), "seconds": round(now - self._since, 3),
                      "fix": fix.to_json()})
         self._go(out, State.CONFIRMED, reasons, now, events.CONFIRMED, data)

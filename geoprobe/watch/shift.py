@@ -41,6 +41,19 @@ class Baseline:
     history: dict[str, deque[float]] = field(default_factory=dict)
     rounds: int = 0
     fix: Fix | None = None  # the fix the baseline was taken at (for distances)
+    _stats: dict[str, tuple[float, float, int]] = field(default_factory=dict, repr=False)
+
+    def _stat(self, lid: str) -> tuple[float, float, int] | None:
+        """(median, scaled MAD, count) of one landmark's history, cached until the next add."""
+        st = self._stats.get(lid)
+        if st is None:
+            h = self.history.get(lid)
+            if not h:
+                return None
+            med = statistics.median(h)
+            mad = statistics.median(abs(x - med) for x in h) * MAD_TO_SIGMA if len(h) >= 3 else 0.0
+            st = self._stats[lid] = (med, mad, len(h))
+        return st
 
     def add(self, rtts: Mapping[str, float]) -> None:
         for lid, r in rtts.items():
@@ -51,38 +64,37 @@ class Baseline:
                 h = self.history[lid] = deque(maxlen=self.window)
             h.append(float(r))
         self.rounds += 1
+        self._stats.clear()
 
     def reset(self, rounds: Iterable[Mapping[str, float]] = (), fix: Fix | None = None) -> None:
         """Start again at a new place (after a confirmed move)."""
         self.history.clear()
+        self._stats.clear()
         self.rounds = 0
         self.fix = fix
         for r in rounds:
             self.add(r)
 
     def rtt(self, lid: str) -> float | None:
-        h = self.history.get(lid)
-        return statistics.median(h) if h else None
+        st = self._stat(lid)
+        return st[0] if st else None
 
     def scale(self, lid: str, *, floor_ms: float, rel_floor: float) -> float | None:
         """Robust noise scale: scaled MAD of the history, never below the floor for its RTT."""
-        h = self.history.get(lid)
-        if not h:
-            return None
-        med = statistics.median(h)
-        mad = statistics.median(abs(x - med) for x in h) * MAD_TO_SIGMA if len(h) >= 3 else 0.0
-        return max(mad, floor_ms, rel_floor * med)
+        st = self._stat(lid)
+        return max(st[1], floor_ms, rel_floor * st[0]) if st else None
 
     def stable(self, *, min_rounds: int, max_rel_scale: float, floor_ms: float, rel_floor: float) -> list[str]:
         """Landmarks seen in enough rounds whose noise is small against their RTT."""
         need = min(min_rounds, self.rounds)
         out = []
-        for lid, h in self.history.items():
-            if len(h) < max(1, need):
+        for lid in self.history:
+            st = self._stat(lid)
+            if st is None or st[2] < max(1, need):
                 continue
-            med = statistics.median(h)
-            s = self.scale(lid, floor_ms=floor_ms, rel_floor=rel_floor)
-            if s is not None and s <= max(max_rel_scale * med, floor_ms):
+            med = st[0]
+            s = max(st[1], floor_ms, rel_floor * med)
+            if s <= max(max_rel_scale * med, floor_ms):
                 out.append(lid)
         return sorted(out)
 

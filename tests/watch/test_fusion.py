@@ -66,7 +66,7 @@ def test_cross_border_move_is_confirmed_on_the_agreeing_remeasurement() -> None:
     (c,) = confirmed(ts)
     assert c.data["crossing"] is True
     assert c.data["from"] == "DE" and c.data["to"] == "FR"
-    assert c.data["verdict"]["rule"] == "sound"
+    assert c.data["jurisdiction"]["rule"] == "sound"
     assert "rtt_fingerprint" in c.data["signals"]
     assert any("re-measurement" in r for r in c.reasons)
     assert f.confirmed_fix is PARIS
@@ -105,7 +105,7 @@ def test_region_overlapping_the_allowed_set_is_never_a_confirmed_crossing() -> N
 def test_calibrated_basis_is_opt_in() -> None:
     f = fusion(basis="calibrated", min_probability=0.95)
     (c,) = confirmed(run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(STRASBOURG_WIDE))]))
-    assert c.data["crossing"] is True and c.data["verdict"]["rule"] == "probability"
+    assert c.data["crossing"] is True and c.data["jurisdiction"]["rule"] == "probability"
 
 
 def test_disagreeing_remeasurements_do_not_confirm() -> None:

@@ -68,9 +68,15 @@ class Reading:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "name": self.name, "available": self.available, "value": self.value,
-            "baseline": self.baseline, "score": self.score, "anomalous": self.anomalous,
-            "unit": self.unit, "decisive": self.decisive, "time": self.time,
+            "name": self.name,
+            "available": self.available,
+            "value": self.value,
+            "baseline": self.baseline,
+            "score": self.score,
+            "anomalous": self.anomalous,
+            "unit": self.unit,
+            "decisive": self.decisive,
+            "time": self.time,
         }
         if self.reason:
             out["reason"] = self.reason

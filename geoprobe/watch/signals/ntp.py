@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 _PACKET = struct.Struct("!BBbb11I")  # li/vn/mode, stratum, poll, precision, 11 words
@@ -96,20 +97,28 @@ def query(server: str, timeout: float = 1.0, clock: Callable[[], int] = time.tim
 class SntpServer:
     """A tiny SNTP server on a thread. ``clock`` gives its time in ns (shift it to emulate a step)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, clock: Callable[[], int] = time.time_ns,
-                 stratum: int = 2) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], int] = time.time_ns,
+        stratum: int = 2,
+    ) -> None:
         self.clock = clock
         self.stratum = stratum
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((host, port))
         self._sock.settimeout(0.2)
-        self.address = f"{host}:{self._sock.getsockname()[1]}" if ":" not in host else \
-            f"[{host}]:{self._sock.getsockname()[1]}"
+        self.address = (
+            f"{host}:{self._sock.getsockname()[1]}"
+            if ":" not in host
+            else f"[{host}]:{self._sock.getsockname()[1]}"
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="sntp-server", daemon=True)
         self.answered = 0
 
-    def __enter__(self) -> SntpServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -1,0 +1,300 @@
+"""Replay live migrations between WonderProxy servers through the real watch logic.
+
+Each run places the VM at server A, builds the baseline (warm-up rounds), watches a few quiet
+rounds, then (unless stationary) moves it to server B and watches until the state machine confirms
+or ``--rounds`` pass. Every round draws, for every landmark, ``--samples`` RTTs from the pair's
+statistics (min + a gamma-distributed queueing delay with the pair's avg - min as mean and mdev as
+standard deviation) and keeps their minimum, as the prober does. The real ``ShiftTest``, ``Fusion``
+and ``Jurisdiction`` run on them; fixes come from the engine (``geoprobe.geo.solver``).
+
+Calibration is fitted once per world: servers are split into ``--folds`` folds, and runs whose
+endpoints lie in one fold use the other folds as landmarks (so a VM never measures itself and the
+model never saw its RTT profile).
+
+Kinds of run: ``stationary`` (no move), ``same-country`` (A and B in one country), ``cross-border``
+(different countries; reported separately above and below 500 km). The allowed set is A's country.
+
+Usage: python benchmarks/replay_migrations.py [--dataset DIR] [--moves 1200] [--stationary 2000]
+       [--basis sound|calibrated] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoprobe.datasets import Dataset, load_dataset
+from geoprobe.geo.calibration import Model, fit_arrays
+from geoprobe.geo.countries import default_index
+from geoprobe.geo.fix import Fix
+from geoprobe.geo.solver import solve_model
+from geoprobe.geo.sphere import haversine_km
+from geoprobe.watch.fusion import Fusion, Observation, State
+from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.shift import Baseline, ShiftTest
+
+DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+
+
+@dataclass
+class World:
+    """One fold: the landmarks (everything outside it) and their calibration."""
+
+    lm: np.ndarray  # dataset indices of the landmarks
+    ids: list[str]
+    model: Model
+
+
+@dataclass
+class RunResult:
+    kind: str
+    a: str
+    b: str
+    km: float
+    suspected: bool
+    confirmed: bool
+    crossing: bool
+    rule: str | None
+    rounds: int | None  # rounds after the move until confirmation
+    seconds: float | None
+    to: str | None
+
+
+class Noise:
+    """Per-pair queueing delay: gamma with mean avg - min and sd mdev (exponential when unknown)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        mn, avg, sd = ds.rtt_min, ds.rtt_avg, ds.rtt_mdev
+        # Use the lower-RTT direction's statistics, as the dataset's rtts_to does.
+        use_t = np.fmin(mn, mn.T) == mn.T
+        self.min = np.fmin(mn, mn.T)
+        mean = np.where(use_t, avg.T - mn.T, avg - mn)
+        sdev = np.where(use_t, sd.T, sd)
+        mean = np.where(np.isfinite(mean) & (mean > 1e-3), mean, 0.05 + 0.01 * np.nan_to_num(self.min))
+        sdev = np.where(np.isfinite(sdev) & (sdev > 1e-3), sdev, mean)
+        self.shape = np.clip((mean / sdev) ** 2, 0.05, 50.0)
+        self.scale = mean / self.shape
+
+    def round(self, vm: int, lm: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
+        k, th = self.shape[vm, lm], self.scale[vm, lm]
+        q = rng.gamma(k[None, :].repeat(samples, 0), th[None, :].repeat(samples, 0))
+        return np.asarray(self.min[vm, lm] + q.min(axis=0), dtype=float)
+
+
+class Replay:
+    def __init__(self, ds: Dataset, *, folds: int, seed: int, basis: str, samples: int, warmup: int,
+                 quiet_rounds: int, rounds: int, interval: float, fast: float, min_probability: float) -> None:
+        self.ds = ds
+        self.rng = np.random.default_rng(seed)
+        self.noise = Noise(ds)
+        self.countries = default_index()
+        self.basis = basis
+        self.samples, self.warmup, self.quiet_rounds, self.rounds = samples, warmup, quiet_rounds, rounds
+        self.interval, self.fast = interval, fast
+        self.min_probability = min_probability
+        self.test = ShiftTest()
+        n = len(ds)
+        order = self.rng.permutation(n)
+        self.fold_of = np.empty(n, dtype=int)
+        self.worlds: list[World] = []
+        for f in range(folds):
+            self.fold_of[order[f::folds]] = f
+        for f in range(folds):
+            lm = np.flatnonzero(self.fold_of != f)
+            ids = [ds.servers[i].id for i in lm]
+            model = fit_arrays(ids, ds.lats[lm], ds.lons[lm], ds.rtt_min[np.ix_(lm, lm)])
+            self.worlds.append(World(lm, ids, model))
+        # VM positions: servers with a country whose location the engine's vetting accepts.
+        liars: set[str] = set()
+        for w in self.worlds:
+            liars |= set(w.model.excluded)
+        self.candidates = [i for i, s in enumerate(ds.servers) if s.country and s.id not in liars]
+
+    def solver(self, w: World) -> Any:
+        lat, lon = self.ds.lats[w.lm], self.ds.lons[w.lm]
+
+        def solve(rtts: Mapping[str, float]) -> Fix:
+            return solve_model(w.model, w.ids, lat, lon, rtts, self.countries)
+
+        return solve
+
+    def measure(self, vm: int, w: World) -> dict[str, float]:
+        r = self.noise.round(vm, w.lm, self.rng, self.samples)
+        return {lid: float(v) for lid, v in zip(w.ids, r) if np.isfinite(v)}
+
+    def run(self, kind: str, a: int, b: int | None) -> RunResult:
+        w = self.worlds[self.fold_of[a]]
+        solve = self.solver(w)
+        sa = self.ds.servers[a]
+        fusion = Fusion(Jurisdiction.of([sa.country or ""], basis=self.basis,  # type: ignore[arg-type]
+                                        min_probability=self.min_probability))
+        base = Baseline()
+        for _ in range(self.warmup):
+            base.add(self.measure(a, w))
+        base.fix = solve(self.measure(a, w))
+        fusion.rebaseline(base.fix)
+        t = 0.0
+        suspected = False
+        rounds_total = self.quiet_rounds + self.rounds
+        moved_at: float | None = None
+        for k in range(rounds_total):
+            at = a if (b is None or k < self.quiet_rounds) else b
+            if b is not None and k == self.quiet_rounds:
+                # The move happens at a uniformly random time within the interval before this round.
+                moved_at = t - float(self.rng.uniform(0, self.interval if not fusion.fast else self.fast))
+                after = 0
+            rtts = self.measure(at, w)
+            shift = self.test.assess(base, rtts, solve=solve)
+            ts = fusion.step(Observation(shift, shift.fix, (), t))
+            if moved_at is not None:
+                after += 1
+            for tr in ts:
+                if tr.to == State.SUSPECT:
+                    suspected = True
+                if tr.to == State.CONFIRMED:
+                    sb = self.ds.servers[b] if b is not None else sa
+                    return RunResult(kind, sa.name, sb.name, self._km(a, b), suspected, True,
+                                     bool(tr.data["crossing"]), tr.data["jurisdiction"]["rule"],
+                                     after if moved_at is not None else None,
+                                     (t - moved_at) if moved_at is not None else None, tr.data["to"])
+            if shift.outcome == "not_moved" and fusion.state == State.NORMAL:
+                base.add(rtts)
+            t += self.fast if fusion.fast else self.interval
+        sb = self.ds.servers[b] if b is not None else sa
+        return RunResult(kind, sa.name, sb.name, self._km(a, b), suspected, False, False, None, None, None, None)
+
+    def _km(self, a: int, b: int | None) -> float:
+        if b is None:
+            return 0.0
+        s, u = self.ds.servers[a], self.ds.servers[b]
+        return float(haversine_km(s.lat, s.lon, u.lat, u.lon))
+
+    def pairs(self, kind: str, count: int) -> list[tuple[int, int]]:
+        """Random (A, B) in one fold: same country, or different countries (> 500 km for 'far')."""
+        cands = self.candidates
+        out: list[tuple[int, int]] = []
+        tries = 0
+        while len(out) < count and tries < count * 2000:
+            tries += 1
+            a, b = (int(x) for x in self.rng.choice(cands, 2, replace=False))
+            if self.fold_of[a] != self.fold_of[b]:
+                continue
+            same = self.ds.servers[a].country == self.ds.servers[b].country
+            km = self._km(a, b)
+            if kind == "same-country" and same:
+                out.append((a, b))
+            elif kind == "cross-border-far" and not same and km > 500:
+                out.append((a, b))
+            elif kind == "cross-border-near" and not same and km <= 500:
+                out.append((a, b))
+        return out
+
+
+def rate(n: int, d: int) -> str:
+    return f"{n}/{d} = {n / d:.4f}" if d else "n/a"
+
+
+def summarise(results: list[RunResult]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("stationary", "same-country", "cross-border-near", "cross-border-far"):
+        rs = [r for r in results if r.kind == kind]
+        if not rs:
+            continue
+        conf = [r for r in rs if r.confirmed]
+        cross = [r for r in conf if r.crossing]
+        rounds = [r.rounds for r in cross if r.rounds is not None]
+        secs = [r.seconds for r in cross if r.seconds is not None]
+        rules: dict[str, int] = {}
+        for r in cross:
+            rules[r.rule or "?"] = rules.get(r.rule or "?", 0) + 1
+        out[kind] = {
+            "runs": len(rs),
+            "suspected": len([r for r in rs if r.suspected]),
+            "confirmed": len(conf),
+            "confirmed_crossing": len(cross),
+            "crossing_rules": rules,
+            "rounds_to_confirm_median": float(np.median(rounds)) if rounds else None,
+            "rounds_to_confirm_p95": float(np.percentile(rounds, 95)) if rounds else None,
+            "seconds_to_confirm_median": float(np.median(secs)) if secs else None,
+            "seconds_to_confirm_p95": float(np.percentile(secs, 95)) if secs else None,
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--moves", type=int, default=1200, help="cross-border moves over 500 km")
+    ap.add_argument("--near", type=int, default=300, help="cross-border moves up to 500 km")
+    ap.add_argument("--same", type=int, default=300, help="same-country moves")
+    ap.add_argument("--stationary", type=int, default=2000)
+    ap.add_argument("--basis", choices=("sound", "calibrated"), default="sound")
+    ap.add_argument("--min-probability", type=float, default=0.95)
+    ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quiet-rounds", type=int, default=20, help="rounds before the move (all, if stationary)")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds after the move")
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--fast", type=float, default=2.5)
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if not args.dataset.exists():
+        print(f"dataset not found: {args.dataset}", file=sys.stderr)
+        return 3
+    t0 = time.monotonic()
+    ds = load_dataset(args.dataset)
+    rp = Replay(ds, folds=args.folds, seed=args.seed, basis=args.basis, samples=args.samples,
+                warmup=args.warmup, quiet_rounds=args.quiet_rounds, rounds=args.rounds,
+                interval=args.interval, fast=args.fast, min_probability=args.min_probability)
+    print(f"{len(ds)} servers, {len(rp.candidates)} usable as VM positions, {args.folds} worlds "
+          f"fitted in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    results: list[RunResult] = []
+    plan = [("cross-border-far", args.moves), ("cross-border-near", args.near), ("same-country", args.same)]
+    for kind, count in plan:
+        t1 = time.monotonic()
+        for a, b in rp.pairs(kind, count):
+            results.append(rp.run(kind, a, b))
+        print(f"  {kind}: {count} runs in {time.monotonic() - t1:.1f} s", file=sys.stderr)
+    t1 = time.monotonic()
+    for a in rp.rng.choice(rp.candidates, args.stationary, replace=True):
+        results.append(rp.run("stationary", int(a), None))
+    print(f"  stationary: {args.stationary} runs in {time.monotonic() - t1:.1f} s", file=sys.stderr)
+    s = summarise(results)
+    far, st = s.get("cross-border-far", {}), s.get("stationary", {})
+    same, near = s.get("same-country", {}), s.get("cross-border-near", {})
+    print(f"\nreplay of {len(results) - args.stationary} migrations + {args.stationary} stationary runs "
+          f"(basis={args.basis}, interval {args.interval:g} s, fast {args.fast:g} s, {args.samples} samples)")
+    if far:
+        print(f"  cross-border > 500 km confirmed as crossing: {rate(far['confirmed_crossing'], far['runs'])}"
+              f"   (target >= 0.99)  rules: {far['crossing_rules']}")
+        print(f"    rounds to confirmation: median {far['rounds_to_confirm_median']}, "
+              f"p95 {far['rounds_to_confirm_p95']};  seconds: median {far['seconds_to_confirm_median']:.1f}, "
+              f"p95 {far['seconds_to_confirm_p95']:.1f}")
+    if near:
+        print(f"  cross-border <= 500 km confirmed as crossing: {rate(near['confirmed_crossing'], near['runs'])}; "
+              f"detected (any confirmation): {rate(near['confirmed'], near['runs'])}")
+    if same:
+        print(f"  same-country moves: detected {rate(same['confirmed'], same['runs'])}; "
+              f"wrongly called a crossing: {rate(same['confirmed_crossing'], same['runs'])}")
+    if st:
+        print(f"  stationary: false confirmation {rate(st['confirmed'], st['runs'])} (target <= 0.001); "
+              f"false crossing {rate(st['confirmed_crossing'], st['runs'])}; "
+              f"suspicions {rate(st['suspected'], st['runs'])}")
+    print(f"  total {time.monotonic() - t0:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": s, "runs": [r.__dict__ for r in results]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Leave-one-out evaluation of every method on a dataset, in one run.
+
+Each located server in turn is the target; the others (or K random others) are its landmarks.
+Calibration is refitted per target from landmark<->landmark RTTs only, so the target's position
+never reaches its own fix. The probability temperature is fitted per fold of targets on landmarks
+outside that fold (cross-fitting), which is target-free as well.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geoprobe.datasets import Dataset
+from geoprobe.errors import GeoprobeError, InputError
+from geoprobe.geo import solver
+from geoprobe.geo.calibration import fit_arrays
+from geoprobe.geo.regions import CountryLookup
+from geoprobe.geo.sphere import SOUND_KM_PER_MS, distance_matrix_km, haversine_km
+from geoprobe.locate import METHODS, method
+
+Progress = Callable[[int, int], None]
+FOLDS = 8
+
+
+@dataclass(slots=True)
+class Record:
+    """One target located by one method (the ``--format jsonl`` line)."""
+
+    target: str
+    method: str
+    true_lat: float
+    true_lon: float
+    est_lat: float | None
+    est_lon: float | None
+    error_km: float | None
+    region_km2: float | None
+    truth_in_region: bool | None
+    country: str | None
+    probability: float
+    certified: bool
+    solve_ms: float
+    # Not in the jsonl record; used for the summary.
+    true_country: str | None = None
+    consistent: bool = True
+    certified_as: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("true_country", "consistent", "certified_as"):
+            d.pop(k)
+        for k in ("est_lat", "est_lon"):
+            if d[k] is not None:
+                d[k] = round(d[k], 5)
+        for k, nd in (("error_km", 1), ("region_km2", 0), ("probability", 4), ("solve_ms", 2)):
+            if d[k] is not None:
+                d[k] = round(d[k], nd)
+        return d
+
+
+@dataclass(slots=True)
+class Evaluation:
+    dataset: str
+    records: list[Record]
+    methods: list[str]
+    landmarks_per_target: int | None
+    seed: int
+    seconds: float
+    temperatures: list[tuple[float, float]] = field(default_factory=list)
+    vetted: dict[str, str] = field(default_factory=dict)  # landmarks left out in the full-data fit
+    inconsistent_targets: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {m: summarise([r for r in self.records if r.method == m]) for m in self.methods}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "targets": len({r.target for r in self.records}),
+                "landmarks_per_target": self.landmarks_per_target, "seed": self.seed,
+                "seconds": round(self.seconds, 1), "methods": self.summary(),
+                "temperatures": [[round(a, 3), round(b, 3)] for a, b in self.temperatures],
+                "vetted_landmarks": self.vetted, "inconsistent_targets": self.inconsistent_targets}
+
+
+def expected_calibration_error(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """ECE of top-class probabilities over ``bins`` equal-width bins."""
+    if len(prob) == 0:
+        return math.nan
+    b = np.minimum((prob * bins).astype(int), bins - 1)
+    ece = 0.0
+    for k in range(bins):
+        m = b == k
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - prob[m].mean())
+    return float(ece)
+
+
+def summarise(records: Sequence[Record]) -> dict[str, Any]:
+    if not records:
+        return {"targets": 0}
+    err = np.array([r.error_km if r.error_km is not None else math.inf for r in records])
+    correct = np.array([r.country is not None and r.country == r.true_country for r in records])
+    prob = np.array([r.probability for r in records])
+    tin = [r for r in records if r.truth_in_region is not None]
+    tin_c = [r for r in tin if r.consistent]
+    cert = np.array([r.certified for r in records])
+    cert_ok = np.array([r.certified and r.certified_as == r.true_country for r in records])
+    cert_bad = [r for r in records if r.certified and r.certified_as != r.true_country]
+    hi = prob >= 0.9
+    return {
+        "targets": len(records),
+        "median_km": float(np.median(err)),
+        "p80_km": float(np.percentile(err, 80)),
+        "p90_km": float(np.percentile(err, 90)),
+        "within_100km": float((err <= 100).mean()),
+        "country_accuracy": float(correct.mean()),
+        "truth_in_region": float(np.mean([r.truth_in_region for r in tin])) if tin else None,
+        "truth_in_region_consistent": float(np.mean([r.truth_in_region for r in tin_c])) if tin_c else None,
+        "certified": float(cert.mean()),
+        "certified_correct": float(cert_ok.mean()),
+        "certified_wrong": len(cert_bad) / len(records),
+        "certified_wrong_consistent": sum(r.consistent for r in cert_bad) / len(records),
+        "certified_wrong_targets": [r.target for r in cert_bad],
+        "accuracy_at_p90": float(correct[hi].mean()) if hi.any() else None,
+        "share_p90": float(hi.mean()),
+        "ece": expected_calibration_error(prob, correct.astype(float)),
+        "mean_solve_ms": float(np.mean([r.solve_ms for r in records])),
+    }
+
+
+def _countries() -> CountryLookup:
+    from geoprobe.geo.countries import default_index
+
+    return default_index()
+
+
+def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_per_target: int | None = None,
+             targets: int | None = None, seed: int = 0, countries: CountryLookup | None = None,
+             progress: Progress | None = None, extra_delay: Callable[[np.ndarray], np.ndarray] | None = None
+             ) -> Evaluation:
+    """Leave-one-out over the dataset's servers. ``extra_delay`` (tests, benchmarks) may add delay to
+    each target's measured RTTs, as an adversary on the path could."""
+    start = time.perf_counter()
+    for m in methods:
+        method(m)
+    if landmarks_per_target is not None and landmarks_per_target < 1:
+        raise InputError("must be at least 1", field="landmarks-per-target")
+    if targets is not None and targets < 1:
+        raise InputError("must be at least 1", field="targets")
+    countries = countries if countries is not None else _countries()
+    n = len(ds)
+    if n < 3:
+        raise InputError("a leave-one-out evaluation needs at least 3 located servers", file=ds.source)
+    rng = np.random.default_rng(seed)
+    lat, lon = ds.lats, ds.lons
+    km = distance_matrix_km(lat, lon, lat, lon)
+    sym = np.fmin(ds.rtt_min, ds.rtt_min.T)
+    np.fill_diagonal(sym, np.nan)
+    with np.errstate(invalid="ignore"):
+        violates = np.nan_to_num(sym < km / SOUND_KM_PER_MS, nan=0.0).astype(bool)
+    consistent = ~violates.any(axis=1)
+    truth_codes = [s.country or str(countries.codes_at(lat[i:i + 1], lon[i:i + 1])[0]) or None
+                   for i, s in enumerate(ds.servers)]
+    order = rng.permutation(n)
+    chosen = np.sort(order[: targets]) if targets is not None else np.arange(n)
+    fold_of = {int(t): k % FOLDS for k, t in enumerate(rng.permutation(chosen))}
+    folds = sorted(set(fold_of.values()))
+    temps: dict[int, tuple[float, float]] = {}
+    total = len(chosen) + len(folds)
+    done = 0
+    if "geoprobe" in methods:
+        for f in folds:
+            out = [t for t, g in fold_of.items() if g == f]
+            keep = np.setdiff1d(np.arange(n), out)
+            model = fit_arrays([ds.ids[i] for i in keep], lat[keep], lon[keep], ds.rtt_min[np.ix_(keep, keep)],
+                               km=km[np.ix_(keep, keep)])
+            temps[f] = solver.self_temperature(model, countries, [truth_codes[i] for i in keep], limit=30,
+                                               landmarks=landmarks_per_target, seed=seed + f)
+            done += 1
+            if progress:
+                progress(done, total)
+    else:
+        total = len(chosen)
+    records: list[Record] = []
+    for t in chosen.tolist():
+        others = np.array([i for i in range(n) if i != t])
+        if landmarks_per_target is not None and len(others) > landmarks_per_target:
+            others = np.sort(rng.choice(others, size=landmarks_per_target, replace=False))
+        model = fit_arrays([ds.ids[i] for i in others], lat[others], lon[others],
+                           ds.rtt_min[np.ix_(others, others)], km=km[np.ix_(others, others)])
+        model.temperature, model.estimate_temperature = temps.get(fold_of[t], (1.0, 4.0))
+        rtts = ds.rtts_to(t, others.tolist())
+        if extra_delay is not None and rtts:
+            keys = list(rtts)
+            added = extra_delay(np.array([rtts[k] for k in keys]))
+            rtts = {k: float(v) for k, v in zip(keys, added)}
+        for name in methods:
+            records.append(_one(ds, t, name, model, rtts, countries, truth_codes[t], bool(consistent[t])))
+        done += 1
+        if progress:
+            progress(done, total)
+    full = fit_arrays(ds.ids, lat, lon, ds.rtt_min, km=km)
+    return Evaluation(dataset=ds.name, records=records, methods=list(methods),
+                      landmarks_per_target=landmarks_per_target, seed=seed,
+                      seconds=time.perf_counter() - start, temperatures=[temps[f] for f in sorted(temps)],
+                      vetted=full.excluded,
+                      inconsistent_targets=[ds.ids[i] for i in np.flatnonzero(~consistent)])
+
+
+def _one(ds: Dataset, t: int, name: str, model: Any, rtts: dict[str, float], countries: CountryLookup,
+         truth: str | None, consistent: bool) -> Record:
+    s = ds.servers[t]
+    t0 = time.perf_counter()
+    try:
+        fix = method(name)(model, rtts, countries)
+    except GeoprobeError:
+        return Record(s.id, name, s.lat, s.lon, None, None, None, None, None, None, 0.0, False,
+                      (time.perf_counter() - t0) * 1000, truth, consistent)
+    ms = (time.perf_counter() - t0) * 1000
+    region = fix.sound_region if fix.sound_region is not None else fix.region
+    return Record(
+        target=s.id, method=name, true_lat=s.lat, true_lon=s.lon, est_lat=fix.lat, est_lon=fix.lon,
+        error_km=float(haversine_km(fix.lat, fix.lon, s.lat, s.lon)),
+        region_km2=region.area_km2 if region is not None else None,
+        truth_in_region=region.contains(s.lat, s.lon) if region is not None else None,
+        country=fix.country, probability=fix.probability, certified=fix.certified is not None, solve_ms=ms,
+        true_country=truth, consistent=consistent, certified_as=fix.certified)

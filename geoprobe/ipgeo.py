@@ -1,0 +1,215 @@
+"""IP geolocation (GeoLite2 / DB-IP City) as a registration claim, set beside what physics measures.
+
+Three uses:
+
+- a coarse prior: probe the landmarks nearest the IP-geolocated position first (``order_by_prior``);
+- a check of each landmark's claimed location against where its address geolocates
+  (``check_landmarks``): a big disagreement flags a catalogue entry to look at (or a stale database);
+- a report when the VM's own public address geolocates outside the measured region
+  (``compare_with_fix``): the provider's registration says one thing, the RTTs another.
+
+IP geolocation is never evidence of location here: it is a claim the measurement can contradict.
+The database is read by geoprobe's own reader (``geoprobe.mmdb``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from geoprobe.geo.fix import Fix
+from geoprobe.geo.sphere import haversine_km
+from geoprobe.landmarks import Catalogue, Landmark
+from geoprobe.mmdb import Reader
+
+#: Where distributions and geoipupdate put the databases; ``$GEOPROBE_MMDB`` comes first.
+STANDARD_DIRS = (Path("/usr/share/GeoIP"), Path("/var/lib/GeoIP"), Path("/usr/local/share/GeoIP"),
+                 Path("/usr/share/dbip"))
+STANDARD_NAMES = ("GeoLite2-City.mmdb", "GeoIP2-City.mmdb", "dbip-city-lite*.mmdb", "dbip-city*.mmdb")
+#: A landmark whose address geolocates farther than this from its claimed place is flagged (km).
+LANDMARK_TOLERANCE_KM = 500.0
+
+Position = tuple[float, float, str | None]
+
+
+def default_mmdb() -> Path | None:
+    """The first City database found: ``$GEOPROBE_MMDB``, then the standard paths."""
+    env = os.environ.get("GEOPROBE_MMDB")
+    if env:
+        return Path(env)
+    for d in STANDARD_DIRS:
+        for pattern in STANDARD_NAMES:
+            found = sorted(d.glob(pattern)) if d.is_dir() else []
+            if found:
+                return found[-1]
+    return None
+
+
+@lru_cache(maxsize=4)
+def _reader(path: str) -> Reader:
+    return Reader(path)
+
+
+def position(record: Any) -> Position | None:
+    """(lat, lon, ISO country) from a City record; None without coordinates."""
+    if not isinstance(record, dict):
+        return None
+    loc = record.get("location")
+    if not isinstance(loc, dict):
+        return None
+    lat, lon = loc.get("latitude"), loc.get("longitude")
+    if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+        return None
+    country = None
+    for key in ("country", "registered_country"):
+        c = record.get(key)
+        if isinstance(c, dict) and isinstance(c.get("iso_code"), str):
+            country = c["iso_code"]
+            break
+    return float(lat), float(lon), country
+
+
+def lookup(path: str | Path, ip: str) -> Position | None:
+    """Where the database puts ``ip``: (lat, lon, country) or None."""
+    return position(_reader(str(path)).get(ip))
+
+
+def order_by_prior(landmarks: Sequence[Landmark], prior: Position | None) -> list[Landmark]:
+    """Nearest landmarks to the prior first (so a partial or rate-capped probe run starts where it counts)."""
+    if prior is None:
+        return list(landmarks)
+    lat, lon, _ = prior
+    return sorted(landmarks, key=lambda lm: float(haversine_km(lat, lon, lm.lat, lm.lon)))
+
+
+@dataclass(frozen=True, slots=True)
+class LandmarkCheck:
+    landmark_id: str
+    address: str | None
+    claimed: tuple[float, float]
+    geolocated: Position | None
+    distance_km: float | None
+    verdict: str  # "agrees", "disagrees", "unknown"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _public(address: str | None) -> bool:
+    if address is None:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
+
+
+def check_landmarks(path: str | Path, landmarks: Iterable[Landmark], *,
+                    tolerance_km: float = LANDMARK_TOLERANCE_KM) -> list[LandmarkCheck]:
+    """Each landmark's claimed place against where its address geolocates (public addresses only)."""
+    out: list[LandmarkCheck] = []
+    for lm in landmarks:
+        geo = lookup(path, lm.address) if _public(lm.address) and lm.address else None
+        if geo is None:
+            out.append(LandmarkCheck(lm.id, lm.address, (lm.lat, lm.lon), None, None, "unknown"))
+            continue
+        km = float(haversine_km(lm.lat, lm.lon, geo[0], geo[1]))
+        country_clash = bool(lm.country and geo[2] and lm.country != geo[2])
+        verdict = "disagrees" if km > tolerance_km or (country_clash and km > tolerance_km / 5) else "agrees"
+        out.append(LandmarkCheck(lm.id, lm.address, (lm.lat, lm.lon), geo, round(km, 1), verdict))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    ip: str
+    geolocated: Position
+    distance_km: float
+    inside_region: bool
+    inside_sound_region: bool
+    country_probability: float | None
+    disagrees: bool
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_with_fix(ip: str, geo: Position, fix: Fix) -> Comparison:
+    """Set the IP-geolocated position beside the measured fix.
+
+    It disagrees when it lies outside the *sound* region (no added delay can explain that away)
+    or when its country gets (almost) no probability from the measurement.
+    """
+    lat, lon, country = geo
+    km = float(haversine_km(lat, lon, fix.lat, fix.lon))
+    in_region = bool(fix.region is not None and fix.region.contains(lat, lon))
+    in_sound = bool(fix.sound_region.contains(lat, lon)) if fix.sound_region is not None else in_region
+    p = fix.probability_in([country]) if country else None
+    disagrees = not in_sound or (p is not None and p < 0.01)
+    where = f"{country or '??'} ({lat:.2f}, {lon:.2f})"
+    if disagrees:
+        why = "outside the region the RTTs allow" if not in_sound else f"in a country the RTTs give {p:.0%}"
+        note = (f"the VM's address {ip} geolocates to {where}, {km:.0f} km from the measured position and "
+                f"{why}: the registration claims one place, physics says another")
+    else:
+        note = f"the VM's address {ip} geolocates to {where}, consistent with the measurement ({km:.0f} km off)"
+    return Comparison(ip, geo, round(km, 1), in_region, in_sound, p, disagrees, note)
+
+
+def local_address_towards(target: str) -> str | None:
+    """The source address the kernel would use towards ``target`` (a UDP connect sends nothing)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(target).version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((target, 9))
+            return str(s.getsockname()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def cross_check(fix: Fix, cat: Catalogue, mmdb: str | Path | None = None, *,
+                public_ip: str | None = None) -> dict[str, Any]:
+    """What ``geoprobe locate --mmdb`` reports: landmark checks and the VM's own address, with notes."""
+    path = Path(mmdb) if mmdb is not None else default_mmdb()
+    notes: list[str] = []
+    if path is None:
+        return {"database": None, "notes": ["no GeoLite2/DB-IP City database found; pass --mmdb FILE"]}
+    reader = _reader(str(path))
+    checks = check_landmarks(path, cat.landmarks)
+    bad = [c for c in checks if c.verdict == "disagrees"]
+    for c in bad:
+        g = c.geolocated
+        assert g is not None
+        notes.append(f"landmark {c.landmark_id} ({c.address}) claims ({c.claimed[0]:.2f}, {c.claimed[1]:.2f}) "
+                     f"but geolocates to {g[2] or '??'} ({g[0]:.2f}, {g[1]:.2f}), {c.distance_km:.0f} km away")
+    ip = public_ip
+    if ip is None:
+        target = next((lm.address for lm in cat.landmarks if lm.address), None)
+        ip = local_address_towards(target) if target else None
+    vm: dict[str, Any] | None = None
+    if ip is None or not _public(ip):
+        notes.append(f"this VM's public address is unknown ({ip or 'no route'} is not public); "
+                     "no registration claim to compare")
+    else:
+        geo = lookup(path, ip)
+        if geo is None:
+            notes.append(f"the database has no location for this VM's address {ip}")
+        else:
+            cmp = compare_with_fix(ip, geo, fix)
+            vm = cmp.to_json()
+            notes.append(cmp.note)
+    return {"database": str(path), "database_type": reader.database_type,
+            "landmarks_checked": sum(c.verdict != "unknown" for c in checks),
+            "landmarks_disagreeing": [c.to_json() for c in bad], "vm": vm, "notes": notes}
+
+
+def nearest_first_hint(path: str | Path, ip: str, landmarks: Sequence[Landmark]) -> list[Landmark]:
+    """Convenience for probing: the landmarks ordered by distance from where ``ip`` geolocates."""
+    return order_by_prior(landmarks, lookup(path, ip))

@@ -1,0 +1,228 @@
+"""``geoprobe locate`` and ``geoprobe verify`` end to end, against signed responders on loopback.
+
+The emulated VM sits in Frankfurt; each landmark holds its reply for a delay consistent with
+its distance (1.5x the speed-of-light-in-fibre minimum), as a real path would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geoprobe.cli import main
+from geoprobe.cli.env import Environment
+from geoprobe.landmarks import Catalogue, Landmark
+from geoprobe.probe import keys
+from geoprobe.probe.responder import EchoResponder
+
+VM = (50.11, 8.68)  # Frankfurt
+PLACES = {
+    "ams": (52.37, 4.90, "NL"), "par": (48.86, 2.35, "FR"), "zrh": (47.37, 8.54, "CH"),
+    "vie": (48.21, 16.37, "AT"), "prg": (50.08, 14.44, "CZ"), "ber": (52.52, 13.40, "DE"),
+    "muc": (48.14, 11.58, "DE"), "ham": (53.55, 9.99, "DE"), "cgn": (50.94, 6.96, "DE"),
+    "bru": (50.85, 4.35, "BE"),
+}
+
+
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    la1, lo1, la2, lo2 = map(math.radians, (*a, *b))
+    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(h))
+
+
+class Run:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.out = io.StringIO()
+        self.err = io.StringIO()
+
+    def __call__(self, *argv: str) -> int:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        env = Environment(stdout=self.out, stderr=self.err, state_dir=self.tmp / "state",
+                          cache_dir=self.tmp / "cache", runtime_dir=self.tmp / "run")
+        return main(list(argv), env=env)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    return Run(tmp_path)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Signed responders for PLACES on 127.0.0.x (three of them silent), and their catalogue."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    transports: list[Any] = []
+    silent: list[socket.socket] = []
+    landmarks: list[Landmark] = []
+    quiet = {"bru", "ham", "prg"}  # 30% never answer
+    for i, (lid, (lat, lon, cc)) in enumerate(PLACES.items()):
+        key = keys.generate()
+        pub = keys.public_raw(key)
+        host = f"127.0.0.{150 + i}"
+        if lid in quiet:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            silent.append(s)
+            port = s.getsockname()[1]
+        else:
+            delay = 1.5 * _km(VM, (lat, lon)) / 100.0 / 1e3 + 0.0002
+
+            async def start(key: Any = key, lid: str = lid, lat: float = lat, lon: float = lon,
+                            delay: float = delay, host: str = host) -> Any:
+                tr, _ = await loop.create_datagram_endpoint(
+                    lambda: EchoResponder(key, lid, lat, lon, delay=lambda: delay), local_addr=(host, 0))
+                return tr
+
+            tr = asyncio.run_coroutine_threadsafe(start(), loop).result(5)
+            transports.append(tr)
+            port = tr.get_extra_info("sockname")[1]
+        landmarks.append(Landmark(id=lid, lat=lat, lon=lon, country=cc, address=host, udp_port=port, pubkey=pub,
+                                  key_id=keys.key_id(pub)))
+    path = tmp_path / "catalogue.json"
+    Catalogue(landmarks=landmarks, name="test").save(path)
+    try:
+        yield path, {"quiet": quiet}
+    finally:
+        for tr in transports:
+            loop.call_soon_threadsafe(tr.close)
+        for s in silent:
+            s.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def _error_lines(run: Run, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The group reports GeoprobeError on the process's stderr, not (yet) on the injected one."""
+    return (run.err.getvalue() + capsys.readouterr().err).splitlines()
+
+
+def test_no_catalogue_is_one_line_exit_3(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("geoprobe.cli.locate.default_catalogue_path", lambda: tmp_path / "absent.json")
+    assert run("locate") == 3
+    lines = _error_lines(run, capsys)
+    assert len(lines) == 1 and "geoprobe landmarks sync" in lines[0] and "--landmarks" in lines[0]
+
+
+def test_nothing_answers_is_one_line_exit_3(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.149", 0))
+    pub = keys.public_raw(keys.generate())
+    cat = tmp_path / "c.json"
+    Catalogue(landmarks=[Landmark(id="mute", lat=1.0, lon=2.0, address="127.0.0.149",
+                                  udp_port=s.getsockname()[1], pubkey=pub)]).save(cat)
+    try:
+        assert run("locate", "--landmarks", str(cat), "--samples", "1", "--timeout", "0.3") == 3
+    finally:
+        s.close()
+    lines = _error_lines(run, capsys)
+    assert len(lines) == 1 and "no landmark answered" in lines[0] and "timeout: 1" in lines[0]
+
+
+def test_locate_json_with_silent_landmarks_then_replay_and_verify(run: Run, world: tuple[Path, dict[str, Any]],
+                                                                   tmp_path: Path) -> None:
+    pytest.importorskip("geoprobe.locate")
+    cat, info = world
+    saved, geojson = tmp_path / "m.json", tmp_path / "region.geojson"
+    rc = run("locate", "--landmarks", str(cat), "--format", "json", "--timeout", "0.5", "--save", str(saved),
+             "--geojson", str(geojson))
+    assert rc == 0, run.err.getvalue()
+    rec = json.loads(run.out.getvalue())
+    assert set(rec["failures"]) == info["quiet"]
+    assert set(rec["rtts_ms"]) == set(PLACES) - info["quiet"]
+    assert {"lat", "lon"} <= set(rec["position"]) and rec["error_radius_km"] > 0
+    assert rec["bound"] == "sound"  # the catalogue carries no calibration RTTs
+    probs = [c["probability"] for c in rec["countries"]]
+    assert probs == sorted(probs, reverse=True) and rec["countries"][0]["code"] == "DE"
+    assert _km(VM, (rec["position"]["lat"], rec["position"]["lon"])) < 300
+    evidence = [e for m in rec["measurements"] for e in m.get("evidence", [])]
+    assert len(evidence) == 3 * 7
+    assert json.loads(geojson.read_text())["type"] == "FeatureCollection"
+
+    # Replay gives the same answer without a packet sent.
+    assert run("locate", "--landmarks", str(cat), "--replay", str(saved), "--format", "json") == 0
+    again = json.loads(run.out.getvalue())
+    assert again["position"] == rec["position"] and again["rtts_ms"] == rec["rtts_ms"]
+
+    # Both the saved file and the JSON record verify.
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(rec))
+    for f in (saved, record):
+        assert run("verify", str(f), "--landmarks", str(cat)) == 0, run.out.getvalue()
+        assert run.out.getvalue().startswith("OK: 21 signed replies")
+
+
+def test_table_lists_failed_landmarks(run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    pytest.importorskip("geoprobe.locate")
+    pytest.importorskip("geoprobe.render.mapplot")
+    cat, info = world
+    png = tmp_path / "where.png"
+    assert run("locate", "--landmarks", str(cat), "--timeout", "0.4", "--samples", "2", "--map", str(png)) == 0, \
+        run.err.getvalue()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run.out.getvalue()
+    assert "position" in out and "DE" in out
+    for lid in info["quiet"]:
+        assert f"{lid}" in out
+    assert "timeout" in out
+
+
+def test_verify_tampered_evidence_exits_3_with_one_line_per_record(run: Run, world: tuple[Path, dict[str, Any]],
+                                                                   tmp_path: Path) -> None:
+    from geoprobe.landmarks import load_catalogue
+    from geoprobe.measurement import load_measurements, save_measurements
+    from geoprobe.probe import measure
+
+    cat, _ = world
+    c = load_catalogue(cat)
+    ms = measure(c.landmarks[:2], "udp", samples=2)
+    good = tmp_path / "good.json"
+    save_measurements(good, ms)
+    assert run("verify", str(good), "--landmarks", str(cat)) == 0
+    loaded, _ = load_measurements(good)
+    loaded[0].evidence[0]["rtt_ms"] = 0.0
+    loaded[1].evidence[1]["landmark_id"] = "someone-else"
+    bad = tmp_path / "bad.json"
+    save_measurements(bad, loaded)
+    assert run("verify", str(bad), "--landmarks", str(cat)) == 3
+    lines = run.out.getvalue().splitlines()
+    bad_lines = [ln for ln in lines if ln.startswith("BAD ")]
+    assert any(f"{loaded[0].landmark_id}: evidence #0: rtt_ms" in ln for ln in bad_lines)
+    assert any(f"{loaded[1].landmark_id}: evidence #1: filed under" in ln for ln in bad_lines)
+    assert lines[-1].endswith("problem(s) in 4 signed replies")
+
+
+def test_verify_file_without_evidence_is_an_error(run: Run, world: tuple[Path, dict[str, Any]],
+                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geoprobe.measurement import Measurement, save_measurements
+
+    cat, _ = world
+    f = tmp_path / "plain.json"
+    save_measurements(f, [Measurement(landmark_id="ams", method="tcp", rtts_ms=[5.0], sent=1)])
+    assert run("verify", str(f), "--landmarks", str(cat)) == 3
+    assert "no signed evidence" in _error_lines(run, capsys)[0]
+
+
+def test_progress_on_a_terminal_stderr(tmp_path: Path, world: tuple[Path, dict[str, Any]]) -> None:
+    pytest.importorskip("geoprobe.locate")
+    cat, _ = world
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdout=out, stderr=err, stderr_isatty=True, state_dir=tmp_path, cache_dir=tmp_path,
+                      runtime_dir=tmp_path)
+    assert main(["locate", "--landmarks", str(cat), "--timeout", "0.3", "--samples", "1", "--format", "json"],
+                env=env) == 0
+    assert "probing (udp)" in err.getvalue()
+    json.loads(out.getvalue())  # progress never leaks into the machine-readable output
