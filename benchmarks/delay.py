@@ -2,8 +2,10 @@
 
 Targets (issue 5): the dirtier's page-write rate is at least 50 % of a bare
 ``buf[::4096] = v`` loop over the same buffer on this machine, and its peak RSS (VmHWM) never
-exceeds the configured cap. Each run is a fresh process, baseline and dirtier interleaved so
-that load from other processes hits both alike; medians are reported.
+exceeds the configured cap. The rate comparison alternates the bare loop and the dirtier in
+short slices over one pre-faulted buffer inside one process, so that load from other processes
+hits both alike (medians of --reps runs). Peak RSS comes from the real `geoprobe delay` command,
+each run a fresh process (full speed, --cpu 0.25 and --rate 200000), checked against the cap.
 
     python benchmarks/delay.py [--seconds 3] [--reps 3] [--caps 128M,256M,1G] [--json]
 """
@@ -19,20 +21,28 @@ from typing import Any
 
 from geoprobe.policy import parse_size
 
-BASELINE = r"""
+PAIRED = r"""
 import json, sys, time
-import numpy as np
-pages, seconds = int(sys.argv[1]), float(sys.argv[2])
-buf = np.zeros(pages * 4096, dtype=np.uint8)
-view = buf[::4096]
-n = v = 0
-t0 = time.perf_counter()
-while time.perf_counter() - t0 < seconds:
-    v = v % 255 + 1
-    view[:] = v
-    n += pages
-el = time.perf_counter() - t0
-print(json.dumps({"pages_per_s": n / el}))
+from geoprobe.defend.delay import Dirtier
+cap, seconds, slices = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+d = Dirtier(cap)
+view = d.view
+view[:] = 1  # fault the buffer in once, so neither side pays first-touch for the other
+base_pages = base_t = our_pages = our_t = 0.0
+v = 1
+for _ in range(slices):
+    # the plain loop: whole-buffer strided assignment, nothing else
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds / slices / 2:
+        v = v % 255 + 1
+        view[:] = v
+        base_pages += len(view)
+    base_t += time.perf_counter() - t0
+    s = d.run(cpu=1.0, duration=seconds / slices / 2)
+    our_pages += s.pages
+    our_t += s.elapsed_s
+print(json.dumps({"baseline_pages_per_s": base_pages / base_t, "dirtier_pages_per_s": our_pages / our_t,
+                  "buffer_bytes": d.buffer_bytes}))
 """
 
 
@@ -43,6 +53,7 @@ def _run(argv: list[str]) -> dict[str, Any]:
 
 def dirtier(cap: str, seconds: float, cpu: float = 1.0, rate: float | None = None
             ) -> dict[str, Any]:
+    """The real command, in its own process: its VmHWM is the figure checked against the cap."""
     argv = [sys.executable, "-m", "geoprobe", "delay", "--memory", cap, "--cpu", str(cpu),
             "--duration", str(seconds), "--json"]
     if rate:
@@ -50,8 +61,9 @@ def dirtier(cap: str, seconds: float, cpu: float = 1.0, rate: float | None = Non
     return dict(_run(argv)["summary"])
 
 
-def baseline(pages: int, seconds: float) -> float:
-    return float(_run([sys.executable, "-c", BASELINE, str(pages), str(seconds)])["pages_per_s"])
+def paired(cap: str, seconds: float, slices: int = 10) -> dict[str, Any]:
+    """Baseline and dirtier alternate in short slices over one buffer: same machine, same moment."""
+    return _run([sys.executable, "-c", PAIRED, str(parse_size(cap)), str(seconds), str(slices)])
 
 
 def main() -> int:
@@ -64,25 +76,21 @@ def main() -> int:
 
     rows = []
     for cap in args.caps.split(","):
-        base: list[float] = []
-        runs: list[dict[str, Any]] = []
-        for _ in range(args.reps):
-            d = dirtier(cap, args.seconds)
-            runs.append(d)
-            base.append(baseline(int(d["buffer_bytes"]) // 4096, args.seconds))
-        ours = statistics.median(r["pages_per_s"] for r in runs)
-        ref = statistics.median(base)
-        peak = max(r["peak_rss_bytes"] for r in runs)
+        pairs = [paired(cap, args.seconds) for _ in range(args.reps)]
+        ours = statistics.median(p["dirtier_pages_per_s"] for p in pairs)
+        ref = statistics.median(p["baseline_pages_per_s"] for p in pairs)
+        full = dirtier(cap, args.seconds)
         capped = dirtier(cap, args.seconds, cpu=0.25)
         limited = dirtier(cap, args.seconds, rate=200_000)
+        peak = max(r["peak_rss_bytes"] for r in (full, capped, limited))
         rows.append({
-            "cap": cap, "cap_bytes": parse_size(cap), "buffer_bytes": runs[0]["buffer_bytes"],
+            "cap": cap, "cap_bytes": parse_size(cap), "buffer_bytes": full["buffer_bytes"],
             "baseline_pages_per_s": ref, "dirtier_pages_per_s": ours, "ratio": ours / ref,
+            "ratios": [p["dirtier_pages_per_s"] / p["baseline_pages_per_s"] for p in pairs],
+            "cli_pages_per_s": full["pages_per_s"],
             "peak_rss_bytes": peak, "peak_within_cap": peak <= parse_size(cap),
             "cpu0.25_cpu_share": capped["cpu_s"] / capped["elapsed_s"],
-            "cpu0.25_pages_per_s": capped["pages_per_s"],
             "rate200k_pages_per_s": limited["pages_per_s"],
-            "peak_rss_capped_runs": max(capped["peak_rss_bytes"], limited["peak_rss_bytes"]),
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -94,8 +102,7 @@ def main() -> int:
                   f"{r['dirtier_pages_per_s']:>14,.0f} {r['ratio']:>6.2f} "
                   f"{r['peak_rss_bytes'] >> 20:>7}Mi {r['peak_within_cap']!s:>5} "
                   f"{r['cpu0.25_cpu_share']:>8.2f} {r['rate200k_pages_per_s']:>10,.0f}")
-    ok = all(r["ratio"] >= 0.5 and r["peak_within_cap"] and
-             r["peak_rss_capped_runs"] <= r["cap_bytes"] for r in rows)
+    ok = all(r["ratio"] >= 0.5 and r["peak_within_cap"] for r in rows)
     print("targets met" if ok else "TARGETS MISSED", file=sys.stderr)
     return 0 if ok else 1
 

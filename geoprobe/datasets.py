@@ -154,8 +154,7 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
                 raise InputError(f"missing column (header: {','.join(header) or 'empty'})", file=path, field=col)
         reader.fieldnames = header
         try:
-            for i, row in enumerate(reader, start=2):
-                yield i, row
+            yield from enumerate(reader, start=2)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InputError(f"unreadable CSV: {exc}", file=path) from None
 

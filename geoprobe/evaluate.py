@@ -26,6 +26,7 @@ from geoprobe.locate import METHODS, method
 
 Progress = Callable[[int, int], None]
 FOLDS = 8
+CALIBRATION_CASES = 100  # held-out landmarks per fold that fit the temperatures
 
 
 @dataclass(slots=True)
@@ -47,12 +48,13 @@ class Record:
     solve_ms: float
     # Not in the jsonl record; used for the summary.
     true_country: str | None = None
-    consistent: bool = True
+    consistent: bool = True  # no speed-of-light violation against any other server
+    vetted_out: bool = False  # flagged as a liar when the whole dataset is vetted
     certified_as: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("true_country", "consistent", "certified_as"):
+        for k in ("true_country", "consistent", "vetted_out", "certified_as"):
             d.pop(k)
         for k in ("est_lat", "est_lon"):
             if d[k] is not None:
@@ -71,7 +73,7 @@ class Evaluation:
     landmarks_per_target: int | None
     seed: int
     seconds: float
-    temperatures: list[tuple[float, float]] = field(default_factory=list)
+    temperatures: list[solver.Tempering] = field(default_factory=list)
     vetted: dict[str, str] = field(default_factory=dict)  # landmarks left out in the full-data fit
     inconsistent_targets: list[str] = field(default_factory=list)
 
@@ -82,7 +84,8 @@ class Evaluation:
         return {"dataset": self.dataset, "targets": len({r.target for r in self.records}),
                 "landmarks_per_target": self.landmarks_per_target, "seed": self.seed,
                 "seconds": round(self.seconds, 1), "methods": self.summary(),
-                "temperatures": [[round(a, 3), round(b, 3)] for a, b in self.temperatures],
+                "tempering": [{"temperature": round(t.temperature, 3), "blend": t.blend,
+                               "estimate_temperature": round(t.estimate_temperature, 3)} for t in self.temperatures],
                 "vetted_landmarks": self.vetted, "inconsistent_targets": self.inconsistent_targets}
 
 
@@ -107,10 +110,12 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
     prob = np.array([r.probability for r in records])
     tin = [r for r in records if r.truth_in_region is not None]
     tin_c = [r for r in tin if r.consistent]
+    tin_v = [r for r in tin if not r.vetted_out]
     cert = np.array([r.certified for r in records])
     cert_ok = np.array([r.certified and r.certified_as == r.true_country for r in records])
     cert_bad = [r for r in records if r.certified and r.certified_as != r.true_country]
     hi = prob >= 0.9
+    honest = np.array([not r.vetted_out for r in records])
     return {
         "targets": len(records),
         "median_km": float(np.median(err)),
@@ -120,6 +125,8 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         "country_accuracy": float(correct.mean()),
         "truth_in_region": float(np.mean([r.truth_in_region for r in tin])) if tin else None,
         "truth_in_region_consistent": float(np.mean([r.truth_in_region for r in tin_c])) if tin_c else None,
+        "truth_in_region_not_vetted": float(np.mean([r.truth_in_region for r in tin_v])) if tin_v else None,
+        "consistent_targets": len(tin_c),
         "certified": float(cert.mean()),
         "certified_correct": float(cert_ok.mean()),
         "certified_wrong": len(cert_bad) / len(records),
@@ -128,6 +135,11 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         "accuracy_at_p90": float(correct[hi].mean()) if hi.any() else None,
         "share_p90": float(hi.mean()),
         "ece": expected_calibration_error(prob, correct.astype(float)),
+        # The same, leaving out targets whose own claimed location vetting proves false (their
+        # "truth" is wrong, so a right answer about where they really are counts as an error above).
+        "country_accuracy_not_vetted": float(correct[honest].mean()) if honest.any() else None,
+        "accuracy_at_p90_not_vetted": float(correct[hi & honest].mean()) if (hi & honest).any() else None,
+        "ece_not_vetted": expected_calibration_error(prob[honest], correct[honest].astype(float)),
         "mean_solve_ms": float(np.mean([r.solve_ms for r in records])),
     }
 
@@ -162,14 +174,14 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
     np.fill_diagonal(sym, np.nan)
     with np.errstate(invalid="ignore"):
         violates = np.nan_to_num(sym < km / SOUND_KM_PER_MS, nan=0.0).astype(bool)
-    consistent = ~violates.any(axis=1)
+    consistent = np.asarray(~violates.any(axis=1), dtype=bool)
     truth_codes = [s.country or str(countries.codes_at(lat[i:i + 1], lon[i:i + 1])[0]) or None
                    for i, s in enumerate(ds.servers)]
     order = rng.permutation(n)
     chosen = np.sort(order[: targets]) if targets is not None else np.arange(n)
     fold_of = {int(t): k % FOLDS for k, t in enumerate(rng.permutation(chosen))}
     folds = sorted(set(fold_of.values()))
-    temps: dict[int, tuple[float, float]] = {}
+    temps: dict[int, solver.Tempering] = {}
     total = len(chosen) + len(folds)
     done = 0
     if "geoprobe" in methods:
@@ -178,7 +190,7 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
             keep = np.setdiff1d(np.arange(n), out)
             model = fit_arrays([ds.ids[i] for i in keep], lat[keep], lon[keep], ds.rtt_min[np.ix_(keep, keep)],
                                km=km[np.ix_(keep, keep)])
-            temps[f] = solver.self_temperature(model, countries, [truth_codes[i] for i in keep], limit=30,
+            temps[f] = solver.self_tempering(model, countries, [truth_codes[i] for i in keep], limit=CALIBRATION_CASES,
                                                landmarks=landmarks_per_target, seed=seed + f)
             done += 1
             if progress:
@@ -192,7 +204,7 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
             others = np.sort(rng.choice(others, size=landmarks_per_target, replace=False))
         model = fit_arrays([ds.ids[i] for i in others], lat[others], lon[others],
                            ds.rtt_min[np.ix_(others, others)], km=km[np.ix_(others, others)])
-        model.temperature, model.estimate_temperature = temps.get(fold_of[t], (1.0, 4.0))
+        temps.get(fold_of[t], solver.Tempering()).apply(model)
         rtts = ds.rtts_to(t, others.tolist())
         if extra_delay is not None and rtts:
             keys = list(rtts)
@@ -203,7 +215,9 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
         done += 1
         if progress:
             progress(done, total)
-    full = fit_arrays(ds.ids, lat, lon, ds.rtt_min, km=km)
+    full = fit_arrays(ds.ids, lat, lon, ds.rtt_min, km=km)  # only to report who vetting flags
+    for r in records:
+        r.vetted_out = r.target in full.excluded
     return Evaluation(dataset=ds.name, records=records, methods=list(methods),
                       landmarks_per_target=landmarks_per_target, seed=seed,
                       seconds=time.perf_counter() - start, temperatures=[temps[f] for f in sorted(temps)],

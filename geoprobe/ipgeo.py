@@ -151,7 +151,7 @@ def compare_with_fix(ip: str, geo: Position, fix: Fix) -> Comparison:
     km = float(haversine_km(lat, lon, fix.lat, fix.lon))
     in_region = bool(fix.region is not None and fix.region.contains(lat, lon))
     in_sound = bool(fix.sound_region.contains(lat, lon)) if fix.sound_region is not None else in_region
-    p = fix.probability_in([country]) if country else None
+    p = fix.probability_in({country}) if country else None
     disagrees = not in_sound or (p is not None and p < 0.01)
     where = f"{country or '??'} ({lat:.2f}, {lon:.2f})"
     if disagrees:

@@ -85,8 +85,7 @@ def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None) -> Mod
     if key not in _MODELS:
         countries = countries if countries is not None else default_countries()
         model = fit(cat)
-        model.temperature, model.estimate_temperature = solver.self_temperature(
-            model, countries, [lm.country for lm in cat.landmarks])
+        solver.self_tempering(model, countries, [lm.country for lm in cat.landmarks]).apply(model)
         _MODELS[key] = model
     return _MODELS[key]
 

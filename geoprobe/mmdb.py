@@ -11,7 +11,7 @@ import ipaddress
 import mmap
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from geoprobe.errors import InputError
 
@@ -144,7 +144,7 @@ class Reader:
         if isinstance(self._buf, mmap.mmap):
             self._buf.close()
 
-    def __enter__(self) -> Reader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

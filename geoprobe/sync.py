@@ -28,7 +28,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,8 @@ def fetch_mesh_rtts(api: str, anchors: Sequence[Anchor], *, fetch: Callable[[str
             for r in results:
                 if not isinstance(r, Mapping) or r.get("af", 4) != 4:
                     continue
-                src = by_probe.get(_int(r.get("prb_id")))
+                prb = _int(r.get("prb_id"))
+                src = by_probe.get(prb) if prb is not None else None
                 rmin = r.get("min")
                 if src is None or src.id == tgt or not isinstance(rmin, (int, float)) or isinstance(rmin, bool):
                     continue
@@ -269,7 +270,7 @@ def sync(api: str = DEFAULT_API, *, out: Path | None = None, cache_dir: Path | N
     n_mesh = 0
     if mesh:
         rtts, n_mesh = fetch_mesh_rtts(api, anchors, fetch=fetch, progress=progress)
-    when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     cat = Catalogue(landmarks=[to_landmark(a, tcp_port=tcp_port) for a in anchors], rtts=rtts,
                     name="RIPE Atlas anchors", source=f"RIPE Atlas API {api} (RIPE NCC), synced {when}")
     result = SyncResult(catalogue=cat, anchors=anchors, dropped=dropped, synced=when, mesh_measurements=n_mesh)

@@ -22,7 +22,10 @@ from geoprobe.sync import CACHE_NAME, DEFAULT_API, check_api, sync
 def sync_cmd(env: Environment, api: str, out_path: Path | None, mesh: bool, tcp_port: int) -> None:
     """Fetch the RIPE Atlas anchors (dropping disabled and decommissioned ones) into a catalogue."""
     check_api(api)
-    progress = (lambda msg: env.stderr.write(f"\r{msg}")) if env.stderr_isatty else None
+    def show(msg: str) -> None:
+        env.stderr.write(f"\r{msg}")
+
+    progress = show if env.stderr_isatty else None
     result = sync(api, out=out_path, cache_dir=env.cache_dir, mesh=mesh, tcp_port=tcp_port, progress=progress)
     if progress is not None:
         env.stderr.write("\n")

@@ -39,12 +39,15 @@ def test_setting_a_sample_again_replaces_it() -> None:
     assert m.render().splitlines()[2:] == ["geoprobe_up 1"]
 
 
-@pytest.mark.parametrize("name,kind", [
-    ("up", "gauge"),  # not geoprobe_*
-    ("geoprobe_rounds", "counter"),  # counters end in _total
-    ("geoprobe_rounds_total", "gauge"),  # gauges do not
-    ("geoprobe_Bad-Name", "gauge"),
-])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("up", "gauge"),  # not geoprobe_*
+        ("geoprobe_rounds", "counter"),  # counters end in _total
+        ("geoprobe_rounds_total", "gauge"),  # gauges do not
+        ("geoprobe_Bad-Name", "gauge"),
+    ],
+)
 def test_bad_names_are_refused(name: str, kind: str) -> None:
     m = Metrics()
     with pytest.raises(ValueError):

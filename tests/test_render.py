@@ -75,7 +75,7 @@ def test_landmarks_carry_rtts_and_exclusions() -> None:
 def test_error_circle_has_the_stated_radius() -> None:
     fc = region_geojson(make_fix(), [], None)
     circle = shape(next(f for f in fc["features"] if f["properties"]["kind"] == "error_circle")["geometry"])
-    minx, miny, maxx, maxy = circle.bounds
+    _, miny, _, maxy = circle.bounds
     assert (maxy - miny) * 111.2 / 2 == pytest.approx(30.0, rel=0.02)
 
 
@@ -122,7 +122,8 @@ def test_map_is_a_png_with_the_map_drawn(tmp_path: Path, index: CountryIndex) ->
 
 
 def test_map_highlights_the_certified_country(tmp_path: Path, index: CountryIndex) -> None:
-    out = draw_map(make_fix(certified="DE"), tmp_path / "map.png", countries=index, size_in=(8.0, 6.0), dpi=80)
+    out = draw_map(make_fix(certified="DE"), tmp_path / "map.png", countries=index,
+                   size_in=(8.0, 6.0), dpi=80)
     assert _pixels_near(imread(out), CERTIFIED_LAND) > 1000
 
 

@@ -8,7 +8,7 @@ import json
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,13 @@ from geoprobe.cli.env import Environment
 from geoprobe.landmarks import load_catalogue
 from geoprobe.status import ExitStatus
 from geoprobe.sync import SyncError, cached_date, sync
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests must go straight to the loopback server, never through a configured proxy."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def anchor(i: int, probe: int, lat: float, lon: float, country: str, ip: str, *, disabled: bool = False,
@@ -71,7 +78,7 @@ def serve() -> Iterator[Any]:
 
     def start(fake: FakeAtlas) -> str:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 base = f"http://127.0.0.1:{self.server.server_address[1]}"
                 code, body = fake.respond(self.path, base)
                 data = json.dumps(body).encode()
@@ -157,7 +164,7 @@ def test_mesh_results_become_calibration_rtts(serve: Any, tmp_path: Path) -> Non
 
 def test_cache_holds_the_catalogue_and_its_date(serve: Any, tmp_path: Path) -> None:
     api = serve(small_world())
-    when = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     sync(api, cache_dir=tmp_path / "cache", now=when)
     cached = tmp_path / "cache" / "anchors.json"
     assert cached_date(cached) == "2026-11-26T12:00:00Z"

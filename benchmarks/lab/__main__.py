@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .build import build_guest, default_cache, need_tools
+from .netns import remove_stale
 from .programs import DEFAULT_WATCH, clock_program, geoprobe_program
 from .report import analyse, write
 from .scenarios import GuestProgram, Lab, RunPlan, RunRecord
 from .sites import WONDERPROXY, Place, distance_km, find_place
 
-DEFAULT_DELAY = "python3 -m geoprobe delay --memory 200M --cpu 1.0 --duration {duration}"
+DEFAULT_DELAY = "python3 -m geoprobe delay --memory 200M --cpu 1.0 --duration {duration} --json"
 
 
 def _place(spec: str) -> Place:
@@ -59,11 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--same", type=_place, default="Hamburg:DE", help="site B in A's country")
     ap.add_argument("--settle", type=float, default=20.0, help="seconds at A after the baseline")
     ap.add_argument("--after", type=float, default=30.0, help="seconds to wait for a confirmation")
+    ap.add_argument("--landmarks", type=int, default=90,
+                    help="landmarks in the guest's catalogue: the nearest to site A (0: all)")
     ap.add_argument("--memory", type=int, default=512, help="guest MiB")
     ap.add_argument("--accel", default="tcg", help="tcg (default here) or kvm")
     ap.add_argument("--cache", type=Path, default=None, help="guest image cache (~/.cache/geoprobe-lab)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/lab/results"))
     ap.add_argument("--keep-work", action="store_true", help="keep per-run logs and serial files")
+    ap.add_argument("--functional", action="store_true",
+                    help="check only what must work (confirmed, counter-measures, no faults), not the "
+                         "5 s timing target: for CI on a shared, TCG-only machine")
     ap.add_argument("--skip-unavailable", action="store_true",
                     help="exit 0 with a reason when the lab cannot run on this machine")
     return ap.parse_args(argv)
@@ -119,7 +125,7 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
     return geoprobe_program([plan.a.country], command=args.guest_command, background=background)
 
 
-def targets(summary: dict[str, Any], mode_full: bool) -> list[str]:
+def targets(summary: dict[str, Any], timing: bool = True) -> list[str]:
     """Issue 6's targets; returns what was missed."""
     missed: list[str] = []
     cross = summary.get("cross")
@@ -127,7 +133,7 @@ def targets(summary: dict[str, Any], mode_full: bool) -> list[str]:
         if cross["with_confirmed"] < cross["runs"]:
             missed.append(f"cross: {cross['with_confirmed']}/{cross['runs']} confirmed in the guest")
         med = cross["median_switchover_to_confirmed_s"]
-        if med is None or med > 5.0:
+        if timing and (med is None or med > 5.0):
             missed.append(f"cross: median switchover->confirmed {med} s > 5 s")
         if cross["countermeasures_fired"] < cross["runs"]:
             missed.append(f"cross: counter-measures fired in {cross['countermeasures_fired']} runs")
@@ -165,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[lab {dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
     t0 = time.time()
+    for name in remove_stale("geoprobe-lab-"):
+        log(f"removed namespace {name} left by a killed run")
     log("guest image: building or reusing the cache (first build: debootstrap, several minutes)")
     image = build_guest(args.cache or default_cache())
     log(f"guest image ready: {image.root}")
     if args.build_only:
         return 0
     workdir = Path(tempfile.mkdtemp(prefix="geoprobe-lab-"))
-    lab = Lab(image, workdir, memory_mb=args.memory, accel=args.accel, log=log)
+    lab = Lab(image, workdir, memory_mb=args.memory, accel=args.accel, log=log,
+              guest_landmarks=args.landmarks)
     todo = plans(args)
     records: list[RunRecord] = []
     for i, (plan, variant) in enumerate(todo, 1):
@@ -187,14 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
                           check=False)
     meta = {"mode": "full" if args.full else "smoke", "program": args.program,
-            "guest_command": args.guest_command, "accel": args.accel, "memory_mb": args.memory,
+            "guest_command": args.guest_command, "guest_landmarks": args.landmarks, "accel": args.accel, "memory_mb": args.memory,
             "qemu": qemu.stdout.split("\n")[0].replace("QEMU emulator version ", ""),
             "started_utc": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - t0), "workdir": str(workdir)}
     j, md = write(args.out, records, meta)
     summary = json.loads(j.read_text())["summary"]
     print(md.read_text())
-    missed = targets(summary, args.full)
+    missed = targets(summary, timing=not args.functional)
     for m in missed:
         log(f"target missed: {m}")
     log(f"report: {j} and {md}")

@@ -26,6 +26,9 @@ PACKAGES = (
     "python3-scapy", "python3-tomli-w", "linux-image-cloud-amd64", "busybox-static", "iproute2",
     "kmod", "procps",
 )
+# What bookworm lacks at the version geoprobe needs (it has shapely 1.8; geoprobe uses the 2.x API):
+# installed from PyPI wheels into the guest's /usr/local, which precedes Debian's dist-packages.
+PYPI_WHEELS = ("shapely>=2.0,<2.1",)
 # Load order for the cloud kernel, which builds virtio, virtio-blk and ext4 as modules.
 # Dependencies are resolved from modules.dep; these are the roots.
 MODULE_ROOTS = ("virtio_pci", "virtio_net", "virtio_blk", "ext4")
@@ -82,7 +85,7 @@ def default_cache() -> Path:
 
 def _key() -> str:
     """Changes whenever what goes into the image changes, so a stale cache is never reused."""
-    h = hashlib.sha256("\n".join((SUITE, *PACKAGES, INITRAMFS_INIT, LAB_INIT)).encode())
+    h = hashlib.sha256("\n".join((SUITE, *PACKAGES, *PYPI_WHEELS, INITRAMFS_INIT, LAB_INIT)).encode())
     return h.hexdigest()[:12]
 
 
@@ -129,6 +132,25 @@ def debootstrap(cache: Path, log: Path) -> Path:
     shutil.rmtree(rootfs, ignore_errors=True)
     partial.rename(rootfs)
     return rootfs
+
+
+def add_wheels(rootfs: Path, log: Path) -> None:
+    """Install PYPI_WHEELS (binary wheels for the guest's CPython 3.11) into the guest root, once."""
+    marker = rootfs / ".lab-wheels"
+    if marker.exists() and marker.read_text() == "\n".join(PYPI_WHEELS):
+        return
+    target = rootfs / "usr" / "local" / "lib" / "python3.11" / "dist-packages"
+    with tempfile.TemporaryDirectory() as tmp, log.open("ab") as out:
+        common = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                  "--platform", "manylinux2014_x86_64", "--no-deps"]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS],
+                       check=True, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *common, "--upgrade",
+                        "--target", str(target), *sorted(str(p) for p in Path(tmp).glob("*.whl"))],
+                       check=True, stdout=out, stderr=subprocess.STDOUT)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(target)], check=False,
+                   capture_output=True)
+    marker.write_text("\n".join(PYPI_WHEELS))
 
 
 def _kernel_version(rootfs: Path) -> str:
@@ -214,6 +236,7 @@ def build_guest(cache: Path | None = None, rebuild: bool = False) -> GuestImage:
         raise RuntimeError("missing host tools: " + ", ".join(missing)
                            + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)")
     rootfs = debootstrap(cache, cache / "debootstrap.log")
+    add_wheels(rootfs, cache / "debootstrap.log")
     (rootfs / "sbin" / "lab-init").write_text(LAB_INIT)
     (rootfs / "sbin" / "lab-init").chmod(0o755)
     (rootfs / "etc" / "hostname").write_text("geoprobe-guest\n")

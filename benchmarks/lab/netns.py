@@ -7,6 +7,7 @@ QEMU process lives in. Nothing here can send a packet outside the machine: the n
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,19 @@ from dataclasses import dataclass
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def remove_stale(prefix: str) -> list[str]:
+    """Delete namespaces `<prefix>...-<pid>` left by a lab run whose process is gone (kill -9)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    removed = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        pid = name.rsplit("-", 1)[-1]
+        if name.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            Namespace(name).delete()
+            removed.append(name)
+    return removed
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ cd /lab
 export PYTHONPATH=/lab GEOPROBE_STATE_DIR=/tmp/geoprobe-state GEOPROBE_CACHE_DIR=/tmp/geoprobe-cache
 export GEOPROBE_RUNTIME_DIR=/tmp/geoprobe-run
 mkdir -p /tmp/geoprobe-lab /tmp/geoprobe-state /tmp/geoprobe-cache /tmp/geoprobe-run
+[ -d /lab/cache ] && cp -r /lab/cache/. /tmp/geoprobe-cache/
 head -c 4096 /dev/urandom > {secret}
 {extra}
 echo "LAB-GUEST-START uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -75,19 +76,16 @@ def _is_suspected(line: ConsoleLine) -> bool:
 
 
 DEFAULT_WATCH = ("python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
-                 "--interval 1")
+                 "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2")
 
 
 def geoprobe_program(allow: list[str], command: str = DEFAULT_WATCH, background: str = "",
                      delay_on_suspect: bool = False) -> GuestProgram:
     """geoprobe watch at boot; events (JSON lines) on stdout, which is the serial console."""
-    clock = f"python3 /lab/guest_clock.py {CLOCK_PORT} > /dev/null &"  # keeps slirp's UDP path warm
     return GuestProgram(
         name="geoprobe",
-        run_sh=RUN_SH.format(secret=SECRET, extra="\n".join(x for x in (clock, background) if x),
-                             command=command),
-        files={"policy.toml": policy_toml(allow, delay_on_suspect), "hook.sh": HOOK_SH,
-               "guest_clock.py": (HERE / "guest_clock.py").read_text()},
+        run_sh=RUN_SH.format(secret=SECRET, extra=background, command=command),
+        files={"policy.toml": policy_toml(allow, delay_on_suspect), "hook.sh": HOOK_SH},
         needs_testbed=True, ready=_is_fix, confirmed=_is_confirmed, suspected=_is_suspected)
 
 

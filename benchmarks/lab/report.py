@@ -171,12 +171,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})", "",
-             f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
-             f"started {meta.get('started_utc')}, took {meta.get('seconds')} s.", "",
-             "| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
-             "flagged in pre-copy | counter-measures | median switchover→confirmed (s) | "
-             "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
-             "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |",
+             (f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
+              f"started {meta.get('started_utc')}, took {meta.get('seconds')} s."), "",
+             ("| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
+              "flagged in pre-copy | counter-measures | median switchover→confirmed (s) | "
+              "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
+              "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |"),
              "|" + "---|" * 18]
     for kind, s in summary.items():
         lines.append("| " + " | ".join(str(x) for x in (
@@ -188,8 +188,8 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
             _fmt(s.get("max_dirty_rate_mb_s")), _fmt(s.get("median_bandwidth_mb_s")),
             _fmt(s.get("max_cpu_throttle_pct")))) + " |")
     lines += ["", "## Runs", "",
-              "| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
-              "switchover→confirmed s | verdict | hooks/webhooks | error |", "|" + "---|" * 12]
+              ("| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
+               "switchover→confirmed s | verdict | hooks/webhooks | error |"), "|" + "---|" * 12]
     for i, r in enumerate(rows, 1):
         m = r["migration"] or {}
         c = r["confirmation"] or {}

@@ -8,7 +8,10 @@ claimed. The report compares the two.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +100,7 @@ class Lab:
     memory_mb: int = 512
     accel: str = "tcg"
     log: Callable[[str], None] = print
+    guest_landmarks: int = 60  # 0: every landmark both sites serve
 
     def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
         rec = RunRecord(plan=plan, program=program.name, started=time.time())
@@ -116,7 +120,10 @@ class Lab:
                     wait_for_file(wd / f"catalogue-{s.label}.json", 120.0, s)
             files = dict(program.files)
             if program.needs_testbed:
-                files["catalogue.json"] = catalogue.read_text()
+                files["catalogue.json"] = json.dumps(guest_catalogue(
+                    json.loads(catalogue.read_text()), json.loads((wd / "catalogue-B.json").read_text()),
+                    self.guest_landmarks, exclude={plan.a.server, plan.b.server}, near=plan.a))
+                files.update(self.host_cache())
             run_disk = build_run_disk(wd / "run.ext4", REPO, files, program.run_sh)
             spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
@@ -156,6 +163,18 @@ class Lab:
             (wd / "record.json").write_text(json.dumps(rec.to_json(), indent=1))
             (wd / "run.ext4").unlink(missing_ok=True)
         return rec
+
+    def host_cache(self) -> dict[str, str | bytes]:
+        """geoprobe's cache (the country index) built on the host, where it takes seconds, not the
+        two minutes it takes under TCG; the guest copies it into its own cache dir at boot."""
+        d = self.workdir / "geoprobe-cache"
+        if not d.is_dir():
+            d.mkdir()
+            env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(REPO))
+            code = "from geoprobe.geo.countries import load_index; load_index()"
+            subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True,
+                           timeout=600)
+        return {f"cache/{p.relative_to(d)}": p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
     def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:
         deadline = time.monotonic() + seconds
@@ -209,6 +228,29 @@ class Lab:
                 return
             dst.qmp.poll_events(0.0)
             time.sleep(0.05)
+
+
+def guest_catalogue(cat_a: dict[str, Any], cat_b: dict[str, Any], count: int,
+                    exclude: set[str], near: Place) -> dict[str, Any]:
+    """The catalogue the guest carries: landmarks both sites serve, the `count` nearest to `near`.
+
+    Each site's testbed leaves out the server it stands at, so A's catalogue lists B's city and B's
+    lists A's; the guest gets only landmarks that answer at both sites. An owner deploys landmarks
+    around the jurisdiction it allows, so the guest keeps those nearest to site A; under TCG a smaller
+    set also keeps each probing round short. Calibration RTTs are kept for the chosen landmarks only.
+    """
+    in_b = {lm["id"] for lm in cat_b["landmarks"]}
+    cands = [lm for lm in cat_a["landmarks"] if lm["id"] in in_b and lm["id"] not in exclude]
+    if 0 < count < len(cands):
+        cands.sort(key=lambda lm: distance_km(near, Place(lm["id"], "", lm["lat"], lm["lon"])))
+        cands = cands[:count]
+    keep = {lm["id"] for lm in cands}
+    out = dict(cat_a)
+    out["landmarks"] = [lm for lm in cat_a["landmarks"] if lm["id"] in keep]
+    cal = cat_a.get("calibration")
+    if isinstance(cal, dict) and isinstance(cal.get("rtts"), list):
+        out["calibration"] = {**cal, "rtts": [r for r in cal["rtts"] if r[0] in keep and r[1] in keep]}
+    return out
 
 
 def cleanup_workdir(path: Path) -> None:

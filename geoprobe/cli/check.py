@@ -35,12 +35,18 @@ DEFAULT_MIN_LANDMARKS = 3
 class NagiosCommand(click.Command):
     """A usage error is UNKNOWN (3) with a Nagios status line, not click's exit 2 (CRITICAL)."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
-            click.echo(f"GEOPROBE UNKNOWN - usage: {exc.format_message()}")
+            env = parent.find_object(Environment) if parent is not None else None
+            line = f"GEOPROBE UNKNOWN - usage: {exc.format_message()}"
+            if env is not None:
+                env.stdout.write(line + "\n")
+            else:
+                click.echo(line)
             raise click.exceptions.Exit(int(ExitStatus.UNKNOWN)) from None
 
 
@@ -53,8 +59,13 @@ class Settings:
     policy: Any = None
 
 
-def resolve_settings(allow: str | None, policy_path: Path | None, basis: str,
-                     min_probability: float | None = None, min_landmarks: int | None = None) -> Settings:
+def resolve_settings(
+    allow: str | None,
+    policy_path: Path | None,
+    basis: str,
+    min_probability: float | None = None,
+    min_landmarks: int | None = None,
+) -> Settings:
     """Shared by check and watch: a policy gives defaults, explicit options override them."""
     policy = None
     codes: set[str] = set()
@@ -71,8 +82,9 @@ def resolve_settings(allow: str | None, policy_path: Path | None, basis: str,
         codes = expand(c for c in allow.split(",") if c.strip())
     if not codes:
         raise InputError("no allowed jurisdictions: give --allow CODES or a --policy FILE", field="allow")
-    j = Jurisdiction.of(codes, min_probability=min_probability if min_probability is not None else minp,
-                        basis=basis)  # type: ignore[arg-type]
+    j = Jurisdiction.of(
+        codes, min_probability=min_probability if min_probability is not None else minp, basis=basis
+    )  # type: ignore[arg-type]
     return Settings(j, min_landmarks if min_landmarks is not None else minl, policy)
 
 
@@ -132,8 +144,12 @@ def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
     return fix
 
 
-def since_last(last_rtts: dict[str, float], rtts: dict[str, float],
-               remeasure: Callable[[], dict[str, float]] | None, test: ShiftTest) -> tuple[ShiftResult, bool | None]:
+def since_last(
+    last_rtts: dict[str, float],
+    rtts: dict[str, float],
+    remeasure: Callable[[], dict[str, float]] | None,
+    test: ShiftTest,
+) -> tuple[ShiftResult, bool | None]:
     """Has the fingerprint moved since the stored one? If so and we can, does a re-measurement agree?
 
     Returns the shift and True/False for the re-measurement (None when there was none to take).
@@ -148,8 +164,17 @@ def since_last(last_rtts: dict[str, float], rtts: dict[str, float],
     return r, r2.outcome == "moved" and shared >= 0.5 * min(len(r.changed), len(r2.changed))
 
 
-def run_check(env: Environment, cat: Catalogue, settings: Settings, *, state: Path | None,
-              replay: Path | None, method: str | None, samples: int, timeout: float) -> Result:
+def run_check(
+    env: Environment,
+    cat: Catalogue,
+    settings: Settings,
+    *,
+    state: Path | None,
+    replay: Path | None,
+    method: str | None,
+    samples: int,
+    timeout: float,
+) -> Result:
     if replay is not None:
         ms, _meta = load_measurements(replay)
     else:
@@ -169,11 +194,17 @@ def run_check(env: Environment, cat: Catalogue, settings: Settings, *, state: Pa
     with WatchStore(default_path(state)) as store:
         last = store.last_fix()
         if last is not None:
+
             def remeasure() -> dict[str, float]:
                 return min_rtts(_measure(cat, method, samples, timeout))
 
-            shift, agrees = since_last(last.rtts, rtts, None if replay is not None else remeasure,
-                                       ShiftTest(min_rounds=1))
+            # One stored round is a thin baseline (its noise is unknown), so a fall must be larger.
+            shift, agrees = since_last(
+                last.rtts,
+                rtts,
+                None if replay is not None else remeasure,
+                ShiftTest(min_rounds=1, z=8.0, z_rise=12.0),
+            )
             km = float(haversine_km(last.lat, last.lon, fix.lat, fix.lon))
             perf["moved_km"] = _fmt(km)
             if shift.outcome == "moved" and agrees is not False:
@@ -181,13 +212,29 @@ def run_check(env: Environment, cat: Catalogue, settings: Settings, *, state: Pa
                 frm = last.certified or (last.country if last.probability >= j.min_probability else None)
                 crossing = v.verdict == "outside"
                 when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last.time))
-                move = (f"migrated {km:.0f} km from {frm or 'unknown'} to {j.label(fix) or 'unknown'} "
-                        f"since {when}")
-                store.record_event(events.make_event(events.CONFIRMED, {
-                    "crossing": crossing, "from": frm, "to": j.label(fix), "distance_km": round(km, 1),
-                    "signals": ["rtt_fingerprint"], "jurisdiction": v.to_json(), "source": "check",
-                    "probability": 1.0 if v.rule in ("certified", "sound") else round(1 - v.p_allowed, 4),
-                    "landmarks": len(fix.landmarks_used), "remeasured": agrees is not None}))
+                move = (
+                    f"migrated {km:.0f} km from {frm or 'unknown'} to {j.label(fix) or 'unknown'} "
+                    f"since {when}"
+                )
+                store.record_event(
+                    events.make_event(
+                        events.CONFIRMED,
+                        {
+                            "crossing": crossing,
+                            "from": frm,
+                            "to": j.label(fix),
+                            "distance_km": round(km, 1),
+                            "signals": ["rtt_fingerprint"],
+                            "jurisdiction": v.to_json(),
+                            "source": "check",
+                            "probability": 1.0
+                            if v.rule in ("certified", "sound")
+                            else round(1 - v.p_allowed, 4),
+                            "landmarks": len(fix.landmarks_used),
+                            "remeasured": agrees is not None,
+                        },
+                    )
+                )
                 if crossing:
                     status, text = ExitStatus.CRITICAL, f"{move}: {text}"
                 else:
@@ -201,34 +248,74 @@ def run_check(env: Environment, cat: Catalogue, settings: Settings, *, state: Pa
 
 
 @click.command("check", cls=NagiosCommand)
-@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Landmark catalogue (default: the synced RIPE Atlas anchors).")
+@click.option(
+    "--landmarks",
+    "landmarks_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Landmark catalogue (default: the synced RIPE Atlas anchors).",
+)
 @click.option("--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU.")
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Policy TOML: allowed set and confidence thresholds (--allow overrides its set).")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Cron mode: compare with the last fix stored here, report a migration, record this fix.")
-@click.option("--replay", "replay_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Use saved measurements instead of probing.")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy TOML: allowed set and confidence thresholds (--allow overrides its set).",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cron mode: compare with the last fix stored here, report a migration, record this fix.",
+)
+@click.option(
+    "--replay",
+    "replay_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Use saved measurements instead of probing.",
+)
 @click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]), help="Probe method.")
 @click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
 @click.option("--min-probability", type=click.FloatRange(0.5, 1.0), help="Override the policy's confidence.")
 @click.option("--min-landmarks", type=click.IntRange(1), help="Override the policy's minimum landmarks.")
-@click.option("--basis", type=click.Choice(["sound", "calibrated"]), default="sound", show_default=True,
-              help="What an 'outside' verdict may rest on: sound (proof) or also calibrated probability.")
+@click.option(
+    "--basis",
+    type=click.Choice(["sound", "calibrated"]),
+    default="sound",
+    show_default=True,
+    help="What an 'outside' verdict may rest on: sound (proof) or also calibrated probability.",
+)
 @click.pass_obj
-def check_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, policy_path: Path | None,
-              state_dir: Path | None, replay_path: Path | None, method: str | None, samples: int,
-              timeout: float, min_probability: float | None, min_landmarks: int | None, basis: str) -> None:
+def check_cmd(
+    env: Environment,
+    landmarks_path: Path | None,
+    allow: str | None,
+    policy_path: Path | None,
+    state_dir: Path | None,
+    replay_path: Path | None,
+    method: str | None,
+    samples: int,
+    timeout: float,
+    min_probability: float | None,
+    min_landmarks: int | None,
+    basis: str,
+) -> None:
     """Nagios/Icinga plugin: is this machine inside the allowed jurisdictions?"""
     try:
         from geoprobe.cli.locate import catalogue_from
 
         settings = resolve_settings(allow, policy_path, basis, min_probability, min_landmarks)
         cat = catalogue_from(landmarks_path)
-        result = run_check(env, cat, settings, state=state_dir, replay=replay_path, method=method,
-                           samples=samples, timeout=timeout)
+        result = run_check(
+            env,
+            cat,
+            settings,
+            state=state_dir,
+            replay=replay_path,
+            method=method,
+            samples=samples,
+            timeout=timeout,
+        )
     except GeoprobeError as exc:
         result = Result(ExitStatus.UNKNOWN, str(exc))
     env.stdout.write(result.line() + "\n")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -12,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from geoprobe.cli.env import Environment
-from geoprobe.errors import GeoprobeError, InputError, MeasurementError
+from geoprobe.errors import InputError, MeasurementError
 from geoprobe.geo.fix import Fix
-from geoprobe.landmarks import Catalogue, default_catalogue_path, load_catalogue
+from geoprobe.landmarks import Catalogue, Landmark, default_catalogue_path, load_catalogue
 from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
 from geoprobe.measurement import Measurement, load_measurements, min_rtts, save_measurements
 from geoprobe.status import ExitStatus
@@ -50,6 +47,10 @@ def _progress(env: Environment, total: int, method: str) -> Iterator[Callable[[i
     if not env.stderr_isatty or total == 0:
         yield None
         return
+    # rich is imported here, not at the top: ``geoprobe`` starts faster and locate's wall time counts.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(file=env.stderr, force_terminal=True)
     with Progress(TextColumn(f"probing ({method})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -91,13 +92,18 @@ def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
 @click.option("--replay", "replay_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Locate from saved measurements instead of probing.")
 @click.option("--mmdb", "mmdb_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="GeoLite2/DB-IP City database for the IP geolocation cross-check.")
+              help="GeoLite2/DB-IP City database for the IP geolocation cross-check "
+                   "(default: $GEOPROBE_MMDB or the standard paths, if present).")
 @click.pass_obj
 def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None, samples: int, timeout: float,
                pps: float, fmt: str, geojson_path: Path | None, map_path: Path | None, save_path: Path | None,
                replay_path: Path | None, mmdb_path: Path | None) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
     cat = catalogue_from(landmarks_path)
+    if mmdb_path is None:
+        from geoprobe.ipgeo import default_mmdb
+
+        mmdb_path = default_mmdb()
     if replay_path is not None:
         measurements, _meta = load_measurements(replay_path)
         used_method = method or (measurements[0].method if measurements else "replay")
@@ -105,9 +111,11 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
         from geoprobe.probe import measure
 
         used_method = method or choose_method(cat)
-        with _progress(env, len(cat.landmarks), used_method) as progress:
-            measurements = measure(cat.landmarks, used_method, samples=samples, timeout=timeout, pps=pps,
-                                   progress=progress)
+        order = _nearest_first(cat.landmarks, mmdb_path) if mmdb_path is not None else cat.landmarks
+        with _progress(env, len(order), used_method) as progress:
+            measured = measure(order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress)
+        by_id = {m.landmark_id: m for m in measured}
+        measurements = [by_id[lm.id] for lm in cat.landmarks]  # back in catalogue order
     if save_path is not None:
         save_measurements(save_path, measurements, catalogue=str(cat.path) if cat.path else cat.name,
                           method=used_method)
@@ -117,7 +125,9 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
     fix = _solve(cat, rtts)
     meta: dict[str, Any] = {"catalogue": str(cat.path) if cat.path else cat.name, "probe_method": used_method}
     if mmdb_path is not None:
-        meta["ipgeo"] = _ipgeo_check(fix, cat, mmdb_path)
+        from geoprobe.ipgeo import cross_check
+
+        meta["ipgeo"] = cross_check(fix, cat, mmdb_path)
     if geojson_path is not None:
         from geoprobe.render.geojson import write_geojson
 
@@ -131,28 +141,23 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
     if fmt == "json":
         env.stdout.write(report.render_json(fix, measurements, **meta) + "\n")
     else:
+        from rich.console import Console
+
         console = Console(file=env.stdout, force_terminal=env.stdout_isatty, width=None if env.stdout_isatty else 100)
         report.render_table(fix, measurements, console)
         for line in meta.get("ipgeo", {}).get("notes", []):
             console.print(f"ip geolocation: {line}")
 
 
-def _ipgeo_check(fix: Fix, cat: Catalogue, mmdb: Path) -> dict[str, Any]:
-    """Cross-check against IP geolocation (TESTBED's ``geoprobe.ipgeo``).
+def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
+    """Probe the landmarks nearest this VM's IP-geolocated place first (a coarse prior only)."""
+    from geoprobe import ipgeo
 
-    Expected contract: ``ipgeo.cross_check(fix, catalogue, mmdb_path) -> dict`` with a ``notes`` list
-    of one-line findings (landmark claims against their addresses, the VM's registered place
-    against the measured region); the dict goes into the JSON record under ``ipgeo``.
-    """
-    try:
-        ipgeo: object = importlib.import_module("geoprobe.ipgeo")
-    except ImportError:
-        ipgeo = None
-    cross_check = getattr(ipgeo, "cross_check", None)
-    if cross_check is None:
-        raise GeoprobeError("--mmdb: IP geolocation support is not available in this build")
-    result: dict[str, Any] = cross_check(fix, cat, mmdb)
-    return result
+    target = next((lm.address for lm in landmarks if lm.address), None)
+    ip = ipgeo.local_address_towards(target) if target else None
+    if ip is None:
+        return list(landmarks)
+    return ipgeo.nearest_first_hint(mmdb, ip, landmarks)
 
 
 def _load_for_audit(path: Path) -> list[Measurement]:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any, TextIO
 
 import click
 
@@ -24,7 +24,7 @@ from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Landmark
 from geoprobe.measurement import Measurement
 from geoprobe.store import default_path
-from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, Watcher, WatchConfig
+from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
 from geoprobe.watch.state import WatchStore
 
 # Passive signals are on by default. gaps/writes spend CPU, fingerprint sends ARP to the gateway,
@@ -33,14 +33,20 @@ DEFAULT_SIGNALS = "clock,steal"
 KNOWN_SIGNALS = ("clock", "gaps", "writes", "steal", "fingerprint", "cloud")
 
 
-def build_signals(names: str, log: logging.Logger) -> list[AnomalySource]:
+def signal_names(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"]
+    for name in names:
+        if name not in KNOWN_SIGNALS:
+            raise InputError(
+                f"unknown signal {name!r} (known: {', '.join(KNOWN_SIGNALS)}, none)", field="signals"
+            )
+    return names
+
+
+def build_signals(names: list[str], log: logging.Logger) -> list[AnomalySource]:
     """Instantiate SIGNALS' modules by name; one that is missing here degrades with a warning."""
     out: list[AnomalySource] = []
-    for name in (n.strip() for n in names.split(",")):
-        if not name or name == "none":
-            continue
-        if name not in KNOWN_SIGNALS:
-            raise InputError(f"unknown signal {name!r} (known: {', '.join(KNOWN_SIGNALS)}, none)", field="signals")
+    for name in names:
         try:
             sig: Any
             if name == "clock":
@@ -84,40 +90,99 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
 
 
 @click.command("watch")
-@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Landmark catalogue (default: the synced RIPE Atlas anchors).")
+@click.option(
+    "--landmarks",
+    "landmarks_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Landmark catalogue (default: the synced RIPE Atlas anchors).",
+)
 @click.option("--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU.")
-@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Policy TOML: allowed set, thresholds and the actions to run on events.")
-@click.option("--events", "events_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append CloudEvents (JSON lines) here instead of stdout.")
-@click.option("--state", "state_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="State directory (default: /var/lib/geoprobe for root, else the user's state dir).")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=60.0, show_default=True,
-              help="Seconds between rounds while all is quiet.")
-@click.option("--fast-interval", type=click.FloatRange(min=0.05),
-              help="Seconds between rounds while a migration is suspected (default: interval / 4).")
-@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Prometheus textfile to write after every round (node_exporter textfile collector).")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Policy TOML: allowed set, thresholds and the actions to run on events.",
+)
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append CloudEvents (JSON lines) here instead of stdout.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory (default: /var/lib/geoprobe for root, else the user's state dir).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=60.0,
+    show_default=True,
+    help="Seconds between rounds while all is quiet.",
+)
+@click.option(
+    "--fast-interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between rounds while a migration is suspected (default: interval / 4).",
+)
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Prometheus textfile to write after every round (node_exporter textfile collector).",
+)
 @click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]), help="Probe method.")
 @click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
 @click.option("--pps", type=click.FloatRange(min=1.0), default=1000.0, show_default=True)
-@click.option("--warmup", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Rounds that build the baseline before the test starts.")
-@click.option("--signals", "signal_names", default=DEFAULT_SIGNALS, show_default=True,
-              help=f"Comma-separated timing/host signals ({', '.join(KNOWN_SIGNALS)}, none).")
-@click.option("--basis", type=click.Choice(["sound", "calibrated"]), default="sound", show_default=True,
-              help="What a crossing may rest on: the sound region (proof) or also calibrated probability.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Rounds that build the baseline before the test starts.",
+)
+@click.option(
+    "--signals",
+    "signal_spec",
+    default=DEFAULT_SIGNALS,
+    show_default=True,
+    help=f"Comma-separated timing/host signals ({', '.join(KNOWN_SIGNALS)}, none).",
+)
+@click.option(
+    "--basis",
+    type=click.Choice(["sound", "calibrated"]),
+    default="sound",
+    show_default=True,
+    help="What a crossing may rest on: the sound region (proof) or also calibrated probability.",
+)
 @click.option("--dry-run", is_flag=True, help="With --policy: print the actions instead of running them.")
 @click.option("--rounds", "max_rounds", type=click.IntRange(1), help="Stop after this many rounds.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every transition and round to stderr.")
 @click.pass_obj
-def watch_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, policy_path: Path | None,
-              events_path: Path | None, state_dir: Path | None, interval: float, fast_interval: float | None,
-              metrics_path: Path | None, method: str | None, samples: int, timeout: float, pps: float,
-              warmup: int, signal_names: str, basis: str, dry_run: bool, max_rounds: int | None,
-              verbose: bool) -> None:
+def watch_cmd(
+    env: Environment,
+    landmarks_path: Path | None,
+    allow: str | None,
+    policy_path: Path | None,
+    events_path: Path | None,
+    state_dir: Path | None,
+    interval: float,
+    fast_interval: float | None,
+    metrics_path: Path | None,
+    method: str | None,
+    samples: int,
+    timeout: float,
+    pps: float,
+    warmup: int,
+    signal_spec: str,
+    basis: str,
+    dry_run: bool,
+    max_rounds: int | None,
+    verbose: bool,
+) -> None:
     """Watch for live migration across borders; emit CloudEvents and run the policy's response."""
     from geoprobe.cli.locate import catalogue_from, choose_method
 
@@ -128,12 +193,15 @@ def watch_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, 
     log.setLevel(logging.INFO if verbose else logging.WARNING)
 
     settings = resolve_settings(allow, policy_path, basis)
+    wanted = signal_names(signal_spec)
     cat = catalogue_from(landmarks_path)
     used_method = method or choose_method(cat)
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
     store = WatchStore(store_path)
-    stream: IO[str] = env.stdout if events_path is None else open(events_path, "a", encoding="utf-8")  # noqa: SIM115
-    sources = build_signals(signal_names, log)
+    stream: TextIO = env.stdout  # type: ignore[assignment]
+    if events_path is not None:
+        stream = open(events_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
+    sources = build_signals(wanted, log)
     hook: HookRunner | None = None
     watcher: Watcher
 
@@ -147,12 +215,16 @@ def watch_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, 
         policy = settings.policy
 
         def respond(ev: dict[str, Any]) -> None:
-            for r in defend.respond(ev, policy, store_path=store_path, dry_run=dry_run,
-                                    log=lambda msg: log.warning("%s", msg)):
+            for r in defend.respond(
+                ev, policy, store_path=store_path, dry_run=dry_run, log=lambda msg: log.warning("%s", msg)
+            ):
                 log.info("action: %s", r)
 
-        hook = HookRunner(respond, clear=lambda: None if dry_run else defend.clear(store_path) and None,
-                          on_error=on_error)
+        def clear() -> None:
+            if not dry_run:
+                defend.clear(store_path)  # stop a running delay: the suspicion is over
+
+        hook = HookRunner(respond, clear=clear, on_error=on_error)
 
     def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
         from geoprobe.probe import measure as probe
@@ -171,12 +243,25 @@ def watch_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, 
         store.record_event(ev)
         write_event(stream, ev)
 
-    config = WatchConfig(interval_s=interval, fast_interval_s=fast_interval, warmup_rounds=warmup,
-                         min_landmarks=settings.min_landmarks)
-    watcher = Watcher(cat, settings.jurisdiction, measure=measure, solve=solve, emit=emit, store=store,
-                      on_event=hook.event if hook else None, on_clear=hook.cleared if hook else None,
-                      signals=sources, metrics_path=metrics_path,
-                      config=config)
+    config = WatchConfig(
+        interval_s=interval,
+        fast_interval_s=fast_interval,
+        warmup_rounds=warmup,
+        min_landmarks=settings.min_landmarks,
+    )
+    watcher = Watcher(
+        cat,
+        settings.jurisdiction,
+        measure=measure,
+        solve=solve,
+        emit=emit,
+        store=store,
+        on_event=hook.event if hook else None,
+        on_clear=hook.cleared if hook else None,
+        signals=sources,
+        metrics_path=metrics_path,
+        config=config,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -186,8 +271,13 @@ def watch_cmd(env: Environment, landmarks_path: Path | None, allow: str | None, 
     in_main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
     try:
-        log.info("watching %d landmarks (%s), allowed %s, every %g s", len(cat.landmarks), used_method,
-                 ",".join(sorted(settings.jurisdiction.allowed)), interval)
+        log.info(
+            "watching %d landmarks (%s), allowed %s, every %g s",
+            len(cat.landmarks),
+            used_method,
+            ",".join(sorted(settings.jurisdiction.allowed)),
+            interval,
+        )
         watcher.run(stop, max_rounds=max_rounds)
     finally:
         for s, h in old.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ class DelaySummary:
 
 
 class Dirtier:
-    """Owns the buffer: allocate once (``np.zeros`` maps zero pages; they count once written)."""
+    """Owns the buffer, allocated and faulted in once, here; ``run`` only rewrites it."""
 
     def __init__(self, memory_cap: int, *, headroom: int = HEADROOM) -> None:
         st = proc_status()
@@ -101,6 +102,7 @@ class Dirtier:
         self.pages = budget // PAGE
         self.buffer = np.zeros(self.pages * PAGE, dtype=np.uint8)
         self.view = self.buffer[::PAGE]  # one byte per page: the first byte of each
+        self.view[:] = 1  # fault it all in now: the memory is held from the start, not on the way
 
     @property
     def buffer_bytes(self) -> int:
@@ -216,8 +218,6 @@ def child_main(argv: list[str] | None = None) -> int:
         return 3
     print(json.dumps({"started": True, "pid": os.getpid(), "buffer_bytes": d.buffer_bytes,
                       "memory_cap": d.memory_cap}), flush=True)
-    import signal
-
     stopped: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append("stopped"))
     flag = flag_stop(cfg.get("until_clear"), cfg.get("parent_pid"))
@@ -252,7 +252,8 @@ def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
         del _RUNNING[key]
     cfg = _config(spec, ctx)
     clear_flag(ctx.store_path).unlink(missing_ok=True)
-    log = Path(ctx.store_path).parent / f"delay-{os.getpid()}-{int(time.time())}.jsonl"
+    log = Path(ctx.store_path).parent / "delay.jsonl"  # one delay at a time: its progress
+    log.parent.mkdir(parents=True, exist_ok=True)
     code = "import sys; from geoprobe.defend.delay import child_main; sys.exit(child_main())"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], stdout=out,
@@ -260,7 +261,8 @@ def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
                                 start_new_session=True)
     _RUNNING[ctx.event_id] = proc
     while not ctx.deadline.expired():
-        first = log.read_text().splitlines()[:1]
+        text = log.read_text()
+        first = text.splitlines()[:1] if "\n" in text else []  # a whole line only
         if first:
             try:
                 info = json.loads(first[0])

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from geoprobe.errors import MeasurementError
 from geoprobe.geo.calibration import Model, bestline_radius_km, measured_rtts
@@ -47,7 +48,7 @@ def cbg(model: Model, rtts: Mapping[str, float], countries: CountryLookup, *, po
     sample = sample_cap(float(lat[s]), float(lon[s]), float(radius[s]), points=points)
     ang = np.arccos(np.clip(sample.xyz @ to_xyz(lat, lon).T, -1.0, 1.0)) * EARTH_RADIUS_KM
     over = ang - radius[None, :] - sample.spacing_km * 0.75
-    inside = (over <= 0).all(axis=1)
+    inside: npt.NDArray[np.bool_] = np.asarray((over <= 0).all(axis=1), dtype=bool)
     notes: list[str] = []
     chosen = inside
     if not inside.any():

@@ -6,9 +6,10 @@ Three models, from sound to sharp:
 (b) CBG's bestline (Gueye et al. 2006): per landmark, the line ``rtt = m * km + b`` below all of that
     landmark's (distance, RTT) points, with ``m`` at least the speed-of-light slope and ``b >= 0``,
     that minimises the total vertical distance to the points. The distance bound is ``(rtt - b) / m``.
-(c) geoprobe's soft ranging: an empirical distribution of ``u = km / (100 * rtt)`` (the share of the
-    sound bound actually covered) given the RTT, pooled over all landmark pairs and shifted per landmark
-    by its own access delay. A likelihood, not a bound: it ranks places, the sound bound certifies.
+(c) geoprobe's soft ranging: an empirical distribution, given the RTT, of ``u`` = distance as a share
+    of the landmark's own bestline reach (its routing, not the world's), pooled over all landmark
+    pairs. A likelihood, not a bound: it ranks places (with a land and data-centre prior, in the
+    solver); only the sound bound certifies.
 
 Vetting comes first: a pair whose RTT is faster than light over the claimed distance proves one of
 the two landmarks lies about its location; the landmark in most such pairs is left out, greedily.
@@ -36,6 +37,8 @@ LIGHT_SLOPE = 1.0 / SOUND_KM_PER_MS
 #: RTT bins (ms, log-spaced) and u bins of the soft-ranging table.
 R_EDGES = np.geomspace(0.25, 640.0, 29)
 U_BINS = 50
+#: What soft ranging measures distance against: each landmark's bestline reach, or the sound bound.
+SOFT_REACH = "bestline"
 
 
 def sound_radius_km(rtt_ms: float | FArray) -> float | FArray:
@@ -156,12 +159,17 @@ def _rbin(rtt: FArray) -> npt.NDArray[np.intp]:
     return np.clip(np.searchsorted(R_EDGES, rtt) - 1, 0, len(R_EDGES) - 2)
 
 
-def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0) -> FArray:
-    """log p(u bin | RTT bin) from pooled (distance, RTT) pairs, smoothed across neighbouring bins."""
+def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0, reach: FArray | None = None) -> FArray:
+    """log p(u bin | RTT bin) from pooled (distance, RTT) pairs, smoothed across neighbouring bins.
+
+    ``u`` is the distance as a share of ``reach`` (default: the sound bound of the RTT).
+    """
     from scipy.ndimage import gaussian_filter
 
-    ok = np.isfinite(km) & np.isfinite(rtt) & (rtt > 0)
-    u = np.clip(km[ok] / (SOUND_KM_PER_MS * rtt[ok]), 0.0, 1.0 - 1e-9)
+    if reach is None:
+        reach = SOUND_KM_PER_MS * rtt
+    ok = np.isfinite(km) & np.isfinite(rtt) & (rtt > 0) & np.isfinite(reach) & (reach > 0)
+    u = np.clip(km[ok] / reach[ok], 0.0, 1.0 - 1e-9)
     h = np.zeros((len(R_EDGES) - 1, U_BINS))
     np.add.at(h, (_rbin(rtt[ok]), (u * U_BINS).astype(int)), 1.0)
     h = gaussian_filter(h, sigma=(0.8, 1.0), mode="nearest")
@@ -171,14 +179,16 @@ def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0) -> FArray:
     return np.asarray(np.log(p), dtype=float)
 
 
-def soft_loglik(table: FArray, rtt: FArray, km: FArray) -> FArray:
+def soft_loglik(table: FArray, rtt: FArray, km: FArray, reach: FArray | None = None) -> FArray:
     """log-likelihood of distances ``km`` (points x landmarks) given each landmark's RTT (1-D).
 
-    Beyond the sound bound the value is -inf.
+    Beyond ``reach`` (default: the sound bound) the value is -inf.
     """
     rtt = np.asarray(rtt, dtype=float).reshape(-1)
     rows = table[_rbin(rtt)]  # landmarks x U_BINS
-    u = km * (1.0 / (SOUND_KM_PER_MS * np.maximum(rtt, 1e-6)))[None, :]
+    if reach is None:
+        reach = SOUND_KM_PER_MS * np.maximum(rtt, 1e-6)
+    u = km * (1.0 / np.maximum(reach, 1e-6))[None, :]
     ub = np.minimum((u * U_BINS).astype(np.intp), U_BINS - 1)
     out = rows[np.arange(len(rtt))[None, :], ub]
     return np.asarray(np.where(u <= 1.0, out, -np.inf), dtype=float)
@@ -202,6 +212,7 @@ class Model:
     excluded: dict[str, str] = field(default_factory=dict)  # vetted out: id -> why
     temperature: float = 1.0  # divides the log-likelihood; fitted so probabilities are calibrated
     estimate_temperature: float = 4.0  # the same for the point estimate, fitted for the least error
+    blend: float = 1.0  # share of the posterior in country probabilities; the rest: sound-region land shares
     prior_bandwidth_km: float = 60.0
     prior_floor: float = 0.3
     profile_width: float = 0.35  # log-RTT difference at which a peer's RTT profile stops matching
@@ -238,8 +249,14 @@ def fit_arrays(ids: Sequence[str], lat: FArray, lon: FArray, rtt: FArray, *, vet
         if ok.sum() >= 2:
             slope[i], intercept[i] = bestline(dist[i, ok], sym[i, ok])
     offset = _offsets(dist, sym)
-    adj = sym - offset[:, None] - offset[None, :]
-    table = soft_table(dist[np.isfinite(adj)], np.maximum(adj[np.isfinite(adj)], R_EDGES[0]))
+    if SOFT_REACH == "bestline":
+        # Distance as a share of each landmark's own bestline bound: its routing, not the world's.
+        reach = np.maximum(sym - intercept[:, None], 1e-3) / slope[:, None]
+        fin = np.isfinite(sym)
+        table = soft_table(dist[fin], sym[fin], reach=reach[fin])
+    else:
+        adj = sym - offset[:, None] - offset[None, :]
+        table = soft_table(dist[np.isfinite(adj)], np.maximum(adj[np.isfinite(adj)], R_EDGES[0]))
     return Model(ids=list(ids), lat=lat, lon=lon, slope=slope, intercept=intercept, offset=offset,
                  table=table, excluded=excluded, pairs=int(np.isfinite(sym).sum() // 2), rtt=sym)
 

@@ -13,6 +13,7 @@ raster and the decoded polygons are cached on disk, keyed by the hash of the dat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -39,6 +40,7 @@ TOPOJSON = DATA_DIR / "countries-50m.json"
 SUPPLEMENT = DATA_DIR / "supplement.geojson"
 ISO_TABLE = DATA_DIR / "iso3166.csv"
 UNASSIGNED_TABLE = DATA_DIR / "unassigned.csv"
+SPLITS_TABLE = DATA_DIR / "splits.csv"
 ENV = "GEOPROBE_COUNTRIES"
 
 MARGIN_KM = 15.0  # 1:50m borders are generalised by a few km; certify keeps this far from others
@@ -79,22 +81,6 @@ def load_code_tables() -> CodeTables:
 # Loading: source files -> {code: geometry}
 
 
-def _split_indian_ocean_territories(geom: BaseGeometry) -> dict[str, BaseGeometry]:
-    """NE lumps Christmas Island and the Cocos (Keeling) Islands together; ISO codes them apart."""
-    parts = list(shapely.get_parts(geom))
-    west = [p for p in parts if p.centroid.x < 100.0]
-    east = [p for p in parts if p.centroid.x >= 100.0]
-    out: dict[str, BaseGeometry] = {}
-    if west:
-        out["CC"] = shapely.MultiPolygon(west)
-    if east:
-        out["CX"] = shapely.MultiPolygon(east)
-    return out
-
-
-_SPLIT = {"Indian Ocean Ter.": _split_indian_ocean_territories}
-
-
 def _add(acc: dict[str, list[BaseGeometry]], code: str, geom: BaseGeometry) -> None:
     if not geom.is_empty:
         acc.setdefault(code, []).append(geom)
@@ -107,10 +93,6 @@ def _load_packaged(tables: CodeTables) -> tuple[dict[str, list[BaseGeometry]], s
     for n, f in enumerate(decode(topo, "countries", source=str(TOPOJSON))):
         name = str(f.properties.get("name", ""))
         names.add(name)
-        if name in _SPLIT:
-            for part_code, g in _SPLIT[name](f.geometry).items():
-                _add(acc, part_code, g)
-            continue
         code: str | None = tables.by_source_name.get(name)
         if code is None and f.id is not None:
             code = tables.alpha2_by_numeric.get(f.id)
@@ -121,13 +103,16 @@ def _load_packaged(tables: CodeTables) -> tuple[dict[str, list[BaseGeometry]], s
 
 
 def _ne_code(props: Mapping[str, Any], name: str, tables: CodeTables) -> str | None:
-    """ISO_A2_EH, else ISO_A2 (NE writes -99 where it has none), else our table, else ADM0_A3."""
+    """Our table by NAME, else ISO_A2_EH, else ISO_A2 (NE writes -99 where it has none), else ADM0_A3.
+
+    The table comes first so that both sources code the same areas the same way.
+    """
+    if name in tables.by_source_name:
+        return tables.by_source_name[name]
     for key in ("ISO_A2_EH", "ISO_A2"):
         value = props.get(key)
         if isinstance(value, str) and len(value) == 2 and value.isalpha():
             return value.upper()
-    if name in tables.by_source_name:
-        return tables.by_source_name[name]
     adm = props.get("ADM0_A3")
     if isinstance(adm, str) and len(adm) == 3 and adm.isalpha():
         return adm.upper()  # distinct from every ISO alpha-2, so never certified as another country
@@ -155,10 +140,6 @@ def _load_geojson(path: Path, tables: CodeTables) -> tuple[dict[str, list[BaseGe
             raise InputError(f"bad geometry: {exc}", file=path, entry=name or n, field="geometry") from None
         if not geom.is_valid:
             geom = polygonal(shapely.make_valid(geom))
-        if name in _SPLIT:
-            for part_code, g in _SPLIT[name](geom).items():
-                _add(acc, part_code, g)
-            continue
         code = _ne_code(props, name, tables)
         if code is None:
             raise InputError("feature has no usable ISO_A2_EH, ISO_A2 or ADM0_A3", file=path,
@@ -188,6 +169,32 @@ def _apply_supplement(acc: dict[str, list[BaseGeometry]], have_names: set[str], 
     acc.clear()
     for code, g in merged.items():
         _add(acc, code, g)
+
+
+def _apply_splits(geoms: dict[str, BaseGeometry]) -> None:
+    """Give ISO's own codes to the parts NE draws inside another country (Réunion in France, ...).
+
+    Jurisdiction groups need them apart: French Guiana is in the EU but not in Schengen, Svalbard
+    is Norwegian but outside the EEA. A part moves when its representative point is in the box.
+    """
+    with SPLITS_TABLE.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        src = geoms.get(row["from"])
+        if src is None:
+            continue
+        box = shapely.box(*(float(row[k]) for k in ("min_lon", "min_lat", "max_lon", "max_lat")))
+        parts = list(shapely.get_parts(src))
+        moving = [p for p in parts if box.contains(p.representative_point())]
+        if not moving:
+            continue
+        staying = [p for p in parts if not box.contains(p.representative_point())]
+        if staying:
+            geoms[row["from"]] = shapely.MultiPolygon(staying)
+        else:
+            del geoms[row["from"]]
+        target = [geoms[row["to"]]] if row["to"] in geoms else []
+        geoms[row["to"]] = _merge(target + [shapely.MultiPolygon(moving)])
 
 
 def _merge(parts: list[BaseGeometry]) -> BaseGeometry:
@@ -366,7 +373,8 @@ class CountryIndex:
         mask: npt.NDArray[np.bool_] = self._indices_at(lat, lon) != _SEA
         return mask
 
-    def codes_near(self, lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 10.0) -> npt.NDArray[np.str_]:
+    def codes_near(self, lat: npt.ArrayLike, lon: npt.ArrayLike,
+                   max_km: float = 10.0) -> npt.NDArray[np.str_]:
         """Like :meth:`codes_at`, but a point at sea takes the nearest country within ``max_km``.
 
         1:50m coastlines are generalised by a few km, so harbour cities (Copenhagen, Lisbon, Hong
@@ -378,7 +386,10 @@ class CountryIndex:
         sea = np.flatnonzero((idx == _SEA) & np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90.0))
         if len(sea) and max_km > 0:
             slat, slon = la.ravel()[sea], (lo.ravel()[sea] + 180.0) % 360.0 - 180.0
-            reach = max_km / (KM_PER_DEG * max(math.cos(math.radians(min(float(np.abs(slat).max()), 89.0))), 0.01))
+            # Planar search radius in degrees, wide enough at the most poleward point; the great-circle
+            # distance to the nearest point found is checked below.
+            coslat = math.cos(math.radians(min(float(np.abs(slat).max()), 89.0)))
+            reach = max_km / (KM_PER_DEG * max(coslat, 0.01))
             pts = shapely.points(slon, slat)
             pi, gi = self._tree.query_nearest(pts, max_distance=reach, all_matches=False)
             if len(pi):
@@ -453,8 +464,9 @@ def _save_cache(path: Path, index: CountryIndex) -> None:
                                 wkb=np.frombuffer(blob, dtype=np.uint8), names=np.array([names]),
                                 meta=np.array([index.source, repr(r.cell_deg)]))
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # an unwritable cache only costs start-up time
+    except OSError:  # an unwritable cache only costs start-up time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _load_cache(path: Path) -> CountryIndex | None:
@@ -480,7 +492,8 @@ def load_index(path: Path | None = None, *, cache_dir: Path | None = None,
     tables = load_code_tables()
     sources = [path] if path is not None else [TOPOJSON]
     # The code that builds the index is part of the key, so a fix never meets a stale cache.
-    sources += [SUPPLEMENT, ISO_TABLE, UNASSIGNED_TABLE, Path(__file__), Path(topojson.__file__)]
+    sources += [SUPPLEMENT, ISO_TABLE, UNASSIGNED_TABLE, SPLITS_TABLE,
+                Path(__file__), Path(topojson.__file__)]
     try:
         key = _data_key(sources, cell_deg)
     except OSError as exc:
@@ -491,7 +504,8 @@ def load_index(path: Path | None = None, *, cache_dir: Path | None = None,
     if cached is not None:
         return cached
     for stale in cache.parent.glob(f"countries-{tag}-*.npz"):
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            stale.unlink(missing_ok=True)
     if path is None:
         acc, have = _load_packaged(tables)
         source = "world-atlas@2.0.2 countries-50m (Natural Earth 1:50m)"
@@ -500,6 +514,7 @@ def load_index(path: Path | None = None, *, cache_dir: Path | None = None,
         source = str(path)
     _apply_supplement(acc, have, tables)
     geoms = {code: _merge(parts) for code, parts in acc.items()}
+    _apply_splits(geoms)
     index = CountryIndex(geoms, tables.names, cell_deg=cell_deg, source=source)
     _save_cache(cache, index)
     return index

@@ -1,11 +1,12 @@
 """Named groups of countries ("EU", "EEA", ...) so a policy can say what the law says.
 
 Memberships as of 2026. They change by treaty, not often, and a wrong membership list means a
-wrong compliance verdict, so each group cites what it follows. Territories: Natural Earth draws
-the EU's outermost regions (French Guiana, Réunion, the Azores, the Canaries, ...) inside their
-member state's polygon, so they count as EU here as in law; overseas countries and territories
-that are not EU territory (Greenland, the Faroes, New Caledonia, Aruba, ...) have their own codes
-and are deliberately left out.
+wrong compliance verdict, so each group says what it follows. Groups are sets of *areas*, not
+only of member states: the country index gives ISO's own codes to territories that Natural Earth
+draws inside their state (see data/countries/splits.csv), and each group lists the ones its law
+covers. So French Guiana (GF) is in the EU but not in Schengen, and Svalbard (SJ) is Norwegian
+but in neither the EEA nor Schengen. The Canaries, Azores, Madeira, Ceuta and Melilla have no
+codes of their own and count with ES / PT.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from functools import cache
 
 from geoprobe.errors import InputError
 
-_EU = frozenset({
+EU_MEMBERS = frozenset({
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
     "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
 })  # the 27 member states (TEU art. 52), since the UK left on 2020-01-31
 
-_EFTA = frozenset({"IS", "LI", "NO", "CH"})
+# EU territory with ISO codes of its own: Åland (TFEU art. 355(4)) and the outermost regions
+# (art. 349). Saint-Barthélemy left in 2012; the overseas countries and territories (GL, FO, NC,
+# PF, AW, CW, SX, BQ, ...) are not EU territory.
+EU_TERRITORIES = frozenset({"AX", "GF", "GP", "MQ", "RE", "YT", "MF"})
+
+EFTA_MEMBERS = frozenset({"IS", "LI", "NO", "CH"})
 
 GROUPS: dict[str, frozenset[str]] = {
-    "EU": _EU,
-    "EEA": _EU | {"IS", "LI", "NO"},  # EU + the EFTA states in the EEA Agreement (not CH)
-    "EFTA": _EFTA,
-    # Schengen: all EU states but Ireland and Cyprus (BG and RO in full since 2025-01-01), plus EFTA.
-    "SCHENGEN": (_EU - {"IE", "CY"}) | _EFTA,
+    "EU": EU_MEMBERS | EU_TERRITORIES,
+    # EU + the EFTA states in the EEA Agreement (not CH); the outermost regions are in, SJ is not.
+    "EEA": EU_MEMBERS | EU_TERRITORIES | {"IS", "LI", "NO"},
+    "EFTA": EFTA_MEMBERS,
+    # All EU states but Ireland and Cyprus (BG and RO in full since 2025-01-01), plus EFTA; only
+    # their European territory (Åland included, the outermost regions and Svalbard not).
+    "SCHENGEN": (EU_MEMBERS - {"IE", "CY"}) | EFTA_MEMBERS | {"AX"},
     "FIVE_EYES": frozenset({"AU", "CA", "GB", "NZ", "US"}),
 }
 

@@ -57,7 +57,7 @@ def sample_cap(lat: float, lon: float, radius_km: float, *, points: int = 4000,
     """
     radius = min(max(radius_km, min_spacing_km), HALF_CIRCUMFERENCE_KM * 0.999)
     spacing = max(radius * math.sqrt(math.pi / points), min_spacing_km)
-    k = int(math.ceil(radius / spacing))
+    k = math.ceil(radius / spacing)
     g = (np.arange(-k, k + 1) * spacing).astype(float)
     x, y = np.meshgrid(g, g)
     rho = np.hypot(x, y).ravel()

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geoprobe.errors import MeasurementError
+from geoprobe.geo import calibration
 from geoprobe.geo.calibration import Model, measured_rtts, soft_loglik
 from geoprobe.geo.fix import CountryShare, Fix
 from geoprobe.geo.regions import CapIntersection, CountryLookup, Sample, SampledRegion, sample_cap
@@ -31,16 +32,19 @@ from geoprobe.geo.sphere import EARTH_RADIUS_KM, SOUND_KM_PER_MS, from_xyz, to_x
 FArray = npt.NDArray[np.float64]
 IArray = npt.NDArray[np.intp]
 
-#: Landmarks with the lowest RTTs carry nearly all the information; the rest only bound.
+#: Soft ranging uses the landmarks with the lowest RTTs; every landmark still bounds (sound caps).
 SOFT_LANDMARKS = 60
+#: A VM sits on land: sea points keep a little mass only because coastlines are generalised.
 SEA_LOG_PRIOR = math.log(0.02)
-HPD_MASS = 0.95
+HPD_MASS = 0.95  # the calibrated region is this highest-posterior set
+#: The VM's unknown access delay, as shares of its lowest RTT, marginalised over.
 ACCESS_LEVELS = (0.0, 0.3, 0.6)
-PROFILE_LANDMARKS = 10
+PROFILE_LANDMARKS = 10  # nearest landmarks whose RTTs make the delay-space profile
 PROFILE_GAIN = 1.0
 MEAN_COHERENCE = 0.97  # |mean unit vector| below this: modes > ~1500 km apart
 MODE_RADIUS_KM = 300.0
-CBG_PENALTY = 2.0
+CBG_PENALTY = 2.0  # log-likelihood per violated bestline (before tempering)
+SOFT_TAIL = 20.0  # log-likelihood per unit of distance beyond a landmark's calibrated reach
 
 
 @dataclass(slots=True)
@@ -73,6 +77,22 @@ def country_probabilities(codes: npt.NDArray[np.str_], w: FArray) -> list[tuple[
     mass = np.bincount(inv, weights=w[land]) / total
     order = np.argsort(-mass)
     return [(str(uniq[k]), float(mass[k])) for k in order if mass[k] > 1e-6]
+
+
+def blended_probabilities(post: Posterior, w: FArray, blend: float) -> list[tuple[str, float]]:
+    """Posterior country mass, mixed with the land shares of the sound region.
+
+    The mixture keeps probabilities honest when the likelihood is confidently wrong (correlated
+    landmark errors): no country the VM can physically be in is ever driven to zero.
+    """
+    probs = dict(country_probabilities(post.codes, w))
+    if blend < 1.0:
+        inside = post.sound.inside if post.sound.inside.any() else np.ones(len(w), dtype=bool)
+        area = post.sample.weight * inside
+        shares = dict(country_probabilities(post.codes, area / max(float(area.sum()), 1e-300)))
+        probs = {c: blend * probs.get(c, 0.0) + (1.0 - blend) * shares.get(c, 0.0)
+                 for c in set(probs) | set(shares)}
+    return sorted(probs.items(), key=lambda kv: -kv[1])
 
 
 def _cos_radius(radius_km: FArray) -> FArray:
@@ -126,7 +146,8 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
         slack = sample.spacing_km * 0.75
         reach = dcent + radius[s] + slack
         cut = np.flatnonzero(reach > radius)
-        inside = (_dots(sample.xyz, cent[cut]) >= _cos_radius(radius[cut] + slack)[None, :]).all(axis=1)
+        inside: npt.NDArray[np.bool_] = np.asarray(
+            (_dots(sample.xyz, cent[cut]) >= _cos_radius(radius[cut] + slack)[None, :]).all(axis=1), dtype=bool)
         if inside.any():
             break
         bad = find_inconsistent(llat, llon, radius)
@@ -142,22 +163,26 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
     loglik = np.zeros(len(sample))
     used = idx[keep]
     r_used = rtt[keep]
-    if model is not None and inside.any():
+    if model is not None and inside.any() and SOFT_LANDMARKS > 0:
         near = np.argsort(r_used)[:SOFT_LANDMARKS]
         dist = np.arccos(np.clip(_dots(sample.xyz, cent[near]), -1.0, 1.0)) * EARTH_RADIUS_KM
-        base = r_used[near] - model.offset[used[near]]
+        bestline_reach = calibration.SOFT_REACH.startswith("bestline")
+        base = r_used[near] if bestline_reach else r_used[near] - model.offset[used[near]]
         # The VM's own access delay adds to every RTT alike: marginalise over it.
         levels = []
         for frac in ACCESS_LEVELS:
             radj = np.maximum(base - frac * base.min(), 0.25)
-            ll = soft_loglik(model.table, radj, dist)
-            # Beyond the adjusted bound (but inside the sound one): steep penalty, not impossibility.
-            u = dist / (SOUND_KM_PER_MS * radj[None, :])
-            ll = np.where(np.isfinite(ll), ll, model.table[-1, -1] - 20.0 * (u - 1.0))
+            reach_km = (np.maximum(radj - model.intercept[used[near]], 1e-3) / model.slope[used[near]]
+                        if bestline_reach else SOUND_KM_PER_MS * radj)
+            ll = soft_loglik(model.table, radj, dist, reach_km)
+            # Beyond the calibrated reach (but inside the sound bound): a steep penalty, not impossibility.
+            u = dist / reach_km[None, :]
+            ll = np.where(np.isfinite(ll), ll, model.table[-1, -1] - SOFT_TAIL * (u - 1.0))
             levels.append(ll.sum(axis=1))
         stack = np.array(levels)
         mx = stack.max(axis=0)
         loglik = mx + np.log(np.exp(stack - mx).mean(axis=0))
+    if model is not None and inside.any():
         if CBG_PENALTY > 0:
             # Each landmark's own bestline as a soft bound (as a hard one it misses the truth half the time).
             rc = np.maximum(r_used - model.intercept[used], 0.0) / model.slope[used]
@@ -287,7 +312,7 @@ def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, r
     w = post.weights(t)
     lat_e, lon_e, err = estimate(post, post.weights(model.estimate_temperature) if model is not None else w)
     region = hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
-    probs = country_probabilities(post.codes, w)
+    probs = blended_probabilities(post, w, model.blend if model is not None else 1.0)
     shares = _shares(region.sample, countries)
     countries_out = [CountryShare(c, p, shares.get(c, 0.0)) for c, p in probs]
     cert = certify(post, countries)
@@ -312,38 +337,55 @@ def _shares(sample: Sample, countries: CountryLookup) -> dict[str, float]:
 
 
 TEMPERATURES = np.geomspace(0.5, 64.0, 29)
+BLENDS = (1.0, 0.97, 0.93, 0.85, 0.7, 0.5)
 
 
-def fit_temperature(cases: list[tuple[Posterior, str, FArray]]) -> tuple[float, float]:
-    """Temperatures fitted on held-out landmarks: (for country probabilities, for the point estimate).
+@dataclass(frozen=True, slots=True)
+class Tempering:
+    """How to read a posterior, fitted on held-out landmarks (see ``fit_tempering``)."""
 
-    The first minimises the negative log-probability of each case's true country (clipped, so one
-    hopeless case cannot dominate); the second the median distance error. Landmark<->landmark RTTs
-    are correlated, so both are usually above 1.
+    temperature: float = 1.0
+    blend: float = 1.0
+    estimate_temperature: float = 4.0
+
+    def apply(self, model: Model) -> None:
+        model.temperature, model.blend = self.temperature, self.blend
+        model.estimate_temperature = self.estimate_temperature
+
+
+def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
+    """Fit the posterior's reading on held-out landmarks whose truth is known.
+
+    Country probabilities: temperature and blend minimise the negative log-probability of each
+    case's true country (clipped, so one hopeless case cannot dominate). Point estimate: the
+    temperature with the least median distance error. Landmark<->landmark RTTs are correlated,
+    so temperatures are usually above 1.
     """
     if len(cases) < 5:
-        return 1.0, 4.0
-    best, best_nll = 1.0, math.inf
+        return Tempering()
+    best, best_nll = (1.0, 1.0), math.inf
     best_e, best_err = 4.0, math.inf
     for t in TEMPERATURES:
-        nll = 0.0
         errs = []
+        nll = dict.fromkeys(BLENDS, 0.0)
         for post, truth, xyz in cases:
             w = post.weights(float(t))
-            probs = dict(country_probabilities(post.codes, w))
-            nll -= math.log(min(max(probs.get(truth, 0.0), 1e-3), 1.0))
+            for b in BLENDS:
+                probs = dict(blended_probabilities(post, w, b))
+                nll[b] -= math.log(min(max(probs.get(truth, 0.0), 1e-3), 1.0))
             la, lo, _ = estimate(post, w)
             errs.append(float(np.arccos(np.clip(to_xyz(la, lo) @ xyz, -1.0, 1.0))) * EARTH_RADIUS_KM)
-        if nll < best_nll - 1e-9:
-            best, best_nll = float(t), nll
+        for b, v in nll.items():
+            if v < best_nll - 1e-9:
+                best, best_nll = (float(t), b), v
         med = float(np.median(errs))
         if med < best_err - 1e-9:
             best_e, best_err = float(t), med
-    return best, best_e
+    return Tempering(best[0], best[1], best_e)
 
 
-def self_temperature(model: Model, countries: CountryLookup, claimed: Sequence[str | None] | None = None,
-                     *, limit: int = 40, landmarks: int | None = None, seed: int = 0) -> tuple[float, float]:
+def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str | None] | None = None,
+                     *, limit: int = 40, landmarks: int | None = None, seed: int = 0) -> Tempering:
     """Fit the temperature by locating the model's own landmarks, each held out of its own fix.
 
     Only landmark<->landmark RTTs are used, so an evaluation target that is not in ``model`` never
@@ -369,4 +411,4 @@ def self_temperature(model: Model, countries: CountryLookup, claimed: Sequence[s
             continue
         post = posterior(held, idx, r, held.lat[idx], held.lon[idx], countries)
         cases.append((post, truth, to_xyz(model.lat[i], model.lon[i])))
-    return fit_temperature(cases)
+    return fit_tempering(cases)

@@ -77,9 +77,10 @@ def _region_geom(region: Region | None, centre: float) -> BaseGeometry | None:
     geom = shape(region.to_geojson())
     if geom.is_empty:
         return None
+    geom = _recentre(geom, centre)
     # Regions made of sample cells leave hairline gaps between cells; close them for the eye.
     eps = 0.01 * _span(geom)
-    return _recentre(geom.buffer(eps, quad_segs=2).buffer(-eps, quad_segs=2), centre)
+    return geom.buffer(eps, quad_segs=2).buffer(-eps, quad_segs=2)
 
 
 def _view(fix: Fix, shapes: Sequence[BaseGeometry], aspect: float) -> tuple[float, float, float, float]:
@@ -145,7 +146,9 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     rtts = rtts or {}
     centre = fix.lon
     region = _region_geom(fix.region, centre)
-    sound = _region_geom(fix.sound_region, centre) if fix.sound_region is not fix.region else None
+    # With a sound bound the region *is* the sound region (perhaps sampled differently): draw it once.
+    separate = fix.sound_region is not fix.region and fix.bound != "sound"
+    sound = _region_geom(fix.sound_region, centre) if separate else None
     circle_json = error_circle(fix)
     circle = _recentre(shape(circle_json), centre) if circle_json else None
 
@@ -178,7 +181,7 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
             ax.add_patch(PathPatch(p, facecolor=to_rgba(REGION_COLOUR, 0.30), edgecolor=REGION_COLOUR,
                                    linewidth=1.5, zorder=4))
             handles.append(Patch(facecolor=REGION_COLOUR, alpha=0.5, edgecolor=REGION_COLOUR,
-                                 label=f"{fix.bound} region"))
+                                 label=f"region ({fix.bound} bound)"))
     if circle is not None:
         p = _path(circle)
         if p is not None:
@@ -202,7 +205,8 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     ax.set_ylabel("latitude (°)")
     ax.grid(color="white", linewidth=0.5, alpha=0.6, zorder=0)
     ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9).set_zorder(10)
-    head = title or f"geoprobe: {fix.lat:.3f}, {fix.lon:.3f} ± {fix.error_radius_km:.0f} km ({fix.bound} bound)"
+    head = title or (f"geoprobe: {fix.lat:.3f}, {fix.lon:.3f} ± {fix.error_radius_km:.0f} km "
+                     f"({fix.bound} bound)")
     fig.suptitle(head, fontsize=13, y=0.975)
     ax.set_title(_verdict(fix, countries), fontsize=10)
     fig.text(0.99, 0.01, f"borders: {countries.source or 'Natural Earth'}", fontsize=7, color="#777777",

@@ -4,7 +4,7 @@ A running testbed registers itself in the runtime dir (``geoprobe.paths.runtime_
 ``$GEOPROBE_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/geoprobe``, else ``/run/geoprobe`` for root):
 
 - ``testbed-<name>.sock``: a unix stream socket; one JSON request line in, one JSON reply line out
-  (``{"op": "status"}``, ``{"op": "move", "to": "NAME_OR_ID" | "LAT,LON"}``);
+  (``{"op": "status"}``, ``{"op": "move", "to": "NAME_OR_ID" | "LAT,LON"}``, ``{"op": "delays"}``);
 - ``testbed-<name>.pid``: JSON with the pid, the catalogue path and the socket path.
 
 ``<name>`` is ``--name`` (default ``default``). A path-named unix socket lives in the file system,

@@ -25,6 +25,8 @@ LIGHT_SLOPE = 1.0 / SOUND_KM_PER_MS
 SAME_SITE_MS = 0.2
 #: Largest fixed (distance-independent) part of a landmark's RTT the model believes (ms).
 MAX_ACCESS_MS = 5.0
+#: A dataset server this close to the VM's place lends its measured row to the prediction (km).
+NEIGHBOUR_KM = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,26 @@ class DistanceModel:
     excess: FArray
     spread: FArray
 
-    def predict(self, lat: float, lon: float) -> list[PathDelay]:
+    rtt: FArray | None = None  # the dataset's symmetric min RTTs, for the neighbour correction
+
+    def predict(self, lat: float, lon: float, *, exclude: int | None = None) -> list[PathDelay]:
+        """Delays from (lat, lon) to every server.
+
+        Near a dataset server (within ``NEIGHBOUR_KM``), its measured row is the better guide: the
+        prediction starts from the nearest such server's RTT and adds the line's slope times the
+        change in distance. Elsewhere, the line alone. ``exclude`` hides one server (for tests).
+        """
         km = np.asarray(haversine_km(lat, lon, self.lat, self.lon), dtype=float)
-        rtt = np.maximum(self.intercept + self.slope * km, km * LIGHT_SLOPE + 0.05)
+        rtt = self.intercept + self.slope * km
+        if self.rtt is not None:
+            order = [k for k in np.argsort(km) if km[k] <= NEIGHBOUR_KM and k != exclude]
+            for j in range(len(rtt)):
+                for k in order:
+                    if k != j and math.isfinite(self.rtt[k, j]):
+                        km_kj = float(haversine_km(self.lat[k], self.lon[k], self.lat[j], self.lon[j]))
+                        rtt[j] = self.rtt[k, j] + self.slope[j] * (km[j] - km_kj)
+                        break
+        rtt = np.maximum(rtt, km * LIGHT_SLOPE + 0.05)
         return [PathDelay(float(r), float(e), float(s)) for r, e, s in zip(rtt, self.excess, self.spread)]
 
 
@@ -108,7 +127,7 @@ def fit_distance_model(lat: FArray, lon: FArray, rtt_min: FArray, rtt_avg: FArra
         if md.size:
             spread[j] = float(np.median(md))
     return DistanceModel(lat=np.asarray(lat, float), lon=np.asarray(lon, float), intercept=intercept,
-                         slope=slope, excess=excess, spread=spread)
+                         slope=slope, excess=excess, spread=spread, rtt=sym)
 
 
 def _pooled_line(km: FArray, sym: FArray) -> tuple[float, float]:

@@ -45,7 +45,7 @@ def _hosts(prefixes: Sequence[str]) -> list[str]:
                              field="bind-prefix")
         for addr in net.hosts() if net.num_addresses > 2 else net:
             s = str(addr)
-            if net.version == 4 and (s.endswith(".0") or s.endswith(".255") or s == "127.0.0.1"):
+            if net.version == 4 and (s.endswith((".0", ".255")) or s == "127.0.0.1"):
                 continue
             if s not in out:
                 out.append(s)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -99,6 +99,8 @@ class Testbed:
         try:
             if op == "status":
                 return {"ok": True, **self.status()}
+            if op == "delays":  # the injected floors, for benchmarks that compare measured with injected
+                return {"ok": True, "delays_ms": self.world.injected_min_ms(), "jitter": self.world.jitter}
             if op == "move":
                 to = req.get("to")
                 if not isinstance(to, str) or not to:
@@ -107,7 +109,7 @@ class Testbed:
                 return {"ok": True, **self.status()}
         except GeoprobeError as exc:
             return {"ok": False, "error": str(exc)}
-        return {"ok": False, "error": f"unknown op {op!r} (known: status, move)"}
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, move, delays)"}
 
     async def serve_control(self, path: Path) -> None:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -119,7 +121,7 @@ class Testbed:
                     reply = {"ok": False, "error": "request is not JSON"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass
             finally:
                 writer.close()
@@ -149,7 +151,7 @@ class BackgroundTestbed:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="geoprobe-testbed", daemon=True)
 
-    def __enter__(self) -> BackgroundTestbed:
+    def __enter__(self) -> Self:
         self._thread.start()
         try:
             self._call(self.testbed.start())

@@ -73,7 +73,7 @@ class SignalAdapter:
 class WatchConfig:
     interval_s: float = 60.0
     fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
-    warmup_rounds: int = 3  # rounds that build the baseline before the test starts
+    warmup_rounds: int = 5  # rounds that build the baseline (at start and after a move) before testing
     fix_every: int = 10  # emit a location.fix event every N quiet rounds
     min_landmarks: int = 3
 
@@ -97,7 +97,7 @@ class Counters:
     rounds: int = 0
     failed_rounds: int = 0
     suspected: int = 0
-    confirmed: dict[str, int] = field(default_factory=lambda: {"true": 0, "false": 0})
+    confirmed: dict[str, int] = field(default_factory=lambda: {"true": 0, "false": 0, "unknown": 0})
     events: int = 0
     hook_errors: int = 0
 
@@ -125,8 +125,12 @@ class HookRunner:
     ``cleared()`` queues the end of a suspicion behind the events before it.
     """
 
-    def __init__(self, respond: Callable[[Event], None], clear: Callable[[], None] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        respond: Callable[[Event], None],
+        clear: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.respond = respond
         self.clear = clear
         self.on_error = on_error
@@ -145,7 +149,7 @@ class HookRunner:
                     self.respond(ev)
                 elif kind == "clear" and self.clear is not None:
                     self.clear()
-            except Exception as exc:  # a failing action must not stop the watch
+            except Exception as exc:  # noqa: BLE001  (a failing action must not stop the watch)
                 if self.on_error is not None:
                     self.on_error(exc)
 
@@ -162,12 +166,23 @@ class HookRunner:
 
 
 class Watcher:
-    def __init__(self, catalogue: Catalogue, jurisdiction: Jurisdiction, *, measure: MeasureFn, solve: SolveFn,
-                 emit: Callable[[Event], None], store: WatchStore | None = None,
-                 on_event: Callable[[Event], None] | None = None,
-                 on_clear: Callable[[], None] | None = None, signals: Sequence[AnomalySource] = (),
-                 metrics_path: str | Path | None = None, config: WatchConfig | None = None,
-                 shift_test: ShiftTest | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        jurisdiction: Jurisdiction,
+        *,
+        measure: MeasureFn,
+        solve: SolveFn,
+        emit: Callable[[Event], None],
+        store: WatchStore | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        on_clear: Callable[[], None] | None = None,
+        signals: Sequence[AnomalySource] = (),
+        metrics_path: str | Path | None = None,
+        config: WatchConfig | None = None,
+        shift_test: ShiftTest | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.catalogue = catalogue
         self.jurisdiction = jurisdiction
         self.measure = measure
@@ -238,7 +253,7 @@ class Watcher:
         for s in self.signals:
             try:
                 out.extend(s.poll(ms, now))
-            except Exception as exc:  # a broken signal degrades to silence, never stops the watch
+            except Exception as exc:  # noqa: BLE001  (a broken signal degrades to silence)
                 log.warning("signal %s failed: %s", getattr(s, "name", s), exc)
                 continue
             last = getattr(s, "last", None)
@@ -247,6 +262,7 @@ class Watcher:
         return out
 
     def round(self) -> RoundResult:
+        """Probe once, test, fuse, tell, record."""
         t0 = time.monotonic()
         now = self.clock()
         out: list[Event] = []
@@ -254,65 +270,94 @@ class Watcher:
         rtts = min_rtts(ms)
         self.counters.rounds += 1
         anomalies = self._anomalies(ms, now)
-        shift: ShiftResult | None = None
-        transitions: list[Transition] = []
-        fix: Fix | None = None
+        shift, transitions = self._fuse(rtts, anomalies, now, out)
+        self._announce(transitions, out)
+        self._record(transitions, shift, rtts, now, out)
+        self._save_baseline()
+        self.last_shift = shift
+        self.last_round_s = time.monotonic() - t0
+        self.write_metrics(len(rtts), now)
+        return RoundResult(rtts, shift, transitions, out, shift.fix if shift else None, self.last_round_s)
+
+    def _fuse(
+        self, rtts: dict[str, float], anomalies: list[Anomaly], now: float, out: list[Event]
+    ) -> tuple[ShiftResult | None, list[Transition]]:
         if len(rtts) < self.config.min_landmarks:
             self.counters.failed_rounds += 1
             log.warning("only %d landmarks answered (need %d)", len(rtts), self.config.min_landmarks)
-            transitions = self.fusion.step(Observation(None, None, anomalies, now))
-        elif self.baseline.rounds < self.config.warmup_rounds and self.fusion.state == State.NORMAL:
+            return None, self.fusion.step(Observation(None, None, anomalies, now))
+        if self.warming_up:
+            # Build the baseline (at start, or at the new place after a confirmed move): probe fast,
+            # test nothing yet; signals still reach fusion.
             self.baseline.add(rtts)
             if self.baseline.fix is None:
                 fix = self.solve(rtts)
                 self.baseline.fix = fix
                 self.fusion.rebaseline(fix)
                 self._record_fix(fix, rtts, now, out)
-            transitions = self.fusion.step(Observation(None, None, anomalies, now))
-        else:
-            shift = self.test.assess(self.baseline, rtts, solve=self.solve)
-            fix = shift.fix
-            transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
-            if shift.outcome == "not_moved" and self.fusion.state not in (State.SUSPECT, State.CONFIRMING):
-                self.baseline.add(rtts)
-                self._quiet_since_fix += 1
+            return None, self.fusion.step(Observation(None, None, anomalies, now))
+        shift = self.test.assess(self.baseline, rtts, solve=self.solve)
+        transitions = self.fusion.step(Observation(shift, shift.fix, anomalies, now))
+        if shift.outcome == "not_moved" and self.fusion.state not in (State.SUSPECT, State.CONFIRMING):
+            self.baseline.add(rtts)
+            self._quiet_since_fix += 1
+        return shift, transitions
+
+    def _announce(self, transitions: list[Transition], out: list[Event]) -> None:
+        """Record every transition; publish the ones that carry an event; tell the policy hook."""
         for t in transitions:
             if self.store is not None:
                 self.store.record_transition(t.frm.value, t.to.value, t.reasons, t.time)
             log.info("%s -> %s: %s", t.frm.value, t.to.value, "; ".join(t.reasons))
-            if t.event_type is not None:
-                data = dict(t.data)
-                data["state"] = t.to.value
-                data["reasons"] = t.reasons
-                if t.event_type == events.SUSPECTED:
-                    self.counters.suspected += 1
-                elif t.event_type == events.CONFIRMED:
-                    self.counters.confirmed["true" if data.get("crossing") else "false"] += 1
-                self._publish(t.event_type, data, out)
+            if t.event_type is None:
+                continue
+            data = {**t.data, "state": t.to.value, "reasons": t.reasons}
+            if t.event_type == events.SUSPECTED:
+                self.counters.suspected += 1
+            elif t.event_type == events.CONFIRMED:
+                crossing = data.get("crossing")
+                key = "unknown" if crossing is None else str(bool(crossing)).lower()
+                self.counters.confirmed[key] += 1
+            self._publish(t.event_type, data, out)
         if self.on_clear is not None and any(
-                t.to == State.NORMAL or (t.to == State.CONFIRMED and not t.data.get("crossing"))
-                for t in transitions):
+            t.to == State.NORMAL or (t.to == State.CONFIRMED and t.data.get("crossing") is not True)
+            for t in transitions
+        ):
             self.on_clear()  # the suspicion is over: stop what it started (e.g. a delay)
+
+    def _record(
+        self,
+        transitions: list[Transition],
+        shift: ShiftResult | None,
+        rtts: dict[str, float],
+        now: float,
+        out: list[Event],
+    ) -> None:
+        """Re-baseline after a confirmed move; keep fixes (and emit one now and then)."""
         if any(t.to == State.CONFIRMED for t in transitions) and self.fusion.confirmed_fix is not None:
             new = self.fusion.confirmed_fix
             self.baseline.reset([rtts], fix=new)
             self.fusion.rebaseline(new)
             self._record_fix(new, rtts, now, out)
-        elif fix is not None and self.store is not None:
-            self.last_fix = fix
-            self.store.record_fix(fix, rtts, source="watch", time=now)
+        elif shift is not None and shift.fix is not None:
+            self.last_fix = shift.fix
+            if self.store is not None:
+                self.store.record_fix(shift.fix, rtts, source="watch", time=now)
         elif self._quiet_since_fix >= self.config.fix_every and rtts:
             self._record_fix(self.solve(rtts), rtts, now, out)
-        self._save_baseline()
-        self.last_shift = shift
-        self.last_round_s = time.monotonic() - t0
-        self.write_metrics(len(rtts), now)
-        return RoundResult(rtts, shift, transitions, out, fix, self.last_round_s)
 
     # -- the loop ------------------------------------------------------------------------------
     @property
+    def warming_up(self) -> bool:
+        return self.baseline.rounds < self.config.warmup_rounds and self.fusion.state in (
+            State.NORMAL,
+            State.CONFIRMED,
+            State.SETTLED,
+        )
+
+    @property
     def interval(self) -> float:
-        return self.config.fast if self.fusion.fast else self.config.interval_s
+        return self.config.fast if self.fusion.fast or self.warming_up else self.config.interval_s
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
         """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are interruptible."""
@@ -336,32 +381,58 @@ class Watcher:
         c = self.counters
         m.gauge("geoprobe_up", "1 while the watch runs.", 1)
         m.counter("geoprobe_watch_rounds_total", "Probe rounds run.", c.rounds)
-        m.counter("geoprobe_watch_failed_rounds_total", "Rounds with too few landmarks answering.",
-                  c.failed_rounds)
+        m.counter(
+            "geoprobe_watch_failed_rounds_total", "Rounds with too few landmarks answering.", c.failed_rounds
+        )
         m.counter("geoprobe_migrations_suspected_total", "Migrations suspected.", c.suspected)
         for crossing, n in c.confirmed.items():
-            m.counter("geoprobe_migrations_confirmed_total", "Migrations confirmed, by border crossing.", n,
-                      crossing=crossing)
+            m.counter(
+                "geoprobe_migrations_confirmed_total",
+                "Migrations confirmed, by border crossing.",
+                n,
+                crossing=crossing,
+            )
         m.counter("geoprobe_events_total", "CloudEvents emitted.", c.events)
         m.counter("geoprobe_hook_errors_total", "Policy hook calls that raised.", c.hook_errors)
         for s in State:
-            m.gauge("geoprobe_watch_state", "Current state of the migration state machine.",
-                    1 if self.fusion.state == s else 0, state=s.value)
+            m.gauge(
+                "geoprobe_watch_state",
+                "Current state of the migration state machine.",
+                1 if self.fusion.state == s else 0,
+                state=s.value,
+            )
         m.gauge("geoprobe_landmarks_answered", "Landmarks that answered in the last round.", answered)
-        m.gauge("geoprobe_probe_interval_seconds", "Current probing interval (shorter while suspicious).",
-                self.interval)
+        m.gauge(
+            "geoprobe_probe_interval_seconds",
+            "Current probing interval (shorter while suspicious).",
+            self.interval,
+        )
         m.gauge("geoprobe_round_duration_seconds", "Duration of the last round.", self.last_round_s)
         m.gauge("geoprobe_last_round_timestamp_seconds", "UNIX time of the last round.", now)
         if self.last_shift is not None:
-            m.gauge("geoprobe_fingerprint_changed_landmarks", "Landmarks whose min RTT moved beyond noise.",
-                    len(self.last_shift.changed))
+            m.gauge(
+                "geoprobe_fingerprint_changed_landmarks",
+                "Landmarks whose min RTT moved beyond noise.",
+                len(self.last_shift.changed),
+            )
         fix = self.last_fix
         if fix is not None:
             m.gauge("geoprobe_fix_latitude_degrees", "Latitude of the last fix.", fix.lat)
             m.gauge("geoprobe_fix_longitude_degrees", "Longitude of the last fix.", fix.lon)
-            m.gauge("geoprobe_fix_error_radius_meters", "Error radius of the last fix.", fix.error_radius_km * 1000)
-            m.gauge("geoprobe_allowed_probability_ratio", "Probability that the VM is in the allowed set.",
-                    fix.probability_in(set(self.jurisdiction.allowed)))
-            m.gauge("geoprobe_fix_certified", "1 when the last fix is certified in a country.",
-                    1 if fix.certified else 0, country=fix.certified or "")
+            m.gauge(
+                "geoprobe_fix_error_radius_meters",
+                "Error radius of the last fix.",
+                fix.error_radius_km * 1000,
+            )
+            m.gauge(
+                "geoprobe_allowed_probability_ratio",
+                "Probability that the VM is in the allowed set.",
+                fix.probability_in(set(self.jurisdiction.allowed)),
+            )
+            m.gauge(
+                "geoprobe_fix_certified",
+                "1 when the last fix is certified in a country.",
+                1 if fix.certified else 0,
+                country=fix.certified or "",
+            )
         m.write(self.metrics_path)

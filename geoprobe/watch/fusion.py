@@ -15,8 +15,12 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
   With the opt-in calibrated basis, a probability-only "outside" also needs the RTT to have *fallen*
   to at least ``min_decreased`` landmarks, which added delay cannot produce.
 * confirming -> confirmed, ``crossing=false``: the new fix is inside the allowed set (a move within
-  it), or it still straddles the border after ``max_confirm_rounds`` rounds (a move, not a proven
+  it, or back into it), the VM was already outside before this move (no new crossing), or it still
+  straddles the border after ``max_confirm_rounds`` rounds (a move, not a proven
   crossing: an overlapping region is never a confirmed crossing).
+* unsure fingerprints (RTTs only rose) raise a suspicion after ``unsure_rounds`` rounds in a row; if
+  they persist ``max_confirm_rounds`` more, the move is confirmed with ``crossing=null`` (unknown):
+  rises alone can never take the sound region out of the allowed set.
 * confirming/suspect -> normal: the fingerprint is back at its baseline for ``clear_rounds`` rounds.
 * confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after the move.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import time as _time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -75,8 +79,13 @@ class Transition:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"from": self.frm.value, "to": self.to.value, "reasons": self.reasons, "time": self.time,
-                "event_type": self.event_type}
+        return {
+            "from": self.frm.value,
+            "to": self.to.value,
+            "reasons": self.reasons,
+            "time": self.time,
+            "event_type": self.event_type,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,7 @@ class FusionConfig:
     agree_overlap: float = 0.5  # share of changed landmarks two measurements of one move must share
     clear_rounds: int = 3
     max_confirm_rounds: int = 5
+    unsure_rounds: int = 3  # consecutive unsure fingerprints (rises only) that raise a suspicion
     settle_rounds: int = 3
     signal_window_s: float = 600.0
     min_decreased: int = 2  # a calibrated-only "outside" needs RTT to fall to this many landmarks
@@ -107,7 +117,10 @@ def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[boo
         tol = max(cfg.agree_km, a.fix.error_radius_km + b.fix.error_radius_km)
         if d > tol:
             return False, f"fixes {d:.0f} km apart (> {tol:.0f} km)"
-        return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, fixes {d:.0f} km apart"
+        return (
+            True,
+            f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, fixes {d:.0f} km apart",
+        )
     return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared"
 
 
@@ -126,14 +139,24 @@ class Fusion:
     _confirm_rounds: int = 0
     _since: float = 0.0
     confirmed_fix: Fix | None = None  # set on confirmation: the daemon re-baselines there
+    _home_verdict: JurisdictionVerdict | None = None
+    _hurry: bool = False
+    _unsure: int = 0  # consecutive unsure rounds
 
     @property
     def fast(self) -> bool:
-        """Probe faster while a suspicion is open."""
-        return self.state in (State.SUSPECT, State.CONFIRMING)
+        """Probe faster while a suspicion is open, or after an unsure fingerprint."""
+        return self._hurry or self.state in (State.SUSPECT, State.CONFIRMING)
 
-    def _go(self, out: list[Transition], to: State, reasons: list[str], now: float,
-            event_type: str | None = None, data: dict[str, Any] | None = None) -> None:
+    def _go(
+        self,
+        out: list[Transition],
+        to: State,
+        reasons: list[str],
+        now: float,
+        event_type: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         out.append(Transition(self.state, to, reasons, now, event_type, data or {}))
         self.state = to
 
@@ -150,6 +173,16 @@ class Fusion:
         shift = obs.shift
         moved = shift is not None and shift.outcome == "moved"
         quiet = shift is not None and shift.outcome == "not_moved"
+        if shift is not None:
+            self._hurry = shift.outcome == "unsure"
+            self._unsure = self._unsure + 1 if self._hurry else 0
+        persistent = self._unsure >= self.config.unsure_rounds
+        if persistent and shift is not None and self.state in (State.NORMAL, State.SETTLED, State.CONFIRMED):
+            # Rises that persist: load, added delay, or a move away from every landmark.
+            self._moves, self._verdicts, self._quiet, self._confirm_rounds, self._since = [], [], 0, 0, now
+            why = f"fingerprint changed for {self._unsure} rounds in a row without RTT falling"
+            self._go(out, State.SUSPECT, [why, *shift.reasons], now, events.SUSPECTED, self._data(shift))
+            return out
 
         if self.state in (State.NORMAL, State.SETTLED):
             if moved or decisive_now:
@@ -158,8 +191,14 @@ class Fusion:
                 reasons += [f"signal {a.signal}: {a.detail}" for a in decisive_now]
                 self._moves = [shift] if moved and shift is not None else []
                 self._verdicts, self._quiet, self._confirm_rounds, self._since = [], 0, 0, now
-                self._go(out, State.SUSPECT, reasons, now, events.SUSPECTED,
-                         self._data(shift, signals=[a.signal for a in decisive_now]))
+                self._go(
+                    out,
+                    State.SUSPECT,
+                    reasons,
+                    now,
+                    events.SUSPECTED,
+                    self._data(shift, signals=[a.signal for a in decisive_now]),
+                )
             return out
 
         if self.state == State.CONFIRMED:
@@ -183,6 +222,16 @@ class Fusion:
                     why += f"; still near {shift.near} (moved at most {shift.max_move_km:.0f} km)"
                 self._go(out, State.NORMAL, [why], now)
             return out
+        if shift is not None and self._unsure >= self.config.unsure_rounds + self.config.max_confirm_rounds:
+            fix = shift.fix or obs.fix
+            if fix is not None:
+                # For good, but nothing places it: added delay only grows the sound region, so no
+                # rule can say whether this crossed a border. Report it, re-baseline, move on.
+                self._verdicts.append(self.jurisdiction.judge(fix))
+                why = (f"fingerprint changed for {self._unsure} rounds but RTT fell to no landmark: "
+                       "a move that cannot be placed (crossing unknown)")
+                self._confirm(out, shift, fix, None, [why], now, [])
+                return out
         if not moved or shift is None:
             return out  # unsure or nothing new: keep probing fast
         self._quiet = 0
@@ -207,15 +256,31 @@ class Fusion:
             return out
         self._confirm_rounds += 1
         verdict = self.jurisdiction.judge(fix)
-        if verdict.verdict == "outside" and verdict.rule == "probability" \
-                and len(shift.decreased) < self.config.min_decreased:
+        if (
+            verdict.verdict == "outside"
+            and verdict.rule == "probability"
+            and len(shift.decreased) < self.config.min_decreased
+        ):
             # Calibrated bounds can be pushed across a border by added delay; falling RTTs cannot.
             verdict.verdict = "straddles"
-            verdict.reasons.append(f"calibrated verdict outside, but RTT fell to only {len(shift.decreased)} "
-                                   f"landmarks (need {self.config.min_decreased}): could be added delay")
+            verdict.reasons.append(
+                f"calibrated verdict outside, but RTT fell to only {len(shift.decreased)} "
+                f"landmarks (need {self.config.min_decreased}): could be added delay"
+            )
         prev_v = self._verdicts[-1] if self._verdicts else None
         self._verdicts.append(verdict)
-        if verdict.verdict == "outside":
+        if verdict.verdict == "outside" and self._home_outside():
+            # Already outside before this move: a migration, but no new crossing of the border.
+            self._confirm(
+                out,
+                shift,
+                fix,
+                False,
+                verdict.reasons + [("already outside the allowed set before this move: no new crossing")],
+                now,
+                [a.signal for a in self._corroborating(now)],
+            )
+        elif verdict.verdict == "outside":
             corr = self._corroborating(now)
             if corr:
                 support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
@@ -225,30 +290,64 @@ class Fusion:
                 return out  # one outside verdict: wait for the next round to agree
             self._confirm(out, shift, fix, True, verdict.reasons + support, now, [a.signal for a in corr])
         elif verdict.verdict == "inside":
-            self._confirm(out, shift, fix, False, verdict.reasons + ["a move within the allowed set"], now,
-                          [a.signal for a in self._corroborating(now)])
+            self._confirm(
+                out,
+                shift,
+                fix,
+                False,
+                verdict.reasons + ["a move within the allowed set"],
+                now,
+                [a.signal for a in self._corroborating(now)],
+            )
         elif self._confirm_rounds >= self.config.max_confirm_rounds:
-            self._confirm(out, shift, fix, False,
-                          verdict.reasons + [f"still straddling after {self._confirm_rounds} rounds: "
-                                             "a move, not a confirmed crossing"], now,
-                          [a.signal for a in self._corroborating(now)])
+            self._confirm(
+                out,
+                shift,
+                fix,
+                False,
+                verdict.reasons
+                + [
+                    (
+                        f"still straddling after {self._confirm_rounds} rounds: "
+                        "a move, not a confirmed crossing"
+                    )
+                ],
+                now,
+                [a.signal for a in self._corroborating(now)],
+            )
         return out
 
-    def _confirm(self, out: list[Transition], shift: ShiftResult, fix: Fix, crossing: bool, reasons: list[str],
-                 now: float, signals: list[str]) -> None:
+    def _confirm(
+        self,
+        out: list[Transition],
+        shift: ShiftResult,
+        fix: Fix,
+        crossing: bool | None,
+        reasons: list[str],
+        now: float,
+        signals: list[str],
+    ) -> None:
         data = self._data(shift, signals=["rtt_fingerprint", *signals])
         v = self._verdicts[-1]
         # ``probability``: that the VM is where the event says (outside the allowed set for a
         # crossing, inside for a move within it); a sound or certified verdict is a proof.
         proof = v.rule in ("sound", "certified")
         prob = 1.0 if proof else (1.0 - v.p_allowed if crossing else v.p_allowed)
-        data.update({"crossing": crossing, "to": self.jurisdiction.label(fix), "jurisdiction": v.to_json(),
-                     "probability": round(prob, 4), "landmarks": len(fix.landmarks_used),
-                     "rounds": len(self._moves), "seconds": round(now - self._since, 3),
-                     "fix": fix.to_json()})
+        data.update(
+            {
+                "crossing": crossing,
+                "to": self.jurisdiction.label(fix),
+                "jurisdiction": v.to_json(),
+                "probability": round(prob, 4),
+                "landmarks": len(fix.landmarks_used),
+                "rounds": len(self._moves),
+                "seconds": round(now - self._since, 3),
+                "fix": fix.to_json(),
+            }
+        )
         self._go(out, State.CONFIRMED, reasons, now, events.CONFIRMED, data)
         self.confirmed_fix = fix
-        self._quiet = 0
+        self._quiet = self._unsure = 0
 
     def _data(self, shift: ShiftResult | None, signals: Sequence[str] = ()) -> dict[str, Any]:
         """The event payload shared by suspected and confirmed (``from``, ``to``, distance, signals)."""
@@ -258,7 +357,9 @@ class Fusion:
         return {
             "from": self.jurisdiction.label(self.home_fix),
             "to": self.jurisdiction.label(shift.fix) if shift is not None and shift.fix is not None else None,
-            "distance_km": None if shift is None or shift.distance_km is None else round(shift.distance_km, 1),
+            "distance_km": None
+            if shift is None or shift.distance_km is None
+            else round(shift.distance_km, 1),
             "signals": sigs,
             "shift": shift.to_json() if shift is not None else None,
             "allowed": sorted(self.jurisdiction.allowed),
@@ -267,3 +368,13 @@ class Fusion:
     def rebaseline(self, fix: Fix | None) -> None:
         """The daemon took a new baseline (after confirmation): fixes are now compared with this one."""
         self.home_fix = fix
+        self._home_verdict = None
+
+    def _home_outside(self) -> bool:
+        """Was the VM provably outside before this move? (Sound rule only: a calibrated doubt about
+        the home must not swallow a real crossing.)"""
+        if self.home_fix is None:
+            return False
+        if self._home_verdict is None:
+            self._home_verdict = replace(self.jurisdiction, basis="sound").judge(self.home_fix)
+        return self._home_verdict.verdict == "outside"

@@ -40,8 +40,14 @@ class JurisdictionVerdict:
     reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "rule": self.rule, "p_allowed": round(self.p_allowed, 4),
-                "country": self.country, "certified": self.certified, "reasons": self.reasons}
+        return {
+            "verdict": self.verdict,
+            "rule": self.rule,
+            "p_allowed": round(self.p_allowed, 4),
+            "country": self.country,
+            "certified": self.certified,
+            "reasons": self.reasons,
+        }
 
 
 @lru_cache(maxsize=16)
@@ -116,14 +122,23 @@ class Jurisdiction:
             union = _allowed_union(self.allowed, self.margin_km)
             region = region_geometry(fix.sound_region)
             if union is None or not region.intersects(union):
-                return v("outside", "sound",
-                         f"sound region does not reach {allowed} (margin {self.margin_km:g} km)")
+                return v(
+                    "outside",
+                    "sound",
+                    f"sound region does not reach {allowed} (margin {self.margin_km:g} km)",
+                )
             if region.within(_allowed_union(self.allowed, 0.0)):
                 return v("inside", "sound", f"sound region lies within {allowed}")
         if p_in >= self.min_probability:
-            return v("inside", "probability", f"p({allowed})={p_in:.3f} >= {self.min_probability:g} "
-                                              f"({fix.bound} bound)")
+            return v(
+                "inside",
+                "probability",
+                f"p({allowed})={p_in:.3f} >= {self.min_probability:g} ({fix.bound} bound)",
+            )
         if self.basis == "calibrated" and 1.0 - p_in >= self.min_probability:
-            return v("outside", "probability", f"p(outside {allowed})={1 - p_in:.3f} >= "
-                                               f"{self.min_probability:g} ({fix.bound} bound)")
+            return v(
+                "outside",
+                "probability",
+                f"p(outside {allowed})={1 - p_in:.3f} >= {self.min_probability:g} ({fix.bound} bound)",
+            )
         return v("straddles", "probability", f"p({allowed})={p_in:.3f}; the sound region overlaps the border")

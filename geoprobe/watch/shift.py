@@ -3,7 +3,8 @@
 The fingerprint is the minimum RTT to each landmark in a stable subset. Each landmark has a
 baseline (median of its recent per-round minima) and a noise scale (scaled MAD, floored), so a
 round gives one robust z-score per landmark. The test counts landmarks whose change is beyond the
-noise and asks how unlikely that count is if nothing moved (binomial tail).
+noise (a rise must go further than a fall) and asks how unlikely that count is if nothing moved
+(binomial tail).
 
 Three facts shape the test, because an adversary on the path can only *add* delay:
 
@@ -84,7 +85,9 @@ class Baseline:
         st = self._stat(lid)
         return max(st[1], floor_ms, rel_floor * st[0]) if st else None
 
-    def stable(self, *, min_rounds: int, max_rel_scale: float, floor_ms: float, rel_floor: float) -> list[str]:
+    def stable(
+        self, *, min_rounds: int, max_rel_scale: float, floor_ms: float, rel_floor: float
+    ) -> list[str]:
         """Landmarks seen in enough rounds whose noise is small against their RTT."""
         need = min(min_rounds, self.rounds)
         out = []
@@ -99,8 +102,11 @@ class Baseline:
         return sorted(out)
 
     def to_json(self) -> dict[str, Any]:
-        return {"window": self.window, "rounds": self.rounds,
-                "history": {k: list(v) for k, v in self.history.items()}}
+        return {
+            "window": self.window,
+            "rounds": self.rounds,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Baseline:
@@ -127,8 +133,12 @@ class ShiftResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome, "p_value": self.p_value, "compared": self.compared,
-            "changed": len(self.changed), "decreased": self.decreased[:20], "increased": len(self.increased),
+            "outcome": self.outcome,
+            "p_value": self.p_value,
+            "compared": self.compared,
+            "changed": len(self.changed),
+            "decreased": self.decreased[:20],
+            "increased": len(self.increased),
             "common_mode_ms": round(self.common_mode_ms, 3),
             "max_move_km": None if self.max_move_km is None else round(self.max_move_km, 1),
             "near": self.near,
@@ -156,36 +166,56 @@ def binom_sf(k: int, n: int, p: float) -> float:
 class ShiftTest:
     """Thresholds of the change test. Defaults are tuned on the WonderProxy replay (benchmarks/)."""
 
-    z: float = 5.0  # robust z beyond which one landmark counts as changed
+    z: float = 5.0  # robust z beyond which a fall in RTT counts as a change
+    # Rises need more: load on the VM, queueing and an adversary all add delay, none can remove it.
+    z_rise: float = 8.0
     floor_ms: float = 0.3  # noise floor, absolute
     rel_floor: float = 0.03  # noise floor, relative to the RTT (route jitter grows with path length)
     p_null: float = 0.02  # assumed chance that one landmark of a stationary VM exceeds z (heavy tails)
     alpha: float = 1e-6  # p-value below which the fingerprint moved
     alpha_unsure: float = 1e-2  # p-value below which it is at least unsure
     min_changed: int = 3  # and never on fewer changed landmarks than this
+    # "moved" needs RTT to fall to this many landmarks. Rises alone are what load, queueing or an
+    # adversary produce too, and they can only grow the sound region: they can never prove a
+    # crossing, so they make the answer "unsure" (probe faster), not "moved".
+    min_decreased: int = 2
     min_compared: int = 5  # fewer comparable landmarks: unsure
     min_rounds: int = 2  # baseline rounds a landmark needs to be in the stable subset
     max_rel_scale: float = 0.25  # landmarks noisier than this fraction of their RTT are left out
 
     def stable_subset(self, baseline: Baseline) -> list[str]:
-        return baseline.stable(min_rounds=self.min_rounds, max_rel_scale=self.max_rel_scale,
-                               floor_ms=self.floor_ms, rel_floor=self.rel_floor)
+        return baseline.stable(
+            min_rounds=self.min_rounds,
+            max_rel_scale=self.max_rel_scale,
+            floor_ms=self.floor_ms,
+            rel_floor=self.rel_floor,
+        )
 
-    def assess(self, baseline: Baseline, rtts: Mapping[str, float],
-               solve: Callable[[Mapping[str, float]], Fix] | None = None) -> ShiftResult:
+    def assess(
+        self,
+        baseline: Baseline,
+        rtts: Mapping[str, float],
+        solve: Callable[[Mapping[str, float]], Fix] | None = None,
+    ) -> ShiftResult:
         """Compare one round of min RTTs with the baseline; solve a new fix only if it changed."""
         ids = [lid for lid in self.stable_subset(baseline) if lid in rtts and math.isfinite(rtts[lid])]
         reasons: list[str] = []
         base = {lid: baseline.rtt(lid) or 0.0 for lid in ids}
-        scale = {lid: baseline.scale(lid, floor_ms=self.floor_ms, rel_floor=self.rel_floor) or self.floor_ms
-                 for lid in ids}
+        scale = {
+            lid: baseline.scale(lid, floor_ms=self.floor_ms, rel_floor=self.rel_floor) or self.floor_ms
+            for lid in ids
+        }
         deltas = {lid: rtts[lid] - base[lid] for lid in ids}
         common = statistics.median(deltas.values()) if deltas else 0.0
         # Only a rise can be common-mode added delay; a common fall is kept as evidence.
         cm = max(common, 0.0)
-        changed = [lid for lid in ids if abs(deltas[lid] - cm) > self.z * scale[lid]]
+        changed = [
+            lid
+            for lid in ids
+            if deltas[lid] - cm < -self.z * scale[lid] or deltas[lid] - cm > self.z_rise * scale[lid]
+        ]
         decreased = [lid for lid in ids if deltas[lid] < -self.z * scale[lid]]
-        increased = [lid for lid in ids if deltas[lid] > self.z * scale[lid]]
+        increased = [lid for lid in ids if deltas[lid] > self.z_rise * scale[lid]]
         decreased.sort(key=lambda lid: deltas[lid])
         max_move, near = None, None
         for lid in ids:
@@ -195,21 +225,30 @@ class ShiftTest:
         n = len(ids)
         p = binom_sf(len(changed), n, self.p_null) if n else 1.0
         if cm > 0 and len(increased) > len(changed):
-            reasons.append(f"common-mode rise of {cm:.2f} ms on all landmarks removed (added delay or queueing)")
+            reasons.append(
+                f"common-mode rise of {cm:.2f} ms on all landmarks removed (added delay or queueing)"
+            )
         if n < self.min_compared:
             outcome: Outcome = "unsure"
             reasons.append(f"only {n} stable landmarks answered (need {self.min_compared})")
-        elif p < self.alpha and len(changed) >= self.min_changed:
+        elif p < self.alpha and len(changed) >= self.min_changed and len(decreased) >= self.min_decreased:
             outcome = "moved"
             reasons.append(f"{len(changed)} of {n} landmarks changed beyond noise (p={p:.2g})")
-            if decreased:
-                reasons.append(f"RTT fell to {len(decreased)} landmarks (unforgeable), e.g. {decreased[0]} "
-                               f"by {-deltas[decreased[0]]:.1f} ms")
-            else:
-                reasons.append("RTTs only rose: consistent with a move away, but also with added delay")
+            reasons.append(
+                f"RTT fell to {len(decreased)} landmarks (unforgeable), e.g. {decreased[0]} "
+                f"by {-deltas[decreased[0]]:.1f} ms"
+            )
+        elif p < self.alpha and len(changed) >= self.min_changed:
+            outcome = "unsure"
+            reasons.append(
+                f"{len(changed)} of {n} landmarks changed beyond noise (p={p:.2g}), but RTT fell to "
+                f"only {len(decreased)}: rises alone look like load or added delay"
+            )
         elif p < self.alpha_unsure:
             outcome = "unsure"
-            reasons.append(f"{len(changed)} of {n} landmarks changed beyond noise (p={p:.2g}): not conclusive")
+            reasons.append(
+                f"{len(changed)} of {n} landmarks changed beyond noise (p={p:.2g}): not conclusive"
+            )
         else:
             outcome = "not_moved"
             if near is not None:
@@ -223,6 +262,17 @@ class ShiftTest:
 
                 dist = float(haversine_km(baseline.fix.lat, baseline.fix.lon, fix.lat, fix.lon))
                 reasons.append(f"engine: fix moved {dist:.0f} km")
-        return ShiftResult(outcome=outcome, p_value=p, compared=n, changed=changed, decreased=decreased,
-                           increased=increased, common_mode_ms=common, max_move_km=max_move, near=near,
-                           distance_km=dist, fix=fix, reasons=reasons)
+        return ShiftResult(
+            outcome=outcome,
+            p_value=p,
+            compared=n,
+            changed=changed,
+            decreased=decreased,
+            increased=increased,
+            common_mode_ms=common,
+            max_move_km=max_move,
+            near=near,
+            distance_km=dist,
+            fix=fix,
+            reasons=reasons,
+        )

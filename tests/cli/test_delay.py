@@ -13,7 +13,7 @@ CMD = [sys.executable, "-m", "geoprobe", "delay"]
 
 
 def test_json_progress_and_summary_within_cap() -> None:
-    res = subprocess.run([*CMD, "--memory", "112M", "--cpu", "0.5", "--duration", "2.5", "--json"],
+    res = subprocess.run([*CMD, "--memory", "112M", "--cpu", "0.5", "--duration", "1.5", "--json"],
                          capture_output=True, text=True, check=True)
     docs = [json.loads(line) for line in res.stdout.splitlines()]
     progress, summary = docs[:-1], docs[-1]["summary"]

@@ -226,3 +226,22 @@ def test_progress_on_a_terminal_stderr(tmp_path: Path, world: tuple[Path, dict[s
                 env=env) == 0
     assert "probing (udp)" in err.getvalue()
     json.loads(out.getvalue())  # progress never leaks into the machine-readable output
+
+
+def test_mmdb_cross_check_goes_into_the_record(run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    pytest.importorskip("geoprobe.locate")
+    mmdb_writer = pytest.importorskip("mmdb_writer")
+    netaddr = pytest.importorskip("netaddr")
+    db = tmp_path / "city.mmdb"
+    w = mmdb_writer.MMDBWriter(ip_version=4, database_type="GeoLite2-City")
+    w.insert_network(netaddr.IPSet(["81.2.69.0/24"]),
+                     {"country": {"iso_code": "DE"}, "location": {"latitude": 50.11, "longitude": 8.68}})
+    w.to_db_file(str(db))
+    cat, _ = world
+    assert run("locate", "--landmarks", str(cat), "--timeout", "0.3", "--samples", "1", "--format", "json",
+               "--mmdb", str(db)) == 0, run.err.getvalue()
+    rec = json.loads(run.out.getvalue())
+    assert rec["ipgeo"]["database"] == str(db)
+    # Loopback has no public address: nothing to compare, and the record says so.
+    assert rec["ipgeo"]["vm"] is None and any("not public" in n for n in rec["ipgeo"]["notes"])
+    assert [m["landmark_id"] for m in rec["measurements"]] == list(PLACES)  # catalogue order kept

@@ -24,6 +24,7 @@ import json, sys
 from geoprobe.defend.delay import Dirtier
 cap, kw = int(sys.argv[1]), json.loads(sys.argv[2])
 d = Dirtier(cap)
+d.view[:] = 0  # so that the check below sees what run() wrote
 s = d.run(**kw)
 written = int((d.view != 0).sum())
 print(json.dumps({**s.to_json(), "written": written, "n": len(d.view)}))

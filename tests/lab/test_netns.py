@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks.lab.netns import Namespace
+from benchmarks.lab.netns import Namespace, remove_stale
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -35,3 +35,14 @@ def test_namespace_has_only_lo_and_its_own_loopback() -> None:
     finally:
         ns.delete()
     assert not ns.exists()
+
+
+def test_namespaces_of_dead_runs_are_removed_and_live_ones_kept() -> None:
+    dead = Namespace("geoprobe-labtest-stale-999999999").create()  # no such pid
+    live = Namespace(f"geoprobe-labtest-stale-{os.getpid()}").create()
+    try:
+        assert remove_stale("geoprobe-labtest-stale-") == [dead.name]
+        assert not dead.exists() and live.exists()
+    finally:
+        dead.delete()
+        live.delete()

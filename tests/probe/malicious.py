@@ -23,8 +23,8 @@ class MaliciousResponder(asyncio.DatagramProtocol):
     alter-location        signs honestly, then rewrites lat in the packet;
     sign-wrong-location   holds the real key but signs a location 1 degree off (a moved landmark);
     wrong-id              holds the real key but signs another landmark's id;
-    replay                answers honestly, then sends the same reply again and the previous
-                          request's reply once more (old nonce);
+    replay                answers honestly, but first sends the previous request's reply
+                          twice more (an old, already answered nonce);
     slow-processing       honestly reports 40 ms spent between receiving and sending.
     """
 
@@ -73,12 +73,12 @@ class MaliciousResponder(asyncio.DatagramProtocol):
         elif self.mode == "wrong-id":
             self._send(self._reply(nonce, lid=self.landmark_id + "-other"), addr)
         elif self.mode == "replay":
-            reply = self._reply(nonce)
-            self._send(reply, addr)
-            self._send(reply, addr)
+            # Sent before the genuine reply, so the prober is still listening when they come.
             if self.previous is not None:
                 self._send(self.previous, addr)
-            self.previous = reply
+                self._send(self.previous, addr)
+            self.previous = self._reply(nonce)
+            self._send(self.previous, addr)
         elif self.mode == "slow-processing":
             t_recv = time.time_ns()
             loop = asyncio.get_running_loop()

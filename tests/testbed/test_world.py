@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testbed_world_data import RTTS
 
 from geoprobe.datasets import load_dataset
 from geoprobe.errors import InputError
@@ -15,8 +16,6 @@ from geoprobe.geo.sphere import haversine_km
 from geoprobe.testbed.builtin import builtin_dataset
 from geoprobe.testbed.delays import LIGHT_SLOPE, PathDelay
 from geoprobe.testbed.world import World, choose_landmarks, parse_position
-
-from testbed_world_data import RTTS
 
 
 def _world(d: Path, at: str, jitter: bool = False) -> World:
@@ -70,7 +69,8 @@ def test_model_placement_never_beats_light_and_tracks_distance() -> None:
     km = np.asarray(haversine_km(50.0, 8.0, ds.lats, ds.lons))
     assert np.all(inj >= km * LIGHT_SLOPE)
     near, far = ds.find("Frankfurt"), ds.find("Sydney")
-    assert inj[ds.index[near.id]] < 5.0 < 100.0 < inj[ds.index[far.id]]
+    assert inj[ds.index[near.id]] < 5.0
+    assert inj[ds.index[far.id]] > 100.0
 
 
 def test_calibration_rtts_are_landmark_pairs_only(small_dataset_dir: Path) -> None:
@@ -97,3 +97,27 @@ def test_bad_placement_is_an_input_error(small_dataset_dir: Path) -> None:
         w.place("95,10")
     assert parse_position("50.1,8.6") == (50.1, 8.6)
     assert parse_position("Paris") is None
+
+
+def test_control_requests_are_validated(small_dataset_dir: Path) -> None:
+    from geoprobe.testbed import build_testbed
+
+    tb = build_testbed(load_dataset(small_dataset_dir), "Paris")
+    assert tb.handle("move")["ok"] is False
+    assert "unknown op" in tb.handle({"op": "explode"})["error"]
+    assert tb.handle({"op": "move"})["ok"] is False
+    bad = tb.handle({"op": "move", "to": "Atlantis"})
+    assert bad["ok"] is False and "Atlantis" in bad["error"]
+    moved = tb.handle({"op": "move", "to": "Warsaw"})
+    assert moved["ok"] and moved["vm"]["server"] == "Warsaw" and moved["moves"] == 1
+    assert tb.handle({"op": "delays"})["delays_ms"]["Madrid"] == 45.0
+
+
+def test_position_next_to_a_server_borrows_its_measured_row(small_dataset_dir: Path) -> None:
+    ds = load_dataset(small_dataset_dir)
+    w = World(ds, list(range(len(ds))), jitter=False)
+    w.place_at(48.86, 2.35)  # exactly at Paris
+    inj = w.injected_min_ms()
+    assert inj["Madrid"] == pytest.approx(18.0) and inj["Tokyo"] == pytest.approx(225.0)
+    w.place_at(48.0, 2.35)  # ~95 km south of Paris: still Paris's row, adjusted by distance
+    assert 10.0 < w.injected_min_ms()["Madrid"] < 18.0

@@ -13,6 +13,7 @@ from geoprobe.watch.shift import ShiftResult
 FRANKFURT = make_fix(50.11, 8.68, 120, [("DE", 0.99), ("FR", 0.01)])
 PARIS = make_fix(48.86, 2.35, 120, [("FR", 0.99), ("BE", 0.01)])
 BERLIN = make_fix(52.52, 13.40, 120, [("DE", 0.99), ("PL", 0.01)])
+MADRID = make_fix(40.42, -3.70, 120, [("ES", 0.99), ("PT", 0.01)])
 # Strasbourg with a large sound region: its calibrated verdict says FR, but the sound region reaches DE.
 STRASBOURG_WIDE = make_fix(48.58, 7.75, 300, [("FR", 0.97), ("DE", 0.03)])
 CHANGED = [f"lm{i:02d}" for i in range(20)]
@@ -20,15 +21,37 @@ CHANGED = [f"lm{i:02d}" for i in range(20)]
 
 def moved(fix: Fix, changed: list[str] = CHANGED, decreased: list[str] | None = None) -> ShiftResult:
     dec = decreased if decreased is not None else changed[:5]
-    return ShiftResult(outcome="moved", p_value=1e-12, compared=60, changed=changed, decreased=dec,
-                       increased=[c for c in changed if c not in dec], common_mode_ms=0.1, max_move_km=900.0,
-                       near="lm01", distance_km=480.0, fix=fix, reasons=["20 of 60 landmarks changed"])
+    return ShiftResult(
+        outcome="moved",
+        p_value=1e-12,
+        compared=60,
+        changed=changed,
+        decreased=dec,
+        increased=[c for c in changed if c not in dec],
+        common_mode_ms=0.1,
+        max_move_km=900.0,
+        near="lm01",
+        distance_km=480.0,
+        fix=fix,
+        reasons=["20 of 60 landmarks changed"],
+    )
 
 
 def quiet() -> ShiftResult:
-    return ShiftResult(outcome="not_moved", p_value=0.5, compared=60, changed=[], decreased=[], increased=[],
-                       common_mode_ms=0.0, max_move_km=90.0, near="lm07", distance_km=None, fix=None,
-                       reasons=["still near lm07: moved at most 90 km"])
+    return ShiftResult(
+        outcome="not_moved",
+        p_value=0.5,
+        compared=60,
+        changed=[],
+        decreased=[],
+        increased=[],
+        common_mode_ms=0.0,
+        max_move_km=90.0,
+        near="lm07",
+        distance_km=None,
+        fix=None,
+        reasons=["still near lm07: moved at most 90 km"],
+    )
 
 
 def fusion(allowed: str = "DE", **kw: object) -> Fusion:
@@ -132,7 +155,9 @@ def test_independent_signal_corroborates_a_single_outside_fix() -> None:
 
 def test_decisive_signal_alone_raises_then_clears_a_suspicion() -> None:
     f = fusion()
-    ts = run(f, [Observation(quiet(), anomalies=[Anomaly("gce_maintenance", 1.0, "MIGRATE_ON_HOST_MAINTENANCE")])])
+    ts = run(
+        f, [Observation(quiet(), anomalies=[Anomaly("gce_maintenance", 1.0, "MIGRATE_ON_HOST_MAINTENANCE")])]
+    )
     assert [t.to for t in ts] == [State.SUSPECT] and ts[0].data["signals"] == ["gce_maintenance"]
     ts = run(f, [Observation(quiet()) for _ in range(3)])
     assert [t.to for t in ts] == [State.NORMAL]
@@ -140,7 +165,9 @@ def test_decisive_signal_alone_raises_then_clears_a_suspicion() -> None:
 
 def test_weak_signal_never_raises_a_suspicion() -> None:
     f = fusion()
-    assert run(f, [Observation(quiet(), anomalies=[Anomaly("steal", 9.0, "steal 40%", decisive=False)])]) == []
+    assert (
+        run(f, [Observation(quiet(), anomalies=[Anomaly("steal", 9.0, "steal 40%", decisive=False)])]) == []
+    )
 
 
 def test_confirmed_settles_after_quiet_rounds_and_a_second_move_opens_a_new_episode() -> None:
@@ -152,3 +179,58 @@ def test_confirmed_settles_after_quiet_rounds_and_a_second_move_opens_a_new_epis
     ts = run(f, [Observation(moved(FRANKFURT)), Observation(moved(FRANKFURT))])
     (c,) = confirmed(ts)
     assert c.data["from"] == "FR" and c.data["to"] == "DE" and c.data["crossing"] is False
+
+
+def test_calibrated_outside_needs_rtt_decreases() -> None:
+    f = fusion(basis="calibrated", min_probability=0.95)
+    ts = run(f, [Observation(moved(STRASBOURG_WIDE, decreased=[])) for _ in range(8)])
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is False
+    assert any("could be added delay" in r for r in c.reasons)
+
+
+def test_a_move_between_two_places_outside_is_no_new_crossing() -> None:
+    f = fusion()
+    f.rebaseline(PARIS)  # the VM already stood outside DE
+    (c,) = confirmed(run(f, [Observation(moved(MADRID)), Observation(moved(MADRID))]))
+    assert c.data["crossing"] is False and c.data["from"] == "FR"
+    assert any("no new crossing" in r for r in c.reasons)
+
+
+def unsure(fix: Fix) -> ShiftResult:
+    return ShiftResult(
+        outcome="unsure",
+        p_value=1e-9,
+        compared=60,
+        changed=CHANGED,
+        decreased=[],
+        increased=CHANGED,
+        common_mode_ms=2.0,
+        max_move_km=900.0,
+        near="lm01",
+        distance_km=80.0,
+        fix=fix,
+        reasons=["20 of 60 landmarks changed beyond noise, but RTT fell to only 0"],
+    )
+
+
+def test_persistent_rises_suspect_then_confirm_an_unknown_crossing() -> None:
+    f = fusion()
+    ts = run(f, [Observation(unsure(FRANKFURT)) for _ in range(2)])
+    assert ts == [] and f.fast  # unsure: probe faster, say nothing yet
+    ts = run(f, [Observation(unsure(FRANKFURT))])
+    assert [t.to for t in ts] == [State.SUSPECT] and "without RTT falling" in ts[0].reasons[0]
+    ts = run(f, [Observation(unsure(PARIS)) for _ in range(5)])
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is None and "cannot be placed" in c.reasons[0]
+    assert run(f, [Observation(quiet()) for _ in range(3)])[-1].to == State.SETTLED
+
+
+def test_a_passing_load_spike_clears() -> None:
+    f = fusion()
+    ts = run(
+        f,
+        [Observation(unsure(FRANKFURT)), Observation(quiet()), Observation(unsure(FRANKFURT))]
+        + [Observation(quiet()) for _ in range(5)],
+    )
+    assert ts == [] and not f.fast

@@ -24,7 +24,9 @@ def test_fix_round_trip(tmp_path: Path) -> None:
     with WatchStore(tmp_path / "s.sqlite") as st:
         assert st.last_fix() is None
         st.record_fix(make_fix(50.1, 8.7, countries=[("DE", 0.98)]), {"a": 1.5, "b": 7.25}, source="check")
-        st.record_fix(make_fix(48.9, 2.3, countries=[("FR", 0.9)], certified="FR"), {"a": 9.0}, source="watch")
+        st.record_fix(
+            make_fix(48.9, 2.3, countries=[("FR", 0.9)], certified="FR"), {"a": 9.0}, source="watch"
+        )
         last = st.last_fix()
         assert last is not None and last.certified == "FR" and last.rtts == {"a": 9.0}
         chk = st.last_fix("check")
@@ -78,8 +80,10 @@ def test_store_survives_kill_9_with_no_half_recorded_fix(tmp_path: Path) -> None
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     fixes = conn.execute("SELECT COUNT(*) FROM watch_fixes").fetchone()[0]
-    orphans = conn.execute("SELECT COUNT(*) FROM watch_fixes f LEFT JOIN watch_fingerprints p "
-                           "ON p.fix_id = f.id WHERE p.fix_id IS NULL").fetchone()[0]
+    orphans = conn.execute(
+        "SELECT COUNT(*) FROM watch_fixes f LEFT JOIN watch_fingerprints p "
+        "ON p.fix_id = f.id WHERE p.fix_id IS NULL"
+    ).fetchone()[0]
     conn.close()
     assert fixes >= 20
     assert orphans == 0

@@ -14,12 +14,15 @@ from shapely.geometry import mapping
 from geoprobe.geo.fix import CountryShare, Fix
 from geoprobe.geo.sphere import cap_polygon, haversine_km
 
-LANDMARKS = [(f"lm{i:02d}", float(lat), float(lon))
-             for i, (lat, lon) in enumerate((la, lo) for la in range(38, 62, 4) for lo in range(-8, 30, 4))]
+LANDMARKS = [
+    (f"lm{i:02d}", float(lat), float(lon))
+    for i, (lat, lon) in enumerate((la, lo) for la in range(38, 62, 4) for lo in range(-8, 30, 4))
+]
 
 
-def rtts_at(lat: float, lon: float, rng: np.random.Generator, *, jitter: float = 0.1,
-            added: float = 0.0) -> dict[str, float]:
+def rtts_at(
+    lat: float, lon: float, rng: np.random.Generator, *, jitter: float = 0.1, added: float = 0.0
+) -> dict[str, float]:
     out = {}
     for lid, llat, llon in LANDMARKS:
         d = float(haversine_km(lat, lon, llat, llon))
@@ -45,10 +48,24 @@ class CapRegion:
         return dict(mapping(self.geometry))
 
 
-def make_fix(lat: float, lon: float, radius_km: float = 150.0, countries: list[tuple[str, float]] | None = None,
-             certified: str | None = None, bound: str = "calibrated") -> Fix:
+def make_fix(
+    lat: float,
+    lon: float,
+    radius_km: float = 150.0,
+    countries: list[tuple[str, float]] | None = None,
+    certified: str | None = None,
+    bound: str = "calibrated",
+) -> Fix:
     region = CapRegion(lat, lon, radius_km)
     shares = [CountryShare(c, p, p) for c, p in (countries or [])]
-    return Fix(lat=lat, lon=lon, error_radius_km=radius_km / 2, bound=bound,  # type: ignore[arg-type]
-               countries=shares, certified=certified, region=region, sound_region=region,
-               landmarks_used=[lid for lid, _, _ in LANDMARKS])
+    return Fix(
+        lat=lat,
+        lon=lon,
+        error_radius_km=radius_km / 2,
+        bound=bound,  # type: ignore[arg-type]
+        countries=shares,
+        certified=certified,
+        region=region,
+        sound_region=region,
+        landmarks_used=[lid for lid, _, _ in LANDMARKS],
+    )

@@ -21,14 +21,19 @@ Signals (constructors take keyword settings with sensible defaults):
   ``update(measurements)`` (uses ``Measurement.clock_offsets_ms``); ``sample()`` reports the
   current common shift against the per-landmark baselines, anomalous on a sustained step >= 20 ms.
 * ``clock.NtpClockSignal(servers=["host[:port]", ...])`` -- the same test against SNTP servers;
-  ``sample()`` queries them (blocks up to ``timeout`` per server: call it off the event loop).
-* ``gaps.GapSignal()`` -- background; execution gaps and auto-converge throttling.
-* ``writes.WriteLatencySignal()`` -- background; first-write latency over a 16,384-page buffer.
+  ``sample()`` queries them in parallel (blocks up to ``timeout``: call it off the event loop).
+* ``gaps.GapSignal(period_s=0.001, realtime=False)`` -- background (a child process); execution
+  gaps and auto-converge throttling, episodes held for ``hold_s`` so a 60 s round misses none.
+* ``writes.WriteLatencySignal(pages=16384, interval_s=0.1)`` -- background (a thread);
+  first-write latency, spikes at pre-copy's dirty syncs.
 * ``steal.StealSignal()`` -- steal time share from /proc/stat; ``decisive=False`` always.
-* ``fingerprint.FingerprintSignal(baseline=None)`` -- host fingerprint; ``fingerprint.take()``
+* ``fingerprint.FingerprintSignal(baseline=None)`` -- host fingerprint, passive unless
+  ``active_arp=True`` or ``hop_targets`` are given; ``rebaseline()`` after a confirmed move;
+  ``fingerprint.take()``
   returns a ``HostFingerprint`` (``to_json``/``from_json`` for the state store) and
   ``fingerprint.compare(old, new)`` says which fields changed.
-* ``geoprobe.watch.cloud.CloudNotices(providers=[...])`` -- maintenance notices (GCE, Azure, AWS);
+* ``geoprobe.watch.cloud.CloudNotices(sources=None)`` -- maintenance notices (GCE, Azure, AWS;
+  ``sources`` defaults to all three at their real addresses);
   ``poll()`` returns ``Notice`` objects, ``sample()`` a Reading; background ``start()/stop()``
   for the GCE long poll. Notices are triggers to measure, never evidence of location.
 

@@ -25,6 +25,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from geoprobe.measurement import Measurement
@@ -213,16 +214,21 @@ class NtpClockSignal:
         self.errors: dict[str, str] = {}
 
     def poll(self) -> list[OffsetSample]:
-        out: list[OffsetSample] = []
-        self.errors = {}
-        for server in self.servers:
+        """Query every server at once, so one silent server costs one timeout, not one each."""
+
+        def one(server: str) -> OffsetSample | str:
             try:
                 r = ntp.query(server, timeout=self.timeout)
             except ntp.NtpError as exc:
-                self.errors[server] = str(exc)
-                continue
-            out.append(OffsetSample(server, r.offset_ms, r.delay_ms))
-        return out
+                return str(exc)
+            return OffsetSample(server, r.offset_ms, r.delay_ms)
+
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(self.servers)))) as pool:
+            results = list(pool.map(one, self.servers))
+        self.errors = {
+            srv: res for srv, res in zip(self.servers, results, strict=True) if isinstance(res, str)
+        }
+        return [res for res in results if isinstance(res, OffsetSample)]
 
     def sample(self) -> Reading:
         if not self.servers:

@@ -89,9 +89,26 @@ def compare(old: HostFingerprint, new: HostFingerprint) -> dict[str, tuple[str |
         if not f.compare or f.name == "taken":
             continue
         a, b = getattr(old, f.name), getattr(new, f.name)
-        if a is not None and b is not None and a != b:
-            out[f.name] = (a, b)
+        if a is None or b is None or a == b:
+            continue
+        if f.name == "hops" and _same_hops(a, b):
+            continue
+        out[f.name] = (a, b)
     return out
+
+
+def _same_hops(a: str, b: str) -> bool:
+    """Routes agree when every hop both saw is the same: a silent hop (``*``) is no change."""
+
+    def parse(s: str) -> dict[str, list[str]]:
+        return {t: h.split(",") for t, _, h in (part.rpartition(":") for part in s.split(";"))}
+
+    pa, pb = parse(a), parse(b)
+    for target in pa.keys() & pb.keys():
+        for x, y in zip(pa[target], pb[target]):
+            if "*" not in (x, y) and x != y:
+                return False
+    return True
 
 
 # -- readers (each takes the root of the filesystem, so tests can build one) ------------------

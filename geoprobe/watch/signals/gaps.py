@@ -11,6 +11,8 @@ The loop sleeps ``period_s`` (default 1 ms) between two reads of ``CLOCK_MONOTON
 the excess of one iteration over the sleep. Its duty cycle is small (the thread is asleep >95 %
 of the time; see ``detail["cpu_share"]``). By default it runs in a child process: a Python thread
 would see the GIL held by the daemon's own work as gaps of up to ``sys.getswitchinterval()``.
+A busy guest adds random stalls of its own; ``realtime=True`` (root) runs the child under
+SCHED_FIFO so that only stops of the whole vCPU remain.
 The child writes one line per gap (``start_ns length_ns``) and a heartbeat with its CPU time.
 """
 
@@ -72,31 +74,38 @@ def find_throttle(
     min_count: int = 5,
     tolerance: float = 0.35,
     min_regularity: float = 0.6,
+    length_tolerance: float = 0.5,
+    min_length_regularity: float = 0.5,
 ) -> Throttle | None:
-    """Is there a run of gaps separated by ~``slice_ms`` of run time, with similar lengths?
+    """Is there a train of gaps separated by ~``slice_ms`` of run time, with similar lengths?
 
-    Run intervals (from one gap's end to the next gap's start) must have a median within a factor
-    of two of ``slice_ms`` and most of them must lie within ``tolerance`` of that median; the gaps
-    themselves must be of similar length. The loop's own granularity (~1 ms) is in the tolerance.
+    A busy guest adds short, random stalls of its own between the throttle's gaps, so the test is
+    repeated on the gaps above a few length thresholds (the quartiles of the observed lengths),
+    shortest first. For each, the run intervals between successive gaps must have a median within
+    a factor of two of ``slice_ms`` and most of them must lie within ``tolerance`` of it; the gaps
+    must be of similar length. The loop's own granularity (~1 ms) is in the tolerance.
     """
     if len(gaps) < min_count:
         return None
-    gs = sorted(gaps, key=lambda g: g.start)
-    runs = [(b.start - a.end) * 1000 for a, b in itertools.pairwise(gs)]
-    runs = [r for r in runs if r > 0]
-    if len(runs) < min_count - 1:
-        return None
-    run_med = statistics.median(runs)
-    if not slice_ms / 2 <= run_med <= slice_ms * 2:
-        return None
-    tol = max(tolerance * run_med, 1.5)
-    regular = sum(1 for r in runs if abs(r - run_med) <= tol) / len(runs)
-    lengths = [g.length_ms for g in gs]
-    len_med = statistics.median(lengths)
-    len_regular = sum(1 for x in lengths if abs(x - len_med) <= max(tolerance * len_med, 1.5)) / len(lengths)
-    if regular < min_regularity or len_regular < min_regularity:
-        return None
-    return Throttle(len_med / (len_med + run_med), run_med, len_med, len(gs), min(regular, len_regular))
+    ordered = sorted(gaps, key=lambda g: g.start)
+    lengths = sorted({round(g.length_ms, 1) for g in ordered})
+    thresholds = sorted({lengths[int(q * (len(lengths) - 1))] for q in (0.0, 0.25, 0.5, 0.75)})
+    for threshold in thresholds:
+        big = [g for g in ordered if g.length_ms >= threshold - 1e-9]
+        runs = [r for r in ((b.start - a.end) * 1000 for a, b in itertools.pairwise(big)) if r > 0]
+        if len(big) < min_count or len(runs) < min_count - 1:
+            continue
+        run_med = statistics.median(runs)
+        if not slice_ms / 2 <= run_med <= slice_ms * 2:
+            continue
+        tol = max(tolerance * run_med, 1.5)
+        regular = sum(1 for r in runs if abs(r - run_med) <= tol) / len(runs)
+        len_med = statistics.median(g.length_ms for g in big)
+        len_tol = max(length_tolerance * len_med, 1.5)
+        len_regular = sum(1 for g in big if abs(g.length_ms - len_med) <= len_tol) / len(big)
+        if regular >= min_regularity and len_regular >= min_length_regularity:
+            return Throttle(len_med / (len_med + run_med), run_med, len_med, len(big), regular)
+    return None
 
 
 def run_loop(
@@ -128,6 +137,17 @@ def run_loop(
             next_beat = now + int(beat_s * 1e9)
 
 
+def _make_realtime(pid: int) -> bool:
+    """SCHED_FIFO at the lowest priority: the sampler then sees only stops of the whole vCPU
+    (the hypervisor's), not the guest's own load. It sleeps >95 % of the time, so it starves no one.
+    """
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 class GapSignal:
     """Execution gaps and auto-converge throttling (background; ``start()``/``stop()``)."""
 
@@ -143,6 +163,8 @@ class GapSignal:
         window_s: float = 10.0,
         mode: str = "process",
         slice_ms: float = QEMU_THROTTLE_SLICE_MS,
+        realtime: bool = False,
+        hold_s: float = 120.0,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError(f"mode must be 'process' or 'thread', not {mode!r}")
@@ -153,6 +175,10 @@ class GapSignal:
         self.window_s = window_s
         self.mode = mode
         self.slice_ms = slice_ms
+        self.realtime = realtime
+        self.realtime_applied = False
+        self.hold_s = hold_s
+        self._episodes: deque[tuple[float, Throttle]] = deque(maxlen=1000)  # (monotonic, throttle)
         self._gaps: deque[Gap] = deque(maxlen=100_000)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -169,6 +195,7 @@ class GapSignal:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._error = ""
         self._started = time.monotonic()
         if self.mode == "thread":
             target: Callable[[], None] = self._run_thread
@@ -192,6 +219,8 @@ class GapSignal:
             except OSError as exc:
                 self._error = f"cannot start the gap sampler: {exc}"
                 return
+            if self.realtime:
+                self.realtime_applied = _make_realtime(self.proc.pid)
             target = self._read_child
         self._thread = threading.Thread(target=target, name="gap-sampler", daemon=True)
         self._thread.start()
@@ -217,7 +246,13 @@ class GapSignal:
             self._gaps.append(Gap(start_ns / 1e9, excess_ns / 1e6))
 
     def _set_beat(self, n: int, cpu: int, wall: int) -> None:
+        """Every heartbeat (1 s), look for throttling, so that an episode between two of the
+        daemon's rounds is kept for ``hold_s`` rather than missed."""
         self._beat = (n, cpu, wall)
+        throttle = find_throttle(self.gaps(), slice_ms=self.slice_ms)
+        if throttle is not None:
+            with self._lock:
+                self._episodes.append((time.monotonic(), throttle))
 
     def _run_thread(self) -> None:
         run_loop(self._stop.is_set, self._add_gap, self._set_beat, self.period_s, self.min_gap_ms)
@@ -260,6 +295,10 @@ class GapSignal:
         z, base, _ = robust_z(share, list(self._history), floor=0.5)
         self._history.append(share)
         throttle = find_throttle(gaps, slice_ms=self.slice_ms)
+        with self._lock:
+            held = [(t, th) for t, th in self._episodes if t >= now - self.hold_s]
+        if throttle is None and held:
+            throttle = max(held, key=lambda e: e[1].share)[1]
         big = [g for g in gaps if g.length_ms >= self.report_gap_ms]
         detail: dict[str, object] = {
             "window_s": round(span, 3),
@@ -267,12 +306,15 @@ class GapSignal:
             f"gaps_over_{self.report_gap_ms:g}ms": len(big),
             "max_gap_ms": round(max((g.length_ms for g in gaps), default=0.0), 3),
             "throttle": throttle.to_json() if throttle else None,
+            "throttle_seconds_ago": round(now - held[-1][0], 1) if held else None,
         }
         if self._beat is not None:
             n, cpu, wall = self._beat
             if wall > 0:
                 detail["loop_rate_hz"] = round(n / (wall / 1e9), 1)
                 detail["cpu_share"] = round(cpu / wall, 4)
+        if self.realtime:
+            detail["realtime"] = self.realtime_applied
         reason = ""
         if throttle:
             reason = (
@@ -292,7 +334,7 @@ class GapSignal:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """The child process: gap lines and heartbeats on stdout until stdin/stdout closes or SIGTERM."""
+    """The child process: gap lines and heartbeats on stdout until the reader goes away or SIGTERM."""
     ap = argparse.ArgumentParser(prog="python -m geoprobe.watch.signals.gaps")
     ap.add_argument("--period", type=float, default=0.001)
     ap.add_argument("--min-gap-ms", type=float, default=1.5)
@@ -300,30 +342,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     broken = False
 
-    def gap(start: int, excess: int) -> None:
+    def emit(line: str) -> None:
         nonlocal broken
         try:
-            out.write(f"g {start} {excess}\n")
+            out.write(line)
             out.flush()
-        except (BrokenPipeError, ValueError):
-            broken = True
-
-    def beat(n: int, cpu: int, wall: int) -> None:
-        gap_free = f"b {n} {cpu} {wall}\n"
-        nonlocal broken
-        try:
-            out.write(gap_free)
-            out.flush()
-        except (BrokenPipeError, ValueError):
+        except (BrokenPipeError, ValueError):  # the daemon died: stop within a heartbeat
             broken = True
 
     try:
-        run_loop(lambda: broken, gap, beat, args.period, args.min_gap_ms)
+        run_loop(
+            lambda: broken,
+            lambda start, excess: emit(f"g {start} {excess}\n"),
+            lambda n, cpu, wall: emit(f"b {n} {cpu} {wall}\n"),
+            args.period,
+            args.min_gap_ms,
+        )
     except KeyboardInterrupt:
-        pass
-    try:
-        os.close(out.fileno())
-    except OSError:
         pass
     return 0
 

@@ -225,3 +225,23 @@ def test_landmark_clock_step_seen_through_signed_echoes(loop: asyncio.AbstractEv
             loop.call_soon_threadsafe(tr.close)
     assert r.anomalous, r
     assert 40 < r.detail["step_ms"] < 60
+
+
+def test_ntp_a_silent_server_is_reported_and_the_others_still_count() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, ntp.SntpServer("127.0.0.1") as good:
+        silent.bind(("127.0.0.1", 0))
+        bad = f"127.0.0.1:{silent.getsockname()[1]}"
+        r = NtpClockSignal([good.address, bad], timeout=0.5).sample()
+    assert r.available and set(r.detail["errors"]) == {bad}
+    assert ntp.parse_server("[::1]:1234") == ("::1", 1234) and ntp.parse_server("pool.example") == (
+        "pool.example",
+        123,
+    )
+
+
+def test_ntp_rejects_an_unsynchronised_server() -> None:
+    # stratum 0: a kiss-o'-death or an unsynchronised server
+    with ntp.SntpServer("127.0.0.1", stratum=0) as kod, pytest.raises(ntp.NtpError, match="unsynchronised"):
+        ntp.query(kod.address, timeout=2)

@@ -196,3 +196,10 @@ def test_active_arp_and_first_hops_inside_namespaces(namespaces: dict[str, str])
     c = namespaces["c"]
     assert _in(c, "arp") == "02:00:00:00:0a:01"
     assert _in(c, "hops") == ["198.51.100.1", "203.0.113.2"]
+
+
+def test_a_silent_hop_is_not_a_route_change() -> None:
+    a = HostFingerprint(hops="203.0.113.2:198.51.100.1,203.0.113.2")
+    assert compare(a, HostFingerprint(hops="203.0.113.2:*,203.0.113.2")) == {}
+    moved = HostFingerprint(hops="203.0.113.2:198.51.100.9,203.0.113.2")
+    assert set(compare(a, moved)) == {"hops"}

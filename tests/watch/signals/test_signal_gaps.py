@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,9 +52,38 @@ def test_irregular_gaps_are_not_throttling() -> None:
     assert find_throttle(_pattern(200.0, 5.0, 50)) is None
 
 
+ROOT = os.geteuid() == 0
+
+THROTTLER = """
+import os, signal, sys, time
+pid, stop_s, run_s, dur = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+end = time.monotonic() + dur
+while time.monotonic() < end:
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(stop_s)
+    os.kill(pid, signal.SIGCONT)
+    time.sleep(run_s)
+"""
+
+
+def _throttle(pid: int, stop_s: float, run_s: float, duration: float) -> None:
+    """Stop and continue ``pid`` like a vCPU throttle, from a helper process (real-time when root,
+    so that the emulation stays regular on a loaded box)."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", THROTTLER, str(pid), str(stop_s), str(run_s), str(duration)]
+    )
+    if ROOT:
+        try:
+            os.sched_setscheduler(helper.pid, os.SCHED_FIFO, os.sched_param(2))
+        except OSError:
+            pass
+    assert helper.wait(duration + 30) == 0
+    os.kill(pid, signal.SIGCONT)
+
+
 @pytest.fixture
 def sampler() -> Iterator[GapSignal]:
-    g = GapSignal(window_s=5.0)
+    g = GapSignal(window_s=5.0, realtime=ROOT)
     g.start()
     try:
         yield g
@@ -85,12 +117,7 @@ def test_a_100ms_stop_is_seen_and_is_not_throttling(sampler: GapSignal) -> None:
 
 def test_stop_go_every_10ms_is_seen_as_throttling(sampler: GapSignal) -> None:
     pid = _wait_running(sampler)
-    end = time.monotonic() + 2.5
-    while time.monotonic() < end:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.015)
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.010)
+    _throttle(pid, 0.015, 0.010, 2.5)
     r = sampler.sample()
     assert r.anomalous, r.detail
     th = r.detail["throttle"]
@@ -127,3 +154,39 @@ def test_thread_mode_runs_and_stops() -> None:
         g.stop()
     with pytest.raises(ValueError):
         GapSignal(mode="fork")
+
+
+def test_the_sampler_child_exits_when_the_daemon_dies() -> None:
+    code = (
+        "from geoprobe.watch.signals.gaps import GapSignal; import time\n"
+        "g = GapSignal(); g.start(); print(g.proc.pid, flush=True); time.sleep(60)"
+    )
+    daemon = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    child = int(daemon.stdout.readline())
+    daemon.kill()
+    daemon.wait()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except OSError:
+            break  # gone
+        if state == "Z":
+            break  # exited, waiting to be reaped by init
+        assert time.monotonic() < deadline, "gap sampler outlived its daemon"
+        time.sleep(0.1)
+
+
+def test_a_throttle_episode_between_two_rounds_is_held() -> None:
+    g = GapSignal(window_s=1.5, hold_s=600.0, realtime=ROOT)
+    g.start()
+    try:
+        pid = _wait_running(g)
+        _throttle(pid, 0.015, 0.010, 3.0)
+        time.sleep(2.5)  # the window has moved past the episode; the heartbeat scan kept it
+        r = g.sample()
+    finally:
+        g.stop()
+    assert r.anomalous, r.detail
+    assert r.detail["throttle_seconds_ago"] is not None and r.detail["throttle_seconds_ago"] > 0

@@ -1,0 +1,301 @@
+"""`geoprobe check`: the Nagios plugin's exit codes, status line and cron mode, from replayed RTTs."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoprobe.cli import main
+from geoprobe.cli.env import Environment
+from geoprobe.geo.countries import default_index
+from geoprobe.geo.sphere import haversine_km
+from geoprobe.landmarks import Catalogue, Landmark
+from geoprobe.measurement import Measurement, save_measurements
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "watch"))
+from watch_world import LANDMARKS, rtts_at
+
+FRANKFURT = (50.11, 8.68)
+MADRID = (40.42, -3.70)
+BERLIN = (52.52, 13.40)
+STRASBOURG = (48.58, 7.75)
+PERF = re.compile(r"^GEOPROBE (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| (\S+=\S+ ?)+)?$")
+
+
+@pytest.fixture(scope="module")
+def catalogue_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    idx = default_index()
+    lms = [
+        Landmark(id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7)
+        for lid, lat, lon in LANDMARKS
+    ]
+    rtts = [
+        (a, b, 1.5 * float(haversine_km(alat, alon, blat, blon)) / 100 + 0.8)
+        for a, alat, alon in LANDMARKS
+        for b, blat, blon in LANDMARKS
+        if a < b
+    ]
+    p = tmp_path_factory.mktemp("cat") / "catalogue.json"
+    Catalogue(landmarks=lms, rtts=rtts, name="synthetic-europe").save(p)
+    return p
+
+
+def replay(tmp: Path, at: tuple[float, float], seed: int = 0, keep: int | None = None) -> Path:
+    r = rtts_at(*at, np.random.default_rng(seed))
+    ms = [Measurement(landmark_id=k, method="udp", rtts_ms=[v], sent=1) for k, v in r.items()]
+    ms = ms[:keep] if keep is not None else ms
+    p = tmp / f"m-{at[0]}-{at[1]}-{seed}-{keep}.json"
+    save_measurements(p, ms)
+    return p
+
+
+def check(tmp: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    env = Environment(stdout=out, stderr=io.StringIO(), state_dir=tmp / "default-state")
+    code = main(["check", *args], env=env)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and PERF.match(text.strip()), text
+    return code, text.strip()
+
+
+def test_inside_the_allowed_country_is_ok(catalogue_file: Path, tmp_path: Path) -> None:
+    code, line = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--allow",
+        "DE",
+        "--replay",
+        str(replay(tmp_path, FRANKFURT)),
+    )
+    assert code == 0 and line.startswith("GEOPROBE OK - DE (p=")
+    perf = dict(kv.split("=", 1) for kv in line.split(" | ")[1].split())
+    assert perf["p_allowed"].endswith(";0.9:;0.1:;0;1")
+    assert float(perf["p_allowed"].split(";")[0]) >= 0.9
+    assert perf["landmarks"].startswith(f"{len(LANDMARKS)};3:")
+
+
+def test_confidently_outside_is_critical(catalogue_file: Path, tmp_path: Path) -> None:
+    code, line = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--allow",
+        "DE,AT",
+        "--replay",
+        str(replay(tmp_path, MADRID)),
+    )
+    assert code == 2 and line.startswith("GEOPROBE CRITICAL - outside AT,DE")
+
+
+def test_groups_expand(catalogue_file: Path, tmp_path: Path) -> None:
+    code, _ = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--allow",
+        "EU",
+        "--replay",
+        str(replay(tmp_path, MADRID)),
+    )
+    assert code == 0
+
+
+def test_straddling_the_border_is_a_warning(catalogue_file: Path, tmp_path: Path) -> None:
+    code, line = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--allow",
+        "DE",
+        "--replay",
+        str(replay(tmp_path, STRASBOURG)),
+    )
+    assert code == 1 and "straddles the border" in line
+
+
+def test_too_few_landmarks_is_a_warning(catalogue_file: Path, tmp_path: Path) -> None:
+    code, line = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--allow",
+        "DE",
+        "--min-landmarks",
+        "5",
+        "--replay",
+        str(replay(tmp_path, FRANKFURT, keep=4)),
+    )
+    assert code == 1 and "only 4 landmarks answered (need 5)" in line
+
+
+def test_policy_gives_the_allowed_set_and_thresholds(catalogue_file: Path, tmp_path: Path) -> None:
+    pol = tmp_path / "policy.toml"
+    pol.write_text('[jurisdiction]\nallow = ["ES", "PT"]\n\n[confidence]\nmin_probability = 0.8\n')
+    code, line = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--policy",
+        str(pol),
+        "--replay",
+        str(replay(tmp_path, MADRID)),
+    )
+    assert code == 0 and ";0.8:;0.2:;0;1" in line
+    code, _ = check(
+        tmp_path,
+        "--landmarks",
+        str(catalogue_file),
+        "--policy",
+        str(pol),
+        "--replay",
+        str(replay(tmp_path, FRANKFURT)),
+    )
+    assert code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--allow"],  # option without its value
+        ["--allow", "DE", "--no-such-option"],
+        ["--allow", "DE", "--samples", "zero"],
+    ],
+)
+def test_usage_errors_are_unknown_not_critical(tmp_path: Path, args: list[str]) -> None:
+    code, line = check(tmp_path, *args)
+    assert code == 3 and line.startswith("GEOPROBE UNKNOWN - usage:")
+
+
+def test_bad_input_is_unknown(catalogue_file: Path, tmp_path: Path) -> None:
+    m = str(replay(tmp_path, FRANKFURT))
+    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--replay", m)
+    assert code == 3 and "--allow" in line
+    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--allow", "XX,DE", "--replay", m)
+    assert code == 3 and "XX" in line
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[jurisdiction]\nallow = 7\n")
+    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--policy", str(bad), "--replay", m)
+    assert code == 3 and "bad.toml" in line
+    code, line = check(
+        tmp_path, "--landmarks", str(tmp_path / "missing.json"), "--allow", "DE", "--replay", m
+    )
+    assert code == 3 and "missing.json" in line
+    silent = tmp_path / "silent.json"
+    save_measurements(silent, [Measurement(landmark_id="lm01", method="udp", sent=3, failure="timeout")])
+    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--allow", "DE", "--replay", str(silent))
+    assert code == 3 and "no landmark answered" in line
+
+
+def test_cron_mode_reports_a_migration_since_the_last_run(catalogue_file: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    base = ["--landmarks", str(catalogue_file), "--allow", "DE", "--state", str(state)]
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, FRANKFURT, 1)))
+    assert code == 0 and "moved_km=" not in line  # first run: nothing to compare with
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, FRANKFURT, 2)))
+    assert code == 0 and "migrated" not in line
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, BERLIN, 3)))
+    assert code == 1 and re.search(r"migrated \d+ km from DE to DE since .*\(no crossing\)", line)
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 4)))
+    assert code == 2 and re.search(r"migrated \d+ km from DE to (ES|unknown) since", line)
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 5)))
+    assert code == 2 and "migrated" not in line  # still outside; the move was reported once
+
+    from geoprobe.store import default_path
+    from geoprobe.watch.state import WatchStore
+
+    with WatchStore(default_path(state)) as st:
+        assert st.count_fixes() == 5
+        assert [e["data"]["crossing"] for e in st.events()] == [False, True]
+
+
+@pytest.mark.slow
+def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
+    """Real probing: OK at Frankfurt, then CRITICAL with the migration after the testbed moves to Madrid."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(
+        os.environ, GEOPROBE_RUNTIME_DIR=str(tmp_path / "run"), GEOPROBE_STATE_DIR=str(tmp_path / "st")
+    )
+    cat = tmp_path / "catalogue.json"
+    tb = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "testbed",
+            "run",
+            "--at-server",
+            "Frankfurt",
+            "--catalogue",
+            str(cat),
+            "--name",
+            "check-test",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not cat.exists():
+            assert time.monotonic() < deadline and tb.poll() is None, "testbed did not start"
+            time.sleep(0.2)
+
+        def run_check() -> tuple[int, str]:
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "geoprobe",
+                    "check",
+                    "--landmarks",
+                    str(cat),
+                    "--allow",
+                    "DE",
+                    "--state",
+                    str(tmp_path / "state"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert p.stderr.count("Traceback") == 0, p.stderr
+            return p.returncode, p.stdout.strip()
+
+        code, line = run_check()
+        assert code == 0 and line.startswith("GEOPROBE OK - DE"), line
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "geoprobe",
+                "testbed",
+                "move",
+                "--to-server",
+                "Madrid",
+                "--name",
+                "check-test",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        code, line = run_check()
+        assert code == 2 and re.search(r"migrated \d+ km from DE to (ES|unknown) since", line), line
+        assert PERF.match(line)
+    finally:
+        tb.send_signal(signal.SIGTERM)
+        tb.wait(30)

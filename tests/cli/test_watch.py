@@ -1,0 +1,183 @@
+"""`geoprobe watch` end to end: a real testbed on loopback, real probing, real processes.
+
+The testbed (built-in world, no dataset needed) places the VM at Frankfurt; the watch runs with
+--allow DE and 1 s rounds. The full-length acceptance run with timings is
+benchmarks/watch_acceptance.py; here the phases are short and the waits generous.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geoprobe import events
+from geoprobe.cli import main
+from geoprobe.cli.env import Environment
+
+
+def geoprobe(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoprobe", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        raise AssertionError(f"did not exit on SIGTERM within {timeout} s: {err}") from None
+    return proc.returncode, err
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    env = dict(
+        os.environ,
+        GEOPROBE_RUNTIME_DIR=str(tmp_path / "run"),
+        GEOPROBE_STATE_DIR=str(tmp_path / "st"),
+        GEOPROBE_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    cat = tmp_path / "catalogue.json"
+    tb = geoprobe(
+        "testbed", "run", "--at-server", "Frankfurt", "--catalogue", str(cat), "--name", "watch-test", env=env
+    )
+    try:
+        wait_for(cat.exists, 60, "the testbed's catalogue")
+        yield cat, env
+    finally:
+        stop(tb)
+
+
+def move(env: dict[str, str], to: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "geoprobe", "testbed", "move", "--to-server", to, "--name", "watch-test"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.slow
+def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
+    testbed: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    cat, env = testbed
+    ev = tmp_path / "events.jsonl"
+    prom = tmp_path / "geoprobe.prom"
+    got = tmp_path / "hook-got.jsonl"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ncat >> {got}\necho >> {got}\n")
+    hook.chmod(0o755)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[jurisdiction]\nallow = ["DE"]\n\n[[on.confirmed_crossing]]\naction = "hook"\n'
+        f'command = ["{hook}"]\n'
+    )
+    watch = geoprobe(
+        "watch",
+        "--landmarks",
+        str(cat),
+        "--policy",
+        str(policy),
+        "--events",
+        str(ev),
+        "--state",
+        str(tmp_path / "state"),
+        "--interval",
+        "1",
+        "--warmup",
+        "4",
+        "--signals",
+        "none",
+        "--metrics",
+        str(prom),
+        env=env,
+    )
+    try:
+        wait_for(
+            lambda: prom.exists() and "geoprobe_watch_rounds_total 8" in prom.read_text(),
+            120,
+            "8 rounds of the watch",
+        )
+        assert {e["type"] for e in read_events(ev)} == {events.FIX}, "no move, no migration event"
+
+        move(env, "Munich")  # ~300 km, same country
+        wait_for(lambda: any(e["type"] == events.CONFIRMED for e in read_events(ev)), 60, "the Munich move")
+        same = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED]
+        assert [d["crossing"] for d in same] == [False] and same[0]["from"] == "DE"
+
+        wait_for(
+            lambda: 'geoprobe_watch_state{state="settled"} 1' in prom.read_text(), 60, "settling in Munich"
+        )
+        moved_at = time.monotonic()
+        move(env, "Madrid")  # ~1,500 km, Spain
+        wait_for(
+            lambda: sum(e["type"] == events.CONFIRMED for e in read_events(ev)) == 2, 60, "the Madrid move"
+        )
+        took = time.monotonic() - moved_at
+        crossing = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED][-1]
+        assert crossing["crossing"] is True
+        assert crossing["from"] == "DE" and crossing["to"] in ("ES", None)
+        assert crossing["distance_km"] > 500
+        print(f"crossing confirmed {took:.1f} s after the move")
+        # The policy's hook got the confirmed crossing (and nothing for the move within Germany).
+        crossing_id = [e["id"] for e in read_events(ev) if e["type"] == events.CONFIRMED][-1]
+        wait_for(lambda: got.exists() and crossing_id in got.read_text(), 30, "the policy hook")
+        hooked = [json.loads(x) for x in got.read_text().splitlines() if x.strip()]
+        assert [h["id"] for h in hooked] == [crossing_id]
+    finally:
+        code, err = stop(watch)
+    assert code == 0, err
+    assert "Traceback" not in err
+    types = [e["type"] for e in read_events(ev)]
+    assert types.count(events.SUSPECTED) == 2 and types.count(events.CONFIRMED) == 2
+
+
+def test_watch_bad_input_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*args: str) -> tuple[int, str]:
+        code = main(
+            ["watch", *args], env=Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
+        )
+        return code, capsys.readouterr().err
+
+    code, err = run("--landmarks", str(tmp_path / "nope.json"), "--allow", "DE")
+    assert code == 3 and err.count("\n") == 1 and "nope.json" in err
+    (tmp_path / "cat.json").write_text('{"format": "geoprobe-catalogue/1", "landmarks": []}')
+    code, err = run("--landmarks", str(tmp_path / "cat.json"))
+    assert code == 3 and "--allow" in err
+    code, err = run("--landmarks", str(tmp_path / "cat.json"), "--allow", "DE", "--signals", "telepathy")
+    assert code == 3 and "telepathy" in err

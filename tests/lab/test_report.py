@@ -1,0 +1,85 @@
+"""The lab's analysis: QMP's timeline against the guest's events, on a hand-made run record."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.lab.__main__ import targets
+from benchmarks.lab.report import analyse, markdown, summarise
+from benchmarks.lab.scenarios import CONFIRMED, SUSPECTED, RunPlan, RunRecord, guest_catalogue
+from benchmarks.lab.sites import Place
+
+A = Place("Frankfurt", "DE", 50.1167, 8.6833)
+B = Place("Madrid", "ES", 40.4, -3.6833)
+
+
+def _ev(name: str, t: float, **data: object) -> dict[str, object]:
+    return {"event": name, "data": data, "qemu_time": t, "received": t}
+
+
+def _cloud(type_: str, **data: object) -> str:
+    return json.dumps({"specversion": "1.0", "type": type_, "data": data})
+
+
+def record(confirm_at: float | None, suspect_at: float | None = None) -> RunRecord:
+    rec = RunRecord(plan=RunPlan("cross", A, B), program="geoprobe", started=1000.0, guest_ready=1060.0,
+                    migrate_cmd=1075.0, ended=1130.0)
+    rec.src_events = [_ev("MIGRATION", 1075.0, status="setup"), _ev("MIGRATION", 1075.01, status="active"),
+                      _ev("STOP", 1077.0), _ev("MIGRATION", 1077.05, status="completed")]
+    rec.dst_events = [_ev("RESUME", 1077.08), _ev("MIGRATION", 1077.08, status="completed")]
+    rec.samples = [{"t": 1076.0, "status": "active", "ram": {"dirty-pages-rate": 2560, "page-size": 4096,
+                                                           "mbps": 1080.0, "dirty-sync-count": 2}},
+                   {"t": 1077.1, "status": "completed", "cpu-throttle-percentage": 20,
+                    "ram": {"dirty-sync-count": 3}}]
+    rec.final = {"status": "completed", "total-time": 2050, "downtime": 48, "setup-time": 4,
+                 "ram": {"dirty-sync-count": 3, "transferred": 120_000_000}}
+    rec.console = [(1010.0, "LAB-READY uptime=4.2"), (1060.0, _cloud("io.geoprobe.location.fix"))]
+    if suspect_at is not None:
+        rec.console.append((suspect_at, _cloud(SUSPECTED)))
+    if confirm_at is not None:
+        rec.console += [(confirm_at, _cloud(CONFIRMED, crossing=True, to="ES", distance_km=1300.0)),
+                        (confirm_at + 0.5, "LAB-HOOK 90.1 {}")]
+        rec.webhooks = [{"site": "B", "received": confirm_at + 0.8, "path": "/geoprobe", "body": "{}"}]
+    return rec
+
+
+def test_times_are_measured_from_the_source_stop_and_precopy_flags_are_found() -> None:
+    row = analyse(record(confirm_at=1081.0, suspect_at=1076.5))
+    m = row["migration"]
+    assert m["guest_pause_ms"] == 80.0  # STOP at the source to RESUME at the destination
+    assert m["qemu_downtime_ms"] == 48 and m["dirty_sync_count"] == 3 and m["max_cpu_throttle_pct"] == 20
+    assert m["max_dirty_rate_mb_s"] == round(2560 * 4096 / 1e6, 1)
+    assert m["median_bandwidth_mb_s"] == 135.0
+    assert row["switchover_to_confirmed_s"] == 4.0
+    assert [f["type"] for f in row["flagged_during_precopy"]] == [SUSPECTED]  # 1076.5 is before STOP
+    assert row["confirmation"]["crossing"] is True and row["confirmation"]["to"] == "ES"
+    assert [w["site"] for w in row["webhooks"]] == ["B"] and len(row["hooks"]) == 1
+    assert row["boot_to_ready_s"] == 60.0
+
+
+def test_targets_report_what_was_missed() -> None:
+    good, slow, silent = (analyse(record(t)) for t in (1080.0, 1090.0, None))
+    assert targets(summarise([good, good])) == []
+    missed = targets(summarise([good, slow, slow]))
+    assert len(missed) == 1 and "median switchover->confirmed 13.0 s" in missed[0]
+    assert targets(summarise([good, slow, slow]), timing=False) == []
+    missed = targets(summarise([good, silent]), timing=False)
+    assert any("1/2 confirmed" in m for m in missed) and any("counter-measures" in m for m in missed)
+    text = markdown(summarise([good, silent]), [good, silent], {"mode": "smoke"})
+    assert "| cross | 2 | 0 | 0 | 2 |" in text and "crossing=True None→ES" in text
+
+
+def test_guest_catalogue_keeps_landmarks_both_sites_serve_nearest_first() -> None:
+    def lm(id_: str, lat: float, lon: float) -> dict[str, object]:
+        return {"id": id_, "lat": lat, "lon": lon}
+
+    cat_a = {"landmarks": [lm("Madrid", 40.4, -3.7), lm("Paris", 48.9, 2.3), lm("Tokyo", 35.7, 139.7),
+                           lm("Vienna", 48.2, 16.4), lm("Lyon", 45.8, 4.8)],
+             "calibration": {"rtts": [["Paris", "Lyon", 6.0], ["Paris", "Vienna", 20.0]]}}
+    cat_b = {"landmarks": [lm("Frankfurt", 50.1, 8.7), lm("Paris", 48.9, 2.3), lm("Tokyo", 35.7, 139.7),
+                           lm("Vienna", 48.2, 16.4), lm("Lyon", 45.8, 4.8)]}
+    out = guest_catalogue(cat_a, cat_b, 2, exclude={"Frankfurt", "Madrid"}, near=A)
+    assert sorted(x["id"] for x in out["landmarks"]) == ["Lyon", "Paris"]  # 560 and 480 km; Vienna 600
+    assert out["calibration"]["rtts"] == [["Paris", "Lyon", 6.0]]
+    every = guest_catalogue(cat_a, cat_b, 0, exclude={"Frankfurt", "Madrid"}, near=A)
+    assert len(every["landmarks"]) == 4  # Madrid is not served at B

@@ -1,0 +1,241 @@
+"""The watch loop with the real engine, state store and metrics, on a synthetic world.
+
+Probing is the one boundary replaced here (by RTTs drawn from the synthetic world); the testbed
+tests in tests/cli/test_watch.py run the same loop over real sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from watch_world import LANDMARKS, rtts_at
+
+from geoprobe import events
+from geoprobe.geo.countries import default_index
+from geoprobe.geo.fix import Fix
+from geoprobe.geo.sphere import haversine_km
+from geoprobe.landmarks import Catalogue, Landmark
+from geoprobe.measurement import Measurement
+from geoprobe.watch.daemon import HookRunner, SignalAdapter, WatchConfig, Watcher
+from geoprobe.watch.fusion import State
+from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.state import WatchStore
+
+FRANKFURT = (50.11, 8.68)
+MADRID = (40.42, -3.70)
+BERLIN = (52.52, 13.40)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    idx = default_index()
+    lms = [
+        Landmark(id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7)
+        for lid, lat, lon in LANDMARKS
+    ]
+    rtts = []
+    for a, alat, alon in LANDMARKS:
+        for b, blat, blon in LANDMARKS:
+            if a < b:
+                rtts.append((a, b, 1.5 * float(haversine_km(alat, alon, blat, blon)) / 100 + 0.8))
+    return Catalogue(landmarks=lms, rtts=rtts, name="synthetic-europe")
+
+
+class World:
+    """Where the VM is now; ``measure`` is the prober's signature."""
+
+    def __init__(self, at: tuple[float, float], seed: int = 0) -> None:
+        self.at = at
+        self.rng = np.random.default_rng(seed)
+
+    def measure(self, landmarks: Sequence[Landmark]) -> list[Measurement]:
+        r = rtts_at(*self.at, self.rng)
+        return [Measurement(landmark_id=lm.id, method="udp", rtts_ms=[r[lm.id]], sent=1) for lm in landmarks]
+
+
+def make_watcher(
+    cat: Catalogue, world: World, tmp: Path, allow: str = "DE", **kw: Any
+) -> tuple[Watcher, list[dict[str, Any]], list[dict[str, Any]]]:
+    from geoprobe.locate import locate_from_catalogue
+
+    emitted: list[dict[str, Any]] = []
+    hooked: list[dict[str, Any]] = []
+
+    def solve(rtts: Any) -> Fix:
+        return locate_from_catalogue(cat, rtts)
+
+    w = Watcher(
+        cat,
+        Jurisdiction.of(allow.split(",")),
+        measure=world.measure,
+        solve=solve,
+        emit=emitted.append,
+        store=WatchStore(tmp / "geoprobe.sqlite"),
+        on_event=hooked.append,
+        metrics_path=tmp / "m.prom",
+        config=WatchConfig(interval_s=1.0, warmup_rounds=3, fix_every=5),
+        **kw,
+    )
+    return w, emitted, hooked
+
+
+def types(evs: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in evs]
+
+
+def test_stationary_watch_emits_fixes_only(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, emitted, hooked = make_watcher(catalogue, World(FRANKFURT), tmp_path)
+    for _ in range(15):
+        w.round()
+    assert set(types(emitted)) == {events.FIX}
+    assert hooked == []
+    assert emitted[0]["data"]["jurisdiction"]["verdict"] == "inside"
+    assert w.fusion.state == State.NORMAL
+    prom = (tmp_path / "m.prom").read_text()
+    assert "geoprobe_watch_rounds_total 15" in prom
+    assert 'geoprobe_watch_state{state="normal"} 1' in prom
+    assert "geoprobe_migrations_suspected_total 0" in prom
+    assert w.store is not None and w.store.count_fixes() >= 3
+
+
+def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, tmp_path: Path) -> None:
+    world = World(FRANKFURT, seed=1)
+    w, emitted, hooked = make_watcher(catalogue, world, tmp_path)
+    for _ in range(5):
+        w.round()
+    world.at = MADRID
+    w.round()
+    assert w.fusion.state == State.SUSPECT and w.interval == w.config.fast
+    w.round()
+    confirmed = [e for e in emitted if e["type"] == events.CONFIRMED]
+    assert len(confirmed) == 1
+    d = confirmed[0]["data"]
+    assert d["crossing"] is True and d["from"] == "DE" and d["to"] in ("ES", None)
+    assert d["distance_km"] > 1000 and "rtt_fingerprint" in d["signals"]
+    assert d["probability"] == 1.0 and d["jurisdiction"]["rule"] in ("sound", "certified")
+    assert types(hooked) == [events.SUSPECTED, events.CONFIRMED]  # the policy hook sees migrations only
+    # The watch re-baselines at the new place (warm-up, probing fast), then settles, with no further events.
+    n = len(emitted)
+    assert w.baseline.rounds == 1  # the confirming round, at the new place
+    while w.warming_up:
+        assert w.interval == w.config.fast
+        w.round()
+    for _ in range(3):
+        w.round()
+    assert w.fusion.state == State.SETTLED and w.interval == w.config.interval_s
+    assert set(types(emitted[n:])) <= {events.FIX}
+    assert w.store is not None
+    assert [t[1] for t in w.store.transitions()] == ["suspect", "confirming", "confirmed", "settled"]
+    assert 'geoprobe_migrations_confirmed_total{crossing="true"} 1' in (tmp_path / "m.prom").read_text()
+
+
+def test_same_country_move_is_no_crossing(catalogue: Catalogue, tmp_path: Path) -> None:
+    world = World(FRANKFURT, seed=2)
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    for _ in range(5):
+        w.round()
+    world.at = BERLIN
+    for _ in range(8):
+        w.round()
+    confirmed = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert confirmed and all(d["crossing"] is False for d in confirmed)
+
+
+def test_restart_keeps_the_baseline_and_sees_a_move_made_while_down(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world = World(FRANKFURT, seed=3)
+    w, _, _ = make_watcher(catalogue, world, tmp_path)
+    for _ in range(5):
+        w.round()
+    assert w.store is not None
+    w.store.close()
+    world.at = MADRID
+    w2, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    assert w2.baseline.rounds >= 3  # no new warm-up at the new place
+    w2.round()
+    w2.round()
+    assert [e["data"]["crossing"] for e in emitted if e["type"] == events.CONFIRMED] == [True]
+
+
+class Broken:
+    name = "broken"
+
+    def poll(self, measurements: Sequence[Measurement], now: float) -> Sequence[Any]:
+        raise RuntimeError("no such device")
+
+
+class StepSignal:
+    """A SIGNALS-style signal (sample() -> Reading) that reports a clock step once."""
+
+    name = "clock_offset"
+    decisive = True
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.updates = 0
+
+    def update(self, measurements: Sequence[Measurement]) -> None:
+        self.updates += 1
+
+    def sample(self) -> Any:
+        from geoprobe.watch.signals.base import Reading
+
+        fire = self.updates == 6 and not self.fired
+        self.fired |= fire
+        return Reading(
+            self.name,
+            value=52.0 if fire else 0.0,
+            baseline=0.0,
+            score=9.0 if fire else 0.0,
+            anomalous=fire,
+            unit="ms",
+            reason="offset stepped +52 ms" if fire else "",
+        )
+
+
+def test_signals_feed_fusion_and_broken_ones_are_ignored(catalogue: Catalogue, tmp_path: Path) -> None:
+    step = StepSignal()
+    w, emitted, _ = make_watcher(
+        catalogue, World(FRANKFURT, seed=4), tmp_path, signals=[Broken(), SignalAdapter(step)]
+    )
+    for _ in range(8):
+        w.round()
+    suspected = [e["data"] for e in emitted if e["type"] == events.SUSPECTED]
+    assert len(suspected) == 1 and suspected[0]["signals"] == ["clock_offset"]
+    assert step.updates == 8
+    assert w.store is not None and w.store.load_baseline("signal:clock_offset") is not None
+
+
+def test_run_stops_on_the_event_and_after_max_rounds(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, _, _ = make_watcher(catalogue, World(FRANKFURT, seed=5), tmp_path)
+    w.run(threading.Event(), max_rounds=2)
+    assert w.counters.rounds == 2
+    stop = threading.Event()
+    stop.set()
+    w.run(stop)
+    assert w.counters.rounds == 2
+
+
+def test_hook_runner_keeps_order_survives_errors_and_queues_clears() -> None:
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def respond(ev: dict[str, Any]) -> None:
+        seen.append(ev["id"])
+        if ev["id"] == "2":
+            raise RuntimeError("webhook down")
+
+    runner = HookRunner(respond, clear=lambda: seen.append("clear"), on_error=errors.append)
+    for i in "123":
+        runner.event({"id": i})
+    runner.cleared()
+    runner.close()
+    assert seen == ["1", "2", "3", "clear"]
+    assert [str(e) for e in errors] == ["webhook down"]
+    assert not runner.thread.is_alive()
