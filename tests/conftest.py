@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the processes they start) never touch the real state, cache or runtime dirs,
+    which for root are /var/lib/geoprobe and /run/geoprobe."""
+    base = tmp_path_factory.mktemp("geoprobe-dirs")
+    names = ("STATE", "CACHE", "RUNTIME", "CONFIG")
+    saved = {n: os.environ.get(f"GEOPROBE_{n}_DIR") for n in names}
+    for n in names:
+        os.environ[f"GEOPROBE_{n}_DIR"] = str(base / n.lower())
+    yield
+    for n, old in saved.items():
+        if old is None:
+            os.environ.pop(f"GEOPROBE_{n}_DIR", None)
+        else:
+            os.environ[f"GEOPROBE_{n}_DIR"] = old
 
 
 def _need(path: Path) -> Path:

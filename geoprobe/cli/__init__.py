@@ -17,27 +17,50 @@ from geoprobe.cli.env import Environment
 from geoprobe.errors import GeoprobeError
 from geoprobe.status import ExitStatus
 
-# One module per subcommand family (ripe-atlas-tools style).
-COMMAND_MODULES = (
-    "evaluate",  # geoprobe evaluate
-    "locate",  # geoprobe locate, geoprobe verify
-    "landmark",  # geoprobe landmark serve|keygen, geoprobe landmarks sync
-    "testbed",  # geoprobe testbed run|move, geoprobe demo
-    "check",  # geoprobe check (Nagios plugin)
-    "watch",  # geoprobe watch
-    "policy",  # geoprobe policy check
-    "delay",  # geoprobe delay
-)
+# Command name -> the module that registers it (one module per subcommand family, ripe-atlas-tools
+# style). Modules are imported only when their command runs, so `geoprobe delay` does not carry
+# numpy, scipy and shapely in its resident set, and `geoprobe check` from cron starts quickly.
+COMMANDS = {
+    "check": "check",  # Nagios/Icinga plugin
+    "delay": "delay",
+    "demo": "testbed",
+    "evaluate": "evaluate",
+    "landmark": "landmark",  # landmark serve|keygen
+    "landmarks": "landmark",  # landmarks sync
+    "locate": "locate",
+    "policy": "policy",
+    "testbed": "testbed",  # testbed run|move|status
+    "verify": "locate",
+    "watch": "watch",
+}
+COMMAND_MODULES = tuple(sorted(set(COMMANDS.values())))
 
 
 class GeoprobeGroup(click.Group):
-    """Turns GeoprobeError into a one-line message and exit 3 for every subcommand."""
+    """Loads subcommands lazily, and turns GeoprobeError into one line on stderr and exit 3."""
+
+    _loaded: set[str]
+
+    def _load(self, module: str) -> None:
+        loaded = self.__dict__.setdefault("_loaded", set())
+        if module not in loaded:
+            loaded.add(module)
+            importlib.import_module(f"geoprobe.cli.{module}").register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            self._load(COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GeoprobeError as exc:
-            click.echo(f"geoprobe: error: {exc}", err=True)
+            stderr = ctx.obj.stderr if isinstance(ctx.obj, Environment) else None
+            click.echo(f"geoprobe: error: {exc}", err=stderr is None, file=stderr)
             ctx.exit(int(ExitStatus.ERROR))
 
 
@@ -48,10 +71,6 @@ def cli(ctx: click.Context) -> None:
     """Locate this VM by RTTs to landmarks, watch for live migration across borders, and defend."""
     if ctx.obj is None:
         ctx.obj = Environment.from_process()
-
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"geoprobe.cli.{_name}").register(cli)
 
 
 def main(argv: list[str] | None = None, env: Environment | None = None) -> int:

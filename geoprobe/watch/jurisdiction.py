@@ -97,14 +97,14 @@ class Jurisdiction:
         return cls(allowed=frozenset(c.upper() for c in codes), **kw)
 
     def label(self, fix: Fix | None) -> str | None:
-        """The country a fix is reported in: certified, else the most probable one if sure enough."""
+        """The country a fix is reported in: certified, else the most probable one.
+
+        Events carry how sure that is next to it (``probability``, ``jurisdiction``); a null here
+        only means there was no fix, so a pipeline can always say "from DE to ES".
+        """
         if fix is None:
             return None
-        if fix.certified:
-            return fix.certified
-        if fix.country and fix.probability >= self.min_probability:
-            return fix.country
-        return None
+        return fix.certified or fix.country
 
     def judge(self, fix: Fix) -> JurisdictionVerdict:
         p_in = fix.probability_in(set(self.allowed))

@@ -169,10 +169,10 @@ def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
 
 def test_watch_bad_input_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def run(*args: str) -> tuple[int, str]:
-        code = main(
-            ["watch", *args], env=Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
-        )
-        return code, capsys.readouterr().err
+        env = Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
+        code = main(["watch", *args], env=env)
+        # our errors go to the injected stream, click's usage errors to the process's stderr
+        return code, env.stderr.getvalue() + capsys.readouterr().err  # type: ignore[attr-defined]
 
     code, err = run("--landmarks", str(tmp_path / "nope.json"), "--allow", "DE")
     assert code == 3 and err.count("\n") == 1 and "nope.json" in err
