@@ -1,8 +1,8 @@
 """CLI: ``geoprobe landmark keygen|serve`` (run a signed landmark) and the ``geoprobe landmarks`` group.
 
-Hook for other modules: ``geoprobe landmarks`` starts empty; a module adds its subcommands with
-:func:`add_landmarks_command` from its own ``register(group)`` (TESTBED adds ``landmarks sync``
-this way from ``geoprobe/cli/testbed.py``). Registration order does not matter.
+``geoprobe landmarks sync`` lives in ``cli/sync.py`` and is added here, so that loading this one
+module (commands load lazily) gives the whole ``landmarks`` group; plug-ins may add more with
+:func:`add_landmarks_command`.
 """
 
 from __future__ import annotations
@@ -112,5 +112,8 @@ async def _serve(env: Environment, key: Ed25519PrivateKey, landmark_id: str, lat
 
 
 def register(group: click.Group) -> None:
+    from geoprobe.cli.sync import register_sync
+
+    register_sync(landmarks_group)
     group.add_command(landmark_group)
     group.add_command(landmarks_group)

@@ -196,9 +196,5 @@ def demo_cmd(env: Environment, dataset_path: Path | None, at_server: str | None,
 
 
 def register(group: click.Group) -> None:
-    from geoprobe.cli.landmark import landmarks_group
-    from geoprobe.sync_cli import register_sync
-
     group.add_command(testbed_group)
     group.add_command(demo_cmd)
-    register_sync(landmarks_group)

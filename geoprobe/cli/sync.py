@@ -38,5 +38,5 @@ def sync_cmd(env: Environment, api: str, out_path: Path | None, mesh: bool, tcp_
 
 
 def register_sync(landmarks_group: click.Group) -> None:
-    """Add ``sync`` to the ``geoprobe landmarks`` group (called from ``cli/testbed.py``)."""
+    """Add ``sync`` to the ``geoprobe landmarks`` group (called from ``cli/landmark.py``)."""
     landmarks_group.add_command(sync_cmd)
