@@ -63,7 +63,7 @@ def test_json_summary_and_table(dataset_dir: Path, tmp_path: Path, monkeypatch: 
 
 def test_bad_input_is_one_line_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["evaluate", str(tmp_path / "nope")], tmp_path)
-    err += capsys.readouterr().err  # the click group reports errors on the process stderr
+    err += capsys.readouterr().err  # click usage errors go to the process stderr
     assert code == 3 and err.count("\n") == 1 and "no such file" in err and "Traceback" not in err
     code, _, err = _run(["evaluate", str(tmp_path), "--methods", "magic"], tmp_path)
     err += capsys.readouterr().err

@@ -93,6 +93,7 @@ class Result:
     status: ExitStatus
     summary: str
     perf: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for stderr: what the policy's actions did
 
     def line(self) -> str:
         perf = " ".join(f"{k}={v}" for k, v in self.perf.items())
@@ -174,6 +175,7 @@ def run_check(
     method: str | None,
     samples: int,
     timeout: float,
+    dry_run: bool = False,
 ) -> Result:
     if replay is not None:
         ms, _meta = load_measurements(replay)
@@ -185,6 +187,7 @@ def run_check(
     fix = _solve(cat, rtts)
     status, v, text = evaluate(fix, settings)
     perf = perfdata(fix, v, settings)
+    notes: list[str] = []
     if state is None:
         return Result(status, text, perf)
 
@@ -209,15 +212,14 @@ def run_check(
             perf["moved_km"] = _fmt(km)
             if shift.outcome == "moved" and agrees is not False:
                 j = settings.jurisdiction
-                frm = last.certified or (last.country if last.probability >= j.min_probability else None)
+                frm = last.certified or last.country  # as Jurisdiction.label reports a fix
                 crossing = v.verdict == "outside"
                 when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last.time))
                 move = (
                     f"migrated {km:.0f} km from {frm or 'unknown'} to {j.label(fix) or 'unknown'} "
                     f"since {when}"
                 )
-                store.record_event(
-                    events.make_event(
+                event = events.make_event(
                         events.CONFIRMED,
                         {
                             "crossing": crossing,
@@ -234,7 +236,9 @@ def run_check(
                             "remeasured": agrees is not None,
                         },
                     )
-                )
+                store.record_event(event)
+                if settings.policy is not None:
+                    notes = respond(event, settings.policy, store.path, dry_run)
                 if crossing:
                     status, text = ExitStatus.CRITICAL, f"{move}: {text}"
                 else:
@@ -244,7 +248,23 @@ def run_check(
                 status = max(status, ExitStatus.WARNING)
                 text = f"fingerprint changed since the last run but a re-measurement disagrees: {text}"
         store.record_fix(fix, rtts, source="check")
-    return Result(status, text, perf)
+    return Result(status, text, perf, notes)
+
+
+def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool) -> list[str]:
+    """Run the policy's response to a migration found since the last run (DEFEND), once per event.
+
+    A failing action is reported, never turned into UNKNOWN: the migration is the news.
+    """
+    from geoprobe import defend
+
+    notes: list[str] = []
+    try:
+        for r in defend.respond(event, policy, store_path=store_path, dry_run=dry_run, log=notes.append):
+            notes.append(f"action {r.action} ({r.verdict}): {r.status}: {r.detail}")
+    except GeoprobeError as exc:
+        notes.append(f"policy response failed: {exc}")
+    return notes
 
 
 @click.command("check", cls=NagiosCommand)
@@ -285,6 +305,9 @@ def run_check(
     show_default=True,
     help="What an 'outside' verdict may rest on: sound (proof) or also calibrated probability.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="With --policy: print the actions a migration calls for, run none."
+)
 @click.pass_obj
 def check_cmd(
     env: Environment,
@@ -299,8 +322,13 @@ def check_cmd(
     min_probability: float | None,
     min_landmarks: int | None,
     basis: str,
+    dry_run: bool,
 ) -> None:
-    """Nagios/Icinga plugin: is this machine inside the allowed jurisdictions?"""
+    """Nagios/Icinga plugin: is this machine inside the allowed jurisdictions?
+
+    In cron mode (--state) a migration since the last run is reported, and with --policy the
+    policy's response to it runs (each action once per event, audited in the state store).
+    """
     try:
         from geoprobe.cli.locate import catalogue_from
 
@@ -315,9 +343,14 @@ def check_cmd(
             method=method,
             samples=samples,
             timeout=timeout,
+            dry_run=dry_run,
         )
     except GeoprobeError as exc:
+        # Nagios reads the status line on stdout; people and cron mail read stderr.
+        env.stderr.write(f"geoprobe check: {exc}\n")
         result = Result(ExitStatus.UNKNOWN, str(exc))
+    for note in result.notes:
+        env.stderr.write(f"geoprobe check: {note}\n")
     env.stdout.write(result.line() + "\n")
     env.stdout.flush()
     raise click.exceptions.Exit(int(result.status))

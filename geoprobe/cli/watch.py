@@ -43,9 +43,46 @@ def signal_names(spec: str) -> list[str]:
     return names
 
 
-def build_signals(names: list[str], log: logging.Logger) -> list[AnomalySource]:
-    """Instantiate SIGNALS' modules by name; one that is missing here degrades with a warning."""
+def config_ntp_servers() -> list[str]:
+    """NTP servers named in ``config.toml`` (``[watch] ntp = ["host[:port]", ...]``), first found
+    along the config path ($GEOPROBE_CONFIG_DIR, the XDG user dir, /etc/geoprobe)."""
+    import tomllib
+
+    from geoprobe.paths import config_dirs
+
+    for d in config_dirs():
+        path = d / "config.toml"
+        if not path.is_file():
+            continue
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"cannot read config: {exc}", file=str(path)) from None
+        ntp = raw.get("watch", {}).get("ntp", []) if isinstance(raw.get("watch"), dict) else []
+        if not isinstance(ntp, list) or not all(isinstance(x, str) and x for x in ntp):
+            raise InputError("must be a list of \"host[:port]\" strings", file=str(path), field="watch.ntp")
+        return list(ntp)
+    return []
+
+
+def build_signals(
+    names: list[str],
+    log: logging.Logger,
+    *,
+    ntp_servers: Sequence[str] = (),
+    realtime: bool = False,
+) -> list[AnomalySource]:
+    """Instantiate SIGNALS' modules by name; one that is missing here degrades with a warning.
+
+    ``ntp_servers`` adds the clock-offset test against NTP (with ``clock``); ``realtime`` runs the
+    gap sampler under SCHED_FIFO (root only: otherwise the scheduler's own preemptions look like
+    gaps).
+    """
     out: list[AnomalySource] = []
+    if ntp_servers and "clock" in names:
+        from geoprobe.watch.signals.clock import NtpClockSignal
+
+        out.append(SignalAdapter(NtpClockSignal(list(ntp_servers), timeout=0.5)))
     for name in names:
         try:
             sig: Any
@@ -56,7 +93,7 @@ def build_signals(names: list[str], log: logging.Logger) -> list[AnomalySource]:
             elif name == "gaps":
                 from geoprobe.watch.signals.gaps import GapSignal
 
-                sig = GapSignal()
+                sig = GapSignal(realtime=realtime)
             elif name == "writes":
                 from geoprobe.watch.signals.writes import WriteLatencySignal
 
@@ -158,6 +195,13 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     show_default=True,
     help="What a crossing may rest on: the sound region (proof) or also calibrated probability.",
 )
+@click.option(
+    "--ntp",
+    "ntp_servers",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="NTP server for the clock-offset signal (repeatable; default: [watch] ntp in config.toml).",
+)
 @click.option("--dry-run", is_flag=True, help="With --policy: print the actions instead of running them.")
 @click.option("--rounds", "max_rounds", type=click.IntRange(1), help="Stop after this many rounds.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every transition and round to stderr.")
@@ -179,6 +223,7 @@ def watch_cmd(
     warmup: int,
     signal_spec: str,
     basis: str,
+    ntp_servers: tuple[str, ...],
     dry_run: bool,
     max_rounds: int | None,
     verbose: bool,
@@ -201,7 +246,8 @@ def watch_cmd(
     stream: TextIO = env.stdout  # type: ignore[assignment]
     if events_path is not None:
         stream = open(events_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
-    sources = build_signals(wanted, log)
+    ntp = list(ntp_servers) or config_ntp_servers()
+    sources = build_signals(wanted, log, ntp_servers=ntp, realtime=env.is_root)
     hook: HookRunner | None = None
     watcher: Watcher
 
@@ -229,7 +275,7 @@ def watch_cmd(
     def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
         from geoprobe.probe import measure as probe
 
-        return probe(landmarks, used_method, samples=samples, timeout=timeout, pps=pps)
+        return probe(landmarks, used_method, samples=samples, timeout=watcher.probe_timeout(timeout), pps=pps)
 
     def solve(rtts: Any) -> Fix:
         from geoprobe.locate import locate_from_catalogue
@@ -295,4 +341,4 @@ def register(group: click.Group) -> None:
     group.add_command(watch_cmd)
 
 
-__all__ = ["build_signals", "register", "watch_cmd"]
+__all__ = ["build_signals", "config_ntp_servers", "register", "watch_cmd"]

@@ -76,6 +76,16 @@ class WatchConfig:
     warmup_rounds: int = 5  # rounds that build the baseline (at start and after a move) before testing
     fix_every: int = 10  # emit a location.fix event every N quiet rounds
     min_landmarks: int = 3
+    # Right after a moved fingerprint, re-measure at once instead of after fast_interval_s: the
+    # agreeing re-measurement is what confirms, and every second until then is exposure.
+    remeasure_at_once: bool = True
+    # Per-sample probe timeout once a baseline exists: timeout_factor x the slowest landmark's
+    # baseline RTT (at least min_timeout_s, never above the caller's timeout). A landmark that
+    # falls silent (the new host's own server, one the move put out of reach) then costs a
+    # fraction of a second per round instead of the full timeout.
+    adaptive_timeout: bool = True
+    timeout_factor: float = 2.0
+    min_timeout_s: float = 0.5
 
     @property
     def fast(self) -> float:
@@ -203,6 +213,7 @@ class Watcher:
         self.last_shift: ShiftResult | None = None
         self.last_round_s = 0.0
         self._quiet_since_fix = 0
+        self._at_once = False  # the last round asks for an immediate re-measurement
         self._restore()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -275,6 +286,12 @@ class Watcher:
         self._record(transitions, shift, rtts, now, out)
         self._save_baseline()
         self.last_shift = shift
+        self._at_once = (
+            self.config.remeasure_at_once
+            and shift is not None
+            and shift.outcome == "moved"
+            and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
+        )
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(len(rtts), now)
         return RoundResult(rtts, shift, transitions, out, shift.fix if shift else None, self.last_round_s)
@@ -338,6 +355,7 @@ class Watcher:
             new = self.fusion.confirmed_fix
             self.baseline.reset([rtts], fix=new)
             self.fusion.rebaseline(new)
+            self._rebaseline_signals()
             self._record_fix(new, rtts, now, out)
         elif shift is not None and shift.fix is not None:
             self.last_fix = shift.fix
@@ -345,6 +363,29 @@ class Watcher:
                 self.store.record_fix(shift.fix, rtts, source="watch", time=now)
         elif self._quiet_since_fix >= self.config.fix_every and rtts:
             self._record_fix(self.solve(rtts), rtts, now, out)
+
+    def _rebaseline_signals(self) -> None:
+        """After a confirmed move, signals compare with the new place (the clock step of this move
+        and the new host's fingerprint must not raise the next suspicion)."""
+        for s in self.signals:
+            sig = getattr(s, "signal", s)
+            for name in ("rebaseline", "reset"):
+                fn = getattr(sig, name, None)
+                if callable(fn):
+                    try:
+                        fn()
+                    except Exception as exc:  # noqa: BLE001  (a broken signal degrades to silence)
+                        log.warning("signal %s: cannot rebaseline: %s", getattr(s, "name", s), exc)
+                    break
+
+    def probe_timeout(self, limit: float) -> float:
+        """The per-sample timeout for the next round (see ``WatchConfig.adaptive_timeout``)."""
+        if not self.config.adaptive_timeout or self.baseline.rounds == 0:
+            return limit
+        worst = max((r for r in (self.baseline.rtt(lid) for lid in self.baseline.history) if r), default=0.0)
+        if worst <= 0:
+            return limit
+        return min(limit, max(self.config.min_timeout_s, self.config.timeout_factor * worst / 1000.0))
 
     # -- the loop ------------------------------------------------------------------------------
     @property
@@ -357,6 +398,8 @@ class Watcher:
 
     @property
     def interval(self) -> float:
+        if self._at_once:
+            return 0.0
         return self.config.fast if self.fusion.fast or self.warming_up else self.config.interval_s
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:

@@ -5,6 +5,10 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
 
 * normal/settled -> suspect: the fingerprint moved, or a decisive timing/fingerprint signal fired.
   Emits ``migration.suspected``; the daemon probes faster while suspicious.
+* normal/settled -> suspect -> confirming -> confirmed in one round: the first moved measurement
+  is already judged outside by the sound or certified rule *and* a decisive independent signal
+  (clock step, gaps, host fingerprint, cloud notice) fired within ``signal_window_s``: that is
+  the issue's "sound exit + independent signal", so no second round is waited for.
 * suspect -> confirming: a re-measurement agrees with the moved fingerprint (same landmarks changed
   the same way and, when both have fixes, the fixes lie close together).
 * confirming -> confirmed, ``crossing=true``: the jurisdiction rule says *outside* (by default only a
@@ -199,6 +203,8 @@ class Fusion:
                     events.SUSPECTED,
                     self._data(shift, signals=[a.signal for a in decisive_now]),
                 )
+                if moved and shift is not None:
+                    self._corroborated_at_once(out, shift, now)
             return out
 
         if self.state == State.CONFIRMED:
@@ -207,6 +213,7 @@ class Fusion:
                 self._moves, self._verdicts, self._quiet, self._confirm_rounds = [shift], [], 0, 0
                 self._since = now
                 self._go(out, State.SUSPECT, list(shift.reasons), now, events.SUSPECTED, self._data(shift))
+                self._corroborated_at_once(out, shift, now)
             elif quiet:
                 self._quiet += 1
                 if self._quiet >= self.config.settle_rounds:
@@ -316,6 +323,27 @@ class Fusion:
                 [a.signal for a in self._corroborating(now)],
             )
         return out
+
+    def _corroborated_at_once(self, out: list[Transition], shift: ShiftResult, now: float) -> None:
+        """Confirm a crossing on the first moved measurement when it is already a proof and an
+        independent signal backs it: the issue's "sound exit + independent signal" needs no
+        second round, and skipping it saves a whole round (the lab's switchover -> confirmation).
+
+        Only a sound or certified "outside" qualifies: a calibrated one still waits for a
+        re-measurement, and so does anything straddling or inside.
+        """
+        corr = self._corroborating(now)
+        if not corr or shift.fix is None or self._home_outside():
+            return
+        verdict = self.jurisdiction.judge(shift.fix)
+        if verdict.verdict != "outside" or verdict.rule not in ("sound", "certified"):
+            return
+        self._verdicts = [verdict]
+        self._confirm_rounds = 1
+        why = f"first measurement after the move is already a proof ({verdict.rule} rule)"
+        self._go(out, State.CONFIRMING, [why], now)
+        support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
+        self._confirm(out, shift, shift.fix, True, verdict.reasons + support, now, [a.signal for a in corr])
 
     def _confirm(
         self,

@@ -105,7 +105,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def _error_lines(run: Run, capsys: pytest.CaptureFixture[str]) -> list[str]:
-    """The group reports GeoprobeError on the process's stderr, not (yet) on the injected one."""
+    """GeoprobeError lines go to the injected stderr; click's usage errors to the process's."""
     return (run.err.getvalue() + capsys.readouterr().err).splitlines()
 
 

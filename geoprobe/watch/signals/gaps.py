@@ -241,6 +241,13 @@ class GapSignal:
             self.proc.stdout.close()
         self.proc = None
 
+    def reset(self) -> None:
+        """Forget gaps and held episodes seen so far: after a confirmed move the watch compares
+        with the new host, and an episode of the finished migration must not raise the next one."""
+        with self._lock:
+            self._episodes.clear()
+            self._gaps.clear()
+
     def _add_gap(self, start_ns: int, excess_ns: int) -> None:
         with self._lock:
             self._gaps.append(Gap(start_ns / 1e9, excess_ns / 1e6))

@@ -169,6 +169,11 @@ class WriteLatencySignal:
         finally:
             del view
 
+    def reset(self) -> None:
+        """Forget the passes seen so far (after a confirmed move: its dirty syncs are history)."""
+        with self._lock:
+            self._passes.clear()
+
     def passes(self) -> list[Pass]:
         with self._lock:
             return list(self._passes)
