@@ -268,13 +268,14 @@ def load_catalogue(path: str | Path) -> Catalogue:
 
 
 def default_catalogue_path() -> Path:
-    """The shipped catalogue, or the synced RIPE Atlas anchors when present in the cache."""
+    """The RIPE Atlas anchors as ``geoprobe landmarks sync`` cached them.
+
+    Nothing ships in the package: a catalogue of real addresses goes stale, and its calibration
+    must come from the mesh measurements of the day.
+    """
     from geoprobe.paths import cache_dir
 
-    synced = cache_dir() / "anchors.json"
-    if synced.exists():
-        return synced
-    return Path(__file__).parent / "data" / "landmarks" / "ripe-atlas-anchors.json"
+    return cache_dir() / "anchors.json"
 
 
 def rtt_matrix(cat: Catalogue, ids: Iterable[str] | None = None) -> tuple[list[str], "Any"]:

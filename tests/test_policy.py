@@ -10,22 +10,7 @@ from geoprobe.errors import InputError
 from geoprobe.geo.groups import expand
 from geoprobe.policy import DEFAULT_TIMEOUTS, load_policy, parse_policy, parse_size
 
-ISSUE_POLICY = """\
-[jurisdiction]
-allow = ["DE"]
-
-[[on.confirmed_crossing]]
-action = "wipe"
-paths = ["/tmp/geoprobe-accept/secret.key"]
-
-[[on.confirmed_crossing]]
-action = "hook"
-command = ["/tmp/geoprobe-accept/hook.sh"]
-
-[[on.confirmed_crossing]]
-action = "webhook"
-url = "http://127.0.0.1:18080/geoprobe"
-"""
+ISSUE_POLICY = (Path(__file__).parent / "data" / "issue5-policy.toml").read_text()
 
 
 def write(tmp_path: Path, text: str) -> Path:

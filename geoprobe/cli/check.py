@@ -220,22 +220,22 @@ def run_check(
                     f"since {when}"
                 )
                 event = events.make_event(
-                        events.CONFIRMED,
-                        {
-                            "crossing": crossing,
-                            "from": frm,
-                            "to": j.label(fix),
-                            "distance_km": round(km, 1),
-                            "signals": ["rtt_fingerprint"],
-                            "jurisdiction": v.to_json(),
-                            "source": "check",
-                            "probability": 1.0
-                            if v.rule in ("certified", "sound")
-                            else round(1 - v.p_allowed, 4),
-                            "landmarks": len(fix.landmarks_used),
-                            "remeasured": agrees is not None,
-                        },
-                    )
+                    events.CONFIRMED,
+                    {
+                        "crossing": crossing,
+                        "from": frm,
+                        "to": j.label(fix),
+                        "distance_km": round(km, 1),
+                        "signals": ["rtt_fingerprint"],
+                        "jurisdiction": v.to_json(),
+                        "source": "check",
+                        "probability": 1.0
+                        if v.rule in ("certified", "sound")
+                        else round(1 - v.p_allowed, 4),
+                        "landmarks": len(fix.landmarks_used),
+                        "remeasured": agrees is not None,
+                    },
+                )
                 store.record_event(event)
                 if settings.policy is not None:
                     notes = respond(event, settings.policy, store.path, dry_run)

@@ -37,22 +37,7 @@ AWAY_SERVER = "Madrid"  # Spain, ~1,400 km from Frankfurt
 ACCEPT_S = 15.0
 BASELINE_S = float(os.environ.get("GEOPROBE_E2E_BASELINE_S", "30"))
 
-POLICY = """\
-[jurisdiction]
-allow = ["DE"]
-
-[[on.confirmed_crossing]]
-action = "wipe"
-paths = ["/tmp/geoprobe-accept/secret.key"]
-
-[[on.confirmed_crossing]]
-action = "hook"
-command = ["/tmp/geoprobe-accept/hook.sh"]
-
-[[on.confirmed_crossing]]
-action = "webhook"
-url = "http://127.0.0.1:18080/geoprobe"
-"""
+POLICY = (Path(__file__).parents[1] / "data" / "issue5-policy.toml").read_text()  # as the issue gives it
 
 SECRET = os.urandom(4096)
 GEOPROBE = [sys.executable, "-m", "geoprobe"]

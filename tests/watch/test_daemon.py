@@ -110,7 +110,8 @@ def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, 
         w.round()
     world.at = MADRID
     w.round()
-    assert w.fusion.state == State.SUSPECT and w.interval == w.config.fast
+    # A moved fingerprint is re-measured at once, not after the fast interval.
+    assert w.fusion.state == State.SUSPECT and w.interval == 0.0
     w.round()
     confirmed = [e for e in emitted if e["type"] == events.CONFIRMED]
     assert len(confirmed) == 1
@@ -239,3 +240,60 @@ def test_hook_runner_keeps_order_survives_errors_and_queues_clears() -> None:
     assert seen == ["1", "2", "3", "clear"]
     assert [str(e) for e in errors] == ["webhook down"]
     assert not runner.thread.is_alive()
+
+
+def test_without_immediate_remeasurement_a_suspicion_probes_at_the_fast_interval(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world = World(FRANKFURT, seed=1)
+    w, _, _ = make_watcher(catalogue, world, tmp_path)
+    w.config = WatchConfig(interval_s=1.0, warmup_rounds=3, remeasure_at_once=False)
+    for _ in range(5):
+        w.round()
+    world.at = MADRID
+    w.round()
+    assert w.fusion.state == State.SUSPECT and w.interval == w.config.fast
+
+
+def test_probe_timeout_follows_the_baseline_once_there_is_one(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, _, _ = make_watcher(catalogue, World(FRANKFURT, seed=3), tmp_path)
+    assert w.probe_timeout(2.0) == 2.0  # no baseline yet: the caller's timeout
+    for _ in range(4):
+        w.round()
+    worst = max(w.baseline.rtt(lid) or 0.0 for lid in w.baseline.history)
+    t = w.probe_timeout(2.0)
+    assert t == max(w.config.min_timeout_s, w.config.timeout_factor * worst / 1000) and t < 2.0
+    assert w.probe_timeout(0.1) == 0.1  # never above the caller's timeout
+    w.config = WatchConfig(adaptive_timeout=False)
+    assert w.probe_timeout(2.0) == 2.0
+
+
+class Resettable:
+    """A signal that records being told about a confirmed move."""
+
+    name = "resettable"
+    decisive = True
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def sample(self) -> Any:
+        from geoprobe.watch.signals.base import Reading
+
+        return Reading(self.name, value=0.0)
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_signals_are_rebaselined_after_a_confirmed_move(catalogue: Catalogue, tmp_path: Path) -> None:
+    world = World(FRANKFURT, seed=4)
+    sig = Resettable()
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(sig)])
+    for _ in range(5):
+        w.round()
+    assert sig.resets == 0
+    world.at = MADRID
+    w.round()
+    w.round()
+    assert [e for e in emitted if e["type"] == events.CONFIRMED] and sig.resets == 1

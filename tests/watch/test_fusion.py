@@ -234,3 +234,19 @@ def test_a_passing_load_spike_clears() -> None:
         + [Observation(quiet()) for _ in range(5)],
     )
     assert ts == [] and not f.fast
+
+
+def test_a_proof_backed_by_a_signal_confirms_in_the_first_round() -> None:
+    clock = Anomaly("clock_landmarks", 9.0, "clock offset stepped +50.2 ms", decisive=True)
+    f = fusion()
+    ts = run(f, [Observation(moved(PARIS), anomalies=[clock])])
+    assert [t.to for t in ts] == [State.SUSPECT, State.CONFIRMING, State.CONFIRMED]
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is True and c.data["from"] == "DE" and c.data["to"] == "FR"
+    assert "clock_landmarks" in c.data["signals"] and c.data["rounds"] == 1
+    # A weak signal is no corroboration, and a calibrated-only "outside" still waits for a second round.
+    f = fusion()
+    steal = Anomaly("steal", 9.0, "steal 40%", decisive=False)
+    assert [t.to for t in run(f, [Observation(moved(PARIS), anomalies=[steal])])] == [State.SUSPECT]
+    f = fusion(basis="calibrated")
+    assert [t.to for t in run(f, [Observation(moved(STRASBOURG_WIDE), anomalies=[clock])])] == [State.SUSPECT]
