@@ -139,3 +139,12 @@ def test_map_across_the_antimeridian(tmp_path: Path, index: CountryIndex) -> Non
 def test_map_to_an_unwritable_path_is_an_input_error(tmp_path: Path, index: CountryIndex) -> None:
     with pytest.raises(InputError, match="nope"):
         draw_map(make_fix(), tmp_path / "nope" / "map.png", countries=index)
+
+
+def test_map_without_matplotlib_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoprobe.errors import GeoprobeError
+
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(GeoprobeError, match=r"geoprobe\[map\]"):
+        draw_map(make_fix(), tmp_path / "m.png")
+    assert not (tmp_path / "m.png").exists()
