@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 from shapely.geometry import shape
 
-from geoprobe.errors import InputError
+from geoprobe.errors import GeoprobeError, InputError
 from geoprobe.geo.countries import CountryIndex, default_index
 from geoprobe.geo.fix import CountryShare, Fix
 from geoprobe.geo.regions import SampledRegion, sample_cap
@@ -142,9 +143,7 @@ def test_map_to_an_unwritable_path_is_an_input_error(tmp_path: Path, index: Coun
 
 
 def test_map_without_matplotlib_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from geoprobe.errors import GeoprobeError
-
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(GeoprobeError, match=r"geoprobe\[map\]"):
         draw_map(make_fix(), tmp_path / "m.png")
     assert not (tmp_path / "m.png").exists()
