@@ -9,7 +9,7 @@ Three scenarios, each with its own testbed and `geoprobe watch --allow <A's coun
 * stationary: the same length without a move: pass when no migration event appears.
 
 Usage: python benchmarks/watch_acceptance.py [--dataset DIR] [--a Frankfurt] [--b Madrid] [--c Munich]
-       [--quiet 60] [--interval 5] [--deadline 10]
+       [--quiet 60] [--interval 5] [--deadline 10] [--repeat N] [--only crossing|same|stationary]
 (default world: the testbed's built-in one; with --dataset, server names or ids of that dataset.)
 """
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) ->
         tb_args += ["--dataset", str(args.dataset)]
     tb = subprocess.Popen(gp + tb_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     watch = None
+    log = open(tmp / "watch.log", "w")  # noqa: SIM115  (closed in the finally below)
     try:
         t0 = time.monotonic()
         while not cat.exists():
@@ -79,8 +81,8 @@ def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) ->
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "watch.log", "w"),
-        )  # noqa: SIM115
+            stderr=log,
+        )
         while not any(e["type"] == events.FIX for e in _events(ev)):
             if time.monotonic() - t0 > 180:
                 raise SystemExit(f"{name}: the watch produced no fix")
@@ -120,6 +122,7 @@ def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) ->
         if watch is not None:
             _stop(watch)
         _stop(tb)
+        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a", default="Frankfurt")
     ap.add_argument("--allow", default="DE", help="A's country")
     ap.add_argument("--b", default="Madrid", help="a server in another country > 500 km from A")
+    ap.add_argument("--b-country", default="ES", help="B's country (the crossing's `to`, or null)")
     ap.add_argument("--c", default="Munich", help="a server in A's country")
+    ap.add_argument("--repeat", type=int, default=1, help="run the crossing scenario this many times")
     ap.add_argument("--quiet", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--deadline", type=float, default=10.0)
     ap.add_argument("--only", choices=("crossing", "same", "stationary"))
     args = ap.parse_args(argv)
     ok = True
-    plan = [("crossing", args.b), ("same", args.c), ("stationary", None)]
+    plan = [("crossing", args.b)] * args.repeat + [("same", args.c), ("stationary", None)]
+    took: list[float] = []
     for name, to in plan:
         if args.only and name != args.only:
             continue
@@ -146,15 +152,24 @@ def main(argv: list[str] | None = None) -> int:
                 r["events_before_move"] == 0
                 and c.get("crossing") is True
                 and c.get("from") == args.allow
+                and c.get("to") in (args.b_country, None)
                 and r["confirmed_after_s"] is not None
                 and r["confirmed_after_s"] <= args.deadline
             )
+            if r["confirmed_after_s"] is not None:
+                took.append(r["confirmed_after_s"])
         elif name == "same":
             passed = r["events_before_move"] == 0 and not any(c["crossing"] for c in r["confirmed"])
         else:
             passed = not r["migration_events"]
         ok &= passed
-        print(f"{name:10s} {'PASS' if passed else 'FAIL'}  {json.dumps(r)}")
+        print(f"{name:10s} {'PASS' if passed else 'FAIL'}  {json.dumps(r)}", flush=True)
+    if took:
+        took.sort()
+        print(
+            f"move -> confirmed crossing: median {statistics.median(took):.2f} s, max {took[-1]:.2f} s over "
+            f"{len(took)} run(s) (interval {args.interval:g} s, deadline {args.deadline:g} s)"
+        )
     return 0 if ok else 1
 
 

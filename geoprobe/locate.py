@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from geoprobe import paths
 from geoprobe.errors import InputError
-from geoprobe.geo import baselines, solver
+from geoprobe.geo import baselines, modelcache, solver
 from geoprobe.geo.calibration import Model, fit, fit_arrays
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.regions import CountryLookup
@@ -72,29 +73,59 @@ def _anycast(landmarks: Sequence[Landmark], lid: str) -> bool:
 _MODELS: dict[str, Model] = {}
 
 
-def _key(cat: Catalogue) -> str:
-    raw = json.dumps([[lm.id, lm.lat, lm.lon] for lm in cat.landmarks] + [list(r) for r in cat.rtts])
-    return hashlib.sha256(raw.encode()).hexdigest()
+def _default_countries_key() -> str:
+    """Names the packaged (or ``$GEOPROBE_COUNTRIES``) polygons by their files' sizes and times."""
+    from geoprobe.geo import countries as cmod
+
+    env = os.environ.get(cmod.ENV)
+    files = [Path(env)] if env else [cmod.TOPOJSON, cmod.SUPPLEMENT, cmod.ISO_TABLE, cmod.UNASSIGNED_TABLE,
+                                     cmod.SPLITS_TABLE]
+    parts = []
+    for f in files:
+        try:
+            st = f.stat()
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{f}:missing")
+    return "default|" + "|".join(parts)
 
 
-def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None) -> Model | None:
-    """Fit the catalogue's calibration (cached by content); None when it carries no RTTs."""
+def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None, *, countries_key: str | None = None,
+                  cache_dir: Path | None = None) -> Model | None:
+    """Fit the catalogue's calibration; None when it carries no RTTs.
+
+    Cached by content in memory and on disk (``geoprobe.paths.cache_dir()``, or ``cache_dir``), so a
+    fresh process reuses the fit. The tempering depends on the country lookup, so the disk cache is
+    used for the default lookup, or for a custom one the caller names with ``countries_key``.
+    """
     if not cat.rtts:
         return None
-    key = _key(cat)
-    if key not in _MODELS:
-        countries = countries if countries is not None else default_countries()
+    if countries is None:
+        countries_key = _default_countries_key()
+    landmarks = [(lm.id, lm.lat, lm.lon, lm.country) for lm in cat.landmarks]
+    key = modelcache.model_key(landmarks, cat.rtts, countries_key or f"memory:{id(countries)}")
+    if key in _MODELS:
+        return _MODELS[key]
+    path = modelcache.cache_path(cache_dir if cache_dir is not None else paths.cache_dir(), key)
+    model = modelcache.load(path) if countries_key is not None else None
+    if model is None:
+        lookup = countries if countries is not None else default_countries()
         model = fit(cat)
-        solver.self_tempering(model, countries, [lm.country for lm in cat.landmarks]).apply(model)
-        _MODELS[key] = model
-    return _MODELS[key]
+        solver.self_tempering(model, lookup, [lm.country for lm in cat.landmarks]).apply(model)
+        if countries_key is not None:
+            try:
+                modelcache.save(path, model)
+            except OSError:
+                pass  # a read-only or full cache dir costs the next process a refit, nothing more
+    _MODELS[key] = model
+    return model
 
 
 def locate_from_catalogue(cat: Catalogue, rtts: Mapping[str, float],
                           countries: CountryLookup | None = None) -> Fix:
     """Fit the catalogue's calibration (cached) and solve; sound bound only if it has no RTTs."""
-    countries = countries if countries is not None else default_countries()
-    return solve(cat.landmarks, rtts, fit_catalogue(cat, countries), countries)
+    model = fit_catalogue(cat, countries)
+    return solve(cat.landmarks, rtts, model, countries if countries is not None else default_countries())
 
 
 __all__ = ["METHODS", "Method", "fit_arrays", "fit_catalogue", "locate_from_catalogue", "method", "solve"]

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,20 @@ busybox poweroff -f
 """
 
 
+class BuildError(RuntimeError):
+    """The guest could not be built here (no mirror, no PyPI, or not within the time allowed)."""
+
+
+def _timeout(deadline: float | None) -> float | None:
+    """Seconds left before `deadline` (time.monotonic), for subprocess.run; None: no limit."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise subprocess.TimeoutExpired("guest build", 0)
+    return left
+
+
 @dataclass(frozen=True)
 class GuestImage:
     kernel: Path
@@ -100,7 +115,7 @@ def need_tools() -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
-def debootstrap(cache: Path, log: Path) -> Path:
+def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
     """Debootstrap the root once; a partial tree from an interrupted run is discarded."""
     rootfs = cache / "rootfs"
     if (rootfs / "usr" / "bin" / "python3").exists() and (rootfs / ".lab-complete").exists():
@@ -113,7 +128,7 @@ def debootstrap(cache: Path, log: Path) -> Path:
         # debootstrap alone does not resolve virtual packages (python3-cryptography needs one),
         # so it lays the minimal base and apt inside the chroot installs the rest.
         subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR], check=True,
-                       stdout=out, stderr=subprocess.STDOUT, env=env)
+                       stdout=out, stderr=subprocess.STDOUT, env=env, timeout=_timeout(deadline))
         (partial / "etc" / "apt" / "sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
         subprocess.run(["mount", "-t", "proc", "proc", str(partial / "proc")], check=True)
         try:
@@ -121,7 +136,7 @@ def debootstrap(cache: Path, log: Path) -> Path:
                         ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
                         ["apt-get", "clean"]):
                 subprocess.run(["chroot", str(partial), *cmd], check=True, stdout=out,
-                               stderr=subprocess.STDOUT, env=env)
+                               stderr=subprocess.STDOUT, env=env, timeout=_timeout(deadline))
         finally:
             subprocess.run(["umount", str(partial / "proc")], check=False)
     shutil.rmtree(partial / "var" / "lib" / "apt" / "lists", ignore_errors=True)
@@ -134,7 +149,7 @@ def debootstrap(cache: Path, log: Path) -> Path:
     return rootfs
 
 
-def add_wheels(rootfs: Path, log: Path) -> None:
+def add_wheels(rootfs: Path, log: Path, deadline: float | None = None) -> None:
     """Install PYPI_WHEELS (binary wheels for the guest's CPython 3.11) into the guest root, once."""
     marker = rootfs / ".lab-wheels"
     if marker.exists() and marker.read_text() == "\n".join(PYPI_WHEELS):
@@ -144,7 +159,7 @@ def add_wheels(rootfs: Path, log: Path) -> None:
         common = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
                   "--platform", "manylinux2014_x86_64", "--no-deps"]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS],
-                       check=True, stdout=out, stderr=subprocess.STDOUT)
+                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=_timeout(deadline))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *common, "--upgrade",
                         "--target", str(target), *sorted(str(p) for p in Path(tmp).glob("*.whl"))],
                        check=True, stdout=out, stderr=subprocess.STDOUT)
@@ -225,18 +240,33 @@ def make_ext4(src: Path, out: Path, size_mb: int | None = None, label: str = "la
                     str(out)], check=True, capture_output=True)
 
 
-def build_guest(cache: Path | None = None, rebuild: bool = False) -> GuestImage:
-    """The cached guest image, built on first use (debootstrap takes minutes, the rest seconds)."""
+def build_guest(cache: Path | None = None, rebuild: bool = False,
+                deadline: float | None = None) -> GuestImage:
+    """The cached guest image, built on first use (debootstrap takes minutes, the rest seconds).
+
+    `deadline` (time.monotonic) bounds the downloads, so CI can skip instead of hanging on a slow
+    mirror; a failed or late build raises BuildError naming the log. An interrupted build resumes
+    cleanly: debootstrap restarts from scratch, the rest is redone.
+    """
     cache = cache or default_cache()
     img = image_paths(cache)
     if img.exists() and not rebuild:
         return img
     missing = need_tools()
     if missing:
-        raise RuntimeError("missing host tools: " + ", ".join(missing)
-                           + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)")
-    rootfs = debootstrap(cache, cache / "debootstrap.log")
-    add_wheels(rootfs, cache / "debootstrap.log")
+        raise BuildError("missing host tools: " + ", ".join(missing)
+                         + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)")
+    log = cache / "debootstrap.log"
+    try:
+        rootfs = debootstrap(cache, log, deadline)
+        add_wheels(rootfs, log, deadline)
+    except subprocess.TimeoutExpired as exc:
+        raise BuildError(f"guest build did not finish in the time allowed ({exc.cmd!s:.60}); "
+                         f"see {log}") from exc
+    except subprocess.CalledProcessError as exc:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise BuildError(f"guest build failed: {' '.join(map(str, exc.cmd))[:80]} exited "
+                         f"{exc.returncode}; see {log}: " + " / ".join(tail)) from exc
     (rootfs / "sbin" / "lab-init").write_text(LAB_INIT)
     (rootfs / "sbin" / "lab-init").chmod(0o755)
     (rootfs / "etc" / "hostname").write_text("geoprobe-guest\n")
@@ -249,6 +279,20 @@ def build_guest(cache: Path | None = None, rebuild: bool = False) -> GuestImage:
     build_initramfs(rootfs, img.initrd)
     make_ext4(rootfs, img.root, label="labroot")
     return img
+
+
+def snapshot_source(repo: Path, dest: Path) -> str:
+    """Copy the geoprobe package once per lab session; return a digest of what was copied.
+
+    Every run's guest and both sites' testbeds use this copy, so a full run (40 minutes) measures
+    one version of the code even while the working tree is being edited.
+    """
+    shutil.copytree(repo / "geoprobe", dest / "geoprobe",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    h = hashlib.sha256()
+    for f in sorted(p for p in (dest / "geoprobe").rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh: str) -> Path:

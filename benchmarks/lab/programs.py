@@ -75,8 +75,12 @@ def _is_suspected(line: ConsoleLine) -> bool:
     return _event_type(line) == SUSPECTED
 
 
+# --samples 2: one sample per landmark let host-load bursts read as a move (2 false suspicions in 3
+# controls at --interval 0.5); --timeout 0.5 caps the round the switchover cuts (its replies in flight
+# are lost) before the daemon's adaptive timeout has a baseline; -v puts the state transitions, with
+# their reasons, on the console for the timeline.
 DEFAULT_WATCH = ("python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
-                 "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2")
+                 "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2 --timeout 0.5 -v")
 
 
 def geoprobe_program(allow: list[str], command: str = DEFAULT_WATCH, background: str = "",

@@ -1,11 +1,15 @@
 """Turn run records into the lab's findings: per-run figures, per-kind summaries, JSON and Markdown.
 
 Times on both sides are host wall-clock seconds: QMP events carry QEMU's own timestamp, console lines the
-time the host read them (polled every 20-50 ms, so guest-side times are late by at most that).
+time the host read them (polled every 20-50 ms, so guest-side times are late by at most that). The guest's
+own clock is never used for the figures (it starts from the RTC's whole second and steps by the pause at
+each migration); it only checks the console: host read time minus the guest's event time must be a
+constant per run, and its spread (``console_clock_spread_ms``) bounds how late the console delivered.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import statistics
 from collections.abc import Sequence
@@ -33,6 +37,26 @@ GUEST_FAULTS = ("BUG:", "Oops", "Kernel panic", "is not a head", "general protec
 
 def guest_events(rec: RunRecord) -> list[tuple[float, dict[str, Any]]]:
     return [(t, ev) for t, text in rec.console if (ev := ConsoleLine(t, text).event()) is not None]
+
+
+def _guest_time(ev: dict[str, Any]) -> float | None:
+    t = ev.get("time")
+    if not isinstance(t, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def console_spread_ms(evs: Sequence[tuple[float, dict[str, Any]]], until: float | None) -> float | None:
+    """Spread of (host read time - guest event time) over the events before `until` (the switchover).
+
+    The guest clock is off the host's by a constant (its RTC's whole second), so a spread of a few tens
+    of milliseconds says the console delivered every event that promptly.
+    """
+    lags = [t - g for t, e in evs if (g := _guest_time(e)) is not None and (until is None or t < until)]
+    return round((max(lags) - min(lags)) * 1000.0, 1) if len(lags) >= 2 else None
 
 
 def analyse(rec: RunRecord) -> dict[str, Any]:
@@ -75,12 +99,20 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
     final = rec.final
     out: dict[str, Any] = {
         "kind": p.kind, "program": rec.program, "error": rec.error,
-        "a": f"{p.a.server} ({p.a.country})", "b": f"{p.b.server} ({p.b.country})",
+        "a": f"{p.a.server} ({p.a.country})", "b": f"{p.b.server} ({p.b.country})", "b_country": p.b.country,
         "migrated": p.migrate, "auto_converge": p.auto_converge, "parameters": p.parameters,
         "boot_to_ready_s": None if rec.guest_ready is None else round(rec.guest_ready - rec.started, 1),
         "migration": None,
         "suspected": len(suspected), "confirmed": len(confirmed),
         "first_suspected_vs_switchover_ms": _ms(t_stop, suspected[0][0]) if suspected else None,
+        "switchover_to_suspected_s": (None if not suspected or t_stop is None
+                                      else round(suspected[0][0] - t_stop, 2)),
+        # geoprobe's own account: moved measurements it used, and seconds from the suspecting round
+        "confirm_rounds": (first_confirmed[1].get("data", {}).get("rounds")
+                           if first_confirmed is not None else None),
+        "confirm_seconds_in_guest": (first_confirmed[1].get("data", {}).get("seconds")
+                                     if first_confirmed is not None else None),
+        "console_clock_spread_ms": console_spread_ms(evs, t_stop),
         "flagged_during_precopy": flagged_precopy,
         "confirmation": crossing,
         "switchover_to_confirmed_s": (None if first_confirmed is None or t_stop is None
@@ -125,6 +157,21 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
     return out
 
 
+def _median(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    c = r["confirmation"]
+    if not c:
+        return "suspected" if r["suspected"] else "none"
+    if r["program"] == "clock":  # the lab's clock probe judges no border: it says where it is answered
+        return "site B answered (clock probe)"
+    to = c.get("to") or "straddling"  # no single country: the region still covers a border
+    return f"crossing={c.get('crossing')} {c.get('from')}→{to}"
+
+
 def _rel(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 3)
 
@@ -143,10 +190,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "with_suspected": sum(1 for r in rs if r["suspected"]),
             "with_confirmed": sum(1 for r in rs if r["confirmed"]),
             "confirmed_crossing": sum(1 for r in rs if (r["confirmation"] or {}).get("crossing")),
+            # a crossing can be proven while the region still sits between A and B (a round cut by
+            # the switchover): the verdict is right, the place is not B's country
+            "confirmed_in_b_country": sum(1 for r in rs if (r["confirmation"] or {}).get("to")
+                                          and r["confirmation"]["to"] == r.get("b_country")),
             "flagged_during_precopy": sum(1 for r in rs if r["flagged_during_precopy"]),
             "countermeasures_fired": sum(1 for r in rs if r["hooks"] or r["webhooks"]),
             "guest_faults": sum(1 for r in rs if r["guest_faults"]),
             "median_switchover_to_confirmed_s": statistics.median(conf) if conf else None,
+            "median_switchover_to_suspected_s": _median(
+                [r.get("switchover_to_suspected_s") for r in rs]),
             "max_switchover_to_confirmed_s": max(conf) if conf else None,
         }
         if migs:
@@ -173,35 +226,54 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
     lines = [f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})", "",
              (f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
               f"started {meta.get('started_utc')}, took {meta.get('seconds')} s."), "",
+             (f"Guest command: `{meta.get('guest_command')}`, {meta.get('guest_landmarks')} landmarks; "
+              f"geoprobe snapshot {meta.get('geoprobe_snapshot')}."), "",
              ("| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
-              "flagged in pre-copy | counter-measures | median switchover→confirmed (s) | "
+              "flagged in pre-copy | counter-measures | median (max) switchover→confirmed (s) | "
               "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
               "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |"),
              "|" + "---|" * 18]
     for kind, s in summary.items():
         lines.append("| " + " | ".join(str(x) for x in (
             kind, s["runs"], s["errors"], s["guest_faults"], s.get("migrations_completed", "-"), s["with_suspected"],
-            s["with_confirmed"], s["confirmed_crossing"], s["flagged_during_precopy"],
-            s["countermeasures_fired"], _fmt(s["median_switchover_to_confirmed_s"]),
+            s["with_confirmed"], _crossing(s), s["flagged_during_precopy"],
+            s["countermeasures_fired"], _fmt_max(s["median_switchover_to_confirmed_s"],
+                                                 s["max_switchover_to_confirmed_s"]),
             _fmt(s.get("median_total_time_ms")), _fmt(s.get("median_qemu_downtime_ms")),
             _fmt(s.get("median_guest_pause_ms")), _fmt(s.get("median_dirty_syncs")),
             _fmt(s.get("max_dirty_rate_mb_s")), _fmt(s.get("median_bandwidth_mb_s")),
             _fmt(s.get("max_cpu_throttle_pct")))) + " |")
+    load = meta.get("load_average_1min")
+    if load:
+        lines += ["", (f"Host load (1-min average at each run's end, {meta.get('cpus')} CPUs): "
+                       f"min {load['min']}, median {load['median']}, max {load['max']}.")]
+    if any(r["program"] == "clock" for r in rows):
+        lines += ["", ("Runs with program `clock` (the delay runs) measure QEMU's convergence, not detection: "
+                       "the guest runs the lab's clock probe, which judges no border, so their "
+                       "\"confirmed\" is the first answer from site B and their crossing is empty.")]
     lines += ["", "## Runs", "",
               ("| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
-               "switchover→confirmed s | verdict | hooks/webhooks | error |"), "|" + "---|" * 12]
+               "switchover→suspected s | switchover→confirmed s | rounds | verdict | hooks/webhooks | "
+               "error |"), "|" + "---|" * 14]
     for i, r in enumerate(rows, 1):
         m = r["migration"] or {}
-        c = r["confirmation"] or {}
-        verdict = (f"crossing={c.get('crossing')} {c.get('from')}→{c.get('to')}" if c else
-                   ("suspected" if r["suspected"] else "none"))
         lines.append("| " + " | ".join(str(x) for x in (
             i, r["kind"], f"{r['a']} → {r['b']}" if r["migrated"] else r["a"],
             m.get("status", "-"), _fmt(m.get("total_time_ms")), _fmt(m.get("qemu_downtime_ms")),
             _fmt(m.get("guest_pause_ms")), _fmt(m.get("dirty_sync_count")),
-            _fmt(r["switchover_to_confirmed_s"]), verdict, f"{len(r['hooks'])}/{len(r['webhooks'])}",
+            _fmt(r.get("switchover_to_suspected_s")), _fmt(r["switchover_to_confirmed_s"]),
+            _fmt(r.get("confirm_rounds")), _verdict(r), f"{len(r['hooks'])}/{len(r['webhooks'])}",
             (r["error"] or "")[:80].replace("|", "/"))) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _crossing(s: dict[str, Any]) -> str:
+    n = s["confirmed_crossing"]
+    return f"{n} ({s.get('confirmed_in_b_country', 0)} placed in B's country)" if n else str(n)
+
+
+def _fmt_max(med: float | None, top: float | None) -> str:
+    return "-" if med is None else f"{_fmt(med)} ({_fmt(top)})"
 
 
 def _fmt(x: Any) -> str:

@@ -101,6 +101,7 @@ class Lab:
     accel: str = "tcg"
     log: Callable[[str], None] = print
     guest_landmarks: int = 60  # 0: every landmark both sites serve
+    source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
 
     def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
         rec = RunRecord(plan=plan, program=program.name, started=time.time())
@@ -108,7 +109,7 @@ class Lab:
         wd.mkdir(parents=True)
         keys = self.workdir / "keys"
         keys.mkdir(exist_ok=True)
-        sites = [Site("A", plan.a, wd), Site("B", plan.b, wd)]
+        sites = [Site("A", plan.a, wd, self.source), Site("B", plan.b, wd, self.source)]
         src: QemuProcess | None = None
         dst: QemuProcess | None = None
         console = GuestConsole()
@@ -124,7 +125,7 @@ class Lab:
                     json.loads(catalogue.read_text()), json.loads((wd / "catalogue-B.json").read_text()),
                     self.guest_landmarks, exclude={plan.a.server, plan.b.server}, near=plan.a))
                 files.update(self.host_cache())
-            run_disk = build_run_disk(wd / "run.ext4", REPO, files, program.run_sh)
+            run_disk = build_run_disk(wd / "run.ext4", self.source, files, program.run_sh)
             spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
             console.add(src.serial)
@@ -170,7 +171,7 @@ class Lab:
         d = self.workdir / "geoprobe-cache"
         if not d.is_dir():
             d.mkdir()
-            env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(REPO))
+            env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
             code = "from geoprobe.geo.countries import load_index; load_index()"
             subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True,
                            timeout=600)

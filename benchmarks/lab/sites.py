@@ -62,6 +62,7 @@ class Site:
     label: str
     place: Place
     workdir: Path
+    source: Path = REPO  # where the geoprobe package comes from (the lab's snapshot of it)
     ns: Namespace = field(init=False)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -94,10 +95,12 @@ class Site:
         # Each site's testbed registers in its own runtime dir, so two can run on one host.
         rt = self.workdir / f"runtime-{self.label}"
         rt.mkdir(exist_ok=True)
-        env = dict(os.environ, PYTHONPATH=str(REPO), GEOPROBE_RUNTIME_DIR=str(rt),
+        # `-m` puts the cwd first on sys.path: run in the snapshot, find benchmarks/ in REPO after it.
+        path = os.pathsep.join(dict.fromkeys((str(self.source), str(REPO))))
+        env = dict(os.environ, PYTHONPATH=path, GEOPROBE_RUNTIME_DIR=str(rt),
                    GEOPROBE_STATE_DIR=str(self.workdir / f"state-{self.label}"))
         self.procs.append(self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=str(REPO), env=env))
+                                        stdin=subprocess.DEVNULL, cwd=str(self.source), env=env))
 
     def check_alive(self) -> None:
         for p in self.procs:

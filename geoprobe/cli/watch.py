@@ -171,9 +171,20 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     help="Prometheus textfile to write after every round (node_exporter textfile collector).",
 )
 @click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]), help="Probe method.")
-@click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
-@click.option("--pps", type=click.FloatRange(min=1.0), default=1000.0, show_default=True)
+@click.option(
+    "--samples", type=click.IntRange(1, 100), default=3, show_default=True, help="Probes per landmark per round."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Per-sample timeout (s). Once a baseline exists, 2x the slowest landmark's RTT "
+    "(at least 0.5 s) when that is shorter, so a landmark gone silent does not hold every round.",
+)
+@click.option(
+    "--pps", type=click.FloatRange(min=1.0), default=1000.0, show_default=True, help="Packet rate cap."
+)
 @click.option(
     "--warmup",
     type=click.IntRange(1, 100),
@@ -239,6 +250,8 @@ def watch_cmd(
 
     settings = resolve_settings(allow, policy_path, basis)
     wanted = signal_names(signal_spec)
+    if metrics_path is not None and not metrics_path.parent.is_dir():
+        raise InputError("directory does not exist", file=str(metrics_path.parent), field="--metrics")
     cat = catalogue_from(landmarks_path)
     used_method = method or choose_method(cat)
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)

@@ -44,7 +44,8 @@ PROFILE_GAIN = 1.0
 MEAN_COHERENCE = 0.97  # |mean unit vector| below this: modes > ~1500 km apart
 MODE_RADIUS_KM = 300.0
 CBG_PENALTY = 2.0  # log-likelihood per violated bestline (before tempering)
-SOFT_TAIL = 20.0  # log-likelihood per unit of distance beyond a landmark's calibrated reach
+SOFT_TAIL = 20.0
+HONEST_HOLD_OUT = True  # log-likelihood per unit of distance beyond a landmark's calibrated reach
 
 
 @dataclass(slots=True)
@@ -363,16 +364,27 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
     """
     if len(cases) < 5:
         return Tempering()
+    # The truth's share of each case, as a mask over points: a bincount per candidate reading would
+    # be the same sum, thousands of times over (this fit runs on a fresh ``geoprobe locate``).
+    prepared = []
+    for post, truth, xyz in cases:
+        land = post.codes != ""
+        at_truth = land & (post.codes == truth)
+        inside = post.sound.inside if post.sound.inside.any() else np.ones(len(land), dtype=bool)
+        area = post.sample.weight * inside
+        share = _land_share(area, land, at_truth)
+        prepared.append((post, land, at_truth, share, xyz))
     best, best_nll = (1.0, 1.0), math.inf
     best_e, best_err = 4.0, math.inf
     for t in TEMPERATURES:
         errs = []
         nll = dict.fromkeys(BLENDS, 0.0)
-        for post, truth, xyz in cases:
+        for post, land, at_truth, share, xyz in prepared:
             w = post.weights(float(t))
+            mass = _land_share(w, land, at_truth)
             for b in BLENDS:
-                probs = dict(blended_probabilities(post, w, b))
-                nll[b] -= math.log(min(max(probs.get(truth, 0.0), 1e-3), 1.0))
+                p = mass if b >= 1.0 else b * mass + (1.0 - b) * share
+                nll[b] -= math.log(min(max(p, 1e-3), 1.0))
             la, lo, _ = estimate(post, w)
             errs.append(float(np.arccos(np.clip(to_xyz(la, lo) @ xyz, -1.0, 1.0))) * EARTH_RADIUS_KM)
         for b, v in nll.items():
@@ -382,6 +394,15 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
         if med < best_err - 1e-9:
             best_e, best_err = float(t), med
     return Tempering(best[0], best[1], best_e)
+
+
+def _land_share(w: FArray, land: npt.NDArray[np.bool_], at: npt.NDArray[np.bool_]) -> float:
+    """The share of ``w``'s land mass at ``at``, as ``country_probabilities`` reports it."""
+    total = float(w[land].sum())
+    if total <= 0:
+        return 0.0
+    share = float(w[at].sum()) / total
+    return share if share > 1e-6 else 0.0
 
 
 def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str | None] | None = None,
@@ -405,7 +426,8 @@ def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str
             countries.codes_at(model.lat[i:i + 1], model.lon[i:i + 1])[0])
         if not rtts or not truth:
             continue
-        held = dataclasses.replace(model, excluded={**model.excluded, lid: "held out"})
+        held = calibration.hold_out(model, i) if HONEST_HOLD_OUT else dataclasses.replace(
+            model, excluded={**model.excluded, lid: "held out"})
         idx, r = measured_rtts(held, rtts)
         if len(idx) == 0:
             continue

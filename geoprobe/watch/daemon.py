@@ -65,7 +65,14 @@ class SignalAdapter:
         r = self.signal.sample()
         self.last = r
         if r.available and r.anomalous:
-            return [Anomaly(r.name, float(r.score), r.reason, bool(r.decisive), float(r.time))]
+            decisive = bool(r.decisive)
+            step = r.detail.get("step_ms") if isinstance(r.detail, dict) else None
+            if decisive and isinstance(step, (int, float)) and step < 0:
+                # A migration's pause leaves the guest clock *behind* (the offset steps up). A step
+                # down is our clock jumping ahead: NTP correcting the last step, or an admin.
+                # Recorded, but it must not open a new suspicion.
+                decisive = False
+            return [Anomaly(r.name, float(r.score), r.reason, decisive, float(r.time))]
         return []
 
 
@@ -222,12 +229,16 @@ class Watcher:
         if self.store is None:
             return
         raw = self.store.load_baseline("rtt")
-        last = self.store.last_fix("watch")
-        if raw is None or last is None:
+        if raw is None:
             return
         self.baseline = Baseline.from_json(raw)
+        # The home is where the baseline was taken, solved from its medians: not the last stored
+        # fix, which may be a moved one recorded mid-suspicion (killed before it was confirmed).
+        rtts = {lid: r for lid in self.baseline.history if (r := self.baseline.rtt(lid)) is not None}
         try:
-            fix = self.solve(last.rtts)
+            if len(rtts) < self.config.min_landmarks:
+                raise GeoprobeError(f"only {len(rtts)} landmarks in the stored baseline")
+            fix = self.solve(rtts)
         except GeoprobeError as exc:
             log.warning("cannot re-solve the stored fix: %s; starting a new baseline", exc)
             self.baseline = Baseline()
@@ -286,8 +297,11 @@ class Watcher:
         self._record(transitions, shift, rtts, now, out)
         self._save_baseline()
         self.last_shift = shift
+        # Never twice in a row: a fingerprint that keeps moving without agreeing must not turn the
+        # watch into a back-to-back prober; every other round waits the fast interval.
         self._at_once = (
             self.config.remeasure_at_once
+            and not self._at_once
             and shift is not None
             and shift.outcome == "moved"
             and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
@@ -478,4 +492,7 @@ class Watcher:
                 1 if fix.certified else 0,
                 country=fix.certified or "",
             )
-        m.write(self.metrics_path)
+        try:
+            m.write(self.metrics_path)
+        except OSError as exc:  # a full disk or a vanished directory must not stop the watch
+            log.warning("cannot write metrics to %s: %s", self.metrics_path, exc)

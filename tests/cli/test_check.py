@@ -299,3 +299,42 @@ def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
     finally:
         tb.send_signal(signal.SIGTERM)
         tb.wait(30)
+
+
+def test_cron_mode_runs_the_policy_once_per_migration(catalogue_file: Path, tmp_path: Path) -> None:
+    import json
+
+    got = tmp_path / "hook.got"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ncat >> {got}\necho >> {got}\n")
+    hook.chmod(0o755)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[jurisdiction]\nallow = ["DE"]\n\n[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{hook}"]\n'
+    )
+    state = tmp_path / "state"
+    base = ["--landmarks", str(catalogue_file), "--policy", str(policy), "--state", str(state)]
+    assert check(tmp_path, *base, "--replay", str(replay(tmp_path, FRANKFURT, 1)))[0] == 0
+    # A dry run reports the crossing but runs nothing.
+    dry_state = tmp_path / "dry"
+    dry = ["--landmarks", str(catalogue_file), "--policy", str(policy), "--state", str(dry_state)]
+    check(tmp_path, *dry, "--replay", str(replay(tmp_path, FRANKFURT, 1)))
+    assert check(tmp_path, *dry, "--dry-run", "--replay", str(replay(tmp_path, MADRID, 2)))[0] == 2
+    assert not got.exists()
+    # The real run: the hook gets the confirmed crossing's CloudEvent on stdin, once.
+    code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 2)))
+    assert code == 2 and "migrated" in line
+    (ev,) = [json.loads(x) for x in got.read_text().splitlines() if x.strip()]
+    assert ev["type"] == "io.geoprobe.migration.confirmed" and ev["data"]["crossing"] is True
+    assert ev["data"]["from"] == "DE"
+    assert check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 3)))[0] == 2
+    assert len([x for x in got.read_text().splitlines() if x.strip()]) == 1
+
+
+def test_bad_input_also_says_so_on_stderr(catalogue_file: Path, tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdout=out, stderr=err, state_dir=tmp_path)
+    code = main(["check", "--landmarks", str(tmp_path / "missing.json"), "--allow", "DE"], env=env)
+    assert code == 3 and out.getvalue().startswith("GEOPROBE UNKNOWN - ")
+    assert err.getvalue().count("\n") == 1 and "missing.json" in err.getvalue()
+    assert "Traceback" not in err.getvalue()

@@ -181,3 +181,81 @@ def test_watch_bad_input_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.C
     assert code == 3 and "--allow" in err
     code, err = run("--landmarks", str(tmp_path / "cat.json"), "--allow", "DE", "--signals", "telepathy")
     assert code == 3 and "telepathy" in err
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_whole_store_and_a_restart_sees_the_move_made_while_down(
+    testbed: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from geoprobe.store import default_path
+    from geoprobe.watch.state import WatchStore
+
+    cat, env = testbed
+    ev, prom, state = tmp_path / "events.jsonl", tmp_path / "geoprobe.prom", tmp_path / "state"
+    args = ["watch", "--landmarks", str(cat), "--allow", "DE", "--events", str(ev), "--state", str(state)]
+    args += ["--interval", "0.5", "--warmup", "3", "--signals", "none", "--metrics", str(prom)]
+    watch = geoprobe(*args, env=env)
+    try:
+        wait_for(
+            lambda: prom.exists() and "geoprobe_watch_rounds_total 6" in prom.read_text(), 120, "6 rounds"
+        )
+    finally:
+        watch.kill()  # SIGKILL, mid-round or mid-write: no clean shutdown
+        watch.communicate(timeout=20)
+    db = default_path(state)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    orphans = conn.execute(
+        "SELECT COUNT(*) FROM watch_fixes f LEFT JOIN watch_fingerprints p ON p.fix_id = f.id "
+        "WHERE p.fix_id IS NULL"
+    ).fetchone()[0]
+    conn.close()
+    assert orphans == 0
+    with WatchStore(db) as st:
+        last = st.last_fix("watch")
+        assert last is not None and last.certified in ("DE", None) and len(last.rtts) > 20
+        assert st.load_baseline("rtt") is not None
+        stored = [e["id"] for e in st.events()]
+    assert stored == [e["id"] for e in read_events(ev)], "every event written was recorded, and only those"
+
+    move(env, "Madrid")  # while the watch is down
+    restart = geoprobe(*args, "--rounds", "4", env=env)
+    code = restart.wait(120)
+    assert code == 0, restart.communicate()[1]
+    conf = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED]
+    assert len(conf) == 1 and conf[0]["crossing"] is True and conf[0]["from"] == "DE"
+
+
+def test_ntp_servers_come_from_config_and_feed_a_clock_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from geoprobe.cli.watch import build_signals, config_ntp_servers
+    from geoprobe.errors import InputError
+    from geoprobe.watch.signals.ntp import SntpServer
+
+    monkeypatch.setenv("GEOPROBE_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with SntpServer() as server:
+        (tmp_path / "config.toml").write_text(f'[watch]\nntp = ["{server.address}"]\n')
+        assert config_ntp_servers() == [server.address]
+        sources = build_signals(["clock"], logging.getLogger("test"), ntp_servers=config_ntp_servers())
+        assert sorted(s.name for s in sources) == ["clock_landmarks", "clock_ntp"]
+        ntp = next(s for s in sources if s.name == "clock_ntp")
+        assert ntp.poll([], 0.0) == [] and server.answered >= 1  # asked, and no step yet
+        # Without the clock signal, NTP servers add nothing.
+        assert build_signals(["steal"], logging.getLogger("test"), ntp_servers=[server.address])[0].name
+    (tmp_path / "config.toml").write_text("[watch]\nntp = 5\n")
+    with pytest.raises(InputError, match="watch.ntp"):
+        config_ntp_servers()
+
+
+def test_metrics_into_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
+    env = Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
+    missing = tmp_path / "nope" / "g.prom"
+    code = main(["watch", "--landmarks", str(tmp_path / "c.json"), "--allow", "DE", "--metrics", str(missing)], env=env)
+    err = env.stderr.getvalue()
+    assert code == 3 and err.count("\n") == 1 and "nope" in err and "--metrics" in err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.lab.build import build_run_disk, module_order
+from benchmarks.lab.build import build_run_disk, module_order, snapshot_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,3 +56,30 @@ def test_run_disk_holds_the_working_tree_and_an_executable_run_sh(tmp_path: Path
     assert "Mode:  0755" in debugfs("stat /hook.sh")
     assert debugfs("cat /geoprobe/__init__.py") == (REPO / "geoprobe" / "__init__.py").read_text()
     assert "__pycache__" in debugfs("ls /geoprobe")  # compiled on the host: the guest's root is read-only
+
+
+def test_source_snapshot_leaves_out_bytecode_and_its_digest_follows_the_code(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "geoprobe" / "__pycache__").mkdir(parents=True)
+    (repo / "geoprobe" / "__init__.py").write_text("X = 1\n")
+    (repo / "geoprobe" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
+    first = snapshot_source(repo, tmp_path / "one")
+    assert (tmp_path / "one" / "geoprobe" / "__init__.py").read_text() == "X = 1\n"
+    assert not (tmp_path / "one" / "geoprobe" / "__pycache__").exists()
+    (repo / "geoprobe" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"other junk")
+    assert snapshot_source(repo, tmp_path / "two") == first  # bytecode is not the code
+    (repo / "geoprobe" / "__init__.py").write_text("X = 2\n")
+    assert snapshot_source(repo, tmp_path / "three") != first
+
+
+def test_a_build_past_its_deadline_is_a_build_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from benchmarks.lab import build
+
+    monkeypatch.setattr(build, "need_tools", lambda: [])
+    with pytest.raises(build.BuildError, match="did not finish in the time allowed"):
+        build.build_guest(tmp_path / "cache", deadline=time.monotonic() - 1.0)
+    assert not (tmp_path / "cache" / "rootfs").exists()  # nothing half-built is taken for a guest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from benchmarks.lab.__main__ import targets
@@ -64,9 +65,14 @@ def test_targets_report_what_was_missed() -> None:
     assert len(missed) == 1 and "median switchover->confirmed 13.0 s" in missed[0]
     assert targets(summarise([good, slow, slow]), timing=False) == []
     missed = targets(summarise([good, silent]), timing=False)
-    assert any("1/2 confirmed" in m for m in missed) and any("counter-measures" in m for m in missed)
+    assert any("1/2 crossings confirmed" in m for m in missed) and any("counter-measures" in m for m in missed)
+    no_crossing = record(1080.0)
+    no_crossing.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to="DE"))
+    missed = targets(summarise([good, analyse(no_crossing)]), timing=False)
+    assert any("1/2 crossings confirmed in the guest (2 migrations confirmed)" in m for m in missed)
     text = markdown(summarise([good, silent]), [good, silent], {"mode": "smoke"})
     assert "| cross | 2 | 0 | 0 | 2 |" in text and "crossing=True None→ES" in text
+    assert "| 1 (1 placed in B's country) |" in text  # the confirmation said ES, B is Madrid (ES)
 
 
 def test_guest_catalogue_keeps_landmarks_both_sites_serve_nearest_first() -> None:
@@ -83,3 +89,35 @@ def test_guest_catalogue_keeps_landmarks_both_sites_serve_nearest_first() -> Non
     assert out["calibration"]["rtts"] == [["Paris", "Lyon", 6.0]]
     every = guest_catalogue(cat_a, cat_b, 0, exclude={"Frankfurt", "Madrid"}, near=A)
     assert len(every["landmarks"]) == 4  # Madrid is not served at B
+
+
+def _at(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_console_spread_and_geoprobes_own_account_of_the_confirmation() -> None:
+    rec = record(confirm_at=1080.0, suspect_at=1078.5)
+    # The guest clock runs 0.7 s behind the host; the console delivers within 30 ms.
+    fixes = [(1040.0 + k, json.dumps({"specversion": "1.0", "type": "io.geoprobe.location.fix",
+                                       "time": _at(1040.0 + k - 0.7 - 0.03 * (k % 2))}))
+             for k in range(4)]
+    rec.console = fixes + [(1080.0, json.dumps({"specversion": "1.0", "type": CONFIRMED, "data": {
+        "crossing": True, "from": "DE", "to": "ES", "rounds": 2, "seconds": 1.4}}))]
+    row = analyse(rec)
+    assert row["console_clock_spread_ms"] == 30.0
+    assert row["confirm_rounds"] == 2 and row["confirm_seconds_in_guest"] == 1.4
+    assert row["switchover_to_confirmed_s"] == 3.0
+
+
+def test_verdicts_name_a_straddling_region_and_the_clock_probe() -> None:
+    rec = record(confirm_at=1080.0)
+    rec.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to=None, **{"from": "DE"}))
+    straddle = analyse(rec)
+    clock = RunRecord(plan=RunPlan("delay-off", A, B), program="clock", started=1000.0, ended=1100.0)
+    clock.src_events = [_ev("STOP", 1050.0)]
+    clock.console = [(1050.4, json.dumps({"lab": "clock", "event": "site", "site": "B"}))]
+    clock_row = analyse(clock)
+    assert clock_row["switchover_to_confirmed_s"] == 0.4 and clock_row["confirmation"]["crossing"] is None
+    text = markdown(summarise([straddle, clock_row]), [straddle, clock_row], {"mode": "full"})
+    assert "crossing=False DE→straddling" in text
+    assert "site B answered (clock probe)" in text and "measure QEMU's convergence" in text

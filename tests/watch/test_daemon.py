@@ -164,6 +164,26 @@ def test_restart_keeps_the_baseline_and_sees_a_move_made_while_down(
     assert [e["data"]["crossing"] for e in emitted if e["type"] == events.CONFIRMED] == [True]
 
 
+def test_a_watch_killed_mid_suspicion_keeps_its_home(catalogue: Catalogue, tmp_path: Path) -> None:
+    world = World(FRANKFURT, seed=5)
+    w, _, _ = make_watcher(catalogue, world, tmp_path)
+    for _ in range(5):
+        w.round()
+    world.at = MADRID
+    w.round()
+    assert w.fusion.state == State.SUSPECT
+    assert w.store is not None
+    last = w.store.last_fix("watch")
+    assert last is not None and last.certified != "DE"  # the moved fix is the last one stored
+    w.store.close()  # as after kill -9: nothing but what was committed
+    w2, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    assert w2.fusion.jurisdiction.label(w2.fusion.home_fix) == "DE"
+    for _ in range(2):
+        w2.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["from"] == "DE"
+
+
 class Broken:
     name = "broken"
 
@@ -297,3 +317,44 @@ def test_signals_are_rebaselined_after_a_confirmed_move(catalogue: Catalogue, tm
     w.round()
     w.round()
     assert [e for e in emitted if e["type"] == events.CONFIRMED] and sig.resets == 1
+
+
+class FixedReading:
+    """A clock signal that reports one fixed step."""
+
+    decisive = True
+
+    def __init__(self, step_ms: float) -> None:
+        self.name = "clock_landmarks"
+        self.step_ms = step_ms
+
+    def sample(self) -> Any:
+        from geoprobe.watch.signals.base import Reading
+
+        return Reading(
+            self.name, value=self.step_ms, score=9.0, anomalous=True, unit="ms",
+            reason=f"clock offset stepped {self.step_ms:+.1f} ms", detail={"step_ms": self.step_ms},
+        )
+
+
+def test_a_clock_step_down_is_recorded_but_never_decisive() -> None:
+    (up,) = SignalAdapter(FixedReading(50.0)).poll([], 0.0)
+    (down,) = SignalAdapter(FixedReading(-50.0)).poll([], 0.0)
+    assert up.decisive and not down.decisive
+
+
+def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world = World(FRANKFURT, seed=6)
+    step = StepSignal()  # fires on its 6th update: the first round after the move
+    w, emitted, hooked = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(step)])
+    for _ in range(5):
+        w.round()
+    world.at = MADRID
+    r = w.round()
+    assert [t.to for t in r.transitions] == [State.SUSPECT, State.CONFIRMING, State.CONFIRMED]
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["from"] == "DE" and "clock_offset" in c["signals"]
+    assert types(hooked) == [events.SUSPECTED, events.CONFIRMED]
+    assert w.interval == w.config.fast  # re-baselining at the new place, not re-measuring at once
