@@ -76,7 +76,7 @@ class RunResult:
     km: float
     suspected: bool
     confirmed: bool
-    crossing: bool
+    crossing: bool | None  # None: a move nobody can place (RTTs only rose)
     rule: str | None
     rounds: int | None  # rounds after the move until confirmation
     seconds: float | None
@@ -220,7 +220,7 @@ class Replay:
                             self._km(a, b),
                             suspected[basis],
                             True,
-                            bool(tr.data["crossing"]),
+                            tr.data["crossing"],
                             tr.data["jurisdiction"]["rule"],
                             after if moved_at is not None else None,
                             (t + self.round_s - moved_at) if moved_at is not None else None,
@@ -299,6 +299,7 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                 continue
             conf = [r for r in rs if r.confirmed]
             cross = [r for r in conf if r.crossing]
+            unknown = [r for r in conf if r.crossing is None]
             rounds = [r.rounds for r in cross if r.rounds is not None]
             secs = [r.seconds for r in cross if r.seconds is not None]
             rules: dict[str, int] = {}
@@ -309,6 +310,7 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                 "suspected": len([r for r in rs if r.suspected]),
                 "confirmed": len(conf),
                 "confirmed_crossing": len(cross),
+                "confirmed_unknown": len(unknown),
                 "crossing_rules": rules,
                 "rounds_to_confirm_median": float(np.median(rounds)) if rounds else None,
                 "rounds_to_confirm_p95": float(np.percentile(rounds, 95)) if rounds else None,
@@ -328,7 +330,8 @@ def report(s: dict[str, Any], basis: str) -> None:
         print(
             f"  cross-border > 500 km confirmed as crossing: {rate(far['confirmed_crossing'], far['runs'])}"
             f"   (target >= 0.99)  by rule: {far['crossing_rules']}; "
-            f"move confirmed at all: {rate(far['confirmed'], far['runs'])}"
+            f"move confirmed at all: {rate(far['confirmed'], far['runs'])}, "
+            f"of which crossing unknown (null): {far['confirmed_unknown']}"
         )
         if far["rounds_to_confirm_median"] is not None:
             print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,21 @@ def _timeout(deadline: float | None) -> float | None:
     return left
 
 
+def _run(cmd: list[str], deadline: float | None, **kw: object) -> None:
+    """subprocess.run(check=True) bounded by `deadline`; on time-out the command's whole process group
+    is killed (debootstrap and apt leave wget and dpkg children behind otherwise)."""
+    timeout = _timeout(deadline)  # raises before anything starts when the time is already up
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)  # type: ignore[call-overload]
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if rc:
+        raise subprocess.CalledProcessError(rc, cmd)
+
+
 @dataclass(frozen=True)
 class GuestImage:
     kernel: Path
@@ -115,36 +131,65 @@ def need_tools() -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
+def mounts_under(path: Path, mounts: str | None = None) -> list[Path]:
+    """Mount points inside `path` (from /proc/mounts), deepest first: the order to unmount them."""
+    if mounts is None:
+        mounts = Path("/proc/mounts").read_text()
+    root = path.resolve()
+    found = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if point == root or root in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def discard_tree(path: Path) -> None:
+    """Remove a (partial) root tree, unmounting first what an interrupted debootstrap or chroot left
+    mounted in it (/proc, /sys, /dev): rmtree through a live mount would reach the host's own files."""
+    for point in mounts_under(path):
+        subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+    left = mounts_under(path)
+    if left:
+        raise BuildError(f"{path}: cannot unmount {', '.join(map(str, left))}; remove it by hand")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
     """Debootstrap the root once; a partial tree from an interrupted run is discarded."""
     rootfs = cache / "rootfs"
     if (rootfs / "usr" / "bin" / "python3").exists() and (rootfs / ".lab-complete").exists():
         return rootfs
     partial = cache / "rootfs.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    discard_tree(partial)
     cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", INITRD="No")
     with log.open("wb") as out:
         # debootstrap alone does not resolve virtual packages (python3-cryptography needs one),
         # so it lays the minimal base and apt inside the chroot installs the rest.
-        subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR], check=True,
-                       stdout=out, stderr=subprocess.STDOUT, env=env, timeout=_timeout(deadline))
+        _run(["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR], deadline,
+             stdout=out, stderr=subprocess.STDOUT, env=env)
         (partial / "etc" / "apt" / "sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
         subprocess.run(["mount", "-t", "proc", "proc", str(partial / "proc")], check=True)
         try:
             for cmd in (["apt-get", "update"],
                         ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
                         ["apt-get", "clean"]):
-                subprocess.run(["chroot", str(partial), *cmd], check=True, stdout=out,
-                               stderr=subprocess.STDOUT, env=env, timeout=_timeout(deadline))
+                _run(["chroot", str(partial), *cmd], deadline, stdout=out, stderr=subprocess.STDOUT,
+                     env=env)
         finally:
             subprocess.run(["umount", str(partial / "proc")], check=False)
+    for point in mounts_under(partial):  # debootstrap's own, if it was stopped before unmounting
+        subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
     shutil.rmtree(partial / "var" / "lib" / "apt" / "lists", ignore_errors=True)
     # The package caches are half the tree and the guest never installs anything.
     shutil.rmtree(partial / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     (partial / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     (partial / ".lab-complete").write_text(" ".join(PACKAGES) + "\n")
-    shutil.rmtree(rootfs, ignore_errors=True)
+    discard_tree(rootfs)
     partial.rename(rootfs)
     return rootfs
 
@@ -158,8 +203,8 @@ def add_wheels(rootfs: Path, log: Path, deadline: float | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, log.open("ab") as out:
         common = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
                   "--platform", "manylinux2014_x86_64", "--no-deps"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS],
-                       check=True, stdout=out, stderr=subprocess.STDOUT, timeout=_timeout(deadline))
+        _run([sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS], deadline,
+             stdout=out, stderr=subprocess.STDOUT)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *common, "--upgrade",
                         "--target", str(target), *sorted(str(p) for p in Path(tmp).glob("*.whl"))],
                        check=True, stdout=out, stderr=subprocess.STDOUT)
@@ -261,8 +306,11 @@ def build_guest(cache: Path | None = None, rebuild: bool = False,
         rootfs = debootstrap(cache, log, deadline)
         add_wheels(rootfs, log, deadline)
     except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"guest build did not finish in the time allowed ({exc.cmd!s:.60}); "
-                         f"see {log}") from exc
+        for point in mounts_under(cache):  # a killed debootstrap leaves /proc mounted in its target
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+        cmd = " ".join(map(str, exc.cmd)) if isinstance(exc.cmd, list) else str(exc.cmd)
+        raise BuildError(f"guest build did not finish in the time allowed (stopped in: {cmd[:60]}); "
+                         f"`benchmarks/lab/run --build-only` (no time limit) fills the cache; see {log}") from exc
     except subprocess.CalledProcessError as exc:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
         raise BuildError(f"guest build failed: {' '.join(map(str, exc.cmd))[:80]} exited "

@@ -44,7 +44,7 @@ def _guest_time(ev: dict[str, Any]) -> float | None:
     if not isinstance(t, str):
         return None
     try:
-        return dt.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+        return dt.datetime.fromisoformat(t).timestamp()  # 3.11 reads the trailing Z
     except ValueError:
         return None
 

@@ -84,7 +84,7 @@ def resolve_settings(
         raise InputError("no allowed jurisdictions: give --allow CODES or a --policy FILE", field="allow")
     j = Jurisdiction.of(
         codes, min_probability=min_probability if min_probability is not None else minp, basis=basis
-    )  # type: ignore[arg-type]
+    )
     return Settings(j, min_landmarks if min_landmarks is not None else minl, policy)
 
 

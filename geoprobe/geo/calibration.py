@@ -172,7 +172,7 @@ def _gaussian_smooth(h: FArray, sigma: tuple[float, float]) -> FArray:
         pad = [(0, 0)] * out.ndim
         pad[axis] = (r, r)
         padded = np.pad(out, pad, mode="edge")
-        out = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), axis, padded)
+        out = np.apply_along_axis(np.convolve, axis, padded, k, mode="valid")
     return np.asarray(out, dtype=float)
 
 

@@ -17,7 +17,13 @@ import shapely
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
-from geoprobe.geo.sphere import EARTH_RADIUS_KM, HALF_CIRCUMFERENCE_KM, cap_polygon, destination, to_xyz
+from geoprobe.geo.sphere import (
+    EARTH_RADIUS_KM,
+    HALF_CIRCUMFERENCE_KM,
+    cap_polygon,
+    destination,
+    to_xyz,
+)
 
 FArray = npt.NDArray[np.float64]
 BArray = npt.NDArray[np.bool_]

@@ -14,7 +14,6 @@ whose removal leaves a point) and named, never papered over by growing every cir
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -416,7 +415,6 @@ def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str
     cand = [i for i, lid in enumerate(model.ids) if lid not in model.excluded]
     cases: list[tuple[Posterior, str, FArray]] = []
     for i in rng.permutation(cand)[:limit].tolist():
-        lid = model.ids[i]
         row = model.rtt[i] if model.rtt.size else np.full(len(model.ids), np.nan)
         others = [j for j in range(len(model.ids)) if j != i and np.isfinite(row[j])]
         if landmarks is not None and len(others) > landmarks:
@@ -426,8 +424,7 @@ def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str
             countries.codes_at(model.lat[i:i + 1], model.lon[i:i + 1])[0])
         if not rtts or not truth:
             continue
-        held = calibration.hold_out(model, i) if HONEST_HOLD_OUT else dataclasses.replace(
-            model, excluded={**model.excluded, lid: "held out"})
+        held = calibration.hold_out(model, i)
         idx, r = measured_rtts(held, rtts)
         if len(idx) == 0:
             continue

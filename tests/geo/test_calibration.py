@@ -63,3 +63,40 @@ def test_soft_ranging_rules_out_points_beyond_the_sound_bound() -> None:
     model = fit_arrays(ds.ids, ds.lats, ds.lons, ds.rtt_min)
     ll = soft_loglik(model.table, np.array([10.0]), np.array([[500.0], [999.0], [1001.0]]))
     assert np.isfinite(ll[:2]).all() and ll[2, 0] == -np.inf
+
+
+def test_hold_out_refits_exactly_the_bestlines_that_rest_on_the_landmark() -> None:
+    """Tempering locates held-out landmarks; bestlines fitted through their own pairs would make
+    them easier cases than any real target."""
+    from geoprobe.geo.calibration import hold_out
+
+    world = make_world(n=30, seed=21)
+    ds = world.dataset
+    model = fit_arrays(ds.ids, ds.lats, ds.lons, ds.rtt_min)
+    km = distance_matrix_km(ds.lats, ds.lons, ds.lats, ds.lons)
+    support = np.abs(model.rtt - (model.slope[:, None] * km + model.intercept[:, None])) <= 1e-6
+    i = int(np.argmax(support.sum(axis=0)))  # the landmark most bestlines rest on
+    leaning = np.flatnonzero(support[:, i])
+    assert len(leaning) > 0
+    held = hold_out(model, i)
+    assert ds.ids[i] in held.excluded and ds.ids[i] not in model.excluded
+    for j in range(len(ds.ids)):
+        if j in leaning:
+            row = model.rtt[j].copy()
+            row[i] = np.nan
+            ok = np.isfinite(row)
+            assert (held.slope[j], held.intercept[j]) == pytest.approx(bestline(km[j, ok], row[ok]))
+            # Without its support the line is no longer forced under the held-out pair.
+            assert held.intercept[j] + held.slope[j] * km[j, i] >= model.rtt[j, i] - 1e-9
+        else:
+            assert (held.slope[j], held.intercept[j]) == (model.slope[j], model.intercept[j])
+
+
+def test_table_smoothing_equals_scipy_gaussian_filter() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from geoprobe.geo.calibration import _gaussian_smooth
+
+    h = np.random.default_rng(3).random((28, 50)) * 7.0
+    np.testing.assert_allclose(_gaussian_smooth(h, (0.8, 1.0)), gaussian_filter(h, sigma=(0.8, 1.0), mode="nearest"),
+                               atol=1e-12)

@@ -99,3 +99,28 @@ def test_region_geojson_and_area(world, model) -> None:  # type: ignore[no-untyp
     assert gj["type"] in ("Polygon", "MultiPolygon") and gj["coordinates"]
     assert 0 < fix.region.area_km2 <= fix.sound_region.area_km2 * 1.05
     assert fix.region.to_geojson()["coordinates"]
+
+
+def test_calibration_and_prior_never_move_the_sound_region(world, model) -> None:  # type: ignore[no-untyped-def]
+    """The sound region and the certification rest on the 100 km/ms caps alone: fitting a model,
+    its data-centre prior and its tempering may reshape the posterior, never the sound region."""
+    import dataclasses
+
+    strong_prior = dataclasses.replace(model, prior_floor=1e-6, prior_bandwidth_km=20.0, temperature=0.5,
+                                       estimate_temperature=0.5)
+    for lat, lon in _targets(12, seed=9):
+        rtts = world.measure(lat, lon)
+        bare = solve_model(None, model.ids, model.lat, model.lon, rtts, countries())
+        for m in (model, strong_prior):
+            fix = solve_model(m, m.ids, m.lat, m.lon, rtts, countries())
+            assert fix.sound_region is not None and bare.sound_region is not None
+            assert fix.sound_region.area_km2 == pytest.approx(bare.sound_region.area_km2)
+            np.testing.assert_array_equal(fix.sound_region.inside, bare.sound_region.inside)
+            assert fix.certified == bare.certified
+        # Added delay only widens it: everything inside before stays inside.
+        slower = solve_model(model, model.ids, model.lat, model.lon, {k: v + 7.0 for k, v in rtts.items()},
+                             countries())
+        assert slower.sound_region is not None
+        assert slower.sound_region.area_km2 >= bare.sound_region.area_km2
+        s = bare.sound_region.sample.subset(bare.sound_region.inside)
+        assert all(slower.sound_region.contains(a, o) for a, o in zip(s.lat[::25], s.lon[::25]))

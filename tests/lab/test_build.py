@@ -79,7 +79,35 @@ def test_a_build_past_its_deadline_is_a_build_error_not_a_hang(
 
     from benchmarks.lab import build
 
-    monkeypatch.setattr(build, "need_tools", lambda: [])
+    monkeypatch.setattr(build, "need_tools", list)
     with pytest.raises(build.BuildError, match="did not finish in the time allowed"):
         build.build_guest(tmp_path / "cache", deadline=time.monotonic() - 1.0)
     assert not (tmp_path / "cache" / "rootfs").exists()  # nothing half-built is taken for a guest
+
+
+def test_a_timed_out_command_is_killed_with_its_children(tmp_path: Path) -> None:
+    import time
+
+    from benchmarks.lab.build import _run
+
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run(["sh", "-c", script], time.monotonic() + 0.5)
+    child = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    time.sleep(0.2)
+    # the grandchild went with the group: gone, or a zombie until init reaps it
+    assert not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    with pytest.raises(subprocess.CalledProcessError):
+        _run(["sh", "-c", "exit 3"], None)
+
+
+def test_mounts_under_a_tree_are_found_deepest_first(tmp_path: Path) -> None:
+    from benchmarks.lab.build import mounts_under
+
+    root = tmp_path / "rootfs.partial"
+    mounts = (f"proc {root}/proc proc rw 0 0\n"
+              f"sysfs {root}/proc/sys/fs/binfmt_misc binfmt_misc rw 0 0\n"
+              f"tmpfs {tmp_path}/rootfs.partial2 tmpfs rw 0 0\n"
+              "proc /proc proc rw 0 0\n")
+    assert mounts_under(root, mounts) == [root / "proc/sys/fs/binfmt_misc", root / "proc"]
