@@ -19,9 +19,10 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
   With the opt-in calibrated basis, a probability-only "outside" also needs the RTT to have *fallen*
   to at least ``min_decreased`` landmarks, which added delay cannot produce.
 * confirming -> confirmed, ``crossing=false``: the new fix is inside the allowed set (a move within
-  it, or back into it), the VM was already outside before this move (no new crossing), or it still
-  straddles the border after ``max_confirm_rounds`` rounds (a move, not a proven
-  crossing: an overlapping region is never a confirmed crossing).
+  it, or back into it), or the VM was already outside before this move (no new crossing).
+* confirming -> confirmed, ``crossing=null``: the new region still straddles the border after
+  ``max_confirm_rounds`` rounds: a move whose crossing is unknown (an overlapping region is never a
+  confirmed crossing); the policy's ``unknown`` verdict decides what to do.
 * unsure fingerprints (RTTs only rose) raise a suspicion after ``unsure_rounds`` rounds in a row; if
   they persist ``max_confirm_rounds`` more, the move is confirmed with ``crossing=null`` (unknown):
   rises alone can never take the sound region out of the allowed set.
@@ -307,16 +308,17 @@ class Fusion:
                 [a.signal for a in self._corroborating(now)],
             )
         elif self._confirm_rounds >= self.config.max_confirm_rounds:
+            # Moved, but neither provably out nor in: the policy's ``unknown`` verdict decides.
             self._confirm(
                 out,
                 shift,
                 fix,
-                False,
+                None,
                 verdict.reasons
                 + [
                     (
                         f"still straddling after {self._confirm_rounds} rounds: "
-                        "a move, not a confirmed crossing"
+                        "a move, crossing unknown (never a confirmed crossing)"
                     )
                 ],
                 now,
