@@ -76,7 +76,7 @@ class RunResult:
     km: float
     suspected: bool
     confirmed: bool
-    crossing: bool | None  # None: a move nobody can place (RTTs only rose)
+    crossing: bool | None  # None: unknown (RTTs only rose, or the region still straddles)
     rule: str | None
     rounds: int | None  # rounds after the move until confirmation
     seconds: float | None
