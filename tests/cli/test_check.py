@@ -17,6 +17,8 @@ from geoprobe.geo.sphere import haversine_km
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, save_measurements
 
+from .conftest import HookPolicy
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "watch"))
 from watch_world import LANDMARKS, rtts_at
 
@@ -301,17 +303,11 @@ def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
         tb.wait(30)
 
 
-def test_cron_mode_runs_the_policy_once_per_migration(catalogue_file: Path, tmp_path: Path) -> None:
+def test_cron_mode_runs_the_policy_once_per_migration(catalogue_file: Path, tmp_path: Path,
+                                                      hook_policy: HookPolicy) -> None:
     import json
 
-    got = tmp_path / "hook.got"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\ncat >> {got}\necho >> {got}\n")
-    hook.chmod(0o755)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(
-        f'[jurisdiction]\nallow = ["DE"]\n\n[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{hook}"]\n'
-    )
+    got, policy = hook_policy.got, hook_policy.policy
     state = tmp_path / "state"
     base = ["--landmarks", str(catalogue_file), "--policy", str(policy), "--state", str(state)]
     assert check(tmp_path, *base, "--replay", str(replay(tmp_path, FRANKFURT, 1)))[0] == 0
@@ -324,11 +320,11 @@ def test_cron_mode_runs_the_policy_once_per_migration(catalogue_file: Path, tmp_
     # The real run: the hook gets the confirmed crossing's CloudEvent on stdin, once.
     code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 2)))
     assert code == 2 and "migrated" in line
-    (ev,) = [json.loads(x) for x in got.read_text().splitlines() if x.strip()]
+    (ev,) = [json.loads(x) for x in hook_policy.events()]
     assert ev["type"] == "io.geoprobe.migration.confirmed" and ev["data"]["crossing"] is True
     assert ev["data"]["from"] == "DE"
     assert check(tmp_path, *base, "--replay", str(replay(tmp_path, MADRID, 3)))[0] == 2
-    assert len([x for x in got.read_text().splitlines() if x.strip()]) == 1
+    assert len(hook_policy.events()) == 1
 
 
 def test_bad_input_also_says_so_on_stderr(catalogue_file: Path, tmp_path: Path) -> None:

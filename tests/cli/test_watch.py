@@ -24,6 +24,8 @@ from geoprobe import events
 from geoprobe.cli import main
 from geoprobe.cli.env import Environment
 
+from .conftest import HookPolicy
+
 
 def geoprobe(*args: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -93,20 +95,12 @@ def move(env: dict[str, str], to: str) -> None:
 
 @pytest.mark.slow
 def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
-    testbed: tuple[Path, dict[str, str]], tmp_path: Path
+    testbed: tuple[Path, dict[str, str]], tmp_path: Path, hook_policy: HookPolicy
 ) -> None:
     cat, env = testbed
     ev = tmp_path / "events.jsonl"
     prom = tmp_path / "geoprobe.prom"
-    got = tmp_path / "hook-got.jsonl"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\ncat >> {got}\necho >> {got}\n")
-    hook.chmod(0o755)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(
-        f'[jurisdiction]\nallow = ["DE"]\n\n[[on.confirmed_crossing]]\naction = "hook"\n'
-        f'command = ["{hook}"]\n'
-    )
+    got, policy = hook_policy.got, hook_policy.policy
     watch = geoprobe(
         "watch",
         "--landmarks",
