@@ -81,6 +81,9 @@ class WatchConfig:
     interval_s: float = 60.0
     fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
     warmup_rounds: int = 5  # rounds that build the baseline (at start and after a move) before testing
+    # After a confirmed move the new place's noise is unknown (a congested site can jitter by tens
+    # of ms), so its baseline takes at least this many fresh rounds, none from the move itself.
+    post_move_warmup_rounds: int = 6
     fix_every: int = 10  # emit a location.fix event every N quiet rounds
     min_landmarks: int = 3
     # Right after a moved fingerprint, re-measure at once instead of after fast_interval_s: the
@@ -221,6 +224,7 @@ class Watcher:
         self.last_round_s = 0.0
         self._quiet_since_fix = 0
         self._at_once = False  # the last round asks for an immediate re-measurement
+        self._warmup_target = self.config.warmup_rounds  # more after a confirmed move
         self._restore()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -367,7 +371,9 @@ class Watcher:
         """Re-baseline after a confirmed move; keep fixes (and emit one now and then)."""
         if any(t.to == State.CONFIRMED for t in transitions) and self.fusion.confirmed_fix is not None:
             new = self.fusion.confirmed_fix
-            self.baseline.reset([rtts], fix=new)
+            # Not seeded with this round: it may straddle the switchover or the new site's warm-up.
+            self.baseline.reset([], fix=new)
+            self._warmup_target = max(self.config.warmup_rounds, self.config.post_move_warmup_rounds)
             self.fusion.rebaseline(new)
             self._rebaseline_signals()
             self._record_fix(new, rtts, now, out)
@@ -404,7 +410,7 @@ class Watcher:
     # -- the loop ------------------------------------------------------------------------------
     @property
     def warming_up(self) -> bool:
-        return self.baseline.rounds < self.config.warmup_rounds and self.fusion.state in (
+        return self.baseline.rounds < self._warmup_target and self.fusion.state in (
             State.NORMAL,
             State.CONFIRMED,
             State.SETTLED,

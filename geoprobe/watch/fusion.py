@@ -381,7 +381,7 @@ class Fusion:
 
     def _data(self, shift: ShiftResult | None, signals: Sequence[str] = ()) -> dict[str, Any]:
         """The event payload shared by suspected and confirmed (``from``, ``to``, distance, signals)."""
-        sigs = list(signals)
+        sigs = list(dict.fromkeys(signals))  # each signal once, however often it fired
         if shift is not None and shift.outcome == "moved" and "rtt_fingerprint" not in sigs:
             sigs.insert(0, "rtt_fingerprint")
         return {
