@@ -59,9 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--delay-command", default=DEFAULT_DELAY,
                     help="guest command for the delay runs; {duration} is filled in")
     ap.add_argument("--delay-seconds", type=float, default=60.0)
-    ap.add_argument("--a", type=_place, default="Frankfurt:DE", help="site A, SERVER:CC")
-    ap.add_argument("--b", type=_place, default="Madrid:ES", help="site B across the border")
-    ap.add_argument("--same", type=_place, default="Hamburg:DE", help="site B in A's country")
+    # Sites stay SERVER:CC strings until main() has checked that the dataset is there.
+    ap.add_argument("--a", default="Frankfurt:DE", help="site A, SERVER:CC")
+    ap.add_argument("--b", default="Madrid:ES", help="site B across the border")
+    ap.add_argument("--same", default="Hamburg:DE", help="site B in A's country")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds at A after the baseline")
     ap.add_argument("--after", type=float, default=25.0,
                     help="seconds to wait for a confirmation (a control run idles this long)")
@@ -193,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"lab skipped: {why}", file=sys.stderr)
         return 0 if args.skip_unavailable else 2
+    try:
+        args.a, args.b, args.same = (_place(x) for x in (args.a, args.b, args.same))
+    except (argparse.ArgumentTypeError, LookupError, ValueError) as exc:
+        print(f"python -m benchmarks.lab: error: {exc}", file=sys.stderr)
+        return 2
 
     def log(msg: str) -> None:
         print(f"[lab {dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)

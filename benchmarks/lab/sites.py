@@ -9,7 +9,6 @@ stays valid after the move, exactly as in a real cloud.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import shlex
 import subprocess
@@ -17,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from geoprobe.geo.sphere import haversine_km
 
 from .netns import Namespace
 
@@ -51,10 +52,7 @@ def find_place(server: str, country: str, dataset: Path = WONDERPROXY) -> Place:
 
 
 def distance_km(a: Place, b: Place) -> float:
-    p1, p2 = math.radians(a.lat), math.radians(b.lat)
-    dl = math.radians(b.lon - a.lon)
-    h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6371.0088 * math.asin(math.sqrt(h))
+    return float(haversine_km(a.lat, a.lon, b.lat, b.lon))
 
 
 @dataclass
