@@ -24,7 +24,7 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("GEOPROBE_LAB_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = (
     "python3", "python3-numpy", "python3-scipy", "python3-click", "python3-shapely",
-    "python3-cryptography", "python3-rich", "python3-platformdirs", "python3-matplotlib",
+    "python3-cryptography", "python3-rich", "python3-platformdirs",
     "python3-scapy", "python3-tomli-w", "linux-image-cloud-amd64", "busybox-static", "iproute2",
     "kmod", "procps",
 )
