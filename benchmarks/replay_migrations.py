@@ -75,12 +75,12 @@ class RunResult:
     b: str
     km: float
     suspected: bool
-    confirmed: bool
-    crossing: bool | None  # None: unknown (RTTs only rose, or the region still straddles)
-    rule: str | None
-    rounds: int | None  # rounds after the move until confirmation
-    seconds: float | None
-    to: str | None
+    confirmed: bool = False
+    crossing: bool | None = False  # None: unknown (RTTs only rose, or the region still straddles)
+    rule: str | None = None
+    rounds: int | None = None  # rounds after the move until confirmation
+    seconds: float | None = None
+    to: str | None = None
 
 
 class Noise:
@@ -195,6 +195,7 @@ class Replay:
             f.rebaseline(base.fix)
         quiet = self.quiet_rounds if b is not None else self.stationary_rounds
         results: dict[str, RunResult] = {}
+        km = self._km(a, b)
         suspected: dict[str, bool] = {k: False for k in BASES}
         t, moved_at, after, at_once = 0.0, None, 0, False
         for k in range(quiet + (self.rounds if b is not None else 0)):
@@ -213,18 +214,13 @@ class Replay:
                     suspected[basis] |= tr.to == State.SUSPECT
                     if tr.to == State.CONFIRMED:
                         results[basis] = RunResult(
-                            kind,
-                            basis,
-                            sa.name,
-                            sb.name,
-                            self._km(a, b),
-                            suspected[basis],
-                            True,
-                            tr.data["crossing"],
-                            tr.data["jurisdiction"]["rule"],
-                            after if moved_at is not None else None,
-                            (t + self.round_s - moved_at) if moved_at is not None else None,
-                            tr.data["to"],
+                            kind, basis, sa.name, sb.name, km, suspected[basis],
+                            confirmed=True,
+                            crossing=tr.data["crossing"],
+                            rule=tr.data["jurisdiction"]["rule"],
+                            rounds=after if moved_at is not None else None,
+                            seconds=(t + self.round_s - moved_at) if moved_at is not None else None,
+                            to=tr.data["to"],
                         )
             if len(results) == len(BASES):
                 break
@@ -238,20 +234,7 @@ class Replay:
             t += max(self.round_s, 0.0 if at_once else self.fast if lead.fast else self.interval)
         for basis in BASES:
             if basis not in results:
-                results[basis] = RunResult(
-                    kind,
-                    basis,
-                    sa.name,
-                    sb.name,
-                    self._km(a, b),
-                    suspected[basis],
-                    False,
-                    False,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
+                results[basis] = RunResult(kind, basis, sa.name, sb.name, km, suspected[basis])
         return [results[k] for k in BASES]
 
     def _km(self, a: int, b: int | None) -> float:

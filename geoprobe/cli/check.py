@@ -19,6 +19,7 @@ import click
 
 from geoprobe import events
 from geoprobe.cli.env import Environment
+from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import GeoprobeError, InputError, MeasurementError
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
@@ -268,13 +269,8 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
 
 
 @click.command("check", cls=NagiosCommand)
-@click.option(
-    "--landmarks",
-    "landmarks_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Landmark catalogue (default: the synced RIPE Atlas anchors).",
-)
-@click.option("--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU.")
+@landmarks_option()
+@allow_option()
 @click.option(
     "--policy",
     "policy_path",
@@ -293,7 +289,7 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Use saved measurements instead of probing.",
 )
-@click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]), help="Probe method.")
+@method_option()
 @click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
 @click.option("--min-probability", type=click.FloatRange(0.5, 1.0), help="Override the policy's confidence.")

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from geoprobe.cli.env import Environment
+from geoprobe.cli.options import PROBE_METHODS, landmarks_option, method_option
 from geoprobe.errors import InputError, MeasurementError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Catalogue, Landmark, default_catalogue_path, load_catalogue
@@ -36,7 +37,7 @@ def catalogue_from(path: Path | None) -> Catalogue:
 
 def choose_method(cat: Catalogue) -> str:
     """Signed echo where the catalogue offers it (it cannot be answered by a closer impostor), else TCP."""
-    for method in ("udp", "tcp", "icmp"):
+    for method in PROBE_METHODS:
         if any(lm.supports(method) for lm in cat.landmarks):
             return method
     raise InputError("no landmark offers udp, tcp or icmp", file=cat.path, field="methods")
@@ -72,10 +73,8 @@ def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
 
 
 @click.command("locate")
-@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Landmark catalogue (default: the synced RIPE Atlas anchors).")
-@click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]),
-              help="Probe method (default: signed udp echo if the catalogue offers it, else tcp).")
+@landmarks_option()
+@method_option("Probe method (default: signed udp echo if the catalogue offers it, else tcp).")
 @click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Samples per landmark; the minimum is used.")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
@@ -179,8 +178,7 @@ def _load_for_audit(path: Path) -> list[Measurement]:
 
 @click.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors).")
+@landmarks_option("Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors).")
 @click.pass_context
 def verify_cmd(ctx: click.Context, file: Path, landmarks_path: Path | None) -> None:
     """Re-verify the signed replies in FILE offline (exit 0: all good, 3: any bad evidence)."""

@@ -7,18 +7,20 @@ each migration event; without it the watch only reports (``--allow`` alone is en
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from geoprobe.cli.check import resolve_settings
 from geoprobe.cli.env import Environment
+from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Landmark
@@ -26,6 +28,9 @@ from geoprobe.measurement import Measurement
 from geoprobe.store import default_path
 from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
 from geoprobe.watch.state import WatchStore
+
+if TYPE_CHECKING:
+    from geoprobe.geo.calibration import Model
 
 # Passive signals are on by default. gaps/writes spend CPU, fingerprint sends ARP to the gateway,
 # and cloud polls the metadata server: turn them on where they belong (see contrib/).
@@ -127,13 +132,8 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
 
 
 @click.command("watch")
-@click.option(
-    "--landmarks",
-    "landmarks_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Landmark catalogue (default: the synced RIPE Atlas anchors).",
-)
-@click.option("--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU.")
+@landmarks_option()
+@allow_option()
 @click.option(
     "--policy",
     "policy_path",
@@ -170,7 +170,7 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Prometheus textfile to write after every round (node_exporter textfile collector).",
 )
-@click.option("--method", type=click.Choice(["udp", "tcp", "icmp"]), help="Probe method.")
+@method_option()
 @click.option(
     "--samples", type=click.IntRange(1, 100), default=3, show_default=True, help="Probes per landmark per round."
 )
@@ -290,11 +290,17 @@ def watch_cmd(
 
         return probe(landmarks, used_method, samples=samples, timeout=watcher.probe_timeout(timeout), pps=pps)
 
-    def solve(rtts: Any) -> Fix:
-        from geoprobe.locate import locate_from_catalogue
+    @functools.cache
+    def model() -> Model | None:
+        """Fitted on the first solve, then reused: every round would otherwise re-key the catalogue."""
+        from geoprobe.locate import fit_catalogue
 
-        fix: Fix = locate_from_catalogue(cat, rtts)
-        return fix
+        return fit_catalogue(cat)
+
+    def solve(rtts: Any) -> Fix:
+        from geoprobe.locate import solve as solve_fix
+
+        return solve_fix(cat.landmarks, rtts, model())
 
     def emit(ev: dict[str, Any]) -> None:
         from geoprobe.events import write_event
