@@ -287,15 +287,36 @@ class Watcher:
                 self.store.save_baseline(f"signal:{s.name}", last.to_json())
         return out
 
+    def _after_clock_step(self, ms: Sequence[Measurement]) -> dict[str, float] | None:
+        """This round's RTTs from after a clock step inside it, when a signal can split it.
+
+        A round that spans the switchover mixes both places and could only raise a suspicion;
+        its part after the step is a whole measurement of the new place, so the move can be
+        confirmed in this round instead of after a re-measurement (see ``ClockSignal.after_step``).
+        """
+        for s in self.signals:
+            split = getattr(getattr(s, "signal", s), "after_step", None)
+            if not callable(split):
+                continue
+            after = split(ms)
+            if after is not None and len(after) >= self.config.min_landmarks:
+                log.info(
+                    "%s stepped inside this round: using the %d landmarks measured after the step",
+                    s.name,
+                    len(after),
+                )
+                return dict(after)
+        return None
+
     def round(self) -> RoundResult:
         """Probe once, test, fuse, tell, record."""
         t0 = time.monotonic()
         now = self.clock()
         out: list[Event] = []
         ms = self.measure(self.catalogue.landmarks)
-        rtts = min_rtts(ms)
         self.counters.rounds += 1
         anomalies = self._anomalies(ms, now)
+        rtts = self._after_clock_step(ms) or min_rtts(ms)
         shift, transitions = self._fuse(rtts, anomalies, now, out)
         self._announce(transitions, out)
         self._record(transitions, shift, rtts, now, out)

@@ -363,3 +363,68 @@ def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
     assert c["crossing"] is True and c["from"] == "DE" and "clock_offset" in c["signals"]
     assert types(hooked) == [events.SUSPECTED, events.CONFIRMED]
     assert w.interval == w.config.fast  # re-baselining at the new place, not re-measuring at once
+
+
+
+class SwitchingWorld(World):
+    """Signed samples, two per landmark, each with its clock offset (landmark clock minus ours).
+
+    ``switch_to(dest, before)`` makes the next round span the switchover: the landmarks in
+    ``before`` are probed at the old place with the old clock, the rest after the pause, at the
+    new place with the guest clock 60 ms behind. Later rounds are wholly at the new place.
+    """
+
+    STEP_MS = 60.0
+
+    def __init__(self, at: tuple[float, float], seed: int = 0) -> None:
+        super().__init__(at, seed)
+        self.step = 0.0
+        self.pending: tuple[tuple[float, float], set[str]] | None = None
+        self.bias = {lid: float(self.rng.uniform(-5, 5)) for lid, _, _ in LANDMARKS}
+
+    def switch_to(self, dest: tuple[float, float], before: set[str]) -> None:
+        self.pending = (dest, before)
+
+    def measure(self, landmarks: Sequence[Landmark]) -> list[Measurement]:
+        old_place, old_step, before = self.at, self.step, set[str]()
+        if self.pending is not None:
+            (self.at, before), self.pending = self.pending, None
+            self.step = self.STEP_MS
+        out = []
+        for lm in landmarks:
+            at, step = (old_place, old_step) if lm.id in before else (self.at, self.step)
+            rtts = [rtts_at(*at, self.rng)[lm.id] for _ in range(2)]
+            offs = [self.bias[lm.id] + step + float(self.rng.normal(0, 0.3)) for _ in rtts]
+            out.append(Measurement(lm.id, "udp", rtts_ms=rtts, sent=2, clock_offsets_ms=offs))
+        return out
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["signed-offsets", "no-offsets"])
+def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
+    catalogue: Catalogue, tmp_path: Path, split: bool
+) -> None:
+    """Half the landmarks answered from Frankfurt, half from Madrid after the pause: the part
+    after the clock step alone proves the crossing in that very round. Without per-sample
+    offsets the same round is a mix of both places and can only raise a suspicion."""
+    from geoprobe.watch.signals.clock import ClockSignal
+
+    world = SwitchingWorld(FRANKFURT, seed=7)
+    clock = ClockSignal()
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(clock)])
+    if not split:
+        clock.after_step = lambda ms: None  # type: ignore[method-assign]
+    for _ in range(6):
+        w.round()
+    # The landmarks nearest home still answer from home: their RTTs fell little or not at all.
+    near_home = {lid for lid, lat, lon in LANDMARKS if haversine_km(lat, lon, *FRANKFURT) < 900}
+    world.switch_to(MADRID, near_home)
+    r = w.round()
+    assert State.SUSPECT in [t.to for t in r.transitions]
+    confirmed = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    if split:
+        assert [t.to for t in r.transitions][-1] == State.CONFIRMED
+        (c,) = confirmed
+        assert c["crossing"] is True and (c["from"], c["to"]) == ("DE", "ES")
+        assert set(r.rtts) == {lid for lid, _, _ in LANDMARKS} - near_home
+    else:
+        assert confirmed == [] and set(r.rtts) == {lid for lid, _, _ in LANDMARKS}

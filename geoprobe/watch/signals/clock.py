@@ -16,6 +16,11 @@ How the step test stays robust:
   several rounds), so one outlier never fires it.
 * The score is the shift in robust standard deviations of the baseline scatter, so a noisy path
   cannot fire a 20 ms step either.
+
+A step found in the newest round also splits that round (:meth:`ClockSignal.after_step`): a round
+that spans the switchover mixes RTTs from both places, and their minimum per landmark describes
+neither. Every signed sample carries its own offset, so the samples after the pause are the ones
+stepped by it: they alone say where the VM is now, a round earlier than a re-measurement would.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class StepDetector:
         self._rounds: deque[tuple[float, dict[str, OffsetSample]]] = deque(
             maxlen=window_rounds + max_recent_rounds
         )
+        # (step, per-source baselines) when the newest round alone holds an upward step.
+        self.latest_step: tuple[float, dict[str, float]] | None = None
 
     def add_round(self, samples: Iterable[OffsetSample], t: float | None = None) -> None:
         by_source = {s.source: s for s in samples if math.isfinite(s.offset_ms)}
@@ -83,6 +90,7 @@ class StepDetector:
     def reset(self) -> None:
         """Forget the baseline (after a confirmed move the daemon starts afresh)."""
         self._rounds.clear()
+        self.latest_step = None
 
     @property
     def rounds(self) -> int:
@@ -90,6 +98,7 @@ class StepDetector:
 
     def evaluate(self, name: str, unit: str = "ms") -> Reading:
         rounds = list(self._rounds)
+        self.latest_step = None
         if not rounds:
             return Reading.unavailable(name, "no clock offsets yet", unit=unit)
         # Newest rounds until they hold min_support samples: the "recent" part under test.
@@ -138,6 +147,8 @@ class StepDetector:
             and support * 2 > len(deviations)
             and z >= self.z_min
         )
+        if anomalous and shift > 0 and k == 1:
+            self.latest_step = (shift, baselines)
         base = statistics.median(baselines.values())
         reason = (
             f"clock offset stepped {shift:+.1f} ms ({support}/{len(deviations)} samples agree)"
@@ -181,6 +192,33 @@ class ClockSignal:
             t = max(m.timestamp for m in ms)
         self.detector.add_round(samples, t)
         return len(samples)
+
+    def after_step(self, measurements: Iterable[Measurement]) -> dict[str, float] | None:
+        """Landmark -> minimum RTT over the samples taken after a clock step inside this round.
+
+        None unless the last :meth:`sample` found an upward step in the newest round and that
+        round also holds samples from before it (``min_support`` of them: a round wholly after
+        the step, with a noisy sample or two, needs no split).
+        A sample is "after" when its offset sits at least half the step above its landmark's
+        baseline; a landmark whose offsets do not pair with its RTTs cannot be split and is left
+        out. The RTTs themselves are untouched, so the sound region of the result stays sound.
+        """
+        found = self.detector.latest_step
+        if found is None:
+            return None
+        step, baselines = found
+        after: dict[str, float] = {}
+        before = 0
+        for m in measurements:
+            base = baselines.get(m.landmark_id)
+            if base is None or len(m.clock_offsets_ms) != len(m.rtts_ms):
+                continue
+            for rtt, off in zip(m.rtts_ms, m.clock_offsets_ms, strict=True):
+                if math.isfinite(off) and off - base >= step / 2:
+                    after[m.landmark_id] = min(rtt, after.get(m.landmark_id, math.inf))
+                else:
+                    before += 1
+        return after if before >= self.detector.min_support else None
 
     def add(self, samples: Sequence[OffsetSample] | Mapping[str, float], t: float | None = None) -> None:
         """Add one round of raw offsets (source -> ms), for replays and other feeders."""

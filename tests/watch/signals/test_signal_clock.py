@@ -245,3 +245,29 @@ def test_ntp_rejects_an_unsynchronised_server() -> None:
     # stratum 0: a kiss-o'-death or an unsynchronised server
     with ntp.SntpServer("127.0.0.1", stratum=0) as kod, pytest.raises(ntp.NtpError, match="unsynchronised"):
         ntp.query(kod.address, timeout=2)
+
+
+def test_a_round_spanning_the_step_splits_into_the_samples_after_it(biases: dict[str, float]) -> None:
+    rng = random.Random(5)
+    sig = ClockSignal()
+    for _ in range(8):
+        sig.update(_round(rng, biases))
+        sig.sample()
+        assert sig.after_step(_round(rng, biases)) is None  # no step: nothing to split
+    early = set(list(biases)[:8])  # probed before the pause
+    mixed = [
+        m if m.landmark_id in early else _round(rng, {m.landmark_id: biases[m.landmark_id]}, step=50.0)[0]
+        for m in _round(rng, biases)
+    ]
+    for m in mixed:
+        if m.landmark_id not in early:
+            m.rtts_ms = [r + 100 for r in m.rtts_ms]  # the new place is farther away
+    sig.update(mixed)
+    assert sig.sample().anomalous
+    after = sig.after_step(mixed)
+    assert after is not None and set(after) == set(biases) - early
+    assert all(r > 100 for r in after.values())
+    # The next round lies wholly after the step: it needs no split.
+    later = _round(rng, biases, step=50.0)
+    sig.update(later)
+    assert sig.sample().anomalous and sig.after_step(later) is None
