@@ -34,6 +34,9 @@ class Measurement:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     clock_offsets_ms: list[float] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (forged, replayed, ...)
+    # When each answered sample left (UNIX s, our clock), in the order of rtts_ms: a round that
+    # spans a migration's pause is told apart by time (see watch.signals.clock).
+    sent_at: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,8 @@ class Measurement:
             out["clock_offsets_ms"] = self.clock_offsets_ms
         if self.rejected:
             out["rejected"] = self.rejected
+        if self.sent_at:
+            out["sent_at"] = self.sent_at
         return out
 
     @classmethod
@@ -109,9 +114,21 @@ class Measurement:
             path=raw.get("path"),
             timestamp=float(ts),
             evidence=list(raw.get("evidence", [])),
-            clock_offsets_ms=[float(x) for x in raw.get("clock_offsets_ms", [])],
+            clock_offsets_ms=_numbers(raw, "clock_offsets_ms", file, lid),
             rejected=dict(raw.get("rejected", {})),
+            sent_at=_numbers(raw, "sent_at", file, lid),
         )
+
+
+def _numbers(raw: Mapping[str, Any], key: str, file: str, entry: str) -> list[float]:
+    """An optional list of finite numbers, or a one-line error naming the field."""
+    v = raw.get(key, [])
+    if not isinstance(v, list):
+        raise InputError("must be a list of numbers", file=file, entry=entry, field=key)
+    for j, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise InputError(f"must be a finite number, got {x!r}", file=file, entry=entry, field=f"{key}[{j}]")
+    return [float(x) for x in v]
 
 
 def min_rtts(measurements: Iterable[Measurement]) -> dict[str, float]:

@@ -36,3 +36,12 @@ def test_bad_rtt_names_entry_and_field(tmp_path: Path, bad: object) -> None:
     with pytest.raises(InputError) as exc:
         load_measurements(p)
     assert str(p) in str(exc.value) and "result[0].rtt" in str(exc.value)
+
+
+@pytest.mark.parametrize("field,bad", [("sent_at", ["soon"]), ("clock_offsets_ms", [float("inf")]), ("sent_at", 5)])
+def test_bad_per_sample_lists_name_the_field(tmp_path: Path, field: str, bad: object) -> None:
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps({"results": [{"landmark_id": "a", "result": [{"rtt": 1.0}], field: bad}]}))
+    with pytest.raises(InputError) as exc:
+        load_measurements(p)
+    assert str(p) in str(exc.value) and field in str(exc.value)

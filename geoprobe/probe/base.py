@@ -16,6 +16,7 @@ class Sample:
     rtt_ms: float
     clock_offset_ms: float | None = None  # landmark clock minus ours (signed echo only)
     evidence: dict[str, Any] | None = None  # the signed reply, for offline audit
+    sent_at: float | None = None  # our wall clock at sending (UNIX s): orders a round's samples
 
 
 class ProbeFailure(Exception):

@@ -117,7 +117,7 @@ class IcmpProber:
                 continue
             del self._pending[seq]
             if not pending.future.done():
-                pending.future.set_result(Sample(rtt_ms=(t1 - pending.t0_ns) / 1e6))
+                pending.future.set_result(Sample(rtt_ms=(t1 - pending.t0_ns) / 1e6, sent_at=pending.t0_ns / 1e9))
 
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())

@@ -149,6 +149,8 @@ async def measure_async(
                 raise outcome
             else:
                 m.rtts_ms.append(outcome.rtt_ms)
+                if outcome.sent_at is not None:
+                    m.sent_at.append(outcome.sent_at)
                 if outcome.clock_offset_ms is not None:
                     m.clock_offsets_ms.append(outcome.clock_offset_ms)
                 if outcome.evidence is not None:

@@ -155,6 +155,7 @@ class UdpProber:
                 rtt_ms=rtt_ms,
                 clock_offset_ms=offset_ms,
                 evidence=make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
+                sent_at=pending.t0_ns / 1e9,
             ))
 
     def close(self) -> None:

@@ -21,6 +21,8 @@ def test_honest_landmark_gives_samples_offsets_and_evidence(world: World) -> Non
     [m] = measure([lm], "udp", samples=3, timeout=2.0)
     assert m.ok and m.failure is None and m.path == "udp-signed-echo"
     assert m.sent == 3 and len(m.rtts_ms) == 3 and len(m.evidence) == 3 and len(m.clock_offsets_ms) == 3
+    # Send times order the round's samples (the clock signal's change point): ours, increasing.
+    assert len(m.sent_at) == 3 and m.sent_at == sorted(m.sent_at) and abs(m.sent_at[0] - time.time()) < 60
     assert m.dst_addr == lm.address
     # The held delay is path latency: it must survive the subtraction of processing time.
     assert m.min_rtt is not None and m.min_rtt >= 29.5
@@ -174,4 +176,5 @@ def test_measurements_survive_a_json_round_trip(world: World) -> None:
     [m] = measure([lm], "udp", samples=2)
     again = Measurement.from_json(m.to_json())
     assert again.rtts_ms == m.rtts_ms and again.evidence == m.evidence and again.path == m.path
+    assert again.clock_offsets_ms == m.clock_offsets_ms and again.sent_at == m.sent_at and m.sent_at
     assert verify_measurements([again], {lm.id: lm})[1] == []

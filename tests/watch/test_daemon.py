@@ -367,11 +367,11 @@ def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
 
 
 class SwitchingWorld(World):
-    """Signed samples, two per landmark, each with its clock offset (landmark clock minus ours).
+    """Signed samples, two per landmark, each with its clock offset and its send time.
 
     ``switch_to(dest, before)`` makes the next round span the switchover: the landmarks in
-    ``before`` are probed at the old place with the old clock, the rest after the pause, at the
-    new place with the guest clock 60 ms behind. Later rounds are wholly at the new place.
+    ``before`` are probed first, at the old place with the old clock; the rest after the pause, at
+    the new place with the guest clock 60 ms behind. Later rounds are wholly at the new place.
     """
 
     STEP_MS = 60.0
@@ -381,6 +381,7 @@ class SwitchingWorld(World):
         self.step = 0.0
         self.pending: tuple[tuple[float, float], set[str]] | None = None
         self.bias = {lid: float(self.rng.uniform(-5, 5)) for lid, _, _ in LANDMARKS}
+        self.t = 1e9
 
     def switch_to(self, dest: tuple[float, float], before: set[str]) -> None:
         self.pending = (dest, before)
@@ -391,21 +392,35 @@ class SwitchingWorld(World):
             (self.at, before), self.pending = self.pending, None
             self.step = self.STEP_MS
         out = []
-        for lm in landmarks:
+        for lm in sorted(landmarks, key=lambda lm: lm.id not in before):  # send order
             at, step = (old_place, old_step) if lm.id in before else (self.at, self.step)
             rtts = [rtts_at(*at, self.rng)[lm.id] for _ in range(2)]
             offs = [self.bias[lm.id] + step + float(self.rng.normal(0, 0.3)) for _ in rtts]
-            out.append(Measurement(lm.id, "udp", rtts_ms=rtts, sent=2, clock_offsets_ms=offs))
+            self.t += 0.02
+            sent = [self.t, self.t + 0.01]
+            out.append(Measurement(lm.id, "udp", rtts_ms=rtts, sent=2, clock_offsets_ms=offs, sent_at=sent))
         return out
 
 
-@pytest.mark.parametrize("split", [True, False], ids=["signed-offsets", "no-offsets"])
+ALL_IDS = {lid for lid, _, _ in LANDMARKS}
+# The landmarks within 900 km of home (a minority) still answer from there ...
+NEAR_HOME = {lid for lid, lat, lon in LANDMARKS if haversine_km(lat, lon, *FRANKFURT) < 900}
+# ... or every landmark east of Greenwich does (a majority): only the last 30 % of the round's
+# samples, the western landmarks, are sent after the pause.
+EAST = {lid for lid, _, lon in LANDMARKS if lon > 0}
+
+
+@pytest.mark.parametrize(
+    "before,split",
+    [(NEAR_HOME, True), (EAST, True), (NEAR_HOME, False)],
+    ids=["most-samples-after", "last-30%-after", "no-split"],
+)
 def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
-    catalogue: Catalogue, tmp_path: Path, split: bool
+    catalogue: Catalogue, tmp_path: Path, before: set[str], split: bool
 ) -> None:
-    """Half the landmarks answered from Frankfurt, half from Madrid after the pause: the part
-    after the clock step alone proves the crossing in that very round. Without per-sample
-    offsets the same round is a mix of both places and can only raise a suspicion."""
+    """Part of a round answered from Frankfurt, the rest from Madrid after the pause: the part
+    after the clock step alone proves the crossing in that very round. Unsplit, the same round is
+    a mix of both places and can only raise a suspicion."""
     from geoprobe.watch.signals.clock import ClockSignal
 
     world = SwitchingWorld(FRANKFURT, seed=7)
@@ -415,9 +430,7 @@ def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
         clock.after_step = lambda ms: None  # type: ignore[method-assign]
     for _ in range(6):
         w.round()
-    # The landmarks nearest home still answer from home: their RTTs fell little or not at all.
-    near_home = {lid for lid, lat, lon in LANDMARKS if haversine_km(lat, lon, *FRANKFURT) < 900}
-    world.switch_to(MADRID, near_home)
+    world.switch_to(MADRID, before)
     r = w.round()
     assert State.SUSPECT in [t.to for t in r.transitions]
     confirmed = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
@@ -425,6 +438,6 @@ def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
         assert [t.to for t in r.transitions][-1] == State.CONFIRMED
         (c,) = confirmed
         assert c["crossing"] is True and (c["from"], c["to"]) == ("DE", "ES")
-        assert set(r.rtts) == {lid for lid, _, _ in LANDMARKS} - near_home
+        assert set(r.rtts) == ALL_IDS - before
     else:
-        assert confirmed == [] and set(r.rtts) == {lid for lid, _, _ in LANDMARKS}
+        assert confirmed == [] and set(r.rtts) == ALL_IDS

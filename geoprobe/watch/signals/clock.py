@@ -17,6 +17,12 @@ How the step test stays robust:
 * The score is the shift in robust standard deviations of the baseline scatter, so a noisy path
   cannot fire a 20 ms step either.
 
+The pause can also fall inside a round, so that only its last samples are stepped: too few to
+move the median. Each sample's send time orders the round, and a step there is a change point: a
+time after which (nearly) every sample sits half the threshold or more above its baseline and
+before which (nearly) none does, with at least ``min_support`` on each side. Queueing noise is not
+ordered in time like that, and a migration's pause is.
+
 A step found in the newest round also splits that round (:meth:`ClockSignal.after_step`): a round
 that spans the switchover mixes RTTs from both places, and their minimum per landmark describes
 neither. Every signed sample carries its own offset, so the samples after the pause are the ones
@@ -55,6 +61,28 @@ def best_offset(m: Measurement) -> OffsetSample | None:
         if math.isfinite(off):
             return OffsetSample(m.landmark_id, off, rtt)
     return OffsetSample(m.landmark_id, statistics.median(offs), m.min_rtt)
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOffset:
+    """One sample's offset and when it was sent (our clock): the change-point test's input."""
+
+    source: str
+    offset_ms: float
+    sent_at: float
+
+
+def timed_offsets(measurements: Iterable[Measurement]) -> list[TimedOffset]:
+    """Every sample that has both an offset and a send time (signed UDP echoes)."""
+    out: list[TimedOffset] = []
+    for m in measurements:
+        if len(m.clock_offsets_ms) == len(m.sent_at) == len(m.rtts_ms):
+            out.extend(
+                TimedOffset(m.landmark_id, o, t)
+                for o, t in zip(m.clock_offsets_ms, m.sent_at, strict=True)
+                if math.isfinite(o) and math.isfinite(t)
+            )
+    return out
 
 
 class StepDetector:
@@ -96,7 +124,9 @@ class StepDetector:
     def rounds(self) -> int:
         return len(self._rounds)
 
-    def evaluate(self, name: str, unit: str = "ms") -> Reading:
+    def evaluate(self, name: str, unit: str = "ms", timed: Sequence[TimedOffset] = ()) -> Reading:
+        """Test the newest round(s) against the baselines; ``timed`` (the newest round's samples
+        with send times) adds the within-round change-point test."""
         rounds = list(self._rounds)
         self.latest_step = None
         if not rounds:
@@ -147,14 +177,20 @@ class StepDetector:
             and support * 2 > len(deviations)
             and z >= self.z_min
         )
+        reason = f"clock offset stepped {shift:+.1f} ms ({support}/{len(deviations)} samples agree)"
+        if not anomalous and k == 1 and timed:
+            found = self._change_point(timed, baselines, scale)
+            if found is not None:
+                shift, support, n = found
+                z, anomalous = shift / scale, True
+                reason = (
+                    f"clock offset stepped {shift:+.1f} ms within the round "
+                    f"(the last {support} of its {n} samples)"
+                )
         if anomalous and shift > 0 and k == 1:
             self.latest_step = (shift, baselines)
         base = statistics.median(baselines.values())
-        reason = (
-            f"clock offset stepped {shift:+.1f} ms ({support}/{len(deviations)} samples agree)"
-            if anomalous
-            else ""
-        )
+        reason = reason if anomalous else ""
         return Reading(
             name,
             value=base + shift,
@@ -175,6 +211,39 @@ class StepDetector:
         )
 
 
+    def _change_point(
+        self, timed: Sequence[TimedOffset], baselines: Mapping[str, float], scale: float
+    ) -> tuple[float, int, int] | None:
+        """(step, stepped samples after it, samples) for an upward step inside the round, or None.
+
+        The split maximises the samples on the expected side (unstepped before, stepped after);
+        both sides need ``min_support`` samples and 90 % agreement, and the part after it a median
+        step of at least the threshold and ``z_min`` noise scales.
+        """
+        devs = sorted((t.sent_at, t.offset_ms - baselines[t.source]) for t in timed if t.source in baselines)
+        n = len(devs)
+        if n < 2 * self.min_support:
+            return None
+        stepped = [d >= self.threshold_ms / 2 for _, d in devs]
+        best, cut = -1, 0
+        ones_after, zeros_before = sum(stepped), 0
+        for j in range(n + 1):
+            if zeros_before + ones_after > best:
+                best, cut = zeros_before + ones_after, j
+            if j < n:
+                ones_after -= stepped[j]
+                zeros_before += not stepped[j]
+        before, after = stepped[:cut], stepped[cut:]
+        if len(before) < self.min_support or len(after) < self.min_support:
+            return None
+        if sum(after) < 0.9 * len(after) or before.count(False) < 0.9 * len(before):
+            return None
+        shift = statistics.median(d for _, d in devs[cut:])
+        if shift < self.threshold_ms or shift / scale < self.z_min:
+            return None
+        return shift, sum(after), n
+
+
 class ClockSignal:
     """Offset against landmark time, fed by the prober's signed echoes."""
 
@@ -183,10 +252,12 @@ class ClockSignal:
     def __init__(self, name: str = "clock_landmarks", detector: StepDetector | None = None) -> None:
         self.name = name
         self.detector = detector or StepDetector()
+        self._timed: list[TimedOffset] = []  # the newest round's samples, for the change point
 
     def update(self, measurements: Iterable[Measurement], t: float | None = None) -> int:
         """Add one probing round; returns how many landmarks gave an offset."""
         ms = list(measurements)
+        self._timed = timed_offsets(ms)
         samples = [s for s in (best_offset(m) for m in ms) if s is not None]
         if t is None and ms:
             t = max(m.timestamp for m in ms)
@@ -224,13 +295,15 @@ class ClockSignal:
         """Add one round of raw offsets (source -> ms), for replays and other feeders."""
         if isinstance(samples, Mapping):
             samples = [OffsetSample(k, float(v)) for k, v in samples.items()]
+        self._timed = []
         self.detector.add_round(samples, t)
 
     def reset(self) -> None:
         self.detector.reset()
+        self._timed = []
 
     def sample(self) -> Reading:
-        return self.detector.evaluate(self.name)
+        return self.detector.evaluate(self.name, timed=self._timed)
 
 
 class NtpClockSignal:

@@ -271,3 +271,37 @@ def test_a_round_spanning_the_step_splits_into_the_samples_after_it(biases: dict
     later = _round(rng, biases, step=50.0)
     sig.update(later)
     assert sig.sample().anomalous and sig.after_step(later) is None
+
+
+def _timed_round(rng: random.Random, biases: dict[str, float], stepped: set[str], order: list[str]) -> list[Measurement]:
+    """One sample per landmark, sent in ``order`` 10 ms apart; ``stepped`` ones carry a +50 ms step."""
+    out = []
+    for k, lid in enumerate(order):
+        off = biases[lid] + (50.0 if lid in stepped else 0.0) + rng.gauss(0, 0.5)
+        out.append(Measurement(lid, "udp", rtts_ms=[10.0], sent=1, clock_offsets_ms=[off], sent_at=[1000 + k / 100]))
+    return out
+
+
+@pytest.mark.parametrize("in_time_order", [True, False], ids=["last-samples", "scattered"])
+def test_a_step_in_only_the_last_samples_of_a_round_is_a_change_point(
+    biases: dict[str, float], in_time_order: bool
+) -> None:
+    """A quarter of the round stepped: too few for the median. Stepped samples that are the last
+    ones sent are a pause inside the round; the same offsets scattered in time are not."""
+    rng = random.Random(9)
+    order = list(biases)
+    sig = ClockSignal()
+    for _ in range(8):
+        sig.update(_timed_round(rng, biases, set(), order))
+        assert not sig.sample().anomalous
+    last = set(order[-5:]) if in_time_order else set(order[1::4][:5])
+    mixed = _timed_round(rng, biases, last, order)
+    sig.update(mixed)
+    r = sig.sample()
+    assert r.anomalous is in_time_order
+    if in_time_order:
+        assert 45 < r.detail["step_ms"] < 55 and "within the round" in r.reason
+        after = sig.after_step(mixed)
+        assert after is not None and set(after) == last
+    else:
+        assert sig.after_step(mixed) is None
