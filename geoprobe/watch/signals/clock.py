@@ -210,7 +210,6 @@ class StepDetector:
             },
         )
 
-
     def _change_point(
         self, timed: Sequence[TimedOffset], baselines: Mapping[str, float], scale: float
     ) -> tuple[float, int, int] | None:
