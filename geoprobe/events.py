@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 SPEC_VERSION = "1.0"
@@ -22,7 +22,7 @@ def make_event(type_: str, data: dict[str, Any], *, source: str | None = None, s
         "id": event_id or str(uuid.uuid4()),
         "source": source or f"geoprobe://{socket.gethostname()}",
         "type": type_,
-        "time": (time or datetime.now(timezone.utc)).isoformat().replace("+00:00", "Z"),
+        "time": (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
         "datacontenttype": "application/json",
         "data": data,
     }

@@ -278,7 +278,7 @@ def default_catalogue_path() -> Path:
     return cache_dir() / "anchors.json"
 
 
-def rtt_matrix(cat: Catalogue, ids: Iterable[str] | None = None) -> tuple[list[str], "Any"]:
+def rtt_matrix(cat: Catalogue, ids: Iterable[str] | None = None) -> tuple[list[str], Any]:
     """Symmetric min-RTT matrix (ms, NaN where unknown) over ``ids`` (default: all landmarks)."""
     import numpy as np
 

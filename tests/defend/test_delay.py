@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from geoprobe.defend import clear, respond
-from geoprobe.defend.delay import PAGE, Dirtier, flag_stop, proc_status
+from geoprobe.defend.delay import Dirtier, proc_status
 from geoprobe.errors import InputError
 from geoprobe.events import SUSPECTED, make_event
 from geoprobe.policy import load_policy

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from shapely.geometry import Point
 
 from geoprobe.geo.regions import sample_cap
-from geoprobe.geo.sphere import cap_area_km2, cap_polygon, destination, distance_matrix_km, haversine_km
+from geoprobe.geo.sphere import (
+    cap_area_km2,
+    cap_polygon,
+    destination,
+    distance_matrix_km,
+    haversine_km,
+)
 
 
 def test_known_distance_london_paris() -> None:

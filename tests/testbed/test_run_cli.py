@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from geoprobe.cli import main
 from geoprobe.cli.env import Environment
 from geoprobe.landmarks import Catalogue, load_catalogue
