@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -74,20 +75,24 @@ _MODELS: dict[str, Model] = {}
 
 
 def _default_countries_key() -> str:
-    """Names the packaged (or ``$GEOPROBE_COUNTRIES``) polygons by their files' sizes and times."""
+    """Names the packaged (or ``$GEOPROBE_COUNTRIES``) polygons by their content.
+
+    By content, not path and time, so a fit cached on one machine is found on another with the same
+    polygons (the QEMU lab fits on the host and ships the cache to its guest). Hashing them costs a
+    few milliseconds, once per process.
+    """
     from geoprobe.geo import countries as cmod
 
     env = os.environ.get(cmod.ENV)
     files = [Path(env)] if env else [cmod.TOPOJSON, cmod.SUPPLEMENT, cmod.ISO_TABLE, cmod.UNASSIGNED_TABLE,
                                      cmod.SPLITS_TABLE]
-    parts = []
+    h = hashlib.sha256()
     for f in files:
         try:
-            st = f.stat()
-            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+            h.update(f.read_bytes())
         except OSError:
-            parts.append(f"{f}:missing")
-    return "default|" + "|".join(parts)
+            h.update(f"{f.name}:missing".encode())
+    return "default|" + h.hexdigest()[:20]
 
 
 def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None, *, countries_key: str | None = None,

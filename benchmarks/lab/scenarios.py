@@ -124,7 +124,8 @@ class Lab:
                 files["catalogue.json"] = json.dumps(guest_catalogue(
                     json.loads(catalogue.read_text()), json.loads((wd / "catalogue-B.json").read_text()),
                     self.guest_landmarks, exclude={plan.a.server, plan.b.server}, near=plan.a))
-                files.update(self.host_cache())
+                (wd / "catalogue-guest.json").write_text(files["catalogue.json"])
+                files.update(self.host_cache(wd / "catalogue-guest.json"))
             run_disk = build_run_disk(wd / "run.ext4", self.source, files, program.run_sh)
             spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
@@ -165,16 +166,19 @@ class Lab:
             (wd / "run.ext4").unlink(missing_ok=True)
         return rec
 
-    def host_cache(self) -> dict[str, str | bytes]:
-        """geoprobe's cache (the country index) built on the host, where it takes seconds, not the
-        two minutes it takes under TCG; the guest copies it into its own cache dir at boot."""
+    def host_cache(self, catalogue: Path) -> dict[str, str | bytes]:
+        """geoprobe's cache built on the host, where it takes seconds, not the minutes it takes
+        under TCG: the country index, and the guest catalogue's calibration fit (both keyed by
+        content, so the guest finds them). The guest copies them into its own cache dir at boot."""
         d = self.workdir / "geoprobe-cache"
-        if not d.is_dir():
-            d.mkdir()
-            env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
-            code = "from geoprobe.geo.countries import load_index; load_index()"
-            subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True,
-                           timeout=600)
+        d.mkdir(exist_ok=True)
+        env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
+        code = ("import sys; from geoprobe.landmarks import load_catalogue; "
+                "from geoprobe.locate import fit_catalogue; fit_catalogue(load_catalogue(sys.argv[1]))")
+        done = subprocess.run([sys.executable, "-c", code, str(catalogue)], env=env, check=False,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:  # the guest then fits it itself, only slower
+            self.log(f"  host-side calibration fit failed: {done.stderr.strip().splitlines()[-1:]}")
         return {f"cache/{p.relative_to(d)}": p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
     def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:
