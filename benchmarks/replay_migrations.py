@@ -164,10 +164,14 @@ class Replay:
         self.impossible = [ds.servers[i].name for i in vetted if not self._physical(i)]
         self.candidates = [i for i in vetted if ds.servers[i].name not in self.impossible]
 
+    def _floor_fix(self, vm: int, w: World) -> Fix:
+        """The fix from ``vm``'s floor RTTs (no queueing at all) to world ``w``'s landmarks."""
+        floor = self.noise.min[vm, w.lm]
+        fix: Fix = self.solver(w)({lid: float(v) for lid, v in zip(w.ids, floor) if np.isfinite(v)})
+        return fix
+
     def _physical(self, i: int) -> bool:
-        w = self.worlds[self.fold_of[i]]
-        floor = self.noise.min[i, w.lm]
-        fix = self.solver(w)({lid: float(v) for lid, v in zip(w.ids, floor) if np.isfinite(v)})
+        fix = self._floor_fix(i, self.worlds[self.fold_of[i]])
         s = self.ds.servers[i]
         return fix.sound_region is None or fix.sound_region.contains(s.lat, s.lon)
 
@@ -181,9 +185,7 @@ class Replay:
 
     def provable(self, a: int, b: int) -> bool:
         """Does the sound region of B's floor RTTs (no queueing at all) leave A's country?"""
-        w = self.worlds[self.fold_of[a]]
-        floor = self.noise.min[b, w.lm]
-        fix = self.solver(w)({lid: float(v) for lid, v in zip(w.ids, floor) if np.isfinite(v)})
+        fix = self._floor_fix(b, self.worlds[self.fold_of[a]])
         judge = Jurisdiction.of([self.ds.servers[a].country or ""]).judge(fix)
         return judge.verdict == "outside" and judge.rule in ("sound", "certified")
 

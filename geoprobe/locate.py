@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -78,12 +79,18 @@ def _default_countries_key() -> str:
     """Names the packaged (or ``$GEOPROBE_COUNTRIES``) polygons by their content.
 
     By content, not path and time, so a fit cached on one machine is found on another with the same
-    polygons (the QEMU lab fits on the host and ships the cache to its guest). Hashing them costs a
-    few milliseconds, once per process.
+    polygons (the QEMU lab fits on the host and ships the cache to its guest).
     """
     from geoprobe.geo import countries as cmod
 
-    env = os.environ.get(cmod.ENV)
+    return _countries_key(os.environ.get(cmod.ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _countries_key(env: str | None) -> str:
+    """Hashing ~0.8 MB of polygons takes milliseconds: once per process and polygon source."""
+    from geoprobe.geo import countries as cmod
+
     files = [Path(env)] if env else [cmod.TOPOJSON, cmod.SUPPLEMENT, cmod.ISO_TABLE, cmod.UNASSIGNED_TABLE,
                                      cmod.SPLITS_TABLE]
     h = hashlib.sha256()

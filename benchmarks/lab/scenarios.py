@@ -102,6 +102,7 @@ class Lab:
     log: Callable[[str], None] = print
     guest_landmarks: int = 60  # 0: every landmark both sites serve
     source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
+    _fitted: set[str] = field(default_factory=set, init=False, repr=False)  # guest catalogues already in the cache
 
     def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
         rec = RunRecord(plan=plan, program=program.name, started=time.time())
@@ -121,10 +122,11 @@ class Lab:
                     wait_for_file(wd / f"catalogue-{s.label}.json", 120.0, s)
             files = dict(program.files)
             if program.needs_testbed:
-                files["catalogue.json"] = json.dumps(guest_catalogue(
+                guest = json.dumps(guest_catalogue(
                     json.loads(catalogue.read_text()), json.loads((wd / "catalogue-B.json").read_text()),
                     self.guest_landmarks, exclude={plan.a.server, plan.b.server}, near=plan.a))
-                (wd / "catalogue-guest.json").write_text(files["catalogue.json"])
+                files["catalogue.json"] = guest
+                (wd / "catalogue-guest.json").write_text(guest)
                 files.update(self.host_cache(wd / "catalogue-guest.json"))
             run_disk = build_run_disk(wd / "run.ext4", self.source, files, program.run_sh)
             spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
@@ -172,13 +174,16 @@ class Lab:
         content, so the guest finds them). The guest copies them into its own cache dir at boot."""
         d = self.workdir / "geoprobe-cache"
         d.mkdir(exist_ok=True)
-        env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
-        code = ("import sys; from geoprobe.landmarks import load_catalogue; "
-                "from geoprobe.locate import fit_catalogue; fit_catalogue(load_catalogue(sys.argv[1]))")
-        done = subprocess.run([sys.executable, "-c", code, str(catalogue)], env=env, check=False,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:  # the guest then fits it itself, only slower
-            self.log(f"  host-side calibration fit failed: {done.stderr.strip().splitlines()[-1:]}")
+        content = catalogue.read_text()
+        if content not in self._fitted:  # the cross and control runs share one guest catalogue
+            self._fitted.add(content)
+            env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
+            code = ("import sys; from geoprobe.landmarks import load_catalogue; "
+                    "from geoprobe.locate import fit_catalogue; fit_catalogue(load_catalogue(sys.argv[1]))")
+            done = subprocess.run([sys.executable, "-c", code, str(catalogue)], env=env, check=False,
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:  # the guest then fits it itself, only slower
+                self.log(f"  host-side calibration fit failed: {done.stderr.strip().splitlines()[-1:]}")
         return {f"cache/{p.relative_to(d)}": p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
     def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:

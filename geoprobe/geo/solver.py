@@ -43,8 +43,7 @@ PROFILE_GAIN = 1.0
 MEAN_COHERENCE = 0.97  # |mean unit vector| below this: modes > ~1500 km apart
 MODE_RADIUS_KM = 300.0
 CBG_PENALTY = 2.0  # log-likelihood per violated bestline (before tempering)
-SOFT_TAIL = 20.0
-HONEST_HOLD_OUT = True  # log-likelihood per unit of distance beyond a landmark's calibrated reach
+SOFT_TAIL = 20.0  # log-likelihood per unit of distance beyond a landmark's calibrated reach
 
 
 @dataclass(slots=True)

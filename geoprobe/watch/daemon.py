@@ -298,14 +298,14 @@ class Watcher:
             split = getattr(getattr(s, "signal", s), "after_step", None)
             if not callable(split):
                 continue
-            after = split(ms)
+            after: dict[str, float] | None = split(ms)
             if after is not None and len(after) >= self.config.min_landmarks:
                 log.info(
                     "%s stepped inside this round: using the %d landmarks measured after the step",
                     s.name,
                     len(after),
                 )
-                return dict(after)
+                return after
         return None
 
     def round(self) -> RoundResult:

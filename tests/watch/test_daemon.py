@@ -84,6 +84,17 @@ def make_watcher(
     return w, emitted, hooked
 
 
+def watch_at_home(
+    cat: Catalogue, tmp: Path, seed: int, **kw: Any
+) -> tuple[World, Watcher, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A watch at Frankfurt, past its warm-up: five quiet rounds."""
+    world = World(FRANKFURT, seed=seed)
+    w, emitted, hooked = make_watcher(cat, world, tmp, **kw)
+    for _ in range(5):
+        w.round()
+    return world, w, emitted, hooked
+
+
 def types(evs: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in evs]
 
@@ -104,10 +115,7 @@ def test_stationary_watch_emits_fixes_only(catalogue: Catalogue, tmp_path: Path)
 
 
 def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, tmp_path: Path) -> None:
-    world = World(FRANKFURT, seed=1)
-    w, emitted, hooked = make_watcher(catalogue, world, tmp_path)
-    for _ in range(5):
-        w.round()
+    world, w, emitted, hooked = watch_at_home(catalogue, tmp_path, 1)
     world.at = MADRID
     w.round()
     # A moved fingerprint is re-measured at once, not after the fast interval.
@@ -141,10 +149,7 @@ def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, 
 
 
 def test_same_country_move_is_no_crossing(catalogue: Catalogue, tmp_path: Path) -> None:
-    world = World(FRANKFURT, seed=2)
-    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
-    for _ in range(5):
-        w.round()
+    world, w, emitted, _ = watch_at_home(catalogue, tmp_path, 2)
     world.at = BERLIN
     for _ in range(8):
         w.round()
@@ -155,10 +160,7 @@ def test_same_country_move_is_no_crossing(catalogue: Catalogue, tmp_path: Path) 
 def test_restart_keeps_the_baseline_and_sees_a_move_made_while_down(
     catalogue: Catalogue, tmp_path: Path
 ) -> None:
-    world = World(FRANKFURT, seed=3)
-    w, _, _ = make_watcher(catalogue, world, tmp_path)
-    for _ in range(5):
-        w.round()
+    world, w, _, _ = watch_at_home(catalogue, tmp_path, 3)
     assert w.store is not None
     w.store.close()
     world.at = MADRID
@@ -170,10 +172,7 @@ def test_restart_keeps_the_baseline_and_sees_a_move_made_while_down(
 
 
 def test_a_watch_killed_mid_suspicion_keeps_its_home(catalogue: Catalogue, tmp_path: Path) -> None:
-    world = World(FRANKFURT, seed=5)
-    w, _, _ = make_watcher(catalogue, world, tmp_path)
-    for _ in range(5):
-        w.round()
+    world, w, _, _ = watch_at_home(catalogue, tmp_path, 5)
     world.at = MADRID
     w.round()
     assert w.fusion.state == State.SUSPECT
@@ -312,11 +311,8 @@ class Resettable:
 
 
 def test_signals_are_rebaselined_after_a_confirmed_move(catalogue: Catalogue, tmp_path: Path) -> None:
-    world = World(FRANKFURT, seed=4)
     sig = Resettable()
-    w, emitted, _ = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(sig)])
-    for _ in range(5):
-        w.round()
+    world, w, emitted, _ = watch_at_home(catalogue, tmp_path, 4, signals=[SignalAdapter(sig)])
     assert sig.resets == 0
     world.at = MADRID
     w.round()
@@ -351,11 +347,8 @@ def test_a_clock_step_down_is_recorded_but_never_decisive() -> None:
 def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
     catalogue: Catalogue, tmp_path: Path
 ) -> None:
-    world = World(FRANKFURT, seed=6)
     step = StepSignal()  # fires on its 6th update: the first round after the move
-    w, emitted, hooked = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(step)])
-    for _ in range(5):
-        w.round()
+    world, w, emitted, hooked = watch_at_home(catalogue, tmp_path, 6, signals=[SignalAdapter(step)])
     world.at = MADRID
     r = w.round()
     assert [t.to for t in r.transitions] == [State.SUSPECT, State.CONFIRMING, State.CONFIRMED]
@@ -427,7 +420,7 @@ def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
     clock = ClockSignal()
     w, emitted, _ = make_watcher(catalogue, world, tmp_path, signals=[SignalAdapter(clock)])
     if not split:
-        clock.after_step = lambda ms: None  # type: ignore[method-assign]
+        clock.after_step = lambda ms: None  # type: ignore[method-assign,assignment]
     for _ in range(6):
         w.round()
     world.switch_to(MADRID, before)
