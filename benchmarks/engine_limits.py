@@ -37,7 +37,7 @@ def main() -> int:
 
     from geoprobe.datasets import load_dataset
     from geoprobe.evaluate import evaluate
-    from geoprobe.geo.calibration import R_EDGES, fit_arrays
+    from geoprobe.geo.calibration import R_EDGES, fit_arrays, rtt_bin
     from geoprobe.geo.countries import default_index
     from geoprobe.geo.sphere import distance_matrix_km
 
@@ -90,7 +90,7 @@ def main() -> int:
     dist = np.where(np.isfinite(km), km, 0.0)
     u = dist / reach
     fin = np.isfinite(s)
-    rbin = np.clip(np.searchsorted(R_EDGES, np.where(fin, s, 1.0)) - 1, 0, len(R_EDGES) - 2)
+    rbin = rtt_bin(np.where(fin, s, 1.0))
     pooled = np.array([np.median(u[fin & (rbin == b)]) if (fin & (rbin == b)).sum() >= 5 else np.nan
                        for b in range(len(R_EDGES) - 1)])
     order = np.argsort(np.where(fin, s, np.inf), axis=0)  # column t: landmarks by RTT from target t

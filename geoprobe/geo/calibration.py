@@ -156,7 +156,8 @@ def vet(km: FArray, rtt: FArray, ids: Sequence[str] | None = None, *, tolerance:
 # (c) soft ranging
 
 
-def _rbin(rtt: FArray) -> npt.NDArray[np.intp]:
+def rtt_bin(rtt: FArray) -> npt.NDArray[np.intp]:
+    """The soft-ranging table's row for each RTT (``R_EDGES``; out-of-range RTTs clamp to the ends)."""
     return np.clip(np.searchsorted(R_EDGES, rtt) - 1, 0, len(R_EDGES) - 2)
 
 
@@ -186,7 +187,7 @@ def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0, reach: FArray | 
     ok = np.isfinite(km) & np.isfinite(rtt) & (rtt > 0) & np.isfinite(reach) & (reach > 0)
     u = np.clip(km[ok] / reach[ok], 0.0, 1.0 - 1e-9)
     h = np.zeros((len(R_EDGES) - 1, U_BINS))
-    np.add.at(h, (_rbin(rtt[ok]), (u * U_BINS).astype(int)), 1.0)
+    np.add.at(h, (rtt_bin(rtt[ok]), (u * U_BINS).astype(int)), 1.0)
     h = _gaussian_smooth(h, (0.8, 1.0))
     # Rows with little data borrow from the whole table rather than go flat.
     pooled = h.sum(axis=0) / max(h.sum(), 1e-12)
@@ -200,7 +201,7 @@ def soft_loglik(table: FArray, rtt: FArray, km: FArray, reach: FArray | None = N
     Beyond ``reach`` (default: the sound bound) the value is -inf.
     """
     rtt = np.asarray(rtt, dtype=float).reshape(-1)
-    rows = table[_rbin(rtt)]  # landmarks x U_BINS
+    rows = table[rtt_bin(rtt)]  # landmarks x U_BINS
     if reach is None:
         reach = SOUND_KM_PER_MS * np.maximum(rtt, 1e-6)
     u = km * (1.0 / np.maximum(reach, 1e-6))[None, :]

@@ -358,7 +358,6 @@ def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
     assert w.interval == w.config.fast  # re-baselining at the new place, not re-measuring at once
 
 
-
 class SwitchingWorld(World):
     """Signed samples, two per landmark, each with its clock offset and its send time.
 
