@@ -49,7 +49,9 @@ def consistent_servers(ds: Dataset) -> list[int]:
     """
     from geoprobe.geo.calibration import vet
 
-    km = np.asarray(haversine_km(ds.lats[:, None], ds.lons[:, None], ds.lats[None, :], ds.lons[None, :]))
+    km = np.asarray(
+        haversine_km(ds.lats[:, None], ds.lons[:, None], ds.lats[None, :], ds.lons[None, :])
+    )
     liars = {x.index for x in vet(km, ds.rtt_min, ds.ids)}
     return [i for i in range(len(ds)) if i not in liars and ds.servers[i].country]
 
@@ -66,31 +68,60 @@ def main() -> int:
         return 0
     ds = load_dataset(args.dataset)
     places = consistent_servers(ds)
-    print(f"{len(places)} of {len(ds)} servers are consistent (no speed-of-light violation) and have a country")
+    print(
+        f"{len(places)} of {len(ds)} servers are consistent (no speed-of-light violation) and have a country"
+    )
     if args.limit:
-        places = places[:args.limit]
+        places = places[: args.limit]
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(t / "rt"), PYTHONPATH=str(REPO))
         cat_path = t / "catalogue.json"
         # Placed by position (not at a server), so every server is a landmark; each run drops its own.
         first = ds.servers[places[0]]
-        proc = subprocess.Popen([sys.executable, "-m", "geoprobe", "testbed", "run", "--dataset", str(args.dataset),
-                                 "--at", f"{first.lat},{first.lon}", "--catalogue", str(cat_path),
-                                 "--name", "everywhere"], env=env, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "geoprobe",
+                "testbed",
+                "run",
+                "--dataset",
+                str(args.dataset),
+                "--at",
+                f"{first.lat},{first.lon}",
+                "--catalogue",
+                str(cat_path),
+                "--name",
+                "everywhere",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         try:
             while not cat_path.exists():
                 if proc.poll() is not None:
                     return 1
                 time.sleep(0.1)
-            return _run(args, ds, places, load_catalogue(cat_path), control.registration("everywhere", t / "rt"))
+            return _run(
+                args,
+                ds,
+                places,
+                load_catalogue(cat_path),
+                control.registration("everywhere", t / "rt"),
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
 
 
-def _run(args: argparse.Namespace, ds: Dataset, places: list[int], cat: Catalogue,
-         reg: control.Registration) -> int:
+def _run(
+    args: argparse.Namespace,
+    ds: Dataset,
+    places: list[int],
+    cat: Catalogue,
+    reg: control.Registration,
+) -> int:
     from geoprobe.cli.check import evaluate, resolve_settings
     from geoprobe.locate import fit_catalogue, locate_from_catalogue
     from geoprobe.measurement import min_rtts
@@ -116,10 +147,15 @@ def _run(args: argparse.Namespace, ds: Dataset, places: list[int], cat: Catalogu
         if int(status) == 2:
             critical.append(f"{s.name} ({s.country}): {text}")
         if n % 20 == 0 or n == len(places):
-            print(f"  {n}/{len(places)} placements, exit codes so far {dict(sorted(codes.items()))}, "
-                  f"{time.monotonic() - t0:.0f} s", flush=True)
-    print(f"check --allow <own country> (basis {args.basis}) over {len(places)} placements: "
-          + ", ".join(f"exit {c}: {codes[c]}" for c in (0, 1, 2, 3)))
+            print(
+                f"  {n}/{len(places)} placements, exit codes so far {dict(sorted(codes.items()))}, "
+                f"{time.monotonic() - t0:.0f} s",
+                flush=True,
+            )
+    print(
+        f"check --allow <own country> (basis {args.basis}) over {len(places)} placements: "
+        + ", ".join(f"exit {c}: {codes[c]}" for c in (0, 1, 2, 3))
+    )
     for line in critical:
         print(f"  EXIT 2 at {line}")
     print("target (never exit 2):", "PASS" if not critical else f"FAIL ({len(critical)})")

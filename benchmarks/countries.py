@@ -38,7 +38,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 
 
 def startup(cache: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", STARTUP, cache], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP, cache], check=True, capture_output=True, text=True
+    )
     result: dict[str, float] = json.loads(out.stdout)
     return result
 
@@ -67,7 +69,12 @@ def throughput(n: int, reps: int) -> dict[str, float]:
         index.codes_at(small_lat, small_lon)
     out["call_4000_points_ms"] = (time.perf_counter() - t) / 50 * 1000
     times = []
-    for lat0, lon0, km in [(40.4, -3.7, 200), (52.5, 13.4, 300), (-17.8, 178.0, 150), (39.7, -105.0, 800)]:
+    for lat0, lon0, km in [
+        (40.4, -3.7, 200),
+        (52.5, 13.4, 300),
+        (-17.8, 178.0, 150),
+        (39.7, -105.0, 800),
+    ]:
         disc = shapely.Point(lon0, lat0).buffer(km / 111.32, quad_segs=32)
         region = shapely.affinity.scale(disc, xfact=1 / math.cos(math.radians(lat0)), yfact=1.0)
         t = time.perf_counter()
@@ -86,8 +93,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         cold = startup(cache)
         warm = startup(cache)
-    res: dict[str, Any] = {"cold_build_s": cold["load_s"], "warm_load_s": warm["load_s"],
-                           "import_s": warm["import_s"], **throughput(args.points, args.reps)}
+    res: dict[str, Any] = {
+        "cold_build_s": cold["load_s"],
+        "warm_load_s": warm["load_s"],
+        "import_s": warm["import_s"],
+        **throughput(args.points, args.reps),
+    }
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -95,7 +106,9 @@ def main() -> None:
     print(f"first build (no cache)          {res['cold_build_s']:.2f} s")
     print(f"start-up from cache             {res['warm_load_s']:.3f} s")
     print(f"codes_at, uniform on the globe  {res['global_points_per_s'] / 1e6:.2f} M points/s")
-    print(f"codes_at, Europe (many borders) {res['europe_points_per_s'] / 1e6:.2f} M points/s  (target >= 1)")
+    print(
+        f"codes_at, Europe (many borders) {res['europe_points_per_s'] / 1e6:.2f} M points/s  (target >= 1)"
+    )
     print(f"codes_at, 4000-point call       {res['call_4000_points_ms']:.2f} ms")
     print(f"certify, median of 4 regions    {res['certify_ms_median']:.1f} ms")
 

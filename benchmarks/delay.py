@@ -51,11 +51,23 @@ def _run(argv: list[str]) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def dirtier(cap: str, seconds: float, cpu: float = 1.0, rate: float | None = None
-            ) -> dict[str, Any]:
+def dirtier(
+    cap: str, seconds: float, cpu: float = 1.0, rate: float | None = None
+) -> dict[str, Any]:
     """The real command, in its own process: its VmHWM is the figure checked against the cap."""
-    argv = [sys.executable, "-m", "geoprobe", "delay", "--memory", cap, "--cpu", str(cpu),
-            "--duration", str(seconds), "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "geoprobe",
+        "delay",
+        "--memory",
+        cap,
+        "--cpu",
+        str(cpu),
+        "--duration",
+        str(seconds),
+        "--json",
+    ]
     if rate:
         argv += ["--rate", str(rate)]
     return dict(_run(argv)["summary"])
@@ -83,25 +95,36 @@ def main() -> int:
         capped = dirtier(cap, args.seconds, cpu=0.25)
         limited = dirtier(cap, args.seconds, rate=200_000)
         peak = max(r["peak_rss_bytes"] for r in (full, capped, limited))
-        rows.append({
-            "cap": cap, "cap_bytes": parse_size(cap), "buffer_bytes": full["buffer_bytes"],
-            "baseline_pages_per_s": ref, "dirtier_pages_per_s": ours, "ratio": ours / ref,
-            "ratios": [p["dirtier_pages_per_s"] / p["baseline_pages_per_s"] for p in pairs],
-            "cli_pages_per_s": full["pages_per_s"],
-            "peak_rss_bytes": peak, "peak_within_cap": peak <= parse_size(cap),
-            "cpu0.25_cpu_share": capped["cpu_s"] / capped["elapsed_s"],
-            "rate200k_pages_per_s": limited["pages_per_s"],
-        })
+        rows.append(
+            {
+                "cap": cap,
+                "cap_bytes": parse_size(cap),
+                "buffer_bytes": full["buffer_bytes"],
+                "baseline_pages_per_s": ref,
+                "dirtier_pages_per_s": ours,
+                "ratio": ours / ref,
+                "ratios": [p["dirtier_pages_per_s"] / p["baseline_pages_per_s"] for p in pairs],
+                "cli_pages_per_s": full["pages_per_s"],
+                "peak_rss_bytes": peak,
+                "peak_within_cap": peak <= parse_size(cap),
+                "cpu0.25_cpu_share": capped["cpu_s"] / capped["elapsed_s"],
+                "rate200k_pages_per_s": limited["pages_per_s"],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'cap':>6} {'buffer':>8} {'baseline p/s':>14} {'dirtier p/s':>14} {'ratio':>6} "
-              f"{'peak RSS':>9} {'<=cap':>5} {'cpu@0.25':>8} {'rate@200k':>10}")
+        print(
+            f"{'cap':>6} {'buffer':>8} {'baseline p/s':>14} {'dirtier p/s':>14} {'ratio':>6} "
+            f"{'peak RSS':>9} {'<=cap':>5} {'cpu@0.25':>8} {'rate@200k':>10}"
+        )
         for r in rows:
-            print(f"{r['cap']:>6} {r['buffer_bytes'] >> 20:>6}Mi {r['baseline_pages_per_s']:>14,.0f} "
-                  f"{r['dirtier_pages_per_s']:>14,.0f} {r['ratio']:>6.2f} "
-                  f"{r['peak_rss_bytes'] >> 20:>7}Mi {r['peak_within_cap']!s:>5} "
-                  f"{r['cpu0.25_cpu_share']:>8.2f} {r['rate200k_pages_per_s']:>10,.0f}")
+            print(
+                f"{r['cap']:>6} {r['buffer_bytes'] >> 20:>6}Mi {r['baseline_pages_per_s']:>14,.0f} "
+                f"{r['dirtier_pages_per_s']:>14,.0f} {r['ratio']:>6.2f} "
+                f"{r['peak_rss_bytes'] >> 20:>7}Mi {r['peak_within_cap']!s:>5} "
+                f"{r['cpu0.25_cpu_share']:>8.2f} {r['rate200k_pages_per_s']:>10,.0f}"
+            )
     ok = all(r["ratio"] >= 0.5 and r["peak_within_cap"] for r in rows)
     print("targets met" if ok else "TARGETS MISSED", file=sys.stderr)
     return 0 if ok else 1

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+SHARED = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+)
 BINS_MS = ((0, 4), (4, 8), (8, 13), (13, 20), (20, 40), (40, 1000))
 
 
@@ -51,8 +53,10 @@ def main() -> int:
 
     print(f"1. landmark spacing, {n} servers")
     nn = km.min(axis=1)
-    print(f"  distance to the nearest other server: median {np.median(nn):.1f} km, "
-          f"p25 {np.percentile(nn, 25):.1f} km, p75 {np.percentile(nn, 75):.1f} km")
+    print(
+        f"  distance to the nearest other server: median {np.median(nn):.1f} km, "
+        f"p25 {np.percentile(nn, 25):.1f} km, p75 {np.percentile(nn, 75):.1f} km"
+    )
 
     print("\n2. leave-one-out of the three methods (about a minute)", flush=True)
     ev = evaluate(ds, seed=args.seed, countries=default_index())
@@ -68,11 +72,17 @@ def main() -> int:
     for k, m in enumerate(methods):
         print(f"  {m:<14} median {np.median(table[:, k]):7.1f} km")
     print(f"  target: 0.85 x cbg = {0.85 * cbg:.1f} km")
-    print(f"  oracle (best of the three per target, known afterwards): median {np.median(table.min(axis=1)):.1f} km")
+    print(
+        f"  oracle (best of the three per target, known afterwards): median {np.median(table.min(axis=1)):.1f} km"
+    )
 
     print("\n3. by the target's lowest RTT")
-    print(f"  {'lowest RTT':<12} {'targets':>7} " + " ".join(f"{m + ' km':>17}" for m in methods)
-          + " " + " ".join(f"{m + ' country':>22}" for m in methods))
+    print(
+        f"  {'lowest RTT':<12} {'targets':>7} "
+        + " ".join(f"{m + ' km':>17}" for m in methods)
+        + " "
+        + " ".join(f"{m + ' country':>22}" for m in methods)
+    )
     index = {lid: i for i, lid in enumerate(ds.ids)}
     for lo, hi in BINS_MS:
         ts = [t for t in err if lo <= lowest[index[t]] < hi]
@@ -80,8 +90,12 @@ def main() -> int:
             continue
         med = [np.median([err[t][m] for t in ts]) for m in methods]
         acc = [np.mean([right[t][m] for t in ts]) for m in methods]
-        print(f"  {f'{lo}-{hi} ms':<12} {len(ts):>7} " + " ".join(f"{v:>17.0f}" for v in med)
-              + " " + " ".join(f"{v:>22.2f}" for v in acc))
+        print(
+            f"  {f'{lo}-{hi} ms':<12} {len(ts):>7} "
+            + " ".join(f"{v:>17.0f}" for v in med)
+            + " "
+            + " ".join(f"{v:>22.2f}" for v in acc)
+        )
 
     print("\n4. the lowest RTT is a lucky path: u = distance / the landmark's bestline reach")
     model = fit_arrays(ds.ids, ds.lats, ds.lons, ds.rtt_min)
@@ -91,16 +105,22 @@ def main() -> int:
     u = dist / reach
     fin = np.isfinite(s)
     rbin = rtt_bin(np.where(fin, s, 1.0))
-    pooled = np.array([np.median(u[fin & (rbin == b)]) if (fin & (rbin == b)).sum() >= 5 else np.nan
-                       for b in range(len(R_EDGES) - 1)])
+    pooled = np.array(
+        [
+            np.median(u[fin & (rbin == b)]) if (fin & (rbin == b)).sum() >= 5 else np.nan
+            for b in range(len(R_EDGES) - 1)
+        ]
+    )
     order = np.argsort(np.where(fin, s, np.inf), axis=0)  # column t: landmarks by RTT from target t
     for k in (1, 2, 3, 5, 10, 20, 40):
         lm = order[k - 1]
         ok = fin[lm, np.arange(n)]
         uk = u[lm, np.arange(n)][ok]
         base = pooled[rbin[lm, np.arange(n)][ok]]
-        print(f"  rank {k:>2}: median u at the truth {np.median(uk):.3f}, pooled median for the same RTTs "
-              f"{np.nanmedian(base):.3f}")
+        print(
+            f"  rank {k:>2}: median u at the truth {np.median(uk):.3f}, pooled median for the same RTTs "
+            f"{np.nanmedian(base):.3f}"
+        )
     return 0
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+SHARED = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+)
 
 
 def _line(name: str, value: float | None, target: str, ok: bool | None) -> None:
@@ -55,36 +57,73 @@ def main() -> int:
     ev = evaluate(ds, targets=args.targets, seed=args.seed, countries=countries, progress=tick)
     s = ev.summary()
     g, c, p = s["geoprobe"], s["cbg"], s["shortest-ping"]
-    print(f"\n1. leave-one-out, {g['targets']} targets, all three methods in one run: {ev.seconds:.1f} s "
-          f"(load average now {os.getloadavg()[0]:.1f})")
+    print(
+        f"\n1. leave-one-out, {g['targets']} targets, all three methods in one run: {ev.seconds:.1f} s "
+        f"(load average now {os.getloadavg()[0]:.1f})"
+    )
     print(f"  {'':<58} {'geoprobe':>10} {'cbg':>10} {'shortest-ping':>14}")
-    for key in ("median_km", "p80_km", "p90_km", "within_100km", "country_accuracy", "truth_in_region",
-                "truth_in_region_consistent", "consistent_targets", "truth_in_region_not_vetted",
-                "certified_correct", "certified_wrong", "accuracy_at_p90", "share_p90", "ece",
-                "country_accuracy_not_vetted", "accuracy_at_p90_not_vetted", "ece_not_vetted", "mean_solve_ms"):
+    for key in (
+        "median_km",
+        "p80_km",
+        "p90_km",
+        "within_100km",
+        "country_accuracy",
+        "truth_in_region",
+        "truth_in_region_consistent",
+        "consistent_targets",
+        "truth_in_region_not_vetted",
+        "certified_correct",
+        "certified_wrong",
+        "accuracy_at_p90",
+        "share_p90",
+        "ece",
+        "country_accuracy_not_vetted",
+        "accuracy_at_p90_not_vetted",
+        "ece_not_vetted",
+        "mean_solve_ms",
+    ):
         vals = [m.get(key) for m in (g, c, p)]
         print(f"  {key:<58} " + " ".join(f"{'-' if v is None else round(v, 3):>10}" for v in vals))
-    print("  fold tempering (probability temperature, blend, estimate temperature): "
-          f"{[(round(t.temperature, 1), t.blend, round(t.estimate_temperature, 1)) for t in ev.temperatures]}")
+    print(
+        "  fold tempering (probability temperature, blend, estimate temperature): "
+        f"{[(round(t.temperature, 1), t.blend, round(t.estimate_temperature, 1)) for t in ev.temperatures]}"
+    )
     print(f"  vetted out as faster than light: {ev.vetted}")
     print(f"  targets whose claimed location is inconsistent: {ev.inconsistent_targets}")
 
     print("\n   targets")
     _line("geoprobe median error (km)", g["median_km"], "<= 206", g["median_km"] <= 206.0)
-    _line("geoprobe median / cbg median (same run)", g["median_km"] / c["median_km"], "<= 0.85",
-          g["median_km"] <= 0.85 * c["median_km"])
+    _line(
+        "geoprobe median / cbg median (same run)",
+        g["median_km"] / c["median_km"],
+        "<= 0.85",
+        g["median_km"] <= 0.85 * c["median_km"],
+    )
     _line("country accuracy", g["country_accuracy"], ">= 0.75", g["country_accuracy"] >= 0.75)
     a90 = g["accuracy_at_p90"]
     _line("accuracy where top-country p >= 0.9", a90, ">= 0.90", a90 is not None and a90 >= 0.9)
     _line("expected calibration error (10 bins)", g["ece"], "<= 0.10", g["ece"] <= 0.1)
     a90v = g["accuracy_at_p90_not_vetted"]
-    _line("  the same two, without targets vetted out as liars: p>=0.9", a90v, ">= 0.90",
-          a90v is not None and a90v >= 0.9)
+    _line(
+        "  the same two, without targets vetted out as liars: p>=0.9",
+        a90v,
+        ">= 0.90",
+        a90v is not None and a90v >= 0.9,
+    )
     _line("  ... and ECE", g["ece_not_vetted"], "<= 0.10", g["ece_not_vetted"] <= 0.1)
     tin = g["truth_in_region_consistent"]
-    _line("truth in sound region (consistent targets)", tin, ">= 0.99", tin is not None and tin >= 0.99)
-    _line("truth in sound region (targets not vetted out as liars)", g["truth_in_region_not_vetted"], "(see note)",
-          None)
+    _line(
+        "truth in sound region (consistent targets)",
+        tin,
+        ">= 0.99",
+        tin is not None and tin >= 0.99,
+    )
+    _line(
+        "truth in sound region (targets not vetted out as liars)",
+        g["truth_in_region_not_vetted"],
+        "(see note)",
+        None,
+    )
     _line("certified wrong (all targets)", g["certified_wrong"], "== 0", g["certified_wrong"] == 0)
     _line("whole LOO, 3 methods (s)", ev.seconds, "< 180", ev.seconds < 180)
 
@@ -101,14 +140,27 @@ def main() -> int:
         out[near] += rng.uniform(20.0, 80.0, size=len(near))
         return out
 
-    for label, adversary in (("random delays on every RTT", random_delay),
-                             ("20-80 ms on the 5 nearest landmarks", nearest_delay)):
-        adv = evaluate(ds, methods=["geoprobe"], targets=args.targets, seed=args.seed, countries=countries,
-                       extra_delay=adversary)
+    for label, adversary in (
+        ("random delays on every RTT", random_delay),
+        ("20-80 ms on the 5 nearest landmarks", nearest_delay),
+    ):
+        adv = evaluate(
+            ds,
+            methods=["geoprobe"],
+            targets=args.targets,
+            seed=args.seed,
+            countries=countries,
+            extra_delay=adversary,
+        )
         a = adv.summary()["geoprobe"]
         wrong = a["certified_wrong_targets"]
         _line(f"{label}: certified", a["certified"], "", None)
-        _line(f"{label}: truth in sound region (consistent)", a["truth_in_region_consistent"], "", None)
+        _line(
+            f"{label}: truth in sound region (consistent)",
+            a["truth_in_region_consistent"],
+            "",
+            None,
+        )
         _line(f"{label}: certified wrong", a["certified_wrong"], "== 0", not wrong)
 
     print("\n3. solve time, all landmarks, after calibration")

@@ -61,7 +61,9 @@ from geoprobe.watch.fusion import Fusion, Observation, State
 from geoprobe.watch.jurisdiction import Jurisdiction
 from geoprobe.watch.shift import Baseline, ShiftTest
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+DEFAULT_DATASET = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wonderproxy-pings-2020-07"
+)
 
 
 @dataclass
@@ -105,7 +107,9 @@ class Noise:
         self.min = np.fmin(mn, mn.T)
         mean = np.where(use_t, avg.T - mn.T, avg - mn)
         sdev = np.where(use_t, sd.T, sd)
-        mean = np.where(np.isfinite(mean) & (mean > 1e-3), mean, 0.05 + 0.01 * np.nan_to_num(self.min))
+        mean = np.where(
+            np.isfinite(mean) & (mean > 1e-3), mean, 0.05 + 0.01 * np.nan_to_num(self.min)
+        )
         sdev = np.where(np.isfinite(sdev) & (sdev > 1e-3), sdev, mean)
         self.shape = np.clip((mean / sdev) ** 2, 0.05, 50.0)
         self.scale = mean / self.shape
@@ -137,7 +141,12 @@ class Replay:
         self.rng = np.random.default_rng(seed)
         self.noise = Noise(ds)
         self.countries = default_index()
-        self.samples, self.warmup, self.quiet_rounds, self.rounds = samples, warmup, quiet_rounds, rounds
+        self.samples, self.warmup, self.quiet_rounds, self.rounds = (
+            samples,
+            warmup,
+            quiet_rounds,
+            rounds,
+        )
         self.stationary_rounds = stationary_rounds
         self.interval, self.fast, self.round_s = interval, fast, round_s
         self.min_probability = min_probability
@@ -236,7 +245,12 @@ class Replay:
                     suspected[basis] |= tr.to == State.SUSPECT
                     if tr.to == State.CONFIRMED:
                         results[basis] = RunResult(
-                            kind, basis, sa.name, sb.name, km, suspected[basis],
+                            kind,
+                            basis,
+                            sa.name,
+                            sb.name,
+                            km,
+                            suspected[basis],
                             confirmed=True,
                             crossing=tr.data["crossing"],
                             rule=tr.data["jurisdiction"]["rule"],
@@ -251,7 +265,9 @@ class Replay:
             # As the daemon (WatchConfig.remeasure_at_once): a moved fingerprint is re-measured as
             # soon as the round is over; otherwise rounds start every (fast) interval.
             at_once = (
-                not at_once and shift.outcome == "moved" and lead.state in (State.SUSPECT, State.CONFIRMING)
+                not at_once
+                and shift.outcome == "moved"
+                and lead.state in (State.SUSPECT, State.CONFIRMING)
             )
             t += max(self.round_s, 0.0 if at_once else self.fast if lead.fast else self.interval)
         for basis in BASES:
@@ -323,7 +339,9 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
                 "confirmed_unknown": len(unknown),
                 "confirmed_false": len([r for r in conf if r.crossing is False]),
                 "provable": len(provable),
-                "provable_confirmed_crossing": len([r for r in provable if r.confirmed and r.crossing]),
+                "provable_confirmed_crossing": len(
+                    [r for r in provable if r.confirmed and r.crossing]
+                ),
                 "crossing_rules": rules,
                 "rounds_to_confirm_median": float(np.median(rounds)) if rounds else None,
                 "rounds_to_confirm_p95": float(np.percentile(rounds, 95)) if rounds else None,
@@ -336,7 +354,8 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
 def report(s: dict[str, Any], basis: str) -> None:
     k = s.get(basis, {})
     far, st, same, near = (
-        k.get(x, {}) for x in ("cross-border-far", "stationary", "same-country", "cross-border-near")
+        k.get(x, {})
+        for x in ("cross-border-far", "stationary", "same-country", "cross-border-near")
     )
     print(f"basis={basis}:")
     if far:
@@ -388,8 +407,11 @@ def verdicts(s: dict[str, Any], basis: str) -> list[tuple[str, bool, str]]:
     if far and far["provable"]:
         r = far["provable_confirmed_crossing"] / far["provable"]
         out.append(
-            ("cross-border > 500 km that the sound rule can prove, confirmed as crossing >= 0.99",
-             r >= 0.99, f"{r:.4f}")
+            (
+                "cross-border > 500 km that the sound rule can prove, confirmed as crossing >= 0.99",
+                r >= 0.99,
+                f"{r:.4f}",
+            )
         )
     if st and st["runs"]:
         r = st["confirmed"] / st["runs"]
@@ -453,7 +475,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(rp.impossible)}"
         )
     results: list[RunResult] = []
-    plan = [("cross-border-far", args.moves), ("cross-border-near", args.near), ("same-country", args.same)]
+    plan = [
+        ("cross-border-far", args.moves),
+        ("cross-border-near", args.near),
+        ("same-country", args.same),
+    ]
     for kind, count in plan:
         t1 = time.monotonic()
         for a, b in rp.pairs(kind, count):
@@ -478,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'PASS' if passed else 'MISS'}  basis={basis}: {name}: {figure}")
             ok &= passed or basis != args.basis
     if args.json:
-        args.json.write_text(json.dumps({"summary": s, "runs": [r.__dict__ for r in results]}, indent=1))
+        args.json.write_text(
+            json.dumps({"summary": s, "runs": [r.__dict__ for r in results]}, indent=1)
+        )
     return 0 if ok else 1
 
 

@@ -49,10 +49,29 @@ def main() -> int:
         t = Path(tmp)
         env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(t / "rt"), PYTHONPATH=str(REPO))
         cat_path = t / "catalogue.json"
-        proc = subprocess.Popen([sys.executable, "-m", "geoprobe", "testbed", "run", "--dataset", str(args.dataset),
-                                 "--at-server", args.at_server, "--landmarks", str(args.landmarks), "--no-jitter",
-                                 "--catalogue", str(cat_path), "--name", "bench"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "geoprobe",
+                "testbed",
+                "run",
+                "--dataset",
+                str(args.dataset),
+                "--at-server",
+                args.at_server,
+                "--landmarks",
+                str(args.landmarks),
+                "--no-jitter",
+                "--catalogue",
+                str(cat_path),
+                "--name",
+                "bench",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             while not cat_path.exists():
                 if proc.poll() is not None:
@@ -82,14 +101,20 @@ def _measure(args: argparse.Namespace, cat_path: Path, env: dict[str, str], t: P
             per_round.append(statistics.median(round_errors))
     largest = max(injected.values())
     budget = 1.5 * (args.samples * largest / 1000.0) + 1.0
-    print(f"testbed: {len(cat)} landmarks, VM at {args.at_server}, jitter off; largest injected RTT "
-          f"{largest:.1f} ms")
+    print(
+        f"testbed: {len(cat)} landmarks, VM at {args.at_server}, jitter off; largest injected RTT "
+        f"{largest:.1f} ms"
+    )
     n_expected = args.rounds * args.samples * len(cat)
-    print(f"accuracy: median |measured - injected| = {statistics.median(errors):.3f} ms over {len(errors)} "
-          f"samples ({n_expected - len(errors)} lost); p90 = {statistics.quantiles(errors, n=10)[-1]:.3f} ms; "
-          f"target <= 0.3 ms: {'PASS' if statistics.median(errors) <= 0.3 else 'FAIL'}")
-    print(f"  per-round medians (ms): {', '.join(f'{x:.3f}' for x in per_round)}; machine load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (CPU contention shows up as late replies)")
+    print(
+        f"accuracy: median |measured - injected| = {statistics.median(errors):.3f} ms over {len(errors)} "
+        f"samples ({n_expected - len(errors)} lost); p90 = {statistics.quantiles(errors, n=10)[-1]:.3f} ms; "
+        f"target <= 0.3 ms: {'PASS' if statistics.median(errors) <= 0.3 else 'FAIL'}"
+    )
+    print(
+        f"  per-round medians (ms): {', '.join(f'{x:.3f}' for x in per_round)}; machine load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (CPU contention shows up as late replies)"
+    )
 
     from geoprobe.locate import fit_catalogue, locate_from_catalogue
     from geoprobe.measurement import min_rtts
@@ -100,20 +125,43 @@ def _measure(args: argparse.Namespace, cat_path: Path, env: dict[str, str], t: P
     t1 = time.monotonic()
     locate_from_catalogue(cat, min_rtts(ms))
     t2 = time.monotonic()
-    print(f"in-process: probing {t1 - t0:.2f} s + solving {t2 - t1:.2f} s = {t2 - t0:.2f} s; "
-          f"budget 1.5 x ({args.samples} x {largest / 1000:.3f} s) + 1 s = {budget:.2f} s: "
-          f"{'PASS' if t2 - t0 <= budget else 'FAIL'}")
+    print(
+        f"in-process: probing {t1 - t0:.2f} s + solving {t2 - t1:.2f} s = {t2 - t0:.2f} s; "
+        f"budget 1.5 x ({args.samples} x {largest / 1000:.3f} s) + 1 s = {budget:.2f} s: "
+        f"{'PASS' if t2 - t0 <= budget else 'FAIL'}"
+    )
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "geoprobe", "locate", "--landmarks", str(cat_path), "--samples",
-                          str(args.samples), "--format", "json"], check=False, env=env, capture_output=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "locate",
+            "--landmarks",
+            str(cat_path),
+            "--samples",
+            str(args.samples),
+            "--format",
+            "json",
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+    )
     wall = time.monotonic() - t0
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import geoprobe.cli, geoprobe.locate, geoprobe.geo.countries"],
-                   check=False, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", "import geoprobe.cli, geoprobe.locate, geoprobe.geo.countries"],
+        check=False,
+        env=env,
+        capture_output=True,
+    )
     startup = time.monotonic() - t0
-    print(f"geoprobe locate process (exit {out.returncode}): {wall:.2f} s wall, of which ~{startup:.2f} s is "
-          f"Python start-up and imports; budget {budget:.2f} s: {'PASS' if wall <= budget else 'FAIL'}"
-          f" (without start-up: {'PASS' if wall - startup <= budget else 'FAIL'})")
+    print(
+        f"geoprobe locate process (exit {out.returncode}): {wall:.2f} s wall, of which ~{startup:.2f} s is "
+        f"Python start-up and imports; budget {budget:.2f} s: {'PASS' if wall <= budget else 'FAIL'}"
+        f" (without start-up: {'PASS' if wall - startup <= budget else 'FAIL'})"
+    )
     return 0
 
 

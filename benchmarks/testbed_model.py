@@ -36,15 +36,19 @@ def main() -> int:
     err: list[float] = []
     rel: list[float] = []
     for s in range(0, len(ds), 3):
-        pred = np.array([p.min_ms for p in model.predict(ds.servers[s].lat, ds.servers[s].lon, exclude=s)])
+        pred = np.array(
+            [p.min_ms for p in model.predict(ds.servers[s].lat, ds.servers[s].lon, exclude=s)]
+        )
         act = np.fmin(ds.rtt_min[s], ds.rtt_min[:, s])
         ok = np.isfinite(act)
         ok[s] = False
         err += np.abs(pred[ok] - act[ok]).tolist()
         rel += (np.abs(pred[ok] - act[ok]) / act[ok]).tolist()
-    print(f"distance model, leave-one-out over {len(range(0, len(ds), 3))} servers, {len(err)} pairs: "
-          f"median |predicted - measured| {np.median(err):.1f} ms, median relative error "
-          f"{100 * np.median(rel):.0f}%, p90 {100 * np.percentile(rel, 90):.0f}%")
+    print(
+        f"distance model, leave-one-out over {len(range(0, len(ds), 3))} servers, {len(err)} pairs: "
+        f"median |predicted - measured| {np.median(err):.1f} ms, median relative error "
+        f"{100 * np.median(rel):.0f}%, p90 {100 * np.percentile(rel, 90):.0f}%"
+    )
     return 0
 
 

@@ -47,13 +47,17 @@ def _stop(p: subprocess.Popen[bytes]) -> int:
 
 def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"geoprobe-accept-{name}-"))
-    env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(tmp / "run"), GEOPROBE_STATE_DIR=str(tmp / "state"))
+    env = dict(
+        os.environ, GEOPROBE_RUNTIME_DIR=str(tmp / "run"), GEOPROBE_STATE_DIR=str(tmp / "state")
+    )
     cat, ev = tmp / "catalogue.json", tmp / "events.jsonl"
     gp = [sys.executable, "-m", "geoprobe"]
     tb_args = ["testbed", "run", "--at-server", args.a, "--catalogue", str(cat), "--name", "accept"]
     if args.dataset:
         tb_args += ["--dataset", str(args.dataset)]
-    tb = subprocess.Popen(gp + tb_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tb = subprocess.Popen(
+        gp + tb_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     watch = None
     log = open(tmp / "watch.log", "w")  # noqa: SIM115  (closed in the finally below)
     try:
@@ -113,8 +117,12 @@ def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) ->
             "scenario": name,
             "quiet_s": round(moved_at - armed, 1),
             "events_before_move": len(before),
-            "confirmed_after_s": None if confirmed_at is None else round(confirmed_at - moved_at, 2),
-            "confirmed": [{k: d.get(k) for k in ("crossing", "from", "to", "distance_km")} for d in conf],
+            "confirmed_after_s": None
+            if confirmed_at is None
+            else round(confirmed_at - moved_at, 2),
+            "confirmed": [
+                {k: d.get(k) for k in ("crossing", "from", "to", "distance_km")} for d in conf
+            ],
             "migration_events": [e["type"].rsplit(".", 1)[-1] for e in migration],
             "dir": str(tmp),
         }
@@ -133,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", default="Madrid", help="a server in another country > 500 km from A")
     ap.add_argument("--b-country", default="ES", help="B's country (the crossing's `to`, or null)")
     ap.add_argument("--c", default="Munich", help="a server in A's country")
-    ap.add_argument("--repeat", type=int, default=1, help="run the crossing scenario this many times")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the crossing scenario this many times"
+    )
     ap.add_argument("--quiet", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--deadline", type=float, default=10.0)

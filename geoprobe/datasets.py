@@ -23,25 +23,96 @@ FloatMatrix = npt.NDArray[np.float64]
 
 #: WonderProxy writes countries as English names; map them to ISO 3166-1 alpha-2.
 COUNTRY_CODES: dict[str, str] = {
-    "Albania": "AL", "Algeria": "DZ", "Argentina": "AR", "Australia": "AU", "Austria": "AT",
-    "Bangladesh": "BD", "Belgium": "BE", "Brazil": "BR", "Bulgaria": "BG", "Cambodia": "KH",
-    "Canada": "CA", "Chile": "CL", "China": "CN", "Colombia": "CO", "Costa Rica": "CR",
-    "Croatia": "HR", "Cyprus": "CY", "Czech Republic": "CZ", "Czechia": "CZ", "Denmark": "DK",
-    "Ecuador": "EC", "Egypt": "EG", "Estonia": "EE", "Finland": "FI", "France": "FR",
-    "Georgia": "GE", "Germany": "DE", "Ghana": "GH", "Greece": "GR", "Guatemala": "GT",
-    "Honduras": "HN", "Hong Kong": "HK", "Hungary": "HU", "Iceland": "IS", "India": "IN",
-    "Indonesia": "ID", "Ireland": "IE", "Isle of Man": "IM", "Israel": "IL", "Italy": "IT",
-    "Japan": "JP", "Kazakhstan": "KZ", "Kenya": "KE", "Kosovo": "XK", "Latvia": "LV",
-    "Lebanon": "LB", "Lithuania": "LT", "Luxembourg": "LU", "Malaysia": "MY", "Malta": "MT",
-    "Mexico": "MX", "Moldova": "MD", "Morocco": "MA", "Netherlands": "NL", "New Zealand": "NZ",
-    "Nigeria": "NG", "Norway": "NO", "Pakistan": "PK", "Panama": "PA", "Peru": "PE",
-    "Philippines": "PH", "Poland": "PL", "Portugal": "PT", "Puerto Rico": "PR", "Romania": "RO",
-    "Russia": "RU", "Saudi Arabia": "SA", "Serbia": "RS", "Singapore": "SG", "Slovakia": "SK",
-    "Slovenia": "SI", "South Africa": "ZA", "South Korea": "KR", "Spain": "ES", "Suriname": "SR",
-    "Sweden": "SE", "Switzerland": "CH", "Taiwan": "TW", "Tanzania": "TZ", "Thailand": "TH",
-    "Tunisia": "TN", "Turkey": "TR", "Uganda": "UG", "Ukraine": "UA",
-    "United Arab Emirates": "AE", "United Kingdom": "GB", "United States": "US", "Uruguay": "UY",
-    "Venezuela": "VE", "Vietnam": "VN",
+    "Albania": "AL",
+    "Algeria": "DZ",
+    "Argentina": "AR",
+    "Australia": "AU",
+    "Austria": "AT",
+    "Bangladesh": "BD",
+    "Belgium": "BE",
+    "Brazil": "BR",
+    "Bulgaria": "BG",
+    "Cambodia": "KH",
+    "Canada": "CA",
+    "Chile": "CL",
+    "China": "CN",
+    "Colombia": "CO",
+    "Costa Rica": "CR",
+    "Croatia": "HR",
+    "Cyprus": "CY",
+    "Czech Republic": "CZ",
+    "Czechia": "CZ",
+    "Denmark": "DK",
+    "Ecuador": "EC",
+    "Egypt": "EG",
+    "Estonia": "EE",
+    "Finland": "FI",
+    "France": "FR",
+    "Georgia": "GE",
+    "Germany": "DE",
+    "Ghana": "GH",
+    "Greece": "GR",
+    "Guatemala": "GT",
+    "Honduras": "HN",
+    "Hong Kong": "HK",
+    "Hungary": "HU",
+    "Iceland": "IS",
+    "India": "IN",
+    "Indonesia": "ID",
+    "Ireland": "IE",
+    "Isle of Man": "IM",
+    "Israel": "IL",
+    "Italy": "IT",
+    "Japan": "JP",
+    "Kazakhstan": "KZ",
+    "Kenya": "KE",
+    "Kosovo": "XK",
+    "Latvia": "LV",
+    "Lebanon": "LB",
+    "Lithuania": "LT",
+    "Luxembourg": "LU",
+    "Malaysia": "MY",
+    "Malta": "MT",
+    "Mexico": "MX",
+    "Moldova": "MD",
+    "Morocco": "MA",
+    "Netherlands": "NL",
+    "New Zealand": "NZ",
+    "Nigeria": "NG",
+    "Norway": "NO",
+    "Pakistan": "PK",
+    "Panama": "PA",
+    "Peru": "PE",
+    "Philippines": "PH",
+    "Poland": "PL",
+    "Portugal": "PT",
+    "Puerto Rico": "PR",
+    "Romania": "RO",
+    "Russia": "RU",
+    "Saudi Arabia": "SA",
+    "Serbia": "RS",
+    "Singapore": "SG",
+    "Slovakia": "SK",
+    "Slovenia": "SI",
+    "South Africa": "ZA",
+    "South Korea": "KR",
+    "Spain": "ES",
+    "Suriname": "SR",
+    "Sweden": "SE",
+    "Switzerland": "CH",
+    "Taiwan": "TW",
+    "Tanzania": "TZ",
+    "Thailand": "TH",
+    "Tunisia": "TN",
+    "Turkey": "TR",
+    "Uganda": "UG",
+    "Ukraine": "UA",
+    "United Arab Emirates": "AE",
+    "United Kingdom": "GB",
+    "United States": "US",
+    "Uruguay": "UY",
+    "Venezuela": "VE",
+    "Vietnam": "VN",
 }
 
 
@@ -111,8 +182,13 @@ class Dataset:
     def to_catalogue(self, ids: Iterable[str] | None = None) -> Catalogue:
         """A landmark catalogue (addresses are placeholders on loopback) with calibration RTTs."""
         keep = set(ids) if ids is not None else set(self.ids)
-        lms = [Landmark(id=s.id, lat=s.lat, lon=s.lon, country=s.country, address="127.0.0.1", icmp=True)
-               for s in self.servers if s.id in keep]
+        lms = [
+            Landmark(
+                id=s.id, lat=s.lat, lon=s.lon, country=s.country, address="127.0.0.1", icmp=True
+            )
+            for s in self.servers
+            if s.id in keep
+        ]
         rtts: list[tuple[str, str, float]] = []
         n = len(self.servers)
         for i in range(n):
@@ -136,9 +212,14 @@ def load_dataset(path: str | Path) -> Dataset:
         pings = sorted(p.glob("pings*.csv"))
         if servers and pings:
             return load_wonderproxy(servers[0], pings[0])
-        raise InputError("not a dataset: expected landmarks.csv + rtts.csv, or WonderProxy servers*.csv + "
-                         "pings*.csv", file=p)
-    raise InputError("a dataset is a directory (landmarks.csv + rtts.csv, or WonderProxy CSVs)", file=p)
+        raise InputError(
+            "not a dataset: expected landmarks.csv + rtts.csv, or WonderProxy servers*.csv + "
+            "pings*.csv",
+            file=p,
+        )
+    raise InputError(
+        "a dataset is a directory (landmarks.csv + rtts.csv, or WonderProxy CSVs)", file=p
+    )
 
 
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -151,7 +232,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
         header = [h.strip() for h in (reader.fieldnames or [])]
         for col in required:
             if col not in header:
-                raise InputError(f"missing column (header: {','.join(header) or 'empty'})", file=path, field=col)
+                raise InputError(
+                    f"missing column (header: {','.join(header) or 'empty'})", file=path, field=col
+                )
         reader.fieldnames = header
         try:
             yield from enumerate(reader, start=2)
@@ -184,7 +267,9 @@ class _Builder:
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
-    def add(self, src: str, dst: str, rmin: float, ravg: float = math.nan, rmdev: float = math.nan) -> None:
+    def add(
+        self, src: str, dst: str, rmin: float, ravg: float = math.nan, rmdev: float = math.nan
+    ) -> None:
         i, j = self.index.get(src), self.index.get(dst)
         if i is None or j is None:
             self.skip("unknown or unlocated server id")
@@ -205,8 +290,15 @@ class _Builder:
             m[fill] = m.T[fill]
         for why, n in sorted(self.skipped.items()):
             warnings.append(f"skipped {n} RTT row(s): {why}")
-        return Dataset(name=name, servers=self.servers, rtt_min=self.mn, rtt_avg=self.avg, rtt_mdev=self.mdev,
-                       warnings=warnings, source=source)
+        return Dataset(
+            name=name,
+            servers=self.servers,
+            rtt_min=self.mn,
+            rtt_avg=self.avg,
+            rtt_mdev=self.mdev,
+            warnings=warnings,
+            source=source,
+        )
 
 
 def _float(v: str | None) -> float:
@@ -236,7 +328,9 @@ def load_wonderproxy(servers_csv: str | Path, pings_csv: str | Path) -> Dataset:
             key = f"unknown country name {country_name!r} (kept without country)"
             bad[key] = bad.get(key, 0) + 1
         seen.add(sid)
-        servers.append(Server(id=sid, name=(row.get("name") or sid).strip(), lat=c[0], lon=c[1], country=code))
+        servers.append(
+            Server(id=sid, name=(row.get("name") or sid).strip(), lat=c[0], lon=c[1], country=code)
+        )
     for why, n in bad.items():
         warnings.append(f"{sp.name}: skipped {n} server row(s): {why}")
     if not servers:
@@ -247,8 +341,13 @@ def load_wonderproxy(servers_csv: str | Path, pings_csv: str | Path) -> Dataset:
         if math.isnan(rmin) and (row.get("min") or "").strip().lower() not in ("nan",):
             b.skip("malformed min")
             continue
-        b.add((row.get("source") or "").strip(), (row.get("destination") or "").strip(), rmin,
-              _float(row.get("avg")), _float(row.get("mdev")))
+        b.add(
+            (row.get("source") or "").strip(),
+            (row.get("destination") or "").strip(),
+            rmin,
+            _float(row.get("avg")),
+            _float(row.get("mdev")),
+        )
     ds = b.build("wonderproxy", str(pp.parent), warnings)
     if not np.isfinite(ds.rtt_min).any():
         raise InputError("no usable RTT rows", file=pp, field="min")

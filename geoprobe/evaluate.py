@@ -81,12 +81,24 @@ class Evaluation:
         return {m: summarise([r for r in self.records if r.method == m]) for m in self.methods}
 
     def to_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "targets": len({r.target for r in self.records}),
-                "landmarks_per_target": self.landmarks_per_target, "seed": self.seed,
-                "seconds": round(self.seconds, 1), "methods": self.summary(),
-                "tempering": [{"temperature": round(t.temperature, 3), "blend": t.blend,
-                               "estimate_temperature": round(t.estimate_temperature, 3)} for t in self.temperatures],
-                "vetted_landmarks": self.vetted, "inconsistent_targets": self.inconsistent_targets}
+        return {
+            "dataset": self.dataset,
+            "targets": len({r.target for r in self.records}),
+            "landmarks_per_target": self.landmarks_per_target,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 1),
+            "methods": self.summary(),
+            "tempering": [
+                {
+                    "temperature": round(t.temperature, 3),
+                    "blend": t.blend,
+                    "estimate_temperature": round(t.estimate_temperature, 3),
+                }
+                for t in self.temperatures
+            ],
+            "vetted_landmarks": self.vetted,
+            "inconsistent_targets": self.inconsistent_targets,
+        }
 
 
 def expected_calibration_error(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -124,8 +136,12 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         "within_100km": float((err <= 100).mean()),
         "country_accuracy": float(correct.mean()),
         "truth_in_region": float(np.mean([r.truth_in_region for r in tin])) if tin else None,
-        "truth_in_region_consistent": float(np.mean([r.truth_in_region for r in tin_c])) if tin_c else None,
-        "truth_in_region_not_vetted": float(np.mean([r.truth_in_region for r in tin_v])) if tin_v else None,
+        "truth_in_region_consistent": float(np.mean([r.truth_in_region for r in tin_c]))
+        if tin_c
+        else None,
+        "truth_in_region_not_vetted": float(np.mean([r.truth_in_region for r in tin_v]))
+        if tin_v
+        else None,
         "consistent_targets": len(tin_c),
         "certified": float(cert.mean()),
         "certified_correct": float(cert_ok.mean()),
@@ -138,7 +154,9 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         # The same, leaving out targets whose own claimed location vetting proves false (their
         # "truth" is wrong, so a right answer about where they really are counts as an error above).
         "country_accuracy_not_vetted": float(correct[honest].mean()) if honest.any() else None,
-        "accuracy_at_p90_not_vetted": float(correct[hi & honest].mean()) if (hi & honest).any() else None,
+        "accuracy_at_p90_not_vetted": float(correct[hi & honest].mean())
+        if (hi & honest).any()
+        else None,
         "ece_not_vetted": expected_calibration_error(prob[honest], correct[honest].astype(float)),
         "mean_solve_ms": float(np.mean([r.solve_ms for r in records])),
     }
@@ -150,10 +168,17 @@ def _countries() -> CountryLookup:
     return default_index()
 
 
-def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_per_target: int | None = None,
-             targets: int | None = None, seed: int = 0, countries: CountryLookup | None = None,
-             progress: Progress | None = None, extra_delay: Callable[[np.ndarray], np.ndarray] | None = None
-             ) -> Evaluation:
+def evaluate(
+    ds: Dataset,
+    *,
+    methods: Sequence[str] = tuple(METHODS),
+    landmarks_per_target: int | None = None,
+    targets: int | None = None,
+    seed: int = 0,
+    countries: CountryLookup | None = None,
+    progress: Progress | None = None,
+    extra_delay: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Evaluation:
     """Leave-one-out over the dataset's servers. ``extra_delay`` (tests, benchmarks) may add delay to
     each target's measured RTTs, as an adversary on the path could."""
     start = time.perf_counter()
@@ -166,7 +191,9 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
     countries = countries if countries is not None else _countries()
     n = len(ds)
     if n < 3:
-        raise InputError("a leave-one-out evaluation needs at least 3 located servers", file=ds.source)
+        raise InputError(
+            "a leave-one-out evaluation needs at least 3 located servers", file=ds.source
+        )
     rng = np.random.default_rng(seed)
     lat, lon = ds.lats, ds.lons
     km = distance_matrix_km(lat, lon, lat, lon)
@@ -175,10 +202,12 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
     with np.errstate(invalid="ignore"):
         violates = np.nan_to_num(sym < km / SOUND_KM_PER_MS, nan=0.0).astype(bool)
     consistent = np.asarray(~violates.any(axis=1), dtype=bool)
-    truth_codes = [s.country or str(countries.codes_at(lat[i:i + 1], lon[i:i + 1])[0]) or None
-                   for i, s in enumerate(ds.servers)]
+    truth_codes = [
+        s.country or str(countries.codes_at(lat[i : i + 1], lon[i : i + 1])[0]) or None
+        for i, s in enumerate(ds.servers)
+    ]
     order = rng.permutation(n)
-    chosen = np.sort(order[: targets]) if targets is not None else np.arange(n)
+    chosen = np.sort(order[:targets]) if targets is not None else np.arange(n)
     fold_of = {int(t): k % FOLDS for k, t in enumerate(rng.permutation(chosen))}
     folds = sorted(set(fold_of.values()))
     temps: dict[int, solver.Tempering] = {}
@@ -188,10 +217,21 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
         for f in folds:
             out = [t for t, g in fold_of.items() if g == f]
             keep = np.setdiff1d(np.arange(n), out)
-            model = fit_arrays([ds.ids[i] for i in keep], lat[keep], lon[keep], ds.rtt_min[np.ix_(keep, keep)],
-                               km=km[np.ix_(keep, keep)])
-            temps[f] = solver.self_tempering(model, countries, [truth_codes[i] for i in keep], limit=CALIBRATION_CASES,
-                                               landmarks=landmarks_per_target, seed=seed + f)
+            model = fit_arrays(
+                [ds.ids[i] for i in keep],
+                lat[keep],
+                lon[keep],
+                ds.rtt_min[np.ix_(keep, keep)],
+                km=km[np.ix_(keep, keep)],
+            )
+            temps[f] = solver.self_tempering(
+                model,
+                countries,
+                [truth_codes[i] for i in keep],
+                limit=CALIBRATION_CASES,
+                landmarks=landmarks_per_target,
+                seed=seed + f,
+            )
             done += 1
             if progress:
                 progress(done, total)
@@ -202,8 +242,13 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
         others = np.array([i for i in range(n) if i != t])
         if landmarks_per_target is not None and len(others) > landmarks_per_target:
             others = np.sort(rng.choice(others, size=landmarks_per_target, replace=False))
-        model = fit_arrays([ds.ids[i] for i in others], lat[others], lon[others],
-                           ds.rtt_min[np.ix_(others, others)], km=km[np.ix_(others, others)])
+        model = fit_arrays(
+            [ds.ids[i] for i in others],
+            lat[others],
+            lon[others],
+            ds.rtt_min[np.ix_(others, others)],
+            km=km[np.ix_(others, others)],
+        )
         temps.get(fold_of[t], solver.Tempering()).apply(model)
         rtts = ds.rtts_to(t, others.tolist())
         if extra_delay is not None and rtts:
@@ -211,35 +256,77 @@ def evaluate(ds: Dataset, *, methods: Sequence[str] = tuple(METHODS), landmarks_
             added = extra_delay(np.array([rtts[k] for k in keys]))
             rtts = {k: float(v) for k, v in zip(keys, added)}
         for name in methods:
-            records.append(_one(ds, t, name, model, rtts, countries, truth_codes[t], bool(consistent[t])))
+            records.append(
+                _one(ds, t, name, model, rtts, countries, truth_codes[t], bool(consistent[t]))
+            )
         done += 1
         if progress:
             progress(done, total)
     full = fit_arrays(ds.ids, lat, lon, ds.rtt_min, km=km)  # only to report who vetting flags
     for r in records:
         r.vetted_out = r.target in full.excluded
-    return Evaluation(dataset=ds.name, records=records, methods=list(methods),
-                      landmarks_per_target=landmarks_per_target, seed=seed,
-                      seconds=time.perf_counter() - start, temperatures=[temps[f] for f in sorted(temps)],
-                      vetted=full.excluded,
-                      inconsistent_targets=[ds.ids[i] for i in np.flatnonzero(~consistent)])
+    return Evaluation(
+        dataset=ds.name,
+        records=records,
+        methods=list(methods),
+        landmarks_per_target=landmarks_per_target,
+        seed=seed,
+        seconds=time.perf_counter() - start,
+        temperatures=[temps[f] for f in sorted(temps)],
+        vetted=full.excluded,
+        inconsistent_targets=[ds.ids[i] for i in np.flatnonzero(~consistent)],
+    )
 
 
-def _one(ds: Dataset, t: int, name: str, model: Any, rtts: dict[str, float], countries: CountryLookup,
-         truth: str | None, consistent: bool) -> Record:
+def _one(
+    ds: Dataset,
+    t: int,
+    name: str,
+    model: Any,
+    rtts: dict[str, float],
+    countries: CountryLookup,
+    truth: str | None,
+    consistent: bool,
+) -> Record:
     s = ds.servers[t]
     t0 = time.perf_counter()
     try:
         fix = method(name)(model, rtts, countries)
     except GeoprobeError:
-        return Record(s.id, name, s.lat, s.lon, None, None, None, None, None, None, 0.0, False,
-                      (time.perf_counter() - t0) * 1000, truth, consistent)
+        return Record(
+            s.id,
+            name,
+            s.lat,
+            s.lon,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0.0,
+            False,
+            (time.perf_counter() - t0) * 1000,
+            truth,
+            consistent,
+        )
     ms = (time.perf_counter() - t0) * 1000
     region = fix.sound_region if fix.sound_region is not None else fix.region
     return Record(
-        target=s.id, method=name, true_lat=s.lat, true_lon=s.lon, est_lat=fix.lat, est_lon=fix.lon,
+        target=s.id,
+        method=name,
+        true_lat=s.lat,
+        true_lon=s.lon,
+        est_lat=fix.lat,
+        est_lon=fix.lon,
         error_km=float(haversine_km(fix.lat, fix.lon, s.lat, s.lon)),
         region_km2=region.area_km2 if region is not None else None,
         truth_in_region=region.contains(s.lat, s.lon) if region is not None else None,
-        country=fix.country, probability=fix.probability, certified=fix.certified is not None, solve_ms=ms,
-        true_country=truth, consistent=consistent, certified_as=fix.certified)
+        country=fix.country,
+        probability=fix.probability,
+        certified=fix.certified is not None,
+        solve_ms=ms,
+        true_country=truth,
+        consistent=consistent,
+        certified_as=fix.certified,
+    )

@@ -14,8 +14,15 @@ CONFIRMED = "io.geoprobe.migration.confirmed"
 FIX = "io.geoprobe.location.fix"
 
 
-def make_event(type_: str, data: dict[str, Any], *, source: str | None = None, subject: str | None = None,
-               event_id: str | None = None, time: datetime | None = None) -> dict[str, Any]:
+def make_event(
+    type_: str,
+    data: dict[str, Any],
+    *,
+    source: str | None = None,
+    subject: str | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
+) -> dict[str, Any]:
     """A structured-mode CloudEvent. ``id`` is unique per occurrence: actions key on it to fire once."""
     ev: dict[str, Any] = {
         "specversion": SPEC_VERSION,

@@ -29,9 +29,18 @@ from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.mmdb import Reader
 
 #: Where distributions and geoipupdate put the databases; ``$GEOPROBE_MMDB`` comes first.
-STANDARD_DIRS = (Path("/usr/share/GeoIP"), Path("/var/lib/GeoIP"), Path("/usr/local/share/GeoIP"),
-                 Path("/usr/share/dbip"))
-STANDARD_NAMES = ("GeoLite2-City.mmdb", "GeoIP2-City.mmdb", "dbip-city-lite*.mmdb", "dbip-city*.mmdb")
+STANDARD_DIRS = (
+    Path("/usr/share/GeoIP"),
+    Path("/var/lib/GeoIP"),
+    Path("/usr/local/share/GeoIP"),
+    Path("/usr/share/dbip"),
+)
+STANDARD_NAMES = (
+    "GeoLite2-City.mmdb",
+    "GeoIP2-City.mmdb",
+    "dbip-city-lite*.mmdb",
+    "dbip-city*.mmdb",
+)
 #: A landmark whose address geolocates farther than this from its claimed place is flagged (km).
 LANDMARK_TOLERANCE_KM = 500.0
 
@@ -110,8 +119,9 @@ def _public(address: str | None) -> bool:
         return False
 
 
-def check_landmarks(path: str | Path, landmarks: Iterable[Landmark], *,
-                    tolerance_km: float = LANDMARK_TOLERANCE_KM) -> list[LandmarkCheck]:
+def check_landmarks(
+    path: str | Path, landmarks: Iterable[Landmark], *, tolerance_km: float = LANDMARK_TOLERANCE_KM
+) -> list[LandmarkCheck]:
     """Each landmark's claimed place against where its address geolocates (public addresses only)."""
     out: list[LandmarkCheck] = []
     for lm in landmarks:
@@ -121,7 +131,11 @@ def check_landmarks(path: str | Path, landmarks: Iterable[Landmark], *,
             continue
         km = float(haversine_km(lm.lat, lm.lon, geo[0], geo[1]))
         country_clash = bool(lm.country and geo[2] and lm.country != geo[2])
-        verdict = "disagrees" if km > tolerance_km or (country_clash and km > tolerance_km / 5) else "agrees"
+        verdict = (
+            "disagrees"
+            if km > tolerance_km or (country_clash and km > tolerance_km / 5)
+            else "agrees"
+        )
         out.append(LandmarkCheck(lm.id, lm.address, (lm.lat, lm.lon), geo, round(km, 1), verdict))
     return out
 
@@ -150,14 +164,22 @@ def compare_with_fix(ip: str, geo: Position, fix: Fix) -> Comparison:
     lat, lon, country = geo
     km = float(haversine_km(lat, lon, fix.lat, fix.lon))
     in_region = bool(fix.region is not None and fix.region.contains(lat, lon))
-    in_sound = bool(fix.sound_region.contains(lat, lon)) if fix.sound_region is not None else in_region
+    in_sound = (
+        bool(fix.sound_region.contains(lat, lon)) if fix.sound_region is not None else in_region
+    )
     p = fix.probability_in({country}) if country else None
     disagrees = not in_sound or (p is not None and p < 0.01)
     where = f"{country or '??'} ({lat:.2f}, {lon:.2f})"
     if disagrees:
-        why = "outside the region the RTTs allow" if not in_sound else f"in a country the RTTs give {p:.0%}"
-        note = (f"the VM's address {ip} geolocates to {where}, {km:.0f} km from the measured position and "
-                f"{why}: the registration claims one place, physics says another")
+        why = (
+            "outside the region the RTTs allow"
+            if not in_sound
+            else f"in a country the RTTs give {p:.0%}"
+        )
+        note = (
+            f"the VM's address {ip} geolocates to {where}, {km:.0f} km from the measured position and "
+            f"{why}: the registration claims one place, physics says another"
+        )
     else:
         note = f"the VM's address {ip} geolocates to {where}, consistent with the measurement ({km:.0f} km off)"
     return Comparison(ip, geo, round(km, 1), in_region, in_sound, p, disagrees, note)
@@ -174,29 +196,37 @@ def local_address_towards(target: str) -> str | None:
         return None
 
 
-def cross_check(fix: Fix, cat: Catalogue, mmdb: str | Path | None = None, *,
-                public_ip: str | None = None) -> dict[str, Any]:
+def cross_check(
+    fix: Fix, cat: Catalogue, mmdb: str | Path | None = None, *, public_ip: str | None = None
+) -> dict[str, Any]:
     """What ``geoprobe locate --mmdb`` reports: landmark checks and the VM's own address, with notes."""
     path = Path(mmdb) if mmdb is not None else default_mmdb()
     notes: list[str] = []
     if path is None:
-        return {"database": None, "notes": ["no GeoLite2/DB-IP City database found; pass --mmdb FILE"]}
+        return {
+            "database": None,
+            "notes": ["no GeoLite2/DB-IP City database found; pass --mmdb FILE"],
+        }
     reader = _reader(str(path))
     checks = check_landmarks(path, cat.landmarks)
     bad = [c for c in checks if c.verdict == "disagrees"]
     for c in bad:
         g = c.geolocated
         assert g is not None
-        notes.append(f"landmark {c.landmark_id} ({c.address}) claims ({c.claimed[0]:.2f}, {c.claimed[1]:.2f}) "
-                     f"but geolocates to {g[2] or '??'} ({g[0]:.2f}, {g[1]:.2f}), {c.distance_km:.0f} km away")
+        notes.append(
+            f"landmark {c.landmark_id} ({c.address}) claims ({c.claimed[0]:.2f}, {c.claimed[1]:.2f}) "
+            f"but geolocates to {g[2] or '??'} ({g[0]:.2f}, {g[1]:.2f}), {c.distance_km:.0f} km away"
+        )
     ip = public_ip
     if ip is None:
         target = next((lm.address for lm in cat.landmarks if lm.address), None)
         ip = local_address_towards(target) if target else None
     vm: dict[str, Any] | None = None
     if ip is None or not _public(ip):
-        notes.append(f"this VM's public address is unknown ({ip or 'no route'} is not public); "
-                     "no registration claim to compare")
+        notes.append(
+            f"this VM's public address is unknown ({ip or 'no route'} is not public); "
+            "no registration claim to compare"
+        )
     else:
         geo = lookup(path, ip)
         if geo is None:
@@ -205,9 +235,14 @@ def cross_check(fix: Fix, cat: Catalogue, mmdb: str | Path | None = None, *,
             cmp = compare_with_fix(ip, geo, fix)
             vm = cmp.to_json()
             notes.append(cmp.note)
-    return {"database": str(path), "database_type": reader.database_type,
-            "landmarks_checked": sum(c.verdict != "unknown" for c in checks),
-            "landmarks_disagreeing": [c.to_json() for c in bad], "vm": vm, "notes": notes}
+    return {
+        "database": str(path),
+        "database_type": reader.database_type,
+        "landmarks_checked": sum(c.verdict != "unknown" for c in checks),
+        "landmarks_disagreeing": [c.to_json() for c in bad],
+        "vm": vm,
+        "notes": notes,
+    }
 
 
 def nearest_first_hint(path: str | Path, ip: str, landmarks: Sequence[Landmark]) -> list[Landmark]:

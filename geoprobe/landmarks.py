@@ -21,7 +21,9 @@ from geoprobe.errors import InputError
 
 FORMAT = "geoprobe-catalogue/1"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
-_HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$")
+_HOST = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
+)
 METHODS = ("udp", "tcp", "icmp")
 
 
@@ -65,7 +67,12 @@ class Landmark:
             methods["tcp"] = self.tcp_port
         if self.icmp:
             methods["icmp"] = True
-        out: dict[str, Any] = {"id": self.id, "lat": self.lat, "lon": self.lon, "country": self.country}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "lat": self.lat,
+            "lon": self.lon,
+            "country": self.country,
+        }
         if self.address:
             out["address"] = self.address
         if self.host:
@@ -127,13 +134,17 @@ def _num(value: Any, *, file: str, entry: str, fld: str, lo: float, hi: float) -
         raise InputError(f"must be a number, got {value!r}", file=file, entry=entry, field=fld)
     f = float(value)
     if not math.isfinite(f) or not lo <= f <= hi:
-        raise InputError(f"must be between {lo:g} and {hi:g}, got {value!r}", file=file, entry=entry, field=fld)
+        raise InputError(
+            f"must be between {lo:g} and {hi:g}, got {value!r}", file=file, entry=entry, field=fld
+        )
     return f
 
 
 def _port(value: Any, *, file: str, entry: str, fld: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise InputError(f"must be a port number 1-65535, got {value!r}", file=file, entry=entry, field=fld)
+        raise InputError(
+            f"must be a port number 1-65535, got {value!r}", file=file, entry=entry, field=fld
+        )
     return value
 
 
@@ -145,8 +156,23 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
     if not isinstance(lid, str) or not lid.strip():
         raise InputError("must be a non-empty string", file=file, entry=index, field="id")
     entry = lid
-    known = {"id", "lat", "lon", "country", "address", "host", "methods", "pubkey", "key_id", "anycast",
-             "calibration", "name", "city", "asn", "probe_id"}
+    known = {
+        "id",
+        "lat",
+        "lon",
+        "country",
+        "address",
+        "host",
+        "methods",
+        "pubkey",
+        "key_id",
+        "anycast",
+        "calibration",
+        "name",
+        "city",
+        "asn",
+        "probe_id",
+    }
     for key in raw:
         if key not in known:
             raise InputError("unknown field", file=file, entry=entry, field=str(key))
@@ -157,15 +183,23 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
     lon = _num(raw["lon"], file=file, entry=entry, fld="lon", lo=-180, hi=180)
     country = raw.get("country")
     if country is not None and (not isinstance(country, str) or not _COUNTRY.match(country)):
-        raise InputError(f"must be an ISO 3166 alpha-2 code like 'DE', got {country!r}", file=file, entry=entry,
-                         field="country")
+        raise InputError(
+            f"must be an ISO 3166 alpha-2 code like 'DE', got {country!r}",
+            file=file,
+            entry=entry,
+            field="country",
+        )
     address = raw.get("address")
     if address is not None:
         try:
             address = str(ipaddress.ip_address(address))
         except (ValueError, TypeError):
-            raise InputError(f"must be an IPv4 or IPv6 address, got {address!r}", file=file, entry=entry,
-                             field="address") from None
+            raise InputError(
+                f"must be an IPv4 or IPv6 address, got {address!r}",
+                file=file,
+                entry=entry,
+                field="address",
+            ) from None
     host = raw.get("host")
     if host is not None and (not isinstance(host, str) or not _HOST.match(host)):
         raise InputError(f"must be a host name, got {host!r}", file=file, entry=entry, field="host")
@@ -173,8 +207,12 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
         raise InputError("needs an address or a host", file=file, entry=entry, field="address")
     methods = raw.get("methods", {"icmp": True})
     if not isinstance(methods, Mapping) or not methods:
-        raise InputError("must be an object like {\"udp\": 7207, \"tcp\": 443, \"icmp\": true}", file=file,
-                         entry=entry, field="methods")
+        raise InputError(
+            'must be an object like {"udp": 7207, "tcp": 443, "icmp": true}',
+            file=file,
+            entry=entry,
+            field="methods",
+        )
     udp = tcp = None
     icmp = False
     for m, v in methods.items():
@@ -184,11 +222,17 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
             tcp = _port(v, file=file, entry=entry, fld="methods.tcp")
         elif m == "icmp":
             if not isinstance(v, bool):
-                raise InputError("must be true or false", file=file, entry=entry, field="methods.icmp")
+                raise InputError(
+                    "must be true or false", file=file, entry=entry, field="methods.icmp"
+                )
             icmp = v
         else:
-            raise InputError(f"unknown probe method (known: {', '.join(METHODS)})", file=file, entry=entry,
-                             field=f"methods.{m}")
+            raise InputError(
+                f"unknown probe method (known: {', '.join(METHODS)})",
+                file=file,
+                entry=entry,
+                field=f"methods.{m}",
+            )
     pubkey = None
     if raw.get("pubkey") is not None:
         try:
@@ -196,11 +240,19 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
         except ValueError:
             pubkey = None
         if pubkey is None or len(pubkey) != 32:
-            raise InputError("must be a base64 Ed25519 public key (32 bytes)", file=file, entry=entry,
-                             field="pubkey")
+            raise InputError(
+                "must be a base64 Ed25519 public key (32 bytes)",
+                file=file,
+                entry=entry,
+                field="pubkey",
+            )
         if udp is None:
-            raise InputError("a public key needs a signed UDP echo port", file=file, entry=entry,
-                             field="methods.udp")
+            raise InputError(
+                "a public key needs a signed UDP echo port",
+                file=file,
+                entry=entry,
+                field="methods.udp",
+            )
     key_id = raw.get("key_id")
     if key_id is not None and not isinstance(key_id, str):
         raise InputError("must be a string", file=file, entry=entry, field="key_id")
@@ -210,9 +262,21 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
     calibration = raw.get("calibration")
     if calibration is not None and not isinstance(calibration, Mapping):
         raise InputError("must be an object", file=file, entry=entry, field="calibration")
-    return Landmark(id=lid, lat=lat, lon=lon, country=country, address=address, host=host, udp_port=udp,
-                    tcp_port=tcp, icmp=icmp, pubkey=pubkey, key_id=key_id, anycast=anycast,
-                    calibration=calibration)
+    return Landmark(
+        id=lid,
+        lat=lat,
+        lon=lon,
+        country=country,
+        address=address,
+        host=host,
+        udp_port=udp,
+        tcp_port=tcp,
+        icmp=icmp,
+        pubkey=pubkey,
+        key_id=key_id,
+        anycast=anycast,
+        calibration=calibration,
+    )
 
 
 def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
@@ -220,7 +284,9 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
         raise InputError("must be a JSON object with a 'landmarks' list", file=file)
     fmt = raw.get("format", FORMAT)
     if fmt != FORMAT:
-        raise InputError(f"unsupported format {fmt!r} (expected {FORMAT!r})", file=file, field="format")
+        raise InputError(
+            f"unsupported format {fmt!r} (expected {FORMAT!r})", file=file, field="format"
+        )
     entries = raw.get("landmarks")
     if not isinstance(entries, list):
         raise InputError("must be a list", file=file, field="landmarks")
@@ -236,8 +302,11 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
     cal = raw.get("calibration")
     if cal is not None:
         if not isinstance(cal, Mapping) or not isinstance(cal.get("rtts", []), list):
-            raise InputError("must be an object with an 'rtts' list of [src, dst, rtt_ms]", file=file,
-                             field="calibration")
+            raise InputError(
+                "must be an object with an 'rtts' list of [src, dst, rtt_ms]",
+                file=file,
+                field="calibration",
+            )
         for j, row in enumerate(cal.get("rtts", [])):
             fld = f"calibration.rtts[{j}]"
             if not isinstance(row, list) or len(row) != 3:
@@ -261,7 +330,9 @@ def load_catalogue(path: str | Path) -> Catalogue:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=p) from None
+        raise InputError(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=p
+        ) from None
     cat = parse_catalogue(raw, file=str(p))
     cat.path = p
     return cat

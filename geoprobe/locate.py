@@ -41,7 +41,9 @@ def method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise InputError(f"unknown method {name!r} (known: {', '.join(METHODS)})", field="methods") from None
+        raise InputError(
+            f"unknown method {name!r} (known: {', '.join(METHODS)})", field="methods"
+        ) from None
 
 
 def default_countries() -> CountryLookup:
@@ -50,8 +52,12 @@ def default_countries() -> CountryLookup:
     return default_index()
 
 
-def solve(landmarks: Sequence[Landmark], rtts: Mapping[str, float], model: Model | None,
-          countries: CountryLookup | None = None) -> Fix:
+def solve(
+    landmarks: Sequence[Landmark],
+    rtts: Mapping[str, float],
+    model: Model | None,
+    countries: CountryLookup | None = None,
+) -> Fix:
     """Locate from measured minimum RTTs (landmark id -> ms).
 
     Without a model only the sound bound is used, and the Fix says so (``bound == "sound"``).
@@ -91,8 +97,17 @@ def _countries_key(env: str | None) -> str:
     """Hashing ~0.8 MB of polygons takes milliseconds: once per process and polygon source."""
     from geoprobe.geo import countries as cmod
 
-    files = [Path(env)] if env else [cmod.TOPOJSON, cmod.SUPPLEMENT, cmod.ISO_TABLE, cmod.UNASSIGNED_TABLE,
-                                     cmod.SPLITS_TABLE]
+    files = (
+        [Path(env)]
+        if env
+        else [
+            cmod.TOPOJSON,
+            cmod.SUPPLEMENT,
+            cmod.ISO_TABLE,
+            cmod.UNASSIGNED_TABLE,
+            cmod.SPLITS_TABLE,
+        ]
+    )
     h = hashlib.sha256()
     for f in files:
         try:
@@ -102,8 +117,13 @@ def _countries_key(env: str | None) -> str:
     return "default|" + h.hexdigest()[:20]
 
 
-def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None, *, countries_key: str | None = None,
-                  cache_dir: Path | None = None) -> Model | None:
+def fit_catalogue(
+    cat: Catalogue,
+    countries: CountryLookup | None = None,
+    *,
+    countries_key: str | None = None,
+    cache_dir: Path | None = None,
+) -> Model | None:
     """Fit the catalogue's calibration; None when it carries no RTTs.
 
     Cached by content in memory and on disk (``geoprobe.paths.cache_dir()``, or ``cache_dir``), so a
@@ -133,11 +153,22 @@ def fit_catalogue(cat: Catalogue, countries: CountryLookup | None = None, *, cou
     return model
 
 
-def locate_from_catalogue(cat: Catalogue, rtts: Mapping[str, float],
-                          countries: CountryLookup | None = None) -> Fix:
+def locate_from_catalogue(
+    cat: Catalogue, rtts: Mapping[str, float], countries: CountryLookup | None = None
+) -> Fix:
     """Fit the catalogue's calibration (cached) and solve; sound bound only if it has no RTTs."""
     model = fit_catalogue(cat, countries)
-    return solve(cat.landmarks, rtts, model, countries if countries is not None else default_countries())
+    return solve(
+        cat.landmarks, rtts, model, countries if countries is not None else default_countries()
+    )
 
 
-__all__ = ["METHODS", "Method", "fit_arrays", "fit_catalogue", "locate_from_catalogue", "method", "solve"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "fit_arrays",
+    "fit_catalogue",
+    "locate_from_catalogue",
+    "method",
+    "solve",
+]

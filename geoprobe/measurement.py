@@ -33,7 +33,9 @@ class Measurement:
     timestamp: float = field(default_factory=time.time)
     evidence: list[dict[str, Any]] = field(default_factory=list)
     clock_offsets_ms: list[float] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (forged, replayed, ...)
+    rejected: dict[str, int] = field(
+        default_factory=dict
+    )  # reason -> count (forged, replayed, ...)
     # When each answered sample left (UNIX s, our clock), in the order of rtts_ms: a round that
     # spans a migration's pause is told apart by time (see watch.signals.clock).
     sent_at: list[float] = field(default_factory=list)
@@ -54,7 +56,9 @@ class Measurement:
             "type": "ping",
             "landmark_id": self.landmark_id,
             "method": self.method,
-            "proto": {"udp": "UDP", "tcp": "TCP", "icmp": "ICMP"}.get(self.method, self.method.upper()),
+            "proto": {"udp": "UDP", "tcp": "TCP", "icmp": "ICMP"}.get(
+                self.method, self.method.upper()
+            ),
             "dst_addr": self.dst_addr,
             "timestamp": self.timestamp,
             "sent": self.sent,
@@ -84,7 +88,9 @@ class Measurement:
             raise InputError("must be an object", file=file, entry=index)
         lid = raw.get("landmark_id", raw.get("dst_name"))
         if not isinstance(lid, str) or not lid:
-            raise InputError("must be a non-empty string", file=file, entry=index, field="landmark_id")
+            raise InputError(
+                "must be a non-empty string", file=file, entry=index, field="landmark_id"
+            )
         result = raw.get("result", [])
         if not isinstance(result, list):
             raise InputError("must be a list", file=file, entry=lid, field="result")
@@ -94,9 +100,18 @@ class Measurement:
                 raise InputError("must be an object", file=file, entry=lid, field=f"result[{j}]")
             if "rtt" in r:
                 v = r["rtt"]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                    raise InputError(f"must be a non-negative number of ms, got {v!r}", file=file, entry=lid,
-                                     field=f"result[{j}].rtt")
+                if (
+                    isinstance(v, bool)
+                    or not isinstance(v, (int, float))
+                    or not math.isfinite(v)
+                    or v < 0
+                ):
+                    raise InputError(
+                        f"must be a non-negative number of ms, got {v!r}",
+                        file=file,
+                        entry=lid,
+                        field=f"result[{j}].rtt",
+                    )
                 rtts.append(float(v))
         sent = raw.get("sent", len(result))
         if isinstance(sent, bool) or not isinstance(sent, int) or sent < 0:
@@ -127,7 +142,9 @@ def _numbers(raw: Mapping[str, Any], key: str, file: str, entry: str) -> list[fl
         raise InputError("must be a list of numbers", file=file, entry=entry, field=key)
     for j, x in enumerate(v):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise InputError(f"must be a finite number, got {x!r}", file=file, entry=entry, field=f"{key}[{j}]")
+            raise InputError(
+                f"must be a finite number, got {x!r}", file=file, entry=entry, field=f"{key}[{j}]"
+            )
     return [float(x) for x in v]
 
 

@@ -88,7 +88,9 @@ class Metrics:
             lines.append(f"# TYPE {fam.name} {fam.type}")
             for key, v in fam.samples:
                 lab = ",".join(f'{k}="{_escape(val)}"' for k, val in key)
-                lines.append(f"{fam.name}{{{lab}}} {_value(v)}" if lab else f"{fam.name} {_value(v)}")
+                lines.append(
+                    f"{fam.name}{{{lab}}} {_value(v)}" if lab else f"{fam.name} {_value(v)}"
+                )
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> None:

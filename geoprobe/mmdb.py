@@ -37,7 +37,7 @@ class Decoder:
     def _take(self, offset: int, n: int) -> bytes:
         if offset < 0 or offset + n > len(self.buf):
             raise self._fail(f"read past the end at {offset}")
-        return bytes(self.buf[offset:offset + n])
+        return bytes(self.buf[offset : offset + n])
 
     def decode(self, offset: int, depth: int = 0) -> tuple[Any, int]:
         """The value at ``offset`` (absolute) and the offset just after it."""
@@ -116,7 +116,9 @@ class Reader:
             with self.path.open("rb") as f:
                 self._buf: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=self.path) from None
+            raise InputError(
+                f"cannot read: {getattr(exc, 'strerror', None) or exc}", file=self.path
+            ) from None
         start = self._buf.rfind(METADATA_MARKER, max(0, len(self._buf) - _MAX_METADATA))
         if start < 0:
             raise MMDBError("not a MaxMind DB (no metadata marker)", file=self.path)
@@ -130,7 +132,9 @@ class Reader:
             self.record_size = int(meta["record_size"])
             self.ip_version = int(meta["ip_version"])
         except (KeyError, TypeError, ValueError):
-            raise MMDBError("metadata lacks node_count, record_size or ip_version", file=self.path) from None
+            raise MMDBError(
+                "metadata lacks node_count, record_size or ip_version", file=self.path
+            ) from None
         if self.record_size not in (24, 28, 32):
             raise MMDBError(f"unsupported record size {self.record_size}", file=self.path)
         self._node_bytes = self.record_size * 2 // 8
@@ -156,7 +160,7 @@ class Reader:
 
     def _record(self, node: int, bit: int) -> int:
         off = node * self._node_bytes
-        b = self._buf[off:off + self._node_bytes]
+        b = self._buf[off : off + self._node_bytes]
         if self.record_size == 24:
             return int.from_bytes(b[3:6] if bit else b[0:3], "big")
         if self.record_size == 28:
@@ -195,6 +199,8 @@ class Reader:
             return None  # empty
         if node < self.node_count:
             raise MMDBError("search tree ended inside the tree", file=self.path)
-        offset = self._tree_size + (node - self.node_count)  # = data section start + (record - count - 16)
+        offset = self._tree_size + (
+            node - self.node_count
+        )  # = data section start + (record - count - 16)
         value_, _ = self._data.decode(offset)
         return value_

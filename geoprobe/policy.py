@@ -52,8 +52,21 @@ DEFAULT_TIMEOUTS = {
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SYSLOG_PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
-_SYSLOG_FACILITIES = ("kern", "user", "daemon", "auth", "authpriv", "local0", "local1", "local2",
-                      "local3", "local4", "local5", "local6", "local7")
+_SYSLOG_FACILITIES = (
+    "kern",
+    "user",
+    "daemon",
+    "auth",
+    "authpriv",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+)
 
 
 class _FieldError(ValueError):
@@ -230,40 +243,65 @@ Checker = Callable[[Any], Any]
 # action -> field -> (checker, required). `action` and `timeout` are common to all.
 ACTION_FIELDS: dict[str, dict[str, tuple[Checker, bool]]] = {
     "hook": {"command": (_str_list, True), "env": (_headers, False)},
-    "wipe": {"paths": (_abs_paths, True), "passes": (_positive_int, False),
-             "recursive": (_bool, False)},
+    "wipe": {
+        "paths": (_abs_paths, True),
+        "passes": (_positive_int, False),
+        "recursive": (_bool, False),
+    },
     "unmount": {"paths": (_abs_paths, False), "luks": (_luks, False), "lazy": (_bool, False)},
     "stop_units": {"units": (_units, True)},
-    "webhook": {"url": (_url, True), "retries": (_positive_int, False),
-                "headers": (_headers, False), "backoff": (_seconds, False)},
-    "syslog": {"priority": (_choice(_SYSLOG_PRIORITIES), False),
-               "facility": (_choice(_SYSLOG_FACILITIES), False),
-               "address": (_text, False), "message": (_text, False)},
+    "webhook": {
+        "url": (_url, True),
+        "retries": (_positive_int, False),
+        "headers": (_headers, False),
+        "backoff": (_seconds, False),
+    },
+    "syslog": {
+        "priority": (_choice(_SYSLOG_PRIORITIES), False),
+        "facility": (_choice(_SYSLOG_FACILITIES), False),
+        "address": (_text, False),
+        "message": (_text, False),
+    },
     "poweroff": {"force": (_bool, False)},
-    "delay": {"memory": (parse_size, False), "cpu": (_fraction, False), "duration": (_seconds, False),
-              "rate": (_rate, False)},
+    "delay": {
+        "memory": (parse_size, False),
+        "cpu": (_fraction, False),
+        "duration": (_seconds, False),
+        "rate": (_rate, False),
+    },
 }
 
 
-def _parse_action(raw: Any, verdict: str, index: int, default_timeout: float | None,
-                  file: str) -> ActionSpec:
+def _parse_action(
+    raw: Any, verdict: str, index: int, default_timeout: float | None, file: str
+) -> ActionSpec:
     entry = f"on.{verdict}[{index}]"
     if not isinstance(raw, dict):
-        raise InputError("must be a table ([[on.VERDICT]] with action = ...)", file=file, entry=entry)
+        raise InputError(
+            "must be a table ([[on.VERDICT]] with action = ...)", file=file, entry=entry
+        )
     name = raw.get("action")
     if name is None:
         raise InputError("missing", file=file, entry=entry, field="action")
     if name not in ACTION_FIELDS:
-        raise InputError(f"unknown action {name!r} (known: {', '.join(ACTION_FIELDS)})",
-                         file=file, entry=entry, field="action")
+        raise InputError(
+            f"unknown action {name!r} (known: {', '.join(ACTION_FIELDS)})",
+            file=file,
+            entry=entry,
+            field="action",
+        )
     schema = ACTION_FIELDS[name]
     options: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("action", "timeout"):
             continue
         if key not in schema:
-            raise InputError(f"not a field of action {name!r} (fields: {', '.join(schema)}, timeout)",
-                             file=file, entry=entry, field=key)
+            raise InputError(
+                f"not a field of action {name!r} (fields: {', '.join(schema)}, timeout)",
+                file=file,
+                entry=entry,
+                field=key,
+            )
         try:
             options[key] = schema[key][0](value)
         except _FieldError as exc:
@@ -274,8 +312,11 @@ def _parse_action(raw: Any, verdict: str, index: int, default_timeout: float | N
     if name == "unmount" and not options.get("paths") and not options.get("luks"):
         raise InputError("needs 'paths' or 'luks'", file=file, entry=entry, field="paths")
     try:
-        timeout = (_seconds(raw["timeout"]) if "timeout" in raw
-                   else default_timeout or DEFAULT_TIMEOUTS[name])
+        timeout = (
+            _seconds(raw["timeout"])
+            if "timeout" in raw
+            else default_timeout or DEFAULT_TIMEOUTS[name]
+        )
     except _FieldError as exc:
         raise InputError(str(exc), file=file, entry=entry, field="timeout") from None
     return ActionSpec(action=name, verdict=verdict, index=index, timeout=timeout, options=options)
@@ -287,12 +328,14 @@ def _expand(codes: Iterable[str]) -> set[str]:
     return set(expand(codes))
 
 
-def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], file: str,
-                entry: str | None) -> None:
+def _check_keys(
+    table: Mapping[str, Any], allowed: tuple[str, ...], file: str, entry: str | None
+) -> None:
     for key in table:
         if key not in allowed:
-            raise InputError(f"unknown key (known: {', '.join(allowed)})", file=file, entry=entry,
-                             field=key)
+            raise InputError(
+                f"unknown key (known: {', '.join(allowed)})", file=file, entry=entry, field=key
+            )
 
 
 def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Policy:
@@ -320,12 +363,14 @@ def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Po
     _check_keys(conf, ("min_probability", "min_landmarks"), f, "confidence")
     min_p = conf.get("min_probability", DEFAULT_MIN_PROBABILITY)
     if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0 <= min_p <= 1:
-        raise InputError("must be a number in [0, 1]", file=f, entry="confidence",
-                         field="min_probability")
+        raise InputError(
+            "must be a number in [0, 1]", file=f, entry="confidence", field="min_probability"
+        )
     min_l = conf.get("min_landmarks", DEFAULT_MIN_LANDMARKS)
     if isinstance(min_l, bool) or not isinstance(min_l, int) or min_l < 1:
-        raise InputError("must be an integer >= 1", file=f, entry="confidence",
-                         field="min_landmarks")
+        raise InputError(
+            "must be an integer >= 1", file=f, entry="confidence", field="min_landmarks"
+        )
 
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -344,17 +389,27 @@ def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Po
     actions: dict[str, list[ActionSpec]] = {v: [] for v in VERDICTS}
     for verdict, items in on.items():
         if verdict not in VERDICTS:
-            raise InputError(f"unknown verdict {verdict!r} (known: {', '.join(VERDICTS)})",
-                             file=f, entry=f"on.{verdict}")
+            raise InputError(
+                f"unknown verdict {verdict!r} (known: {', '.join(VERDICTS)})",
+                file=f,
+                entry=f"on.{verdict}",
+            )
         if not isinstance(items, list):
-            raise InputError("must be an array of tables ([[on.VERDICT]])", file=f,
-                             entry=f"on.{verdict}")
-        actions[verdict] = [_parse_action(item, verdict, i, default_timeout, f)
-                            for i, item in enumerate(items)]
+            raise InputError(
+                "must be an array of tables ([[on.VERDICT]])", file=f, entry=f"on.{verdict}"
+            )
+        actions[verdict] = [
+            _parse_action(item, verdict, i, default_timeout, f) for i, item in enumerate(items)
+        ]
 
-    return Policy(allow=allow, allow_as_written=tuple(written), min_probability=float(min_p),
-                  min_landmarks=int(min_l), actions=actions,
-                  path=Path(file) if not f.startswith("<") else None)
+    return Policy(
+        allow=allow,
+        allow_as_written=tuple(written),
+        min_probability=float(min_p),
+        min_landmarks=int(min_l),
+        actions=actions,
+        path=Path(file) if not f.startswith("<") else None,
+    )
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -46,15 +46,22 @@ def _latlon(lat: float, lon: float) -> str:
     return f"{abs(lat):.4f}°{'N' if lat >= 0 else 'S'} {abs(lon):.4f}°{'E' if lon >= 0 else 'W'}"
 
 
-def render_table(fix: Fix, measurements: Sequence[Measurement], console: Console, *, top: int = 5) -> None:
+def render_table(
+    fix: Fix, measurements: Sequence[Measurement], console: Console, *, top: int = 5
+) -> None:
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("position", f"{_latlon(fix.lat, fix.lon)}  (±{fix.error_radius_km:.0f} km)")
-    summary.add_row("bound", fix.bound + ("" if fix.bound == "calibrated" else "  (speed of light in fibre only)"))
+    summary.add_row(
+        "bound",
+        fix.bound + ("" if fix.bound == "calibrated" else "  (speed of light in fibre only)"),
+    )
     summary.add_row("certified", fix.certified or "no (the sound region is not inside one country)")
     answered = sum(1 for m in measurements if m.ok)
-    summary.add_row("landmarks", f"{answered} of {len(measurements)} answered, {len(fix.landmarks_used)} used")
+    summary.add_row(
+        "landmarks", f"{answered} of {len(measurements)} answered, {len(fix.landmarks_used)} used"
+    )
     total_rejected = sum(sum(m.rejected.values()) for m in measurements)
     if total_rejected:
         summary.add_row("rejected replies", str(total_rejected))
@@ -80,9 +87,15 @@ def render_table(fix: Fix, measurements: Sequence[Measurement], console: Console
         table.add_column("landmark")
         table.add_column("why")
         for lid, why in sorted(failed.items()):
-            detail = ", ".join(f"{k} {v}" for k, v in sorted(next(
-                (m.rejected for m in measurements if m.landmark_id == lid), {}).items()))
-            table.add_row(lid, why + (f" [rejected: {detail}]" if detail and "rejected" not in why else ""))
+            detail = ", ".join(
+                f"{k} {v}"
+                for k, v in sorted(
+                    next((m.rejected for m in measurements if m.landmark_id == lid), {}).items()
+                )
+            )
+            table.add_row(
+                lid, why + (f" [rejected: {detail}]" if detail and "rejected" not in why else "")
+            )
         for lid, why in sorted(fix.excluded.items()):
             if lid not in failed:
                 table.add_row(lid, f"excluded: {why}")

@@ -24,7 +24,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
     """Open (creating the directory) with WAL and full sync: durable across crashes."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_S, isolation_level=None)  # autocommit; explicit BEGIN
+    conn = sqlite3.connect(
+        p, timeout=BUSY_TIMEOUT_S, isolation_level=None
+    )  # autocommit; explicit BEGIN
     conn.row_factory = sqlite3.Row
     _enable_wal(conn)
     conn.execute("PRAGMA synchronous=FULL")

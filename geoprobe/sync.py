@@ -87,8 +87,13 @@ class SyncResult:
 
 def fetch_json(url: str, timeout: float = 30.0) -> Any:
     """GET ``url`` as JSON; any failure is one line naming the URL."""
-    req = urllib.request.Request(url, headers={"Accept": "application/json",
-                                               "User-Agent": f"geoprobe/{_version} (landmarks sync)"})
+    req = urllib.request.Request(
+        url,
+        headers={
+            "Accept": "application/json",
+            "User-Agent": f"geoprobe/{_version} (landmarks sync)",
+        },
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
@@ -103,7 +108,9 @@ def fetch_json(url: str, timeout: float = 30.0) -> Any:
         raise SyncError(f"{url}: not JSON") from None
 
 
-def iter_pages(url: str, *, fetch: Callable[[str], Any] = fetch_json) -> Iterator[Mapping[str, Any]]:
+def iter_pages(
+    url: str, *, fetch: Callable[[str], Any] = fetch_json
+) -> Iterator[Mapping[str, Any]]:
     """Every result of a paged list, following ``next`` (absolute or relative) until it is null."""
     seen: set[str] = set()
     next_url: str | None = url
@@ -146,11 +153,20 @@ def parse_anchor(raw: Mapping[str, Any]) -> Anchor | str:
         return "impossible location"
     country = _str(raw.get("country"))
     country = country.upper() if country and _COUNTRY.match(country.upper()) else None
-    return Anchor(id=aid, probe=_int(raw.get("probe")), hostname=_str(raw.get("hostname")),
-                  fqdn=_str(raw.get("fqdn")), ip_v4=_str(raw.get("ip_v4")), country=country,
-                  city=_str(raw.get("city")), asn=_int(raw.get("as_v4")), lat=lat, lon=lon,
-                  is_disabled=raw.get("is_disabled") is True,
-                  decommissioned=_str(raw.get("date_decommissioned")))
+    return Anchor(
+        id=aid,
+        probe=_int(raw.get("probe")),
+        hostname=_str(raw.get("hostname")),
+        fqdn=_str(raw.get("fqdn")),
+        ip_v4=_str(raw.get("ip_v4")),
+        country=country,
+        city=_str(raw.get("city")),
+        asn=_int(raw.get("as_v4")),
+        lat=lat,
+        lon=lon,
+        is_disabled=raw.get("is_disabled") is True,
+        decommissioned=_str(raw.get("date_decommissioned")),
+    )
 
 
 def drop_reason(a: Anchor) -> str | None:
@@ -164,11 +180,21 @@ def drop_reason(a: Anchor) -> str | None:
 
 
 def to_landmark(a: Anchor, *, tcp_port: int | None = 80, icmp: bool = True) -> Landmark:
-    return Landmark(id=a.landmark_id, lat=a.lat, lon=a.lon, country=a.country, address=a.ip_v4,
-                    host=a.fqdn, tcp_port=tcp_port, icmp=icmp)
+    return Landmark(
+        id=a.landmark_id,
+        lat=a.lat,
+        lon=a.lon,
+        country=a.country,
+        address=a.ip_v4,
+        host=a.fqdn,
+        tcp_port=tcp_port,
+        icmp=icmp,
+    )
 
 
-def fetch_anchors(api: str, *, fetch: Callable[[str], Any] = fetch_json) -> tuple[list[Anchor], Counter[str]]:
+def fetch_anchors(
+    api: str, *, fetch: Callable[[str], Any] = fetch_json
+) -> tuple[list[Anchor], Counter[str]]:
     """Usable anchors (unique landmark ids) and why the others were dropped."""
     kept: list[Anchor] = []
     dropped: Counter[str] = Counter()
@@ -202,8 +228,13 @@ def _ref_id(v: Any) -> int | None:
     return None
 
 
-def fetch_mesh_rtts(api: str, anchors: Sequence[Anchor], *, fetch: Callable[[str], Any] = fetch_json,
-                    progress: Progress | None = None) -> tuple[list[tuple[str, str, float]], int]:
+def fetch_mesh_rtts(
+    api: str,
+    anchors: Sequence[Anchor],
+    *,
+    fetch: Callable[[str], Any] = fetch_json,
+    progress: Progress | None = None,
+) -> tuple[list[tuple[str, str, float]], int]:
     """Anchor->anchor min RTTs from the latest round of the anchoring-mesh pings (IPv4 only)."""
     by_anchor = {a.id: a for a in anchors}
     by_probe = {a.probe: a for a in anchors if a.probe is not None}
@@ -232,7 +263,12 @@ def fetch_mesh_rtts(api: str, anchors: Sequence[Anchor], *, fetch: Callable[[str
                 prb = _int(r.get("prb_id"))
                 src = by_probe.get(prb) if prb is not None else None
                 rmin = r.get("min")
-                if src is None or src.id == tgt or not isinstance(rmin, (int, float)) or isinstance(rmin, bool):
+                if (
+                    src is None
+                    or src.id == tgt
+                    or not isinstance(rmin, (int, float))
+                    or isinstance(rmin, bool)
+                ):
                     continue
                 if not math.isfinite(rmin) or rmin <= 0:  # -1: no reply
                     continue
@@ -259,9 +295,17 @@ def catalogue_json(result: SyncResult, api: str) -> dict[str, Any]:
     return data
 
 
-def sync(api: str = DEFAULT_API, *, out: Path | None = None, cache_dir: Path | None = None, mesh: bool = False,
-         tcp_port: int | None = 80, fetch: Callable[[str], Any] = fetch_json,
-         progress: Progress | None = None, now: datetime | None = None) -> SyncResult:
+def sync(
+    api: str = DEFAULT_API,
+    *,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    mesh: bool = False,
+    tcp_port: int | None = 80,
+    fetch: Callable[[str], Any] = fetch_json,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> SyncResult:
     """Fetch the anchors (and mesh RTTs), write the catalogue to ``out`` and to the cache."""
     anchors, dropped = fetch_anchors(api, fetch=fetch)
     if not anchors:
@@ -271,12 +315,24 @@ def sync(api: str = DEFAULT_API, *, out: Path | None = None, cache_dir: Path | N
     if mesh:
         rtts, n_mesh = fetch_mesh_rtts(api, anchors, fetch=fetch, progress=progress)
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    cat = Catalogue(landmarks=[to_landmark(a, tcp_port=tcp_port) for a in anchors], rtts=rtts,
-                    name="RIPE Atlas anchors", source=f"RIPE Atlas API {api} (RIPE NCC), synced {when}")
-    result = SyncResult(catalogue=cat, anchors=anchors, dropped=dropped, synced=when, mesh_measurements=n_mesh)
+    cat = Catalogue(
+        landmarks=[to_landmark(a, tcp_port=tcp_port) for a in anchors],
+        rtts=rtts,
+        name="RIPE Atlas anchors",
+        source=f"RIPE Atlas API {api} (RIPE NCC), synced {when}",
+    )
+    result = SyncResult(
+        catalogue=cat, anchors=anchors, dropped=dropped, synced=when, mesh_measurements=n_mesh
+    )
     data = catalogue_json(result, api)
-    parse_catalogue(data, file="<synced catalogue>")  # never cache what `locate` would refuse to load
-    targets = [p for p in (out, (cache_dir / CACHE_NAME) if cache_dir is not None else None) if p is not None]
+    parse_catalogue(
+        data, file="<synced catalogue>"
+    )  # never cache what `locate` would refuse to load
+    targets = [
+        p
+        for p in (out, (cache_dir / CACHE_NAME) if cache_dir is not None else None)
+        if p is not None
+    ]
     for path in targets:
         _write_atomic(path, data)
     result.path = targets[0] if targets else None

@@ -28,7 +28,9 @@ _INDEX: CountryIndex | None = None
 def countries() -> CountryIndex:
     global _INDEX
     if _INDEX is None:
-        _INDEX = CountryIndex(COUNTRIES, {"AA": "Aland", "BB": "Bland", "CC": "Cland"}, cell_deg=0.5)
+        _INDEX = CountryIndex(
+            COUNTRIES, {"AA": "Aland", "BB": "Bland", "CC": "Cland"}, cell_deg=0.5
+        )
     return _INDEX
 
 
@@ -36,7 +38,9 @@ def code_of(lat: float, lon: float) -> str:
     return str(countries().codes_at(np.array([lat]), np.array([lon]))[0])
 
 
-def rtt_between(rng: np.random.Generator, km: np.ndarray, access_a: np.ndarray, access_b: np.ndarray) -> np.ndarray:
+def rtt_between(
+    rng: np.random.Generator, km: np.ndarray, access_a: np.ndarray, access_b: np.ndarray
+) -> np.ndarray:
     inflation = rng.uniform(1.2, 2.0, size=km.shape)
     return np.asarray(km / 100.0 * inflation + access_a + access_b, dtype=float)
 
@@ -59,13 +63,17 @@ def make_world(n: int = 36, seed: int = 7) -> World:
     rng = np.random.default_rng(seed)
     lat = rng.uniform(31.0, 49.0, n)
     lon = rng.uniform(1.0, 19.0, n)
-    servers = [Server(id=f"L{i:02d}", name=f"lm{i}", lat=float(a), lon=float(o), country=code_of(a, o))
-               for i, (a, o) in enumerate(zip(lat, lon))]
+    servers = [
+        Server(id=f"L{i:02d}", name=f"lm{i}", lat=float(a), lon=float(o), country=code_of(a, o))
+        for i, (a, o) in enumerate(zip(lat, lon))
+    ]
     km = distance_matrix_km(lat, lon, lat, lon)
     access = rng.uniform(0.1, 1.5, n)
     r = rtt_between(rng, km, access[:, None], access[None, :])
     np.fill_diagonal(r, np.nan)
-    ds = Dataset(name="synthetic", servers=servers, rtt_min=r, rtt_avg=r * 1.1, rtt_mdev=np.full_like(r, 0.1))
+    ds = Dataset(
+        name="synthetic", servers=servers, rtt_min=r, rtt_avg=r * 1.1, rtt_mdev=np.full_like(r, 0.1)
+    )
     return World(ds, access, rng)
 
 

@@ -21,24 +21,26 @@ def _write(d: Path, landmarks: str, rtts: str) -> Path:
 
 
 def test_generic_pair_min_of_repeats_symmetry_and_bad_rows(tmp_path: Path) -> None:
-    d = _write(tmp_path / "ds",
-               "id,lat,lon,country\n"
-               "a,48.85,2.35,FR\n"
-               "b,52.52,13.40,DE\n"
-               "c,51.50,-0.12,GB\n"
-               "d,95.0,10.0,XX\n"       # impossible latitude
-               "e,abc,1.0,FR\n"         # malformed
-               "a,1.0,1.0,FR\n",        # duplicate id
-               "src,dst,rtt_ms\n"
-               "a,b,12.0\n"
-               "a,b,10.5\n"             # repeat: the minimum counts
-               "b,c,15.0\n"
-               "c,b,14.0\n"             # both directions given: kept apart
-               "a,c,-3\n"               # negative
-               "a,c,nan\n"              # NaN
-               "a,zz,5\n"               # unknown id
-               "a,c,fast\n"             # malformed
-               "a,a,0.1\n")             # self pair
+    d = _write(
+        tmp_path / "ds",
+        "id,lat,lon,country\n"
+        "a,48.85,2.35,FR\n"
+        "b,52.52,13.40,DE\n"
+        "c,51.50,-0.12,GB\n"
+        "d,95.0,10.0,XX\n"  # impossible latitude
+        "e,abc,1.0,FR\n"  # malformed
+        "a,1.0,1.0,FR\n",  # duplicate id
+        "src,dst,rtt_ms\n"
+        "a,b,12.0\n"
+        "a,b,10.5\n"  # repeat: the minimum counts
+        "b,c,15.0\n"
+        "c,b,14.0\n"  # both directions given: kept apart
+        "a,c,-3\n"  # negative
+        "a,c,nan\n"  # NaN
+        "a,zz,5\n"  # unknown id
+        "a,c,fast\n"  # malformed
+        "a,a,0.1\n",
+    )  # self pair
     ds = load_dataset(d)
     assert ds.ids == ["a", "b", "c"]
     i = ds.index
@@ -47,8 +49,15 @@ def test_generic_pair_min_of_repeats_symmetry_and_bad_rows(tmp_path: Path) -> No
     assert ds.rtt_min[i["b"], i["c"]] == 15.0 and ds.rtt_min[i["c"], i["b"]] == 14.0
     assert math.isnan(ds.rtt_min[i["a"], i["c"]])
     text = " ".join(ds.warnings)
-    for why in ("impossible coordinates", "not numbers", "duplicate", "negative or non-finite RTT",
-                "unknown or unlocated", "malformed rtt_ms", "self pair"):
+    for why in (
+        "impossible coordinates",
+        "not numbers",
+        "duplicate",
+        "negative or non-finite RTT",
+        "unknown or unlocated",
+        "malformed rtt_ms",
+        "self pair",
+    ):
         assert why in text, why
     assert "skipped 2 RTT row(s): negative or non-finite RTT" in ds.warnings
     assert ds.find("b").country == "DE"

@@ -15,8 +15,21 @@ from geoprobe.cli.env import Environment
 from geoprobe.datasets import load_dataset
 from geoprobe.evaluate import evaluate, expected_calibration_error
 
-JSONL_FIELDS = {"target", "method", "true_lat", "true_lon", "est_lat", "est_lon", "error_km", "region_km2",
-                "truth_in_region", "country", "probability", "certified", "solve_ms"}
+JSONL_FIELDS = {
+    "target",
+    "method",
+    "true_lat",
+    "true_lon",
+    "est_lat",
+    "est_lon",
+    "error_km",
+    "region_km2",
+    "truth_in_region",
+    "country",
+    "probability",
+    "certified",
+    "solve_ms",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +39,19 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    env = Environment(stdout=out, stderr=err, state_dir=tmp_path, cache_dir=tmp_path, runtime_dir=tmp_path)
+    env = Environment(
+        stdout=out, stderr=err, state_dir=tmp_path, cache_dir=tmp_path, runtime_dir=tmp_path
+    )
     code = main(args, env=env)
     return code, out.getvalue(), err.getvalue()
 
 
 def test_jsonl_records(dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("geoprobe.evaluate._countries", countries)
-    code, out, err = _run(["evaluate", str(dataset_dir), "--targets", "4", "--seed", "3", "--format", "jsonl"],
-                          tmp_path)
+    code, out, err = _run(
+        ["evaluate", str(dataset_dir), "--targets", "4", "--seed", "3", "--format", "jsonl"],
+        tmp_path,
+    )
     assert code == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert len(lines) == 12  # 4 targets x 3 methods
@@ -47,17 +64,43 @@ def test_jsonl_records(dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert "evaluate: 4/" in err or "evaluate:" in err  # progress on stderr
 
 
-def test_json_summary_and_table(dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_summary_and_table(
+    dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("geoprobe.evaluate._countries", countries)
-    code, out, err = _run(["evaluate", str(dataset_dir), "-n", "3", "-k", "10", "--methods", "geoprobe,cbg",
-                           "--format", "json"], tmp_path)
+    code, out, err = _run(
+        [
+            "evaluate",
+            str(dataset_dir),
+            "-n",
+            "3",
+            "-k",
+            "10",
+            "--methods",
+            "geoprobe,cbg",
+            "--format",
+            "json",
+        ],
+        tmp_path,
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert set(doc["methods"]) == {"geoprobe", "cbg"} and doc["landmarks_per_target"] == 10
-    for key in ("median_km", "p80_km", "p90_km", "within_100km", "country_accuracy", "truth_in_region",
-                "certified_correct", "certified_wrong", "mean_solve_ms"):
+    for key in (
+        "median_km",
+        "p80_km",
+        "p90_km",
+        "within_100km",
+        "country_accuracy",
+        "truth_in_region",
+        "certified_correct",
+        "certified_wrong",
+        "mean_solve_ms",
+    ):
         assert key in doc["methods"]["geoprobe"]
-    code, out, _ = _run(["evaluate", str(dataset_dir), "-n", "2", "--methods", "shortest-ping"], tmp_path)
+    code, out, _ = _run(
+        ["evaluate", str(dataset_dir), "-n", "2", "--methods", "shortest-ping"], tmp_path
+    )
     assert code == 0 and "median error (km)" in out and "shortest-ping" in out
 
 
@@ -76,7 +119,9 @@ def test_calibration_uses_no_target_truth(dataset_dir: Path) -> None:
     a = evaluate(ds, methods=["geoprobe", "cbg"], targets=2, seed=1, countries=countries())
     t = ds.index[a.records[0].target]
     moved = ds.servers[t]
-    ds.servers[t] = type(moved)(moved.id, moved.name, moved.lat + 1.0, moved.lon - 1.0, moved.country)
+    ds.servers[t] = type(moved)(
+        moved.id, moved.name, moved.lat + 1.0, moved.lon - 1.0, moved.country
+    )
     b = evaluate(ds, methods=["geoprobe", "cbg"], targets=2, seed=1, countries=countries())
     for ra, rb in zip(a.records, b.records):
         if ra.target == moved.id:
@@ -86,11 +131,19 @@ def test_calibration_uses_no_target_truth(dataset_dir: Path) -> None:
 def test_adversarial_delay_never_causes_wrong_certification(dataset_dir: Path) -> None:
     ds = load_dataset(dataset_dir)
     rng = np.random.default_rng(0)
-    ev = evaluate(ds, methods=["geoprobe"], targets=8, seed=2, countries=countries(),
-                  extra_delay=lambda r: r + rng.exponential(5.0, size=r.shape))
+    ev = evaluate(
+        ds,
+        methods=["geoprobe"],
+        targets=8,
+        seed=2,
+        countries=countries(),
+        extra_delay=lambda r: r + rng.exponential(5.0, size=r.shape),
+    )
     assert all(r.certified_as in (None, r.true_country) for r in ev.records)
 
 
 def test_ece() -> None:
     p = np.array([0.95, 0.95, 0.55, 0.55])
-    assert expected_calibration_error(p, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
+    assert expected_calibration_error(p, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(
+        0.5 * 0.05 + 0.5 * 0.05
+    )

@@ -18,15 +18,19 @@ from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.mmdb import METADATA_MARKER, MMDBError, Reader
 
 # Public-looking ranges, only ever looked up in the file, never contacted.
-FRANKFURT = {"country": {"iso_code": "DE", "names": {"en": "Germany"}},
-             "location": {"latitude": 50.11, "longitude": 8.68, "accuracy_radius": 20},
-             "city": {"names": {"en": "Frankfurt am Main"}}}
+FRANKFURT = {
+    "country": {"iso_code": "DE", "names": {"en": "Germany"}},
+    "location": {"latitude": 50.11, "longitude": 8.68, "accuracy_radius": 20},
+    "city": {"names": {"en": "Frankfurt am Main"}},
+}
 TOKYO = {"country": {"iso_code": "JP"}, "location": {"latitude": 35.68, "longitude": 139.69}}
 ODD = {"n": -5, "big": 2**70, "flag": True, "arr": ["x", 2.5, 7], "u": 70000}
 
 
 def write_db(path: Path, ip_version: int) -> Path:
-    w = MMDBWriter(ip_version=ip_version, database_type="GeoLite2-City", ipv4_compatible=ip_version == 6)
+    w = MMDBWriter(
+        ip_version=ip_version, database_type="GeoLite2-City", ipv4_compatible=ip_version == 6
+    )
     w.insert_network(IPSet(["81.2.69.0/24"]), FRANKFURT)
     w.insert_network(IPSet(["126.0.0.0/9"]), TOKYO)
     w.insert_network(IPSet(["89.160.20.128/25"]), ODD)
@@ -59,9 +63,11 @@ def test_reader_finds_records_and_misses(db: Path) -> None:
 
 def _enc(v: Any) -> bytes:
     """Minimal MMDB encoder (map, utf-8 string, uint16/uint32) for hand-made files."""
+
     def head(kind: int, size: int) -> bytes:
         assert size < 29
         return bytes([(kind << 5) | size]) if kind <= 7 else bytes([size, kind - 7])
+
     if isinstance(v, str):
         return head(2, len(v.encode())) + v.encode()
     if isinstance(v, int):
@@ -80,13 +86,24 @@ def test_reader_handles_every_record_size(tmp_path: Path, record_size: int) -> N
     if record_size == 24:
         node = empty.to_bytes(3, "big") + data.to_bytes(3, "big")
     elif record_size == 28:
-        node = empty.to_bytes(3, "big") + bytes([((empty >> 24) << 4) | (data >> 24)]) + data.to_bytes(3, "big")
+        node = (
+            empty.to_bytes(3, "big")
+            + bytes([((empty >> 24) << 4) | (data >> 24)])
+            + data.to_bytes(3, "big")
+        )
     else:
         node = struct.pack(">II", empty, data)
-    meta = {"node_count": node_count, "record_size": record_size, "ip_version": 4,
-            "database_type": "Hand-City", "binary_format_major_version": 2}
+    meta = {
+        "node_count": node_count,
+        "record_size": record_size,
+        "ip_version": 4,
+        "database_type": "Hand-City",
+        "binary_format_major_version": 2,
+    }
     path = tmp_path / "hand.mmdb"
-    path.write_bytes(node + bytes(16) + _enc({"country": {"iso_code": "SE"}}) + METADATA_MARKER + _enc(meta))
+    path.write_bytes(
+        node + bytes(16) + _enc({"country": {"iso_code": "SE"}}) + METADATA_MARKER + _enc(meta)
+    )
     with Reader(path) as r:
         assert r.get("200.1.2.3") == {"country": {"iso_code": "SE"}}
         assert r.get("100.1.2.3") is None
@@ -112,21 +129,38 @@ def lm(lid: str, lat: float, lon: float, country: str, address: str) -> Landmark
 
 
 def test_landmark_claims_are_checked_against_their_address(db: Path) -> None:
-    checks = {c.landmark_id: c for c in ipgeo.check_landmarks(db, [
-        lm("honest", 50.0, 8.5, "DE", "81.2.69.10"),
-        lm("liar", 50.0, 8.5, "DE", "126.1.2.3"),
-        lm("loopback", 50.0, 8.5, "DE", "127.0.0.5"),
-    ])}
+    checks = {
+        c.landmark_id: c
+        for c in ipgeo.check_landmarks(
+            db,
+            [
+                lm("honest", 50.0, 8.5, "DE", "81.2.69.10"),
+                lm("liar", 50.0, 8.5, "DE", "126.1.2.3"),
+                lm("loopback", 50.0, 8.5, "DE", "127.0.0.5"),
+            ],
+        )
+    }
     assert checks["honest"].verdict == "agrees" and checks["honest"].distance_km is not None
     assert checks["honest"].distance_km < 30
-    assert checks["liar"].verdict == "disagrees" and checks["liar"].geolocated == (35.68, 139.69, "JP")
+    assert checks["liar"].verdict == "disagrees" and checks["liar"].geolocated == (
+        35.68,
+        139.69,
+        "JP",
+    )
     assert checks["loopback"].verdict == "unknown"
 
 
 def test_prior_orders_nearest_landmarks_first() -> None:
-    lms = [lm("tokyo", 35.7, 139.7, "JP", "126.0.0.1"), lm("paris", 48.9, 2.3, "FR", "81.2.69.1"),
-           lm("frankfurt", 50.1, 8.7, "DE", "81.2.69.2")]
-    assert [x.id for x in ipgeo.order_by_prior(lms, (50.0, 8.0, "DE"))] == ["frankfurt", "paris", "tokyo"]
+    lms = [
+        lm("tokyo", 35.7, 139.7, "JP", "126.0.0.1"),
+        lm("paris", 48.9, 2.3, "FR", "81.2.69.1"),
+        lm("frankfurt", 50.1, 8.7, "DE", "81.2.69.2"),
+    ]
+    assert [x.id for x in ipgeo.order_by_prior(lms, (50.0, 8.0, "DE"))] == [
+        "frankfurt",
+        "paris",
+        "tokyo",
+    ]
     assert ipgeo.order_by_prior(lms, None) == lms
 
 
@@ -136,8 +170,14 @@ def frankfurt_fix() -> Fix:
     from geoprobe.geo.countries import default_index
     from geoprobe.geo.solver import solve_model
 
-    return solve_model(None, ["fra", "par", "ber"], np.array([50.11, 48.86, 52.52]), np.array([8.68, 2.35, 13.40]),
-                       {"fra": 1.5, "par": 6.0, "ber": 5.5}, default_index())
+    return solve_model(
+        None,
+        ["fra", "par", "ber"],
+        np.array([50.11, 48.86, 52.52]),
+        np.array([8.68, 2.35, 13.40]),
+        {"fra": 1.5, "par": 6.0, "ber": 5.5},
+        default_index(),
+    )
 
 
 def test_vm_address_in_the_measured_region_agrees(db: Path, frankfurt_fix: Fix) -> None:
@@ -152,7 +192,9 @@ def test_vm_address_outside_the_region_is_reported(db: Path, frankfurt_fix: Fix)
 
 
 def test_cross_check_for_locate(db: Path, frankfurt_fix: Fix) -> None:
-    cat = Catalogue(landmarks=[lm("liar", 50.0, 8.5, "DE", "126.1.2.3"), lm("ok", 50.1, 8.6, "DE", "81.2.69.3")])
+    cat = Catalogue(
+        landmarks=[lm("liar", 50.0, 8.5, "DE", "126.1.2.3"), lm("ok", 50.1, 8.6, "DE", "81.2.69.3")]
+    )
     out = ipgeo.cross_check(frankfurt_fix, cat, db, public_ip="126.9.9.9")
     assert out["landmarks_checked"] == 2
     assert [c["landmark_id"] for c in out["landmarks_disagreeing"]] == ["liar"]

@@ -15,8 +15,15 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 def entry(**over: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"id": "fra", "lat": 50.11, "lon": 8.68, "country": "DE", "address": "127.0.0.2",
-                            "methods": {"udp": 7207, "tcp": 443}, "pubkey": KEY}
+    base: dict[str, Any] = {
+        "id": "fra",
+        "lat": 50.11,
+        "lon": 8.68,
+        "country": "DE",
+        "address": "127.0.0.2",
+        "methods": {"udp": 7207, "tcp": 443},
+        "pubkey": KEY,
+    }
     base.update(over)
     return base
 
@@ -28,9 +35,23 @@ def write(tmp_path: Path, doc: Any) -> Path:
 
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
-    cat = parse_catalogue({"landmarks": [entry(), entry(id="ams", lat=52.37, lon=4.9, country="NL",
-                                                        address="127.0.0.3", pubkey=None, methods={"icmp": True})],
-                           "calibration": {"rtts": [["fra", "ams", 7.5]]}})
+    cat = parse_catalogue(
+        {
+            "landmarks": [
+                entry(),
+                entry(
+                    id="ams",
+                    lat=52.37,
+                    lon=4.9,
+                    country="NL",
+                    address="127.0.0.3",
+                    pubkey=None,
+                    methods={"icmp": True},
+                ),
+            ],
+            "calibration": {"rtts": [["fra", "ams", 7.5]]},
+        }
+    )
     out = tmp_path / "out.json"
     cat.save(out)
     again = load_catalogue(out)
@@ -56,7 +77,9 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
         ({"colour": "red"}, "colour"),
     ],
 )
-def test_bad_entry_names_file_entry_and_field(tmp_path: Path, over: dict[str, Any], field: str) -> None:
+def test_bad_entry_names_file_entry_and_field(
+    tmp_path: Path, over: dict[str, Any], field: str
+) -> None:
     p = write(tmp_path, {"landmarks": [entry(**over)]})
     with pytest.raises(InputError) as exc:
         load_catalogue(p)
@@ -76,21 +99,25 @@ def test_duplicate_ids_and_unknown_calibration_ids(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="duplicate id"):
         load_catalogue(write(tmp_path, {"landmarks": [entry(), entry()]}))
     with pytest.raises(InputError, match="unknown landmark"):
-        load_catalogue(write(tmp_path, {"landmarks": [entry()], "calibration": {"rtts": [["fra", "nyc", 80]]}}))
+        load_catalogue(
+            write(tmp_path, {"landmarks": [entry()], "calibration": {"rtts": [["fra", "nyc", 80]]}})
+        )
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read"):
         load_catalogue(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
-    bad.write_text("{\"landmarks\": [")
+    bad.write_text('{"landmarks": [')
     with pytest.raises(InputError, match="not valid JSON"):
         load_catalogue(bad)
 
 
 def test_rtt_matrix_takes_minimum_and_symmetrises() -> None:
     lms = [Landmark(id=i, lat=0, lon=0, address="127.0.0.1") for i in "abc"]
-    cat = Catalogue(landmarks=lms, rtts=[("a", "b", 10.0), ("a", "b", 8.0), ("b", "c", 5.0), ("c", "b", 6.0)])
+    cat = Catalogue(
+        landmarks=lms, rtts=[("a", "b", 10.0), ("a", "b", 8.0), ("b", "c", 5.0), ("c", "b", 6.0)]
+    )
     order, m = rtt_matrix(cat)
     i = {k: n for n, k in enumerate(order)}
     assert m[i["a"], i["b"]] == 8.0 and m[i["b"], i["a"]] == 8.0  # one direction given: symmetric

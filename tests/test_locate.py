@@ -52,7 +52,9 @@ def _fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loc, "_MODELS", {})
 
 
-def test_disk_cache_hit_returns_the_same_model_without_refitting(world, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_disk_cache_hit_returns_the_same_model_without_refitting(
+    world, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
     import geoprobe.locate as loc
@@ -72,11 +74,17 @@ def test_disk_cache_hit_returns_the_same_model_without_refitting(world, tmp_path
     assert again is not None and again is not first
     assert again.ids == first.ids and again.excluded == first.excluded
     assert (again.temperature, again.blend, again.estimate_temperature) == (
-        first.temperature, first.blend, first.estimate_temperature)
+        first.temperature,
+        first.blend,
+        first.estimate_temperature,
+    )
     for name in ("lat", "lon", "slope", "intercept", "offset", "table", "rtt"):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
     rtts = world.measure(42.0, 12.0)
-    a, b = solve(cat.landmarks, rtts, first, countries()), solve(cat.landmarks, rtts, again, countries())
+    a, b = (
+        solve(cat.landmarks, rtts, first, countries()),
+        solve(cat.landmarks, rtts, again, countries()),
+    )
     assert (a.lat, a.lon, a.country, a.probability) == (b.lat, b.lon, b.country, b.probability)
 
 
@@ -98,7 +106,9 @@ def test_corrupt_cache_file_is_refitted_and_replaced(world, tmp_path, monkeypatc
     assert not [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
 
 
-def test_cache_key_follows_the_catalogue_and_unnamed_lookups_stay_in_memory(world, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_cache_key_follows_the_catalogue_and_unnamed_lookups_stay_in_memory(
+    world, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     cat = world.dataset.to_catalogue()
     _fresh_process(monkeypatch)
     fit_catalogue(cat, countries(), countries_key="engine-world", cache_dir=tmp_path)
@@ -107,5 +117,7 @@ def test_cache_key_follows_the_catalogue_and_unnamed_lookups_stay_in_memory(worl
     fit_catalogue(cat, countries(), countries_key="engine-world", cache_dir=tmp_path)
     assert len(list((tmp_path / "models").glob("*.npz"))) == 2
     other = tmp_path / "unnamed"
-    fit_catalogue(cat, countries(), cache_dir=other)  # a custom lookup without a name: no disk cache
+    fit_catalogue(
+        cat, countries(), cache_dir=other
+    )  # a custom lookup without a name: no disk cache
     assert not other.exists()

@@ -10,8 +10,10 @@ from geoprobe.measurement import Measurement, load_measurements, min_rtts, save_
 
 
 def test_save_and_replay_round_trip(tmp_path: Path) -> None:
-    ms = [Measurement("a", "udp", "127.0.0.2", [5.2, 4.9, 5.0], sent=3, evidence=[{"sig": "x"}]),
-          Measurement("b", "udp", "127.0.0.3", [], sent=3, failure="timeout")]
+    ms = [
+        Measurement("a", "udp", "127.0.0.2", [5.2, 4.9, 5.0], sent=3, evidence=[{"sig": "x"}]),
+        Measurement("b", "udp", "127.0.0.3", [], sent=3, failure="timeout"),
+    ]
     p = tmp_path / "m.json"
     save_measurements(p, ms, catalogue="cat.json")
     back, meta = load_measurements(p)
@@ -32,16 +34,24 @@ def test_ripe_shape() -> None:
 @pytest.mark.parametrize("bad", [-1, "fast", float("nan"), True])
 def test_bad_rtt_names_entry_and_field(tmp_path: Path, bad: object) -> None:
     p = tmp_path / "m.json"
-    p.write_text(json.dumps({"results": [{"landmark_id": "a", "result": [{"rtt": bad}]}]}).replace("NaN", "NaN"))
+    p.write_text(
+        json.dumps({"results": [{"landmark_id": "a", "result": [{"rtt": bad}]}]}).replace(
+            "NaN", "NaN"
+        )
+    )
     with pytest.raises(InputError) as exc:
         load_measurements(p)
     assert str(p) in str(exc.value) and "result[0].rtt" in str(exc.value)
 
 
-@pytest.mark.parametrize("field,bad", [("sent_at", ["soon"]), ("clock_offsets_ms", [float("inf")]), ("sent_at", 5)])
+@pytest.mark.parametrize(
+    "field,bad", [("sent_at", ["soon"]), ("clock_offsets_ms", [float("inf")]), ("sent_at", 5)]
+)
 def test_bad_per_sample_lists_name_the_field(tmp_path: Path, field: str, bad: object) -> None:
     p = tmp_path / "m.json"
-    p.write_text(json.dumps({"results": [{"landmark_id": "a", "result": [{"rtt": 1.0}], field: bad}]}))
+    p.write_text(
+        json.dumps({"results": [{"landmark_id": "a", "result": [{"rtt": 1.0}], field: bad}]})
+    )
     with pytest.raises(InputError) as exc:
         load_measurements(p)
     assert str(p) in str(exc.value) and field in str(exc.value)

@@ -28,7 +28,9 @@ def test_render_has_help_type_and_escaped_labels() -> None:
     assert text.count("# TYPE geoprobe_migrations_confirmed_total counter") == 1
     assert 'geoprobe_label_test{note="a \\"b\\"\\\\c\\nd"} 1' in lines
     assert "geoprobe_nan_ratio NaN" in lines
-    sample = re.compile(r'^geoprobe_[a-z0-9_]+(\{[a-z_]+="([^"\\]|\\.)*"(,[a-z_]+="([^"\\]|\\.)*")*\})? \S+$')
+    sample = re.compile(
+        r'^geoprobe_[a-z0-9_]+(\{[a-z_]+="([^"\\]|\\.)*"(,[a-z_]+="([^"\\]|\\.)*")*\})? \S+$'
+    )
     assert all(ln.startswith("# ") or sample.match(ln) for ln in lines)
 
 
@@ -72,6 +74,8 @@ def test_write_replaces_the_file_atomically_and_leaves_no_temp(tmp_path: Path) -
     m.gauge("geoprobe_up", "Up.", 0)
     m.write(out)
     assert out.read_text().endswith("geoprobe_up 0\n")
-    assert out.stat().st_ino != first  # a new file renamed over the old one, never rewritten in place
+    assert (
+        out.stat().st_ino != first
+    )  # a new file renamed over the old one, never rewritten in place
     assert [p.name for p in out.parent.iterdir()] == ["geoprobe.prom"]
     assert oct(out.stat().st_mode & 0o777) == "0o644"

@@ -31,7 +31,10 @@ def test_issue_policy_loads_as_written(tmp_path: Path) -> None:
 
 
 def test_groups_expand_and_thresholds_and_timeouts(tmp_path: Path) -> None:
-    pol = load_policy(write(tmp_path, """
+    pol = load_policy(
+        write(
+            tmp_path,
+            """
 [jurisdiction]
 allow = ["eu", "CH"]
 [confidence]
@@ -46,7 +49,9 @@ cpu = 0.25
 [[on.suspected]]
 action = "syslog"
 timeout = 2.5
-"""))
+""",
+        )
+    )
     assert pol.allow == expand(["EU"]) | {"CH"}
     assert {"DE", "FR", "CH", "IE"} <= pol.allow and "GB" not in pol.allow
     assert pol.allow_as_written == ("EU", "CH")
@@ -56,27 +61,51 @@ timeout = 2.5
     assert syslog.timeout == 2.5
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    (('[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\n'
-      '[[on.confirmed_crossing]]\naction = "hook"\ncommand = "/bin/true"\n'),
-     "on.confirmed_crossing[1]: field 'command': must be a list of strings"),
-    ('[[on.confirmed_crossing]]\naction = "explode"\n', "field 'action': unknown action 'explode'"),
-    ('[[on.confirmed_crossing]]\naction = "wipe"\n', "on.confirmed_crossing[0]: field 'paths': missing"),
-    ('[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["relative.key"]\n', "absolute paths"),
-    ('[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\npath = 3\n', "field 'path': not a field"),
-    ('[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["/x"]\ntimeout = -1\n', "field 'timeout'"),
-    ('[[on.moved]]\naction = "syslog"\n', "on.moved: unknown verdict 'moved'"),
-    ('[[on.suspected]]\naction = "webhook"\nurl = "ftp://x"\n', "field 'url'"),
-    ('[[on.suspected]]\naction = "delay"\nmemory = "lots"\n', "field 'memory'"),
-    ('[[on.suspected]]\naction = "stop_units"\nunits = ["--now"]\n', "field 'units'"),
-    ('[[on.suspected]]\naction = "unmount"\n', "needs 'paths' or 'luks'"),
-    ('[confidence]\nmin_probability = 1.5\n', "field 'min_probability'"),
-    ('[jurisdiction]\nallow = ["DE", "XX"]\n', "jurisdiction: field 'allow'"),
-    ('[jurisdicton]\nallow = ["DE"]\n', "field 'jurisdicton': unknown key"),
-    ('on = 3\n', "entry on: must be a table"),
-    ('[[on.suspected]\n', "not valid TOML"),
-])
-def test_malformed_policy_names_file_entry_and_field(tmp_path: Path, body: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            (
+                '[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\n'
+                '[[on.confirmed_crossing]]\naction = "hook"\ncommand = "/bin/true"\n'
+            ),
+            "on.confirmed_crossing[1]: field 'command': must be a list of strings",
+        ),
+        (
+            '[[on.confirmed_crossing]]\naction = "explode"\n',
+            "field 'action': unknown action 'explode'",
+        ),
+        (
+            '[[on.confirmed_crossing]]\naction = "wipe"\n',
+            "on.confirmed_crossing[0]: field 'paths': missing",
+        ),
+        (
+            '[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["relative.key"]\n',
+            "absolute paths",
+        ),
+        (
+            '[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\npath = 3\n',
+            "field 'path': not a field",
+        ),
+        (
+            '[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["/x"]\ntimeout = -1\n',
+            "field 'timeout'",
+        ),
+        ('[[on.moved]]\naction = "syslog"\n', "on.moved: unknown verdict 'moved'"),
+        ('[[on.suspected]]\naction = "webhook"\nurl = "ftp://x"\n', "field 'url'"),
+        ('[[on.suspected]]\naction = "delay"\nmemory = "lots"\n', "field 'memory'"),
+        ('[[on.suspected]]\naction = "stop_units"\nunits = ["--now"]\n', "field 'units'"),
+        ('[[on.suspected]]\naction = "unmount"\n', "needs 'paths' or 'luks'"),
+        ("[confidence]\nmin_probability = 1.5\n", "field 'min_probability'"),
+        ('[jurisdiction]\nallow = ["DE", "XX"]\n', "jurisdiction: field 'allow'"),
+        ('[jurisdicton]\nallow = ["DE"]\n', "field 'jurisdicton': unknown key"),
+        ("on = 3\n", "entry on: must be a table"),
+        ("[[on.suspected]\n", "not valid TOML"),
+    ],
+)
+def test_malformed_policy_names_file_entry_and_field(
+    tmp_path: Path, body: str, expected: str
+) -> None:
     path = write(tmp_path, body)
     with pytest.raises(InputError) as exc:
         load_policy(path)
@@ -96,8 +125,17 @@ def test_parse_policy_accepts_mapping_without_file() -> None:
     assert pol.allow == set() and pol.actions_for("unknown")[0].options == {"force": True}
 
 
-@pytest.mark.parametrize(("text", "n"), [("256M", 256 << 20), ("1G", 1 << 30), ("512MiB", 512 << 20),
-                                          ("4096", 4096), (1000, 1000), ("1.5K", 1536)])
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [
+        ("256M", 256 << 20),
+        ("1G", 1 << 30),
+        ("512MiB", 512 << 20),
+        ("4096", 4096),
+        (1000, 1000),
+        ("1.5K", 1536),
+    ],
+)
 def test_parse_size(text: str | int, n: int) -> None:
     assert parse_size(text) == n
 

@@ -31,14 +31,28 @@ LANDMARKS = [
 RTTS = {"fra": 1.2, "par": 9.5, "waw": 17.0}  # nyc did not answer
 
 
-def make_fix(lat: float = 50.0, lon: float = 8.6, *, certified: str | None = None,
-             calibrated_km: float = 60.0, sound_km: float = 150.0) -> Fix:
+def make_fix(
+    lat: float = 50.0,
+    lon: float = 8.6,
+    *,
+    certified: str | None = None,
+    calibrated_km: float = 60.0,
+    sound_km: float = 150.0,
+) -> Fix:
     region = SampledRegion(sample_cap(lat, lon, calibrated_km, points=600))
     sound = SampledRegion(sample_cap(lat, lon, sound_km, points=600))
-    return Fix(lat=lat, lon=lon, error_radius_km=30.0, bound="calibrated",
-               countries=[CountryShare("DE", 0.97, 0.95), CountryShare("FR", 0.03, 0.05)],
-               certified=certified, region=region, sound_region=sound,
-               landmarks_used=["fra", "par", "waw"], excluded={"nyc": "no reply"})
+    return Fix(
+        lat=lat,
+        lon=lon,
+        error_radius_km=30.0,
+        bound="calibrated",
+        countries=[CountryShare("DE", 0.97, 0.95), CountryShare("FR", 0.03, 0.05)],
+        certified=certified,
+        region=region,
+        sound_region=sound,
+        landmarks_used=["fra", "par", "waw"],
+        excluded={"nyc": "no reply"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +72,11 @@ def test_feature_collection_holds_every_part() -> None:
     assert est["geometry"]["coordinates"] == [8.6, 50.0]  # GeoJSON order: lon, lat
     assert est["properties"]["country"] == "DE" and est["properties"]["certified"] is None
     region = next(f for f in fc["features"] if f["properties"]["kind"] == "region")
-    assert region["properties"]["countries"][0] == {"code": "DE", "probability": 0.97, "share": 0.95}
+    assert region["properties"]["countries"][0] == {
+        "code": "DE",
+        "probability": 0.97,
+        "share": 0.95,
+    }
     assert shape(region["geometry"]).contains(shapely.Point(8.6, 50.0))
     sound = next(f for f in fc["features"] if f["properties"]["kind"] == "sound_region")
     assert shape(sound["geometry"]).area > shape(region["geometry"]).area
@@ -66,16 +84,23 @@ def test_feature_collection_holds_every_part() -> None:
 
 def test_landmarks_carry_rtts_and_exclusions() -> None:
     fc = region_geojson(make_fix(), LANDMARKS, RTTS)
-    lms = {f["properties"]["id"]: f for f in fc["features"] if f["properties"]["kind"] == "landmark"}
+    lms = {
+        f["properties"]["id"]: f for f in fc["features"] if f["properties"]["kind"] == "landmark"
+    }
     assert lms["fra"]["properties"]["rtt_ms"] == 1.2 and lms["fra"]["properties"]["used"] is True
     assert lms["waw"]["geometry"]["coordinates"] == [21.0, 52.23]
     assert lms["nyc"]["properties"]["rtt_ms"] is None
-    assert lms["nyc"]["properties"]["used"] is False and lms["nyc"]["properties"]["excluded"] == "no reply"
+    assert (
+        lms["nyc"]["properties"]["used"] is False
+        and lms["nyc"]["properties"]["excluded"] == "no reply"
+    )
 
 
 def test_error_circle_has_the_stated_radius() -> None:
     fc = region_geojson(make_fix(), [], None)
-    circle = shape(next(f for f in fc["features"] if f["properties"]["kind"] == "error_circle")["geometry"])
+    circle = shape(
+        next(f for f in fc["features"] if f["properties"]["kind"] == "error_circle")["geometry"]
+    )
     _, miny, _, maxy = circle.bounds
     assert (maxy - miny) * 111.2 / 2 == pytest.approx(30.0, rel=0.02)
 
@@ -85,7 +110,9 @@ def test_error_circle_is_cut_at_the_antimeridian() -> None:
     for f in fc["features"]:
         g = shape(f["geometry"])
         assert -180.0 <= g.bounds[0] and g.bounds[2] <= 180.0, f["properties"]["kind"]
-    circle = shape(next(f for f in fc["features"] if f["properties"]["kind"] == "error_circle")["geometry"])
+    circle = shape(
+        next(f for f in fc["features"] if f["properties"]["kind"] == "error_circle")["geometry"]
+    )
     assert circle.geom_type == "MultiPolygon"
 
 
@@ -96,7 +123,10 @@ def test_one_region_when_the_bound_is_sound() -> None:
     kinds = [f["properties"]["kind"] for f in region_geojson(fix)["features"]]
     assert kinds.count("region") == 1 and "sound_region" not in kinds
     fix.region = fix.sound_region = None
-    assert [f["properties"]["kind"] for f in region_geojson(fix)["features"]] == ["error_circle", "estimate"]
+    assert [f["properties"]["kind"] for f in region_geojson(fix)["features"]] == [
+        "error_circle",
+        "estimate",
+    ]
 
 
 def test_write_geojson(tmp_path: Path) -> None:
@@ -112,8 +142,15 @@ def _pixels_near(img: np.ndarray, colour: str, tol: float = 0.03) -> int:
 
 
 def test_map_is_a_png_with_the_map_drawn(tmp_path: Path, index: CountryIndex) -> None:
-    out = draw_map(make_fix(), tmp_path / "map.png", landmarks=LANDMARKS, rtts=RTTS, countries=index,
-                   size_in=(8.0, 6.0), dpi=80)
+    out = draw_map(
+        make_fix(),
+        tmp_path / "map.png",
+        landmarks=LANDMARKS,
+        rtts=RTTS,
+        countries=index,
+        size_in=(8.0, 6.0),
+        dpi=80,
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = imread(out)
     assert img.shape[:2] == (480, 640)
@@ -123,15 +160,23 @@ def test_map_is_a_png_with_the_map_drawn(tmp_path: Path, index: CountryIndex) ->
 
 
 def test_map_highlights_the_certified_country(tmp_path: Path, index: CountryIndex) -> None:
-    out = draw_map(make_fix(certified="DE"), tmp_path / "map.png", countries=index,
-                   size_in=(8.0, 6.0), dpi=80)
+    out = draw_map(
+        make_fix(certified="DE"), tmp_path / "map.png", countries=index, size_in=(8.0, 6.0), dpi=80
+    )
     assert _pixels_near(imread(out), CERTIFIED_LAND) > 1000
 
 
 def test_map_across_the_antimeridian(tmp_path: Path, index: CountryIndex) -> None:
     fix = make_fix(-17.0, 179.9, calibrated_km=200, sound_km=400)
-    out = draw_map(fix, tmp_path / "fiji.png", landmarks=[Landmark(id="suv", lat=-18.1, lon=178.4)],
-                   rtts={"suv": 3.3}, countries=index, size_in=(8.0, 6.0), dpi=80)
+    out = draw_map(
+        fix,
+        tmp_path / "fiji.png",
+        landmarks=[Landmark(id="suv", lat=-18.1, lon=178.4)],
+        rtts={"suv": 3.3},
+        countries=index,
+        size_in=(8.0, 6.0),
+        dpi=80,
+    )
     img = imread(out)
     assert _pixels_near(img, "#d62728", 0.05) > 20
     assert _pixels_near(img, SEA) > 1000  # mostly ocean around Fiji
@@ -142,7 +187,9 @@ def test_map_to_an_unwritable_path_is_an_input_error(tmp_path: Path, index: Coun
         draw_map(make_fix(), tmp_path / "nope" / "map.png", countries=index)
 
 
-def test_map_without_matplotlib_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_map_without_matplotlib_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(GeoprobeError, match=r"geoprobe\[map\]"):
         draw_map(make_fix(), tmp_path / "m.png")

@@ -13,19 +13,43 @@ from geoprobe.measurement import Measurement
 
 
 def _fix(certified: str | None = None) -> Fix:
-    return Fix(lat=48.2, lon=16.37, error_radius_km=85.0, bound="calibrated",
-               countries=[CountryShare("SK", 0.05, 0.1), CountryShare("AT", 0.9, 0.8), CountryShare("HU", 0.05, 0.1)],
-               certified=certified, region=None, sound_region=None, landmarks_used=["vie", "bts"],
-               excluded={"liar": "faster than light to vie"}, notes=["a note"])
+    return Fix(
+        lat=48.2,
+        lon=16.37,
+        error_radius_km=85.0,
+        bound="calibrated",
+        countries=[
+            CountryShare("SK", 0.05, 0.1),
+            CountryShare("AT", 0.9, 0.8),
+            CountryShare("HU", 0.05, 0.1),
+        ],
+        certified=certified,
+        region=None,
+        sound_region=None,
+        landmarks_used=["vie", "bts"],
+        excluded={"liar": "faster than light to vie"},
+        notes=["a note"],
+    )
 
 
 def _measurements() -> list[Measurement]:
     return [
-        Measurement(landmark_id="vie", method="udp", rtts_ms=[1.5, 1.2], sent=2,
-                    evidence=[{"v": 1, "nonce": "AA=="}], clock_offsets_ms=[0.1, 0.2]),
+        Measurement(
+            landmark_id="vie",
+            method="udp",
+            rtts_ms=[1.5, 1.2],
+            sent=2,
+            evidence=[{"v": 1, "nonce": "AA=="}],
+            clock_offsets_ms=[0.1, 0.2],
+        ),
         Measurement(landmark_id="bts", method="udp", rtts_ms=[2.5], sent=2),
-        Measurement(landmark_id="dead", method="udp", sent=2, failure="timeout (rejected replies: bad signature: 2)",
-                    rejected={"bad signature": 2}),
+        Measurement(
+            landmark_id="dead",
+            method="udp",
+            sent=2,
+            failure="timeout (rejected replies: bad signature: 2)",
+            rejected={"bad signature": 2},
+        ),
         Measurement(landmark_id="closed", method="udp", sent=2, failure="refused"),
     ]
 
@@ -33,10 +57,19 @@ def _measurements() -> list[Measurement]:
 def test_json_record_has_the_documented_fields() -> None:
     rec = json.loads(report.render_json(_fix(), _measurements(), probe_method="udp"))
     assert rec["position"] == {"lat": 48.2, "lon": 16.37}
-    assert rec["error_radius_km"] == 85.0 and rec["bound"] == "calibrated" and rec["certified"] is None
-    assert [c["code"] for c in rec["countries"]] == ["AT", "HU", "SK"]  # by probability, ties by code
+    assert (
+        rec["error_radius_km"] == 85.0 and rec["bound"] == "calibrated" and rec["certified"] is None
+    )
+    assert [c["code"] for c in rec["countries"]] == [
+        "AT",
+        "HU",
+        "SK",
+    ]  # by probability, ties by code
     assert rec["rtts_ms"] == {"bts": 2.5, "vie": 1.2}
-    assert rec["failures"] == {"closed": "refused", "dead": "timeout (rejected replies: bad signature: 2)"}
+    assert rec["failures"] == {
+        "closed": "refused",
+        "dead": "timeout (rejected replies: bad signature: 2)",
+    }
     assert rec["rejected"] == {"dead": {"bad signature": 2}}
     assert rec["probe_method"] == "udp"
     vie = next(m for m in rec["measurements"] if m["landmark_id"] == "vie")

@@ -75,9 +75,25 @@ def world() -> Iterator[dict[str, Path]]:
         os.chown(home, NOBODY, NOBODY)
     cat = base / "world.json"
     env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(base / "run"))
-    proc = subprocess.Popen([sys.executable, "-m", "geoprobe", "testbed", "run", "--at-server", "Frankfurt", "--landmarks", "30",
-                             "--catalogue", str(cat)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "testbed",
+            "run",
+            "--at-server",
+            "Frankfurt",
+            "--landmarks",
+            "30",
+            "--catalogue",
+            str(cat),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         end = time.monotonic() + 60
         while not cat.exists():
@@ -96,9 +112,22 @@ def world() -> Iterator[dict[str, Path]]:
 def results(world: dict[str, Path]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOPROBE_", "XDG_"))}
     env["HOME"] = str(world["home"])
-    out = subprocess.run([sys.executable, "-c", CHILD, str(world["catalogue"]), str(world["home"]),
-                          str(world["scratch"])], env=env, capture_output=True, text=True, timeout=600, check=False,
-                         cwd=world["scratch"])
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(world["catalogue"]),
+            str(world["home"]),
+            str(world["scratch"]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=world["scratch"],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return got
@@ -112,10 +141,14 @@ def test_locate_over_signed_udp(results: dict[str, Any]) -> None:
     r = results["locate"]
     assert r["code"] == 0, r["err"]
     rec = json.loads(r["out"])
-    assert rec["probe_method"] == "udp" and rec["countries"][0]["code"] == "DE" and not rec["failures"]
+    assert (
+        rec["probe_method"] == "udp" and rec["countries"][0]["code"] == "DE" and not rec["failures"]
+    )
 
 
-def test_check_and_cron_state_in_the_users_dirs(results: dict[str, Any], world: dict[str, Path]) -> None:
+def test_check_and_cron_state_in_the_users_dirs(
+    results: dict[str, Any], world: dict[str, Path]
+) -> None:
     assert results["check"]["code"] == 0 and results["check"]["out"].startswith("GEOPROBE OK")
     assert results["check_cron"]["code"] == 0, results["check_cron"]["err"]
     assert any((world["home"] / "cron-state").iterdir())

@@ -41,47 +41,84 @@ def _place(spec: str) -> Place:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.lab", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.lab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="one cross-border migration (default)")
-    mode.add_argument("--full", action="store_true",
-                      help="cross-border, control, same-country and delay runs")
+    mode.add_argument(
+        "--full", action="store_true", help="cross-border, control, same-country and delay runs"
+    )
     mode.add_argument("--build-only", action="store_true", help="build the cached guest and stop")
-    ap.add_argument("--kinds", default=None,
-                    help="comma list among cross,control,same,delay (default: the mode's)")
+    ap.add_argument(
+        "--kinds",
+        default=None,
+        help="comma list among cross,control,same,delay (default: the mode's)",
+    )
     ap.add_argument("--runs", type=int, default=10, help="cross-border and control runs in --full")
     ap.add_argument("--same-runs", type=int, default=3)
-    ap.add_argument("--program", choices=("geoprobe", "clock"), default="geoprobe",
-                    help="guest program: geoprobe watch, or the lab's clock probe (development)")
-    ap.add_argument("--guest-command", default=DEFAULT_WATCH,
-                    help="the geoprobe command the guest runs at boot (its stdout is the console)")
-    ap.add_argument("--delay-command", default=DEFAULT_DELAY,
-                    help="guest command for the delay runs; {duration} is filled in")
+    ap.add_argument(
+        "--program",
+        choices=("geoprobe", "clock"),
+        default="geoprobe",
+        help="guest program: geoprobe watch, or the lab's clock probe (development)",
+    )
+    ap.add_argument(
+        "--guest-command",
+        default=DEFAULT_WATCH,
+        help="the geoprobe command the guest runs at boot (its stdout is the console)",
+    )
+    ap.add_argument(
+        "--delay-command",
+        default=DEFAULT_DELAY,
+        help="guest command for the delay runs; {duration} is filled in",
+    )
     ap.add_argument("--delay-seconds", type=float, default=60.0)
     # Sites stay SERVER:CC strings until main() has checked that the dataset is there.
     ap.add_argument("--a", default="Frankfurt:DE", help="site A, SERVER:CC")
     ap.add_argument("--b", default="Madrid:ES", help="site B across the border")
     ap.add_argument("--same", default="Hamburg:DE", help="site B in A's country")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds at A after the baseline")
-    ap.add_argument("--after", type=float, default=25.0,
-                    help="seconds to wait for a confirmation (a control run idles this long)")
-    ap.add_argument("--landmarks", type=int, default=90,
-                    help="landmarks in the guest's catalogue: the nearest to site A (0: all)")
+    ap.add_argument(
+        "--after",
+        type=float,
+        default=25.0,
+        help="seconds to wait for a confirmation (a control run idles this long)",
+    )
+    ap.add_argument(
+        "--landmarks",
+        type=int,
+        default=90,
+        help="landmarks in the guest's catalogue: the nearest to site A (0: all)",
+    )
     ap.add_argument("--memory", type=int, default=512, help="guest MiB")
     ap.add_argument("--accel", default="tcg", help="tcg (default here) or kvm")
-    ap.add_argument("--cache", type=Path, default=None, help="guest image cache (~/.cache/geoprobe-lab)")
+    ap.add_argument(
+        "--cache", type=Path, default=None, help="guest image cache (~/.cache/geoprobe-lab)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/lab/results"))
     ap.add_argument("--keep-work", action="store_true", help="keep per-run logs and serial files")
-    ap.add_argument("--functional", action="store_true",
-                    help="check only what must work (confirmed, counter-measures, no faults), not the "
-                         "5 s timing target: for CI on a shared, TCG-only machine")
-    ap.add_argument("--skip-unavailable", action="store_true",
-                    help="exit 0 with a reason when the lab cannot run on this machine")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds the whole lab may take (default: 540 for --smoke, none otherwise): "
-                         "a guest build that would not leave time for the runs is stopped and the lab "
-                         "reported unavailable; a run never waits past the budget")
+    ap.add_argument(
+        "--functional",
+        action="store_true",
+        help="check only what must work (confirmed, counter-measures, no faults), not the "
+        "5 s timing target: for CI on a shared, TCG-only machine",
+    )
+    ap.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="exit 0 with a reason when the lab cannot run on this machine",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds the whole lab may take (default: 540 for --smoke, none otherwise): "
+        "a guest build that would not leave time for the runs is stopped and the lab "
+        "reported unavailable; a run never waits past the budget",
+    )
     args = ap.parse_args(argv)
     if args.budget is None and not args.full and not args.build_only:
         args.budget = SMOKE_BUDGET_S
@@ -100,8 +137,11 @@ def unavailable() -> str | None:
         return "needs root (network namespaces)"
     missing = need_tools()
     if missing:
-        return ("missing " + ", ".join(missing)
-                + ": apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2")
+        return (
+            "missing "
+            + ", ".join(missing)
+            + ": apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2"
+        )
     if not WONDERPROXY.is_dir():
         return f"../shared/data not present: {WONDERPROXY} is needed"
     return None
@@ -109,8 +149,13 @@ def unavailable() -> str | None:
 
 def plans(args: argparse.Namespace) -> list[tuple[RunPlan, str]]:
     """The runs of the chosen mode, each with the program variant it needs ("" or "delay")."""
-    kinds = (args.kinds.split(",") if args.kinds else
-             ["cross", "control", "same", "delay"] if args.full else ["cross"])
+    kinds = (
+        args.kinds.split(",")
+        if args.kinds
+        else ["cross", "control", "same", "delay"]
+        if args.full
+        else ["cross"]
+    )
     n = args.runs if args.full else 1
     out: list[tuple[RunPlan, str]] = []
     common: dict[str, Any] = {"settle_s": args.settle, "after_s": args.after}
@@ -120,17 +165,25 @@ def plans(args: argparse.Namespace) -> list[tuple[RunPlan, str]]:
         if "control" in kinds:
             out.append((RunPlan("control", args.a, args.b, migrate=False, **common), ""))
     if "same" in kinds:
-        out += [(RunPlan("same", args.a, args.same, **common), "")
-                for _ in range(args.same_runs if args.full else 1)]
+        out += [
+            (RunPlan("same", args.a, args.same, **common), "")
+            for _ in range(args.same_runs if args.full else 1)
+        ]
     if "delay" in kinds:
         # Same fixed bandwidth for all three so the totals compare; the delay holds for delay_seconds.
         params = {"max-bandwidth": 128 << 20, "downtime-limit": 300}
         timeout = args.delay_seconds + 90.0
-        d: dict[str, Any] = {"settle_s": 10.0, "after_s": 5.0, "parameters": params,
-                             "migration_timeout_s": timeout}
-        out += [(RunPlan("delay-baseline", args.a, args.b, **d), "delay-baseline"),
-                (RunPlan("delay-off", args.a, args.b, **d), "delay"),
-                (RunPlan("delay-on", args.a, args.b, auto_converge=True, **d), "delay")]
+        d: dict[str, Any] = {
+            "settle_s": 10.0,
+            "after_s": 5.0,
+            "parameters": params,
+            "migration_timeout_s": timeout,
+        }
+        out += [
+            (RunPlan("delay-baseline", args.a, args.b, **d), "delay-baseline"),
+            (RunPlan("delay-off", args.a, args.b, **d), "delay"),
+            (RunPlan("delay-on", args.a, args.b, auto_converge=True, **d), "delay"),
+        ]
     return out
 
 
@@ -138,8 +191,10 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
     background = ""
     if variant == "delay":
         cmd = args.delay_command.replace("{duration}", str(int(args.delay_seconds)))
-        background = (f"(echo LAB-DELAY-START; {cmd} > /tmp/delay.log 2>&1; rc=$?; "
-                      f"echo LAB-DELAY-END rc=$rc; tail -c 1500 /tmp/delay.log) &")
+        background = (
+            f"(echo LAB-DELAY-START; {cmd} > /tmp/delay.log 2>&1; rc=$?; "
+            f"echo LAB-DELAY-END rc=$rc; tail -c 1500 /tmp/delay.log) &"
+        )
     if variant.startswith("delay") or args.program == "clock":
         return clock_program(background)  # delay runs measure QEMU's convergence, not detection
     return geoprobe_program([plan.a.country], command=args.guest_command, background=background)
@@ -150,9 +205,13 @@ def targets(summary: dict[str, Any], timing: bool = True) -> list[str]:
     missed: list[str] = []
     cross = summary.get("cross")
     if cross:
-        if cross["confirmed_crossing"] < cross["runs"]:  # a confirmed move that is no crossing fails too
-            missed.append(f"cross: {cross['confirmed_crossing']}/{cross['runs']} crossings confirmed in "
-                          f"the guest ({cross['with_confirmed']} migrations confirmed)")
+        if (
+            cross["confirmed_crossing"] < cross["runs"]
+        ):  # a confirmed move that is no crossing fails too
+            missed.append(
+                f"cross: {cross['confirmed_crossing']}/{cross['runs']} crossings confirmed in "
+                f"the guest ({cross['with_confirmed']} migrations confirmed)"
+            )
         med = cross["median_switchover_to_confirmed_s"]
         if timing and (med is None or med > 5.0):
             missed.append(f"cross: median switchover->confirmed {med} s > 5 s")
@@ -165,7 +224,9 @@ def targets(summary: dict[str, Any], timing: bool = True) -> list[str]:
             missed.append(f"{kind}: {s['errors']} runs failed")
     ctl = summary.get("control")
     if ctl and (ctl["with_suspected"] or ctl["with_confirmed"]):
-        missed.append(f"control: {ctl['with_suspected']} suspected, {ctl['with_confirmed']} confirmed")
+        missed.append(
+            f"control: {ctl['with_suspected']} suspected, {ctl['with_confirmed']} confirmed"
+        )
     same = summary.get("same")
     if same and same["confirmed_crossing"]:
         missed.append(f"same-country: {same['confirmed_crossing']} crossings confirmed")
@@ -221,37 +282,64 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="geoprobe-lab-"))
     digest = snapshot_source(Path(__file__).resolve().parents[2], workdir / "src")
     log(f"geoprobe snapshot {digest} in {workdir / 'src'} (every run uses this copy)")
-    lab = Lab(image, workdir, memory_mb=args.memory, accel=args.accel, log=log,
-              guest_landmarks=args.landmarks, source=workdir / "src")
+    lab = Lab(
+        image,
+        workdir,
+        memory_mb=args.memory,
+        accel=args.accel,
+        log=log,
+        guest_landmarks=args.landmarks,
+        source=workdir / "src",
+    )
     todo = plans(args)
     records: list[RunRecord] = []
     loads: list[float] = []  # the host's 1-minute load average at each run's end: 2 shared cores
     for i, (plan, variant) in enumerate(todo, 1):
         km = distance_km(plan.a, plan.b)
-        log(f"run {i}/{len(todo)}: {plan.kind} {plan.a.server} -> {plan.b.server} ({km:.0f} km)"
-            + ("" if plan.migrate else " [no migration]"))
+        log(
+            f"run {i}/{len(todo)}: {plan.kind} {plan.a.server} -> {plan.b.server} ({km:.0f} km)"
+            + ("" if plan.migrate else " [no migration]")
+        )
         if deadline is not None:
             # Never wait past the budget for a guest that is not ready: that run then fails (exit 1).
             left = deadline - time.monotonic() - plan.settle_s - plan.after_s - 20.0
-            plan = dataclasses.replace(plan, ready_timeout_s=max(30.0, min(plan.ready_timeout_s, left)))
+            plan = dataclasses.replace(
+                plan, ready_timeout_s=max(30.0, min(plan.ready_timeout_s, left))
+            )
         rec = lab.run(plan, program_for(args, variant, plan))
         records.append(rec)
         if (load := _loadavg()) is not None:
             loads.append(load[0])
         row = analyse(rec)
-        log(f"  suspected {row['suspected']}, confirmed {row['confirmed']}, "
+        log(
+            f"  suspected {row['suspected']}, confirmed {row['confirmed']}, "
             f"switchover->confirmed {row['switchover_to_confirmed_s']} s, "
-            f"hooks {len(row['hooks'])}, webhooks {len(row['webhooks'])}")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
-                          check=False)
-    meta = {"mode": "full" if args.full else "smoke", "program": args.program,
-            "guest_command": args.guest_command, "guest_landmarks": args.landmarks, "accel": args.accel, "memory_mb": args.memory,
-            "qemu": qemu.stdout.split("\n")[0].replace("QEMU emulator version ", ""),
-            "geoprobe_snapshot": digest, "cpus": os.cpu_count(),
-            "load_average_1min": {"min": min(loads), "median": statistics.median(loads),
-                                  "max": max(loads)} if loads else None,
-            "started_utc": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(timespec="seconds"),
-            "seconds": round(time.time() - t0), "workdir": str(workdir)}
+            f"hooks {len(row['hooks'])}, webhooks {len(row['webhooks'])}"
+        )
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    )
+    meta = {
+        "mode": "full" if args.full else "smoke",
+        "program": args.program,
+        "guest_command": args.guest_command,
+        "guest_landmarks": args.landmarks,
+        "accel": args.accel,
+        "memory_mb": args.memory,
+        "qemu": qemu.stdout.split("\n")[0].replace("QEMU emulator version ", ""),
+        "geoprobe_snapshot": digest,
+        "cpus": os.cpu_count(),
+        "load_average_1min": {
+            "min": min(loads),
+            "median": statistics.median(loads),
+            "max": max(loads),
+        }
+        if loads
+        else None,
+        "started_utc": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - t0),
+        "workdir": str(workdir),
+    }
     j, md = write(args.out, records, meta)
     summary = json.loads(j.read_text())["summary"]
     print(md.read_text())

@@ -23,10 +23,21 @@ from pathlib import Path
 SUITE = "bookworm"
 MIRROR = os.environ.get("GEOPROBE_LAB_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = (
-    "python3", "python3-numpy", "python3-scipy", "python3-click", "python3-shapely",
-    "python3-cryptography", "python3-rich", "python3-platformdirs",
-    "python3-scapy", "python3-tomli-w", "linux-image-cloud-amd64", "busybox-static", "iproute2",
-    "kmod", "procps",
+    "python3",
+    "python3-numpy",
+    "python3-scipy",
+    "python3-click",
+    "python3-shapely",
+    "python3-cryptography",
+    "python3-rich",
+    "python3-platformdirs",
+    "python3-scapy",
+    "python3-tomli-w",
+    "linux-image-cloud-amd64",
+    "busybox-static",
+    "iproute2",
+    "kmod",
+    "procps",
 )
 # What bookworm lacks at the version geoprobe needs (it has shapely 1.8; geoprobe uses the 2.x API):
 # installed from PyPI wheels into the guest's /usr/local, which precedes Debian's dist-packages.
@@ -116,7 +127,9 @@ def default_cache() -> Path:
 
 def _key() -> str:
     """Changes whenever what goes into the image changes, so a stale cache is never reused."""
-    h = hashlib.sha256("\n".join((SUITE, *PACKAGES, *PYPI_WHEELS, INITRAMFS_INIT, LAB_INIT)).encode())
+    h = hashlib.sha256(
+        "\n".join((SUITE, *PACKAGES, *PYPI_WHEELS, INITRAMFS_INIT, LAB_INIT)).encode()
+    )
     return h.hexdigest()[:12]
 
 
@@ -170,16 +183,28 @@ def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
     with log.open("wb") as out:
         # debootstrap alone does not resolve virtual packages (python3-cryptography needs one),
         # so it lays the minimal base and apt inside the chroot installs the rest.
-        _run(["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR], deadline,
-             stdout=out, stderr=subprocess.STDOUT, env=env)
+        _run(
+            ["debootstrap", "--variant=minbase", SUITE, str(partial), MIRROR],
+            deadline,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         (partial / "etc" / "apt" / "sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
         subprocess.run(["mount", "-t", "proc", "proc", str(partial / "proc")], check=True)
         try:
-            for cmd in (["apt-get", "update"],
-                        ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                        ["apt-get", "clean"]):
-                _run(["chroot", str(partial), *cmd], deadline, stdout=out, stderr=subprocess.STDOUT,
-                     env=env)
+            for cmd in (
+                ["apt-get", "update"],
+                ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
+                ["apt-get", "clean"],
+            ):
+                _run(
+                    ["chroot", str(partial), *cmd],
+                    deadline,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
         finally:
             subprocess.run(["umount", str(partial / "proc")], check=False)
     for point in mounts_under(partial):  # debootstrap's own, if it was stopped before unmounting
@@ -201,15 +226,42 @@ def add_wheels(rootfs: Path, log: Path, deadline: float | None = None) -> None:
         return
     target = rootfs / "usr" / "local" / "lib" / "python3.11" / "dist-packages"
     with tempfile.TemporaryDirectory() as tmp, log.open("ab") as out:
-        common = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                  "--platform", "manylinux2014_x86_64", "--no-deps"]
-        _run([sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS], deadline,
-             stdout=out, stderr=subprocess.STDOUT)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *common, "--upgrade",
-                        "--target", str(target), *sorted(str(p) for p in Path(tmp).glob("*.whl"))],
-                       check=True, stdout=out, stderr=subprocess.STDOUT)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(target)], check=False,
-                   capture_output=True)
+        common = [
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--no-deps",
+        ]
+        _run(
+            [sys.executable, "-m", "pip", "download", "-q", *common, "-d", tmp, *PYPI_WHEELS],
+            deadline,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                *common,
+                "--upgrade",
+                "--target",
+                str(target),
+                *sorted(str(p) for p in Path(tmp).glob("*.whl")),
+            ],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(target)], check=False, capture_output=True
+    )
     marker.write_text("\n".join(PYPI_WHEELS))
 
 
@@ -259,7 +311,9 @@ def build_initramfs(rootfs: Path, out: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             src = moddir / mod
             if src.suffix == ".xz":
-                subprocess.run(["xz", "-dc", str(src)], check=True, stdout=dest.with_suffix("").open("wb"))
+                subprocess.run(
+                    ["xz", "-dc", str(src)], check=True, stdout=dest.with_suffix("").open("wb")
+                )
                 mod = mod[:-3]
             else:
                 shutil.copy2(src, dest)
@@ -268,25 +322,33 @@ def build_initramfs(rootfs: Path, out: Path) -> None:
         (t / "init").chmod(0o755)
         files = subprocess.run(["find", "."], cwd=t, check=True, capture_output=True).stdout
         with out.open("wb") as f:
-            subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=t, input=files, stdout=f,
-                           check=True)
+            subprocess.run(
+                ["cpio", "-o", "-H", "newc", "--quiet"], cwd=t, input=files, stdout=f, check=True
+            )
 
 
 def make_ext4(src: Path, out: Path, size_mb: int | None = None, label: str = "lab") -> None:
     """An ext4 image holding `src`, sized to fit it (mkfs.ext4 -d needs no loop mount or root)."""
     if size_mb is None:
-        used = int(subprocess.run(["du", "-sm", str(src)], check=True, capture_output=True,
-                                  text=True).stdout.split()[0])
+        used = int(
+            subprocess.run(
+                ["du", "-sm", str(src)], check=True, capture_output=True, text=True
+            ).stdout.split()[0]
+        )
         size_mb = int(used * 1.25) + 64
     out.unlink(missing_ok=True)
     with out.open("wb") as f:
         f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-O", "^has_journal", "-d", str(src),
-                    str(out)], check=True, capture_output=True)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", label, "-O", "^has_journal", "-d", str(src), str(out)],
+        check=True,
+        capture_output=True,
+    )
 
 
-def build_guest(cache: Path | None = None, rebuild: bool = False,
-                deadline: float | None = None) -> GuestImage:
+def build_guest(
+    cache: Path | None = None, rebuild: bool = False, deadline: float | None = None
+) -> GuestImage:
     """The cached guest image, built on first use (debootstrap takes minutes, the rest seconds).
 
     `deadline` (time.monotonic) bounds the downloads, so CI can skip instead of hanging on a slow
@@ -299,8 +361,11 @@ def build_guest(cache: Path | None = None, rebuild: bool = False,
         return img
     missing = need_tools()
     if missing:
-        raise BuildError("missing host tools: " + ", ".join(missing)
-                         + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)")
+        raise BuildError(
+            "missing host tools: "
+            + ", ".join(missing)
+            + " (apt-get install qemu-system-x86 debootstrap e2fsprogs cpio iproute2)"
+        )
     log = cache / "debootstrap.log"
     try:
         rootfs = debootstrap(cache, log, deadline)
@@ -309,12 +374,16 @@ def build_guest(cache: Path | None = None, rebuild: bool = False,
         for point in mounts_under(cache):  # a killed debootstrap leaves /proc mounted in its target
             subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
         cmd = " ".join(map(str, exc.cmd)) if isinstance(exc.cmd, list) else str(exc.cmd)
-        raise BuildError(f"guest build did not finish in the time allowed (stopped in: {cmd[:60]}); "
-                         f"`benchmarks/lab/run --build-only` (no time limit) fills the cache; see {log}") from exc
+        raise BuildError(
+            f"guest build did not finish in the time allowed (stopped in: {cmd[:60]}); "
+            f"`benchmarks/lab/run --build-only` (no time limit) fills the cache; see {log}"
+        ) from exc
     except subprocess.CalledProcessError as exc:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-        raise BuildError(f"guest build failed: {' '.join(map(str, exc.cmd))[:80]} exited "
-                         f"{exc.returncode}; see {log}: " + " / ".join(tail)) from exc
+        raise BuildError(
+            f"guest build failed: {' '.join(map(str, exc.cmd))[:80]} exited "
+            f"{exc.returncode}; see {log}: " + " / ".join(tail)
+        ) from exc
     (rootfs / "sbin" / "lab-init").write_text(LAB_INIT)
     (rootfs / "sbin" / "lab-init").chmod(0o755)
     (rootfs / "etc" / "hostname").write_text("geoprobe-guest\n")
@@ -335,8 +404,9 @@ def snapshot_source(repo: Path, dest: Path) -> str:
     Every run's guest and both sites' testbeds use this copy, so a full run (40 minutes) measures
     one version of the code even while the working tree is being edited.
     """
-    shutil.copytree(repo / "geoprobe", dest / "geoprobe",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        repo / "geoprobe", dest / "geoprobe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     h = hashlib.sha256()
     for f in sorted(p for p in (dest / "geoprobe").rglob("*") if p.is_file()):
         h.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes())
@@ -347,8 +417,9 @@ def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh:
     """The per-run disk: the geoprobe package from the working tree, extra files, and /lab/run.sh."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        shutil.copytree(repo / "geoprobe", t / "geoprobe",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            repo / "geoprobe", t / "geoprobe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         for name, content in files.items():
             p = t / name
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -359,8 +430,9 @@ def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh:
             if name.endswith((".sh", ".py")):
                 p.chmod(0o755)
         # The guest's root is read-only: compile here (same Python 3.11) so imports don't recompile.
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(t)], check=False,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(t)], check=False, capture_output=True
+        )
         (t / "run.sh").write_text(run_sh)
         (t / "run.sh").chmod(0o755)
         make_ext4(t, out, label="labrun")

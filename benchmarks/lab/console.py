@@ -63,8 +63,9 @@ class GuestConsole:
         self.lines.extend(new)
         return new
 
-    def wait_for(self, predicate: Any, timeout: float, interval: float = 0.02,
-                 alive: Any = None) -> ConsoleLine | None:
+    def wait_for(
+        self, predicate: Any, timeout: float, interval: float = 0.02, alive: Any = None
+    ) -> ConsoleLine | None:
         """Poll until a line satisfies `predicate` (searching lines already read too)."""
         for line in self.lines:
             if predicate(line):

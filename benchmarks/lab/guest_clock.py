@@ -47,16 +47,28 @@ def main() -> None:
         off = (reply["t"] - (t0 + (m1 - m0) / 2)) * 1000.0
         rtts.append(rtt)
         if reply["site"] != site:
-            emit(event="site", site=reply["site"], previous=site, rtt_ms=round(rtt, 2),
-                 off_ms=round(off, 2), mono=m1)
+            emit(
+                event="site",
+                site=reply["site"],
+                previous=site,
+                rtt_ms=round(rtt, 2),
+                off_ms=round(off, 2),
+                mono=m1,
+            )
             site = reply["site"]
         if offset is not None and abs(off - offset) >= 20.0 and rtt < 20.0:
             emit(event="offset_step", step_ms=round(off - offset, 2), site=site, mono=m1)
         if rtt < 20.0:
             offset = off
         if m1 - beat >= 1.0:
-            emit(event="beat", site=site, min_rtt_ms=round(min(rtts), 2), n=len(rtts),
-                 off_ms=round(offset or 0.0, 2), mono=m1)
+            emit(
+                event="beat",
+                site=site,
+                min_rtt_ms=round(min(rtts), 2),
+                n=len(rtts),
+                off_ms=round(offset or 0.0, 2),
+                mono=m1,
+            )
             rtts.clear()
             beat = m1
         time.sleep(max(0.0, PERIOD - (time.monotonic() - m0)))

@@ -19,7 +19,9 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 
 def remove_stale(prefix: str) -> list[str]:
     """Delete namespaces `<prefix>...-<pid>` left by a lab run whose process is gone (kill -9)."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
     removed = []
     for line in out.splitlines():
         name = line.split()[0] if line.strip() else ""
@@ -51,7 +53,9 @@ class Namespace:
     def links(self) -> list[str]:
         """Interface names inside; the lab checks this is exactly ['lo'] before it starts anything."""
         out = _ip("-n", self.name, "-o", "link", "show").stdout
-        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()]
+        return [
+            line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()
+        ]
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The command line that runs `argv` inside this namespace."""

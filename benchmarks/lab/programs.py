@@ -79,23 +79,35 @@ def _is_suspected(line: ConsoleLine) -> bool:
 # controls at --interval 0.5); --timeout 0.5 caps the round the switchover cuts (its replies in flight
 # are lost) before the daemon's adaptive timeout has a baseline; -v puts the state transitions, with
 # their reasons, on the console for the timeline.
-DEFAULT_WATCH = ("python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
-                 "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2 --timeout 0.5 -v")
+DEFAULT_WATCH = (
+    "python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
+    "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2 --timeout 0.5 -v"
+)
 
 
-def geoprobe_program(allow: list[str], command: str = DEFAULT_WATCH, background: str = "",
-                     delay_on_suspect: bool = False) -> GuestProgram:
+def geoprobe_program(
+    allow: list[str],
+    command: str = DEFAULT_WATCH,
+    background: str = "",
+    delay_on_suspect: bool = False,
+) -> GuestProgram:
     """geoprobe watch at boot; events (JSON lines) on stdout, which is the serial console."""
     return GuestProgram(
         name="geoprobe",
         run_sh=RUN_SH.format(secret=SECRET, extra=background, command=command),
         files={"policy.toml": policy_toml(allow, delay_on_suspect), "hook.sh": HOOK_SH},
-        needs_testbed=True, ready=_is_fix, confirmed=_is_confirmed, suspected=_is_suspected)
+        needs_testbed=True,
+        ready=_is_fix,
+        confirmed=_is_confirmed,
+        suspected=_is_suspected,
+    )
 
 
 def _clock_site(line: ConsoleLine, site: str) -> bool:
     ev = line.event()
-    return bool(ev and ev.get("lab") == "clock" and ev.get("event") == "site" and ev.get("site") == site)
+    return bool(
+        ev and ev.get("lab") == "clock" and ev.get("event") == "site" and ev.get("site") == site
+    )
 
 
 def clock_program(background: str = "") -> GuestProgram:
@@ -105,9 +117,13 @@ def clock_program(background: str = "") -> GuestProgram:
     """
     return GuestProgram(
         name="clock",
-        run_sh=RUN_SH.format(secret=SECRET, extra=background,
-                             command=f"exec python3 /lab/guest_clock.py {CLOCK_PORT}"),
+        run_sh=RUN_SH.format(
+            secret=SECRET,
+            extra=background,
+            command=f"exec python3 /lab/guest_clock.py {CLOCK_PORT}",
+        ),
         files={"guest_clock.py": (HERE / "guest_clock.py").read_text()},
         needs_testbed=False,
         ready=lambda line: _clock_site(line, "A"),
-        confirmed=lambda line: _clock_site(line, "B"))
+        confirmed=lambda line: _clock_site(line, "B"),
+    )

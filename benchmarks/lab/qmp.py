@@ -27,8 +27,12 @@ class QMPEvent:
     received: float  # host time.time() when the client read it
 
     def to_json(self) -> dict[str, Any]:
-        return {"event": self.name, "data": self.data, "qemu_time": self.qemu_time,
-                "received": self.received}
+        return {
+            "event": self.name,
+            "data": self.data,
+            "qemu_time": self.qemu_time,
+            "received": self.received,
+        }
 
 
 @dataclass
@@ -115,8 +119,9 @@ class QMPClient:
             self._buf += chunk
         return self.events[before:]
 
-    def wait_event(self, name: str, timeout: float = 10.0,
-                   match: dict[str, Any] | None = None) -> QMPEvent:
+    def wait_event(
+        self, name: str, timeout: float = 10.0, match: dict[str, Any] | None = None
+    ) -> QMPEvent:
         """Block until an event `name` (whose data contains `match`) arrives, even if already read."""
         seen = 0
         deadline = time.monotonic() + timeout
@@ -132,8 +137,10 @@ class QMPClient:
     # -- convenience wrappers for the migration commands the lab uses --
 
     def set_capabilities(self, **caps: bool) -> None:
-        self.execute("migrate-set-capabilities", capabilities=[
-            {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()])
+        self.execute(
+            "migrate-set-capabilities",
+            capabilities=[{"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()],
+        )
 
     def set_parameters(self, **params: Any) -> None:
         self.execute("migrate-set-parameters", **params)
@@ -179,8 +186,12 @@ class QMPClient:
             raise QMPError(f"{self.path}: malformed QMP message: {line[:200]!r}") from exc
         if "event" in msg:
             ts = msg.get("timestamp", {})
-            self.events.append(QMPEvent(
-                name=str(msg["event"]), data=dict(msg.get("data", {})),
-                qemu_time=float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6,
-                received=time.time()))
+            self.events.append(
+                QMPEvent(
+                    name=str(msg["event"]),
+                    data=dict(msg.get("data", {})),
+                    qemu_time=float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6,
+                    received=time.time(),
+                )
+            )
         return msg

@@ -49,13 +49,17 @@ def _guest_time(ev: dict[str, Any]) -> float | None:
         return None
 
 
-def console_spread_ms(evs: Sequence[tuple[float, dict[str, Any]]], until: float | None) -> float | None:
+def console_spread_ms(
+    evs: Sequence[tuple[float, dict[str, Any]]], until: float | None
+) -> float | None:
     """Spread of (host read time - guest event time) over the events before `until` (the switchover).
 
     The guest clock is off the host's by a constant (its RTC's whole second), so a spread of a few tens
     of milliseconds says the console delivered every event that promptly.
     """
-    lags = [t - g for t, e in evs if (g := _guest_time(e)) is not None and (until is None or t < until)]
+    lags = [
+        t - g for t, e in evs if (g := _guest_time(e)) is not None and (until is None or t < until)
+    ]
     return round((max(lags) - min(lags)) * 1000.0, 1) if len(lags) >= 2 else None
 
 
@@ -71,12 +75,17 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
     evs = guest_events(rec)
     suspected = [(t, e) for t, e in evs if e.get("type") == SUSPECTED]
     confirmed = [(t, e) for t, e in evs if e.get("type") == CONFIRMED]
-    clock_b = [t for t, e in evs if e.get("lab") == "clock" and e.get("event") == "site"
-               and e.get("site") == "B"]
+    clock_b = [
+        t
+        for t, e in evs
+        if e.get("lab") == "clock" and e.get("event") == "site" and e.get("site") == "B"
+    ]
     if rec.program == "clock" and not confirmed:
         # The development probe cannot judge borders: "confirmed" means site B answered it.
-        confirmed = [(t, {"type": CONFIRMED, "data": {"crossing": None, "signals": ["site"]}})
-                     for t in clock_b[:1]]
+        confirmed = [
+            (t, {"type": CONFIRMED, "data": {"crossing": None, "signals": ["site"]}})
+            for t in clock_b[:1]
+        ]
     steps = [e.get("step_ms") for _, e in evs if e.get("event") == "offset_step"]
     hooks = [(t, text) for t, text in rec.console if text.startswith("LAB-HOOK")]
     delay_start = next((t for t, x in rec.console if x.startswith("LAB-DELAY-START")), None)
@@ -85,50 +94,92 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
     flagged_precopy = [
         {"type": e.get("type"), "t_after_start_ms": _ms(t_active, t)}
         for t, e in suspected + confirmed
-        if t_active is not None and precopy_end is not None and t_active <= t <= precopy_end]
+        if t_active is not None and precopy_end is not None and t_active <= t <= precopy_end
+    ]
     first_confirmed = confirmed[0] if confirmed else None
     crossing = None
     if first_confirmed is not None:
         data = first_confirmed[1].get("data", {})
-        crossing = {"crossing": data.get("crossing"), "from": data.get("from"), "to": data.get("to"),
-                    "distance_km": data.get("distance_km"), "signals": data.get("signals")}
+        crossing = {
+            "crossing": data.get("crossing"),
+            "from": data.get("from"),
+            "to": data.get("to"),
+            "distance_km": data.get("distance_km"),
+            "signals": data.get("signals"),
+        }
     samples = rec.samples
     ram = [s.get("ram", {}) for s in samples]
     dirty_rates = [r.get("dirty-pages-rate", 0) * r.get("page-size", 4096) for r in ram]
     mbps = [r.get("mbps", 0.0) for r in ram if r.get("mbps")]
     final = rec.final
     out: dict[str, Any] = {
-        "kind": p.kind, "program": rec.program, "error": rec.error,
-        "a": f"{p.a.server} ({p.a.country})", "b": f"{p.b.server} ({p.b.country})", "b_country": p.b.country,
-        "migrated": p.migrate, "auto_converge": p.auto_converge, "parameters": p.parameters,
-        "boot_to_ready_s": None if rec.guest_ready is None else round(rec.guest_ready - rec.started, 1),
+        "kind": p.kind,
+        "program": rec.program,
+        "error": rec.error,
+        "a": f"{p.a.server} ({p.a.country})",
+        "b": f"{p.b.server} ({p.b.country})",
+        "b_country": p.b.country,
+        "migrated": p.migrate,
+        "auto_converge": p.auto_converge,
+        "parameters": p.parameters,
+        "boot_to_ready_s": None
+        if rec.guest_ready is None
+        else round(rec.guest_ready - rec.started, 1),
         "migration": None,
-        "suspected": len(suspected), "confirmed": len(confirmed),
+        "suspected": len(suspected),
+        "confirmed": len(confirmed),
         "first_suspected_vs_switchover_ms": _ms(t_stop, suspected[0][0]) if suspected else None,
-        "switchover_to_suspected_s": (None if not suspected or t_stop is None
-                                      else round(suspected[0][0] - t_stop, 2)),
+        "switchover_to_suspected_s": (
+            None if not suspected or t_stop is None else round(suspected[0][0] - t_stop, 2)
+        ),
         # geoprobe's own account: moved measurements it used, and seconds from the suspecting round
-        "confirm_rounds": (first_confirmed[1].get("data", {}).get("rounds")
-                           if first_confirmed is not None else None),
-        "confirm_seconds_in_guest": (first_confirmed[1].get("data", {}).get("seconds")
-                                     if first_confirmed is not None else None),
+        "confirm_rounds": (
+            first_confirmed[1].get("data", {}).get("rounds")
+            if first_confirmed is not None
+            else None
+        ),
+        "confirm_seconds_in_guest": (
+            first_confirmed[1].get("data", {}).get("seconds")
+            if first_confirmed is not None
+            else None
+        ),
         "console_clock_spread_ms": console_spread_ms(evs, t_stop),
         "flagged_during_precopy": flagged_precopy,
         "confirmation": crossing,
-        "switchover_to_confirmed_s": (None if first_confirmed is None or t_stop is None
-                                      else round(first_confirmed[0] - t_stop, 2)),
-        "switchover_to_site_b_s": (None if not clock_b or t_stop is None
-                                   else round(clock_b[0] - t_stop, 2)),
+        "switchover_to_confirmed_s": (
+            None
+            if first_confirmed is None or t_stop is None
+            else round(first_confirmed[0] - t_stop, 2)
+        ),
+        "switchover_to_site_b_s": (
+            None if not clock_b or t_stop is None else round(clock_b[0] - t_stop, 2)
+        ),
         "guest_offset_steps_ms": steps,
-        "hooks": [{"t_after_switchover_s": None if t_stop is None else round(t - t_stop, 2),
-                   "line": text[:300]} for t, text in hooks],
-        "webhooks": [{"site": w["site"], "t_after_switchover_s":
-                      None if t_stop is None else round(w["received"] - t_stop, 2)}
-                     for w in rec.webhooks],
-        "delay": None if delay_start is None else {
+        "hooks": [
+            {
+                "t_after_switchover_s": None if t_stop is None else round(t - t_stop, 2),
+                "line": text[:300],
+            }
+            for t, text in hooks
+        ],
+        "webhooks": [
+            {
+                "site": w["site"],
+                "t_after_switchover_s": None
+                if t_stop is None
+                else round(w["received"] - t_stop, 2),
+            }
+            for w in rec.webhooks
+        ],
+        "delay": None
+        if delay_start is None
+        else {
             "started_s": round(delay_start - rec.started, 1),
-            "ended_s": None if delay_end is None else round(delay_end - rec.started, 1)},
-        "guest_faults": [text[:200] for _, text in rec.console if any(f in text for f in GUEST_FAULTS)],
+            "ended_s": None if delay_end is None else round(delay_end - rec.started, 1),
+        },
+        "guest_faults": [
+            text[:200] for _, text in rec.console if any(f in text for f in GUEST_FAULTS)
+        ],
         "run_seconds": round(rec.ended - rec.started, 1),
     }
     if p.migrate:
@@ -141,17 +192,23 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
             "qemu_downtime_ms": final.get("downtime"),
             "setup_time_ms": final.get("setup-time"),
             "guest_pause_ms": _ms(t_stop, t_resume),  # STOP at source to RESUME at destination
-            "dirty_sync_count": final.get("ram", {}).get("dirty-sync-count",
-                                                         (ram[-1] if ram else {}).get("dirty-sync-count")),
+            "dirty_sync_count": final.get("ram", {}).get(
+                "dirty-sync-count", (ram[-1] if ram else {}).get("dirty-sync-count")
+            ),
             "transferred_mb": round(final.get("ram", {}).get("transferred", 0) / 1e6, 1),
             "max_dirty_rate_mb_s": round(max(dirty_rates, default=0) / 1e6, 1),
             "median_bandwidth_mb_s": round(statistics.median(mbps) / 8, 1) if mbps else None,
-            "max_cpu_throttle_pct": max((s.get("cpu-throttle-percentage", 0) for s in samples),
-                                        default=0),
-            "timeline_s": {"migrate_cmd": _rel(rec.migrate_cmd, rec.started),
-                           "setup": _rel(t_setup, rec.started), "active": _rel(t_active, rec.started),
-                           "switchover": _rel(t_stop, rec.started), "resume": _rel(t_resume, rec.started),
-                           "completed": _rel(t_done, rec.started)},
+            "max_cpu_throttle_pct": max(
+                (s.get("cpu-throttle-percentage", 0) for s in samples), default=0
+            ),
+            "timeline_s": {
+                "migrate_cmd": _rel(rec.migrate_cmd, rec.started),
+                "setup": _rel(t_setup, rec.started),
+                "active": _rel(t_active, rec.started),
+                "switchover": _rel(t_stop, rec.started),
+                "resume": _rel(t_resume, rec.started),
+                "completed": _rel(t_done, rec.started),
+            },
             "converged_while_delay_ran": converged_during_delay,
         }
     return out
@@ -166,7 +223,9 @@ def _verdict(r: dict[str, Any]) -> str:
     c = r["confirmation"]
     if not c:
         return "suspected" if r["suspected"] else "none"
-    if r["program"] == "clock":  # the lab's clock probe judges no border: it says where it is answered
+    if (
+        r["program"] == "clock"
+    ):  # the lab's clock probe judges no border: it says where it is answered
         return "site B answered (clock probe)"
     to = c.get("to") or "straddling"  # no single country: the region still covers a border
     return f"crossing={c.get('crossing')} {c.get('from')}→{to}"
@@ -183,87 +242,170 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         by_kind.setdefault(r["kind"], []).append(r)
     out: dict[str, Any] = {}
     for kind, rs in by_kind.items():
-        conf = [r["switchover_to_confirmed_s"] for r in rs if r["switchover_to_confirmed_s"] is not None]
+        conf = [
+            r["switchover_to_confirmed_s"] for r in rs if r["switchover_to_confirmed_s"] is not None
+        ]
         migs = [r["migration"] for r in rs if r["migration"]]
         s: dict[str, Any] = {
-            "runs": len(rs), "errors": sum(1 for r in rs if r["error"]),
+            "runs": len(rs),
+            "errors": sum(1 for r in rs if r["error"]),
             "with_suspected": sum(1 for r in rs if r["suspected"]),
             "with_confirmed": sum(1 for r in rs if r["confirmed"]),
             "confirmed_crossing": sum(1 for r in rs if (r["confirmation"] or {}).get("crossing")),
             # a crossing can be proven while the region still sits between A and B (a round cut by
             # the switchover): the verdict is right, the place is not B's country
-            "confirmed_in_b_country": sum(1 for r in rs if (r["confirmation"] or {}).get("to")
-                                          and r["confirmation"]["to"] == r.get("b_country")),
+            "confirmed_in_b_country": sum(
+                1
+                for r in rs
+                if (r["confirmation"] or {}).get("to")
+                and r["confirmation"]["to"] == r.get("b_country")
+            ),
             "flagged_during_precopy": sum(1 for r in rs if r["flagged_during_precopy"]),
             "countermeasures_fired": sum(1 for r in rs if r["hooks"] or r["webhooks"]),
             "guest_faults": sum(1 for r in rs if r["guest_faults"]),
             "median_switchover_to_confirmed_s": statistics.median(conf) if conf else None,
             "median_switchover_to_suspected_s": _median(
-                [r.get("switchover_to_suspected_s") for r in rs]),
+                [r.get("switchover_to_suspected_s") for r in rs]
+            ),
             "max_switchover_to_confirmed_s": max(conf) if conf else None,
         }
         if migs:
+
             def med(key: str, migs: list[dict[str, Any]] = migs) -> float | None:
                 vals = [m[key] for m in migs if m.get(key) is not None]
                 return statistics.median(vals) if vals else None
-            s.update({
-                "migrations_completed": sum(1 for m in migs if m["status"] == "completed"),
-                "median_total_time_ms": med("total_time_ms"),
-                "median_qemu_downtime_ms": med("qemu_downtime_ms"),
-                "median_guest_pause_ms": med("guest_pause_ms"),
-                "median_dirty_syncs": med("dirty_sync_count"),
-                "max_dirty_rate_mb_s": max((m["max_dirty_rate_mb_s"] for m in migs), default=None),
-                "median_bandwidth_mb_s": med("median_bandwidth_mb_s"),
-                "max_cpu_throttle_pct": max((m["max_cpu_throttle_pct"] for m in migs), default=None),
-                "converged_while_delay_ran": [m["converged_while_delay_ran"] for m in migs
-                                              if m["converged_while_delay_ran"] is not None],
-            })
+
+            s.update(
+                {
+                    "migrations_completed": sum(1 for m in migs if m["status"] == "completed"),
+                    "median_total_time_ms": med("total_time_ms"),
+                    "median_qemu_downtime_ms": med("qemu_downtime_ms"),
+                    "median_guest_pause_ms": med("guest_pause_ms"),
+                    "median_dirty_syncs": med("dirty_sync_count"),
+                    "max_dirty_rate_mb_s": max(
+                        (m["max_dirty_rate_mb_s"] for m in migs), default=None
+                    ),
+                    "median_bandwidth_mb_s": med("median_bandwidth_mb_s"),
+                    "max_cpu_throttle_pct": max(
+                        (m["max_cpu_throttle_pct"] for m in migs), default=None
+                    ),
+                    "converged_while_delay_ran": [
+                        m["converged_while_delay_ran"]
+                        for m in migs
+                        if m["converged_while_delay_ran"] is not None
+                    ],
+                }
+            )
         out[kind] = s
     return out
 
 
 def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})", "",
-             (f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
-              f"started {meta.get('started_utc')}, took {meta.get('seconds')} s."), "",
-             (f"Guest command: `{meta.get('guest_command')}`, {meta.get('guest_landmarks')} landmarks; "
-              f"geoprobe snapshot {meta.get('geoprobe_snapshot')}."), "",
-             ("| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
-              "flagged in pre-copy | counter-measures | median (max) switchover→confirmed (s) | "
-              "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
-              "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |"),
-             "|" + "---|" * 18]
+    lines = [
+        f"# geoprobe live-migration lab ({meta.get('mode')}, {meta.get('program')})",
+        "",
+        (
+            f"Host: QEMU {meta.get('qemu')}, accel {meta.get('accel')}, guest {meta.get('memory_mb')} MiB; "
+            f"started {meta.get('started_utc')}, took {meta.get('seconds')} s."
+        ),
+        "",
+        (
+            f"Guest command: `{meta.get('guest_command')}`, {meta.get('guest_landmarks')} landmarks; "
+            f"geoprobe snapshot {meta.get('geoprobe_snapshot')}."
+        ),
+        "",
+        (
+            "| kind | runs | errors | guest faults | migrations completed | suspected | confirmed | crossing | "
+            "flagged in pre-copy | counter-measures | median (max) switchover→confirmed (s) | "
+            "median total (ms) | median QEMU downtime (ms) | median guest pause (ms) | "
+            "dirty syncs | max dirty rate (MB/s) | bandwidth (MB/s) | max throttle % |"
+        ),
+        "|" + "---|" * 18,
+    ]
     for kind, s in summary.items():
-        lines.append("| " + " | ".join(str(x) for x in (
-            kind, s["runs"], s["errors"], s["guest_faults"], s.get("migrations_completed", "-"), s["with_suspected"],
-            s["with_confirmed"], _crossing(s), s["flagged_during_precopy"],
-            s["countermeasures_fired"], _fmt_max(s["median_switchover_to_confirmed_s"],
-                                                 s["max_switchover_to_confirmed_s"]),
-            _fmt(s.get("median_total_time_ms")), _fmt(s.get("median_qemu_downtime_ms")),
-            _fmt(s.get("median_guest_pause_ms")), _fmt(s.get("median_dirty_syncs")),
-            _fmt(s.get("max_dirty_rate_mb_s")), _fmt(s.get("median_bandwidth_mb_s")),
-            _fmt(s.get("max_cpu_throttle_pct")))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                str(x)
+                for x in (
+                    kind,
+                    s["runs"],
+                    s["errors"],
+                    s["guest_faults"],
+                    s.get("migrations_completed", "-"),
+                    s["with_suspected"],
+                    s["with_confirmed"],
+                    _crossing(s),
+                    s["flagged_during_precopy"],
+                    s["countermeasures_fired"],
+                    _fmt_max(
+                        s["median_switchover_to_confirmed_s"], s["max_switchover_to_confirmed_s"]
+                    ),
+                    _fmt(s.get("median_total_time_ms")),
+                    _fmt(s.get("median_qemu_downtime_ms")),
+                    _fmt(s.get("median_guest_pause_ms")),
+                    _fmt(s.get("median_dirty_syncs")),
+                    _fmt(s.get("max_dirty_rate_mb_s")),
+                    _fmt(s.get("median_bandwidth_mb_s")),
+                    _fmt(s.get("max_cpu_throttle_pct")),
+                )
+            )
+            + " |"
+        )
     load = meta.get("load_average_1min")
     if load:
-        lines += ["", (f"Host load (1-min average at each run's end, {meta.get('cpus')} CPUs): "
-                       f"min {load['min']}, median {load['median']}, max {load['max']}.")]
+        lines += [
+            "",
+            (
+                f"Host load (1-min average at each run's end, {meta.get('cpus')} CPUs): "
+                f"min {load['min']}, median {load['median']}, max {load['max']}."
+            ),
+        ]
     if any(r["program"] == "clock" for r in rows):
-        lines += ["", ("Runs with program `clock` (the delay runs) measure QEMU's convergence, not detection: "
-                       "the guest runs the lab's clock probe, which judges no border, so their "
-                       "\"confirmed\" is the first answer from site B and their crossing is empty.")]
-    lines += ["", "## Runs", "",
-              ("| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
-               "switchover→suspected s | switchover→confirmed s | rounds | verdict | hooks/webhooks | "
-               "error |"), "|" + "---|" * 14]
+        lines += [
+            "",
+            (
+                "Runs with program `clock` (the delay runs) measure QEMU's convergence, not detection: "
+                "the guest runs the lab's clock probe, which judges no border, so their "
+                '"confirmed" is the first answer from site B and their crossing is empty.'
+            ),
+        ]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        (
+            "| # | kind | A → B | status | total ms | downtime ms | pause ms | syncs | "
+            "switchover→suspected s | switchover→confirmed s | rounds | verdict | hooks/webhooks | "
+            "error |"
+        ),
+        "|" + "---|" * 14,
+    ]
     for i, r in enumerate(rows, 1):
         m = r["migration"] or {}
-        lines.append("| " + " | ".join(str(x) for x in (
-            i, r["kind"], f"{r['a']} → {r['b']}" if r["migrated"] else r["a"],
-            m.get("status", "-"), _fmt(m.get("total_time_ms")), _fmt(m.get("qemu_downtime_ms")),
-            _fmt(m.get("guest_pause_ms")), _fmt(m.get("dirty_sync_count")),
-            _fmt(r.get("switchover_to_suspected_s")), _fmt(r["switchover_to_confirmed_s"]),
-            _fmt(r.get("confirm_rounds")), _verdict(r), f"{len(r['hooks'])}/{len(r['webhooks'])}",
-            (r["error"] or "")[:80].replace("|", "/"))) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                str(x)
+                for x in (
+                    i,
+                    r["kind"],
+                    f"{r['a']} → {r['b']}" if r["migrated"] else r["a"],
+                    m.get("status", "-"),
+                    _fmt(m.get("total_time_ms")),
+                    _fmt(m.get("qemu_downtime_ms")),
+                    _fmt(m.get("guest_pause_ms")),
+                    _fmt(m.get("dirty_sync_count")),
+                    _fmt(r.get("switchover_to_suspected_s")),
+                    _fmt(r["switchover_to_confirmed_s"]),
+                    _fmt(r.get("confirm_rounds")),
+                    _verdict(r),
+                    f"{len(r['hooks'])}/{len(r['webhooks'])}",
+                    (r["error"] or "")[:80].replace("|", "/"),
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

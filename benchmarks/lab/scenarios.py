@@ -79,15 +79,30 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         p = self.plan
         return {
-            "kind": p.kind, "program": self.program,
-            "a": vars(p.a), "b": vars(p.b), "distance_km": round(distance_km(p.a, p.b), 1),
-            "plan": {"migrate": p.migrate, "settle_s": p.settle_s, "after_s": p.after_s,
-                     "auto_converge": p.auto_converge, "parameters": p.parameters,
-                     "migration_timeout_s": p.migration_timeout_s},
-            "started": self.started, "guest_ready": self.guest_ready, "migrate_cmd": self.migrate_cmd,
-            "samples": self.samples, "src_events": self.src_events, "dst_events": self.dst_events,
-            "final": self.final, "console": self.console, "webhooks": self.webhooks,
-            "error": self.error, "ended": self.ended,
+            "kind": p.kind,
+            "program": self.program,
+            "a": vars(p.a),
+            "b": vars(p.b),
+            "distance_km": round(distance_km(p.a, p.b), 1),
+            "plan": {
+                "migrate": p.migrate,
+                "settle_s": p.settle_s,
+                "after_s": p.after_s,
+                "auto_converge": p.auto_converge,
+                "parameters": p.parameters,
+                "migration_timeout_s": p.migration_timeout_s,
+            },
+            "started": self.started,
+            "guest_ready": self.guest_ready,
+            "migrate_cmd": self.migrate_cmd,
+            "samples": self.samples,
+            "src_events": self.src_events,
+            "dst_events": self.dst_events,
+            "final": self.final,
+            "console": self.console,
+            "webhooks": self.webhooks,
+            "error": self.error,
+            "ended": self.ended,
         }
 
 
@@ -102,7 +117,9 @@ class Lab:
     log: Callable[[str], None] = print
     guest_landmarks: int = 60  # 0: every landmark both sites serve
     source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
-    _fitted: set[str] = field(default_factory=set, init=False, repr=False)  # guest catalogues already in the cache
+    _fitted: set[str] = field(
+        default_factory=set, init=False, repr=False
+    )  # guest catalogues already in the cache
 
     def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
         rec = RunRecord(plan=plan, program=program.name, started=time.time())
@@ -122,9 +139,15 @@ class Lab:
                     wait_for_file(wd / f"catalogue-{s.label}.json", 120.0, s)
             files = dict(program.files)
             if program.needs_testbed:
-                guest = json.dumps(guest_catalogue(
-                    json.loads(catalogue.read_text()), json.loads((wd / "catalogue-B.json").read_text()),
-                    self.guest_landmarks, exclude={plan.a.server, plan.b.server}, near=plan.a))
+                guest = json.dumps(
+                    guest_catalogue(
+                        json.loads(catalogue.read_text()),
+                        json.loads((wd / "catalogue-B.json").read_text()),
+                        self.guest_landmarks,
+                        exclude={plan.a.server, plan.b.server},
+                        near=plan.a,
+                    )
+                )
                 files["catalogue.json"] = guest
                 (wd / "catalogue-guest.json").write_text(guest)
                 files.update(self.host_cache(wd / "catalogue-guest.json"))
@@ -134,8 +157,9 @@ class Lab:
             console.add(src.serial)
             ready = console.wait_for(program.ready, plan.ready_timeout_s, alive=src.alive)
             if ready is None:
-                raise RuntimeError(f"guest not ready within {plan.ready_timeout_s} s:\n"
-                                   + console.text()[-3000:])
+                raise RuntimeError(
+                    f"guest not ready within {plan.ready_timeout_s} s:\n" + console.text()[-3000:]
+                )
             rec.guest_ready = ready.received
             self.log(f"  guest ready after {ready.received - src.started:.1f} s")
             self._idle(console, plan.settle_s, sites)
@@ -155,7 +179,8 @@ class Lab:
                     if vm.qmp is not None:
                         vm.qmp.poll_events(0.0)
                         (rec.src_events if vm is src else rec.dst_events).extend(
-                            e.to_json() for e in vm.qmp.events)
+                            e.to_json() for e in vm.qmp.events
+                        )
                     vm.stop()
             console.read()
             rec.console = [(line.received, line.text) for line in console.lines]
@@ -178,12 +203,22 @@ class Lab:
         if content not in self._fitted:  # the cross and control runs share one guest catalogue
             self._fitted.add(content)
             env = dict(os.environ, GEOPROBE_CACHE_DIR=str(d), PYTHONPATH=str(self.source))
-            code = ("import sys; from geoprobe.landmarks import load_catalogue; "
-                    "from geoprobe.locate import fit_catalogue; fit_catalogue(load_catalogue(sys.argv[1]))")
-            done = subprocess.run([sys.executable, "-c", code, str(catalogue)], env=env, check=False,
-                                  capture_output=True, text=True, timeout=600)
+            code = (
+                "import sys; from geoprobe.landmarks import load_catalogue; "
+                "from geoprobe.locate import fit_catalogue; fit_catalogue(load_catalogue(sys.argv[1]))"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", code, str(catalogue)],
+                env=env,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             if done.returncode != 0:  # the guest then fits it itself, only slower
-                self.log(f"  host-side calibration fit failed: {done.stderr.strip().splitlines()[-1:]}")
+                self.log(
+                    f"  host-side calibration fit failed: {done.stderr.strip().splitlines()[-1:]}"
+                )
         return {f"cache/{p.relative_to(d)}": p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
     def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:
@@ -194,8 +229,15 @@ class Lab:
                 s.check_alive()
             time.sleep(0.05)
 
-    def _migrate(self, rec: RunRecord, src: QemuProcess, dst: QemuProcess, console: GuestConsole,
-                 sock: Path, sites: list[Site]) -> None:
+    def _migrate(
+        self,
+        rec: RunRecord,
+        src: QemuProcess,
+        dst: QemuProcess,
+        console: GuestConsole,
+        sock: Path,
+        sites: list[Site],
+    ) -> None:
         assert src.qmp is not None and dst.qmp is not None
         plan = rec.plan
         src.qmp.set_capabilities(auto_converge=plan.auto_converge)
@@ -214,17 +256,28 @@ class Lab:
             dst.qmp.poll_events(0.0)
             console.read()
             if time.monotonic() > deadline and status not in TERMINAL:
-                self.log(f"  migration still {status} after {plan.migration_timeout_s} s: cancelling")
+                self.log(
+                    f"  migration still {status} after {plan.migration_timeout_s} s: cancelling"
+                )
                 src.qmp.execute("migrate_cancel")
                 deadline = float("inf")
             time.sleep(0.1)
         rec.final = src.qmp.query_migrate()
         ram = rec.final.get("ram", {})
-        self.log(f"  migration {status}: total {rec.final.get('total-time')} ms, downtime "
-                 f"{rec.final.get('downtime')} ms, dirty syncs {ram.get('dirty-sync-count')}")
+        self.log(
+            f"  migration {status}: total {rec.final.get('total-time')} ms, downtime "
+            f"{rec.final.get('downtime')} ms, dirty syncs {ram.get('dirty-sync-count')}"
+        )
 
-    def _await_confirmation(self, rec: RunRecord, console: GuestConsole, program: GuestProgram,
-                            seconds: float, dst: QemuProcess, sites: list[Site]) -> None:
+    def _await_confirmation(
+        self,
+        rec: RunRecord,
+        console: GuestConsole,
+        program: GuestProgram,
+        seconds: float,
+        dst: QemuProcess,
+        sites: list[Site],
+    ) -> None:
         if rec.final.get("status") != "completed":
             return
         assert dst.qmp is not None
@@ -240,8 +293,9 @@ class Lab:
             time.sleep(0.05)
 
 
-def guest_catalogue(cat_a: dict[str, Any], cat_b: dict[str, Any], count: int,
-                    exclude: set[str], near: Place) -> dict[str, Any]:
+def guest_catalogue(
+    cat_a: dict[str, Any], cat_b: dict[str, Any], count: int, exclude: set[str], near: Place
+) -> dict[str, Any]:
     """The catalogue the guest carries: landmarks both sites serve, the `count` nearest to `near`.
 
     Each site's testbed leaves out the server it stands at, so A's catalogue lists B's city and B's
@@ -259,7 +313,10 @@ def guest_catalogue(cat_a: dict[str, Any], cat_b: dict[str, Any], count: int,
     out["landmarks"] = [lm for lm in cat_a["landmarks"] if lm["id"] in keep]
     cal = cat_a.get("calibration")
     if isinstance(cal, dict) and isinstance(cal.get("rtts"), list):
-        out["calibration"] = {**cal, "rtts": [r for r in cal["rtts"] if r[0] in keep and r[1] in keep]}
+        out["calibration"] = {
+            **cal,
+            "rtts": [r for r in cal["rtts"] if r[0] in keep and r[1] in keep],
+        }
     return out
 
 

@@ -27,8 +27,10 @@ CLOCK_PORT = 47000
 WEBHOOK_PORT = 18080
 
 # The testbed engineer's command; {placeholders} are filled per site. Both sites share --keys-dir.
-TESTBED_COMMAND = ("{python} -m geoprobe testbed run --dataset {dataset} --at-server {server} "
-                   "--catalogue {catalogue} --bind 127.0.0.1 --advertise 10.0.2.2 --keys-dir {keys}")
+TESTBED_COMMAND = (
+    "{python} -m geoprobe testbed run --dataset {dataset} --at-server {server} "
+    "--catalogue {catalogue} --bind 127.0.0.1 --advertise 10.0.2.2 --keys-dir {keys}"
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ def find_place(server: str, country: str, dataset: Path = WONDERPROXY) -> Place:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             if row["name"].lower() == server.lower():
-                return Place(row["name"], country.upper(), float(row["latitude"]),
-                             float(row["longitude"]))
+                return Place(
+                    row["name"], country.upper(), float(row["latitude"]), float(row["longitude"])
+                )
     raise ValueError(f"{path}: no server named {server!r}")
 
 
@@ -77,14 +80,31 @@ class Site:
         if links != ["lo"]:
             raise RuntimeError(f"namespace {self.ns.name} has links {links}; expected only lo")
         self.webhook_log.touch()
-        self._spawn("siteserver", [sys.executable, "-m", "benchmarks.lab.siteserver",
-                                   "--site", self.label, "--udp", str(CLOCK_PORT),
-                                   "--http", str(WEBHOOK_PORT), "--log", str(self.webhook_log)])
+        self._spawn(
+            "siteserver",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.lab.siteserver",
+                "--site",
+                self.label,
+                "--udp",
+                str(CLOCK_PORT),
+                "--http",
+                str(WEBHOOK_PORT),
+                "--log",
+                str(self.webhook_log),
+            ],
+        )
         if testbed:
             cat = catalogue or self.workdir / f"catalogue-{self.label}.json"
-            cmd = TESTBED_COMMAND.format(python=shlex.quote(sys.executable), dataset=WONDERPROXY,
-                                         server=shlex.quote(self.place.server), catalogue=cat,
-                                         keys=keys)
+            cmd = TESTBED_COMMAND.format(
+                python=shlex.quote(sys.executable),
+                dataset=WONDERPROXY,
+                server=shlex.quote(self.place.server),
+                catalogue=cat,
+                keys=keys,
+            )
             self._spawn("testbed", shlex.split(cmd))
         return self
 
@@ -95,16 +115,30 @@ class Site:
         rt.mkdir(exist_ok=True)
         # `-m` puts the cwd first on sys.path: run in the snapshot, find benchmarks/ in REPO after it.
         path = os.pathsep.join(dict.fromkeys((str(self.source), str(REPO))))
-        env = dict(os.environ, PYTHONPATH=path, GEOPROBE_RUNTIME_DIR=str(rt),
-                   GEOPROBE_STATE_DIR=str(self.workdir / f"state-{self.label}"))
-        self.procs.append(self.ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=str(self.source), env=env))
+        env = dict(
+            os.environ,
+            PYTHONPATH=path,
+            GEOPROBE_RUNTIME_DIR=str(rt),
+            GEOPROBE_STATE_DIR=str(self.workdir / f"state-{self.label}"),
+        )
+        self.procs.append(
+            self.ns.popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(self.source),
+                env=env,
+            )
+        )
 
     def check_alive(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"site {self.label}: {p.args!r} exited "
-                                   f"with {p.returncode}; see logs in {self.workdir}")
+                raise RuntimeError(
+                    f"site {self.label}: {p.args!r} exited "
+                    f"with {p.returncode}; see logs in {self.workdir}"
+                )
 
     def stop(self) -> None:
         for p in self.procs:

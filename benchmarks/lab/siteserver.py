@@ -33,7 +33,9 @@ def serve_clock(site: str, port: int, stop: threading.Event) -> None:
         sock.sendto(json.dumps(reply).encode(), peer)
 
 
-def make_webhook_handler(site: str, log: Path, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
+def make_webhook_handler(
+    site: str, log: Path, lock: threading.Lock
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     stop = threading.Event()
     threading.Thread(target=serve_clock, args=(args.site, args.udp, stop), daemon=True).start()
-    httpd = ThreadingHTTPServer(("127.0.0.1", args.http),
-                                make_webhook_handler(args.site, args.log, threading.Lock()))
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", args.http), make_webhook_handler(args.site, args.log, threading.Lock())
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     print(f"site {args.site}: udp clock :{args.udp}, webhook :{args.http}", flush=True)
     try:

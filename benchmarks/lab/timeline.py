@@ -36,7 +36,9 @@ def _describe(ev: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def lines(record: dict[str, Any], start: float = -10.0, end: float = 30.0) -> Iterator[tuple[float, str]]:
+def lines(
+    record: dict[str, Any], start: float = -10.0, end: float = 30.0
+) -> Iterator[tuple[float, str]]:
     """(seconds from the switchover, text) for QMP events and console lines, in time order."""
     t0 = switchover(record)
     if t0 is None:  # no migration (a control run): count from the end of the settle instead
@@ -57,10 +59,17 @@ def lines(record: dict[str, Any], start: float = -10.0, end: float = 30.0) -> It
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.lab.timeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="a run directory (kept with --keep-work) or its record.json")
-    ap.add_argument("--from", dest="start", type=float, default=-10.0, help="seconds before the switchover")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.lab.timeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "run", type=Path, help="a run directory (kept with --keep-work) or its record.json"
+    )
+    ap.add_argument(
+        "--from", dest="start", type=float, default=-10.0, help="seconds before the switchover"
+    )
     ap.add_argument("--to", dest="end", type=float, default=30.0, help="seconds after it")
     args = ap.parse_args(argv)
     path = args.run / "record.json" if args.run.is_dir() else args.run

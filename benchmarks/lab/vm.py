@@ -31,17 +31,42 @@ class MachineSpec:
     def argv(self, qmp: Path, serial: Path, incoming: bool) -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
         argv = [
-            QEMU, "-machine", "pc", "-accel", self.accel, "-cpu", cpu,
-            "-m", str(self.memory_mb), "-smp", str(self.smp),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", self.append,
-            "-drive", f"file={self.image.root},format=raw,if=virtio,readonly=on",
-            "-drive", f"file={self.run_disk},format=raw,if=virtio,readonly=on",
-            "-netdev", "user,id=net0",
-            "-device", "virtio-net-pci,netdev=net0,romfile=",
-            "-chardev", f"file,id=ser0,path={serial}", "-serial", "chardev:ser0",
-            "-qmp", f"unix:{qmp},server=on,wait=off",
+            QEMU,
+            "-machine",
+            "pc",
+            "-accel",
+            self.accel,
+            "-cpu",
+            cpu,
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            str(self.smp),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(self.image.kernel),
+            "-initrd",
+            str(self.image.initrd),
+            "-append",
+            self.append,
+            "-drive",
+            f"file={self.image.root},format=raw,if=virtio,readonly=on",
+            "-drive",
+            f"file={self.run_disk},format=raw,if=virtio,readonly=on",
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+            "-chardev",
+            f"file,id=ser0,path={serial}",
+            "-serial",
+            "chardev:ser0",
+            "-qmp",
+            f"unix:{qmp},server=on,wait=off",
         ]
         if incoming:
             argv += ["-incoming", "defer"]
@@ -77,14 +102,17 @@ class QemuProcess:
         self.argv = self.spec.argv(self.qmp_path, self.serial, self.incoming)
         log = (self.workdir / f"qemu-{self.name}.log").open("wb")
         self.started = time.time()
-        self.proc = self.ns.popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        self.proc = self.ns.popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         try:
             self.qmp = QMPClient(self.qmp_path).connect(wait=15.0)
         except (QMPError, OSError):
             self.stop()
-            raise RuntimeError(f"QEMU {self.name} did not start: "
-                               + (self.workdir / f"qemu-{self.name}.log").read_text()[-2000:])
+            raise RuntimeError(
+                f"QEMU {self.name} did not start: "
+                + (self.workdir / f"qemu-{self.name}.log").read_text()[-2000:]
+            )
         self.qmp.set_capabilities(events=True)
         return self
 

@@ -37,7 +37,11 @@ class NagiosCommand(click.Command):
     """A usage error is UNKNOWN (3) with a Nagios status line, not click's exit 2 (CRITICAL)."""
 
     def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
     ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
@@ -82,7 +86,9 @@ def resolve_settings(
 
         codes = expand(c for c in allow.split(",") if c.strip())
     if not codes:
-        raise InputError("no allowed jurisdictions: give --allow CODES or a --policy FILE", field="allow")
+        raise InputError(
+            "no allowed jurisdictions: give --allow CODES or a --policy FILE", field="allow"
+        )
     j = Jurisdiction.of(
         codes, min_probability=min_probability if min_probability is not None else minp, basis=basis
     )
@@ -115,9 +121,17 @@ def evaluate(fix: Fix, settings: Settings) -> tuple[ExitStatus, JurisdictionVerd
     text = f"{where} (p={v.p_allowed:.2f} allowed{cert}), {fix.error_radius_km:.0f} km radius"
     proof = v.rule in ("certified", "sound")
     if v.verdict == "outside" and (proof or n >= settings.min_landmarks):
-        return ExitStatus.CRITICAL, v, f"outside {','.join(sorted(j.allowed))}: {text}; {v.reasons[0]}"
+        return (
+            ExitStatus.CRITICAL,
+            v,
+            f"outside {','.join(sorted(j.allowed))}: {text}; {v.reasons[0]}",
+        )
     if n < settings.min_landmarks:
-        return ExitStatus.WARNING, v, f"only {n} landmarks answered (need {settings.min_landmarks}): {text}"
+        return (
+            ExitStatus.WARNING,
+            v,
+            f"only {n} landmarks answered (need {settings.min_landmarks}): {text}",
+        )
     if v.verdict == "inside":
         return ExitStatus.OK, v, text
     return ExitStatus.WARNING, v, f"straddles the border: {text}"
@@ -247,7 +261,9 @@ def run_check(
                     text = f"{move} (no crossing): {text}"
             elif shift.outcome == "moved":
                 status = max(status, ExitStatus.WARNING)
-                text = f"fingerprint changed since the last run but a re-measurement disagrees: {text}"
+                text = (
+                    f"fingerprint changed since the last run but a re-measurement disagrees: {text}"
+                )
         store.record_fix(fix, rtts, source="check")
     return Result(status, text, perf, notes)
 
@@ -261,7 +277,9 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
 
     notes: list[str] = []
     try:
-        for r in defend.respond(event, policy, store_path=store_path, dry_run=dry_run, log=notes.append):
+        for r in defend.respond(
+            event, policy, store_path=store_path, dry_run=dry_run, log=notes.append
+        ):
             notes.append(f"action {r.action} ({r.verdict}): {r.status}: {r.detail}")
     except GeoprobeError as exc:
         notes.append(f"policy response failed: {exc}")
@@ -292,8 +310,12 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
 @method_option()
 @click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
-@click.option("--min-probability", type=click.FloatRange(0.5, 1.0), help="Override the policy's confidence.")
-@click.option("--min-landmarks", type=click.IntRange(1), help="Override the policy's minimum landmarks.")
+@click.option(
+    "--min-probability", type=click.FloatRange(0.5, 1.0), help="Override the policy's confidence."
+)
+@click.option(
+    "--min-landmarks", type=click.IntRange(1), help="Override the policy's minimum landmarks."
+)
 @click.option(
     "--basis",
     type=click.Choice(["sound", "calibrated"]),
@@ -302,7 +324,9 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
     help="What an 'outside' verdict may rest on: sound (proof) or also calibrated probability.",
 )
 @click.option(
-    "--dry-run", is_flag=True, help="With --policy: print the actions a migration calls for, run none."
+    "--dry-run",
+    is_flag=True,
+    help="With --policy: print the actions a migration calls for, run none.",
 )
 @click.pass_obj
 def check_cmd(

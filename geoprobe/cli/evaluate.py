@@ -34,30 +34,61 @@ def _fmt(v: Any, kind: str) -> str:
 
 
 ROWS = (
-    ("median error (km)", "median_km", "km"), ("p80 error (km)", "p80_km", "km"),
-    ("p90 error (km)", "p90_km", "km"), ("within 100 km", "within_100km", "share"),
-    ("country accuracy", "country_accuracy", "share"), ("truth in region", "truth_in_region", "share"),
+    ("median error (km)", "median_km", "km"),
+    ("p80 error (km)", "p80_km", "km"),
+    ("p90 error (km)", "p90_km", "km"),
+    ("within 100 km", "within_100km", "share"),
+    ("country accuracy", "country_accuracy", "share"),
+    ("truth in region", "truth_in_region", "share"),
     ("truth in region (consistent)", "truth_in_region_consistent", "share"),
-    ("certified correct", "certified_correct", "share"), ("certified wrong", "certified_wrong", "share"),
-    ("accuracy where p >= 0.9", "accuracy_at_p90", "share"), ("share with p >= 0.9", "share_p90", "share"),
-    ("calibration error (ECE)", "ece", "share"), ("mean solve (ms)", "mean_solve_ms", "ms"),
+    ("certified correct", "certified_correct", "share"),
+    ("certified wrong", "certified_wrong", "share"),
+    ("accuracy where p >= 0.9", "accuracy_at_p90", "share"),
+    ("share with p >= 0.9", "share_p90", "share"),
+    ("calibration error (ECE)", "ece", "share"),
+    ("mean solve (ms)", "mean_solve_ms", "ms"),
 )
 
 
 def register(group: click.Group) -> None:
     @group.command("evaluate")
     @click.argument("dataset", type=click.Path(path_type=str))
-    @click.option("--landmarks-per-target", "-k", type=int, default=None,
-                  help="Use K random other servers as landmarks (default: all others).")
-    @click.option("--targets", "-n", type=int, default=None, help="Evaluate N random targets (default: all).")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
-    @click.option("--methods", default="geoprobe,cbg,shortest-ping", show_default=True,
-                  help="Comma-separated methods to compare in the same run.")
-    @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table",
-                  show_default=True)
+    @click.option(
+        "--landmarks-per-target",
+        "-k",
+        type=int,
+        default=None,
+        help="Use K random other servers as landmarks (default: all others).",
+    )
+    @click.option(
+        "--targets", "-n", type=int, default=None, help="Evaluate N random targets (default: all)."
+    )
+    @click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed for every random choice."
+    )
+    @click.option(
+        "--methods",
+        default="geoprobe,cbg,shortest-ping",
+        show_default=True,
+        help="Comma-separated methods to compare in the same run.",
+    )
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "jsonl"]),
+        default="table",
+        show_default=True,
+    )
     @click.pass_obj
-    def evaluate_cmd(env: Environment, dataset: str, landmarks_per_target: int | None, targets: int | None,
-                     seed: int, methods: str, fmt: str) -> None:
+    def evaluate_cmd(
+        env: Environment,
+        dataset: str,
+        landmarks_per_target: int | None,
+        targets: int | None,
+        seed: int,
+        methods: str,
+        fmt: str,
+    ) -> None:
         """Leave-one-out on DATASET (WonderProxy dir, or landmarks.csv + rtts.csv dir)."""
         from geoprobe.datasets import load_dataset
         from geoprobe.evaluate import evaluate
@@ -66,8 +97,17 @@ def register(group: click.Group) -> None:
         ds = load_dataset(dataset)
         for w in ds.warnings:
             click.echo(f"geoprobe: warning: {w}", file=env.stderr)
-        ev = _run(env, lambda progress: evaluate(ds, methods=names, landmarks_per_target=landmarks_per_target,
-                                                 targets=targets, seed=seed, progress=progress))
+        ev = _run(
+            env,
+            lambda progress: evaluate(
+                ds,
+                methods=names,
+                landmarks_per_target=landmarks_per_target,
+                targets=targets,
+                seed=seed,
+                progress=progress,
+            ),
+        )
         if fmt == "jsonl":
             for r in ev.records:
                 env.stdout.write(json.dumps(r.to_json()) + "\n")
@@ -109,7 +149,9 @@ def _table(env: Environment, ev: Any) -> None:
     summary = ev.summary()
     n = len({r.target for r in ev.records})
     k = ev.landmarks_per_target or "all other"
-    table = Table(title=f"{ev.dataset}: leave-one-out, {n} targets, {k} landmarks each, seed {ev.seed}")
+    table = Table(
+        title=f"{ev.dataset}: leave-one-out, {n} targets, {k} landmarks each, seed {ev.seed}"
+    )
     table.add_column("")
     for m in ev.methods:
         table.add_column(m, justify="right")

@@ -37,19 +37,34 @@ def add_landmarks_command(command: click.Command) -> None:
 
 
 @landmark_group.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for landmark.key (mode 0600) and landmark.pub.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for landmark.key (mode 0600) and landmark.pub.",
+)
 @click.pass_obj
 def keygen_cmd(env: Environment, out_dir: Path) -> None:
     """Create the Ed25519 key a landmark signs its echo replies with."""
     pair = keys.keygen(out_dir)
-    env.stdout.write(f"private key: {pair.private_path} (keep it secret; mode 0600)\n"
-                     f"public key:  {pair.pubkey_b64}\n"
-                     f"key id:      {pair.key_id}\n")
+    env.stdout.write(
+        f"private key: {pair.private_path} (keep it secret; mode 0600)\n"
+        f"public key:  {pair.pubkey_b64}\n"
+        f"key id:      {pair.key_id}\n"
+    )
 
 
-def catalogue_entry(landmark_id: str, lat: float, lon: float, address: str | None, port: int, pubkey_b64: str,
-                    key_id: str, country: str | None) -> dict[str, Any]:
+def catalogue_entry(
+    landmark_id: str,
+    lat: float,
+    lon: float,
+    address: str | None,
+    port: int,
+    pubkey_b64: str,
+    key_id: str,
+    country: str | None,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": landmark_id, "lat": lat, "lon": lon}
     if country:
         entry["country"] = country
@@ -61,18 +76,40 @@ def catalogue_entry(landmark_id: str, lat: float, lon: float, address: str | Non
 
 
 @landmark_group.command("serve")
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Private key from `geoprobe landmark keygen`.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key from `geoprobe landmark keygen`.",
+)
 @click.option("--id", "landmark_id", required=True, help="Landmark id, as in the catalogue.")
-@click.option("--lat", required=True, type=click.FloatRange(-90, 90), help="Latitude of this server.")
-@click.option("--lon", required=True, type=click.FloatRange(-180, 180), help="Longitude of this server.")
+@click.option(
+    "--lat", required=True, type=click.FloatRange(-90, 90), help="Latitude of this server."
+)
+@click.option(
+    "--lon", required=True, type=click.FloatRange(-180, 180), help="Longitude of this server."
+)
 @click.option("--country", help="ISO 3166 alpha-2 code, for the printed catalogue entry.")
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-              help="UDP port (0: any free port; the entry printed names it).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="UDP port (0: any free port; the entry printed names it).",
+)
 @click.pass_obj
-def serve_cmd(env: Environment, key_path: Path, landmark_id: str, lat: float, lon: float, country: str | None,
-              bind: str, port: int) -> None:
+def serve_cmd(
+    env: Environment,
+    key_path: Path,
+    landmark_id: str,
+    lat: float,
+    lon: float,
+    country: str | None,
+    bind: str,
+    port: int,
+) -> None:
     """Answer signed echo requests in the foreground until SIGTERM or SIGINT."""
     if not 1 <= len(landmark_id.encode("utf-8")) <= MAX_ID_LEN:
         raise click.BadParameter(f"must be 1-{MAX_ID_LEN} bytes", param_hint="--id")
@@ -85,12 +122,24 @@ def serve_cmd(env: Environment, key_path: Path, landmark_id: str, lat: float, lo
     asyncio.run(_serve(env, key, landmark_id, lat, lon, country, bind, port, pub_b64, kid))
 
 
-async def _serve(env: Environment, key: Ed25519PrivateKey, landmark_id: str, lat: float, lon: float, country: str | None,
-                 bind: str, port: int, pub_b64: str, kid: str) -> None:
+async def _serve(
+    env: Environment,
+    key: Ed25519PrivateKey,
+    landmark_id: str,
+    lat: float,
+    lon: float,
+    country: str | None,
+    bind: str,
+    port: int,
+    pub_b64: str,
+    kid: str,
+) -> None:
     from geoprobe.probe.responder import start_responder
 
     try:
-        transport, responder = await start_responder(key, landmark_id, lat, lon, host=bind, port=port, key_id=kid)
+        transport, responder = await start_responder(
+            key, landmark_id, lat, lon, host=bind, port=port, key_id=kid
+        )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
     stop = asyncio.Event()
@@ -99,9 +148,16 @@ async def _serve(env: Environment, key: Ed25519PrivateKey, landmark_id: str, lat
         loop.add_signal_handler(sig, stop.set)
     host, bound_port = transport.get_extra_info("sockname")[:2]
     address = None if bind in ("0.0.0.0", "::") else bind
-    env.stdout.write(f"serving landmark {landmark_id!r} on udp {host}:{bound_port}; add to your catalogue:\n")
-    env.stdout.write(json.dumps(catalogue_entry(landmark_id, lat, lon, address, bound_port, pub_b64, kid, country),
-                                indent=1) + "\n")
+    env.stdout.write(
+        f"serving landmark {landmark_id!r} on udp {host}:{bound_port}; add to your catalogue:\n"
+    )
+    env.stdout.write(
+        json.dumps(
+            catalogue_entry(landmark_id, lat, lon, address, bound_port, pub_b64, kid, country),
+            indent=1,
+        )
+        + "\n"
+    )
     env.stdout.flush()
     try:
         await stop.wait()

@@ -30,8 +30,10 @@ def catalogue_from(path: Path | None) -> Catalogue:
         return load_catalogue(path)
     default = default_catalogue_path()
     if not default.exists():
-        raise InputError("no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
-                         file=default)
+        raise InputError(
+            "no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
+            file=default,
+        )
     return load_catalogue(default)
 
 
@@ -44,7 +46,9 @@ def choose_method(cat: Catalogue) -> str:
 
 
 @contextmanager
-def _progress(env: Environment, total: int, method: str) -> Iterator[Callable[[int, int], None] | None]:
+def _progress(
+    env: Environment, total: int, method: str
+) -> Iterator[Callable[[int, int], None] | None]:
     if not env.stderr_isatty or total == 0:
         yield None
         return
@@ -53,8 +57,14 @@ def _progress(env: Environment, total: int, method: str) -> Iterator[Callable[[i
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(file=env.stderr, force_terminal=True)
-    with Progress(TextColumn(f"probing ({method})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn(f"probing ({method})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("probe", total=total)
         yield lambda done, _total: progress.update(task, completed=done)
 
@@ -75,28 +85,76 @@ def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
 @click.command("locate")
 @landmarks_option()
 @method_option("Probe method (default: signed udp echo if the catalogue offers it, else tcp).")
-@click.option("--samples", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Samples per landmark; the minimum is used.")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              help="Seconds to wait for each sample.")
-@click.option("--pps", type=click.FloatRange(min=1.0), default=DEFAULT_PPS, show_default=True,
-              help="Cap on packets per second over all landmarks.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--geojson", "geojson_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the feasible region as GeoJSON.")
-@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Draw the region, estimate and landmarks into a PNG.")
-@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Save the measurements (for --replay and geoprobe verify).")
-@click.option("--replay", "replay_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Locate from saved measurements instead of probing.")
-@click.option("--mmdb", "mmdb_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="GeoLite2/DB-IP City database for the IP geolocation cross-check "
-                   "(default: $GEOPROBE_MMDB or the standard paths, if present).")
+@click.option(
+    "--samples",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Samples per landmark; the minimum is used.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for each sample.",
+)
+@click.option(
+    "--pps",
+    type=click.FloatRange(min=1.0),
+    default=DEFAULT_PPS,
+    show_default=True,
+    help="Cap on packets per second over all landmarks.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--geojson",
+    "geojson_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the feasible region as GeoJSON.",
+)
+@click.option(
+    "--map",
+    "map_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the region, estimate and landmarks into a PNG.",
+)
+@click.option(
+    "--save",
+    "save_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the measurements (for --replay and geoprobe verify).",
+)
+@click.option(
+    "--replay",
+    "replay_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Locate from saved measurements instead of probing.",
+)
+@click.option(
+    "--mmdb",
+    "mmdb_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="GeoLite2/DB-IP City database for the IP geolocation cross-check "
+    "(default: $GEOPROBE_MMDB or the standard paths, if present).",
+)
 @click.pass_obj
-def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None, samples: int, timeout: float,
-               pps: float, fmt: str, geojson_path: Path | None, map_path: Path | None, save_path: Path | None,
-               replay_path: Path | None, mmdb_path: Path | None) -> None:
+def locate_cmd(
+    env: Environment,
+    landmarks_path: Path | None,
+    method: str | None,
+    samples: int,
+    timeout: float,
+    pps: float,
+    fmt: str,
+    geojson_path: Path | None,
+    map_path: Path | None,
+    save_path: Path | None,
+    replay_path: Path | None,
+    mmdb_path: Path | None,
+) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
     cat = catalogue_from(landmarks_path)
     if mmdb_path is None:
@@ -112,17 +170,26 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
         used_method = method or choose_method(cat)
         order = _nearest_first(cat.landmarks, mmdb_path) if mmdb_path is not None else cat.landmarks
         with _progress(env, len(order), used_method) as progress:
-            measured = measure(order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress)
+            measured = measure(
+                order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress
+            )
         by_id = {m.landmark_id: m for m in measured}
         measurements = [by_id[lm.id] for lm in cat.landmarks]  # back in catalogue order
     if save_path is not None:
-        save_measurements(save_path, measurements, catalogue=str(cat.path) if cat.path else cat.name,
-                          method=used_method)
+        save_measurements(
+            save_path,
+            measurements,
+            catalogue=str(cat.path) if cat.path else cat.name,
+            method=used_method,
+        )
     rtts = min_rtts(measurements)
     if not rtts:
         raise _nothing_answered(measurements)
     fix = _solve(cat, rtts)
-    meta: dict[str, Any] = {"catalogue": str(cat.path) if cat.path else cat.name, "probe_method": used_method}
+    meta: dict[str, Any] = {
+        "catalogue": str(cat.path) if cat.path else cat.name,
+        "probe_method": used_method,
+    }
     if mmdb_path is not None:
         from geoprobe.ipgeo import cross_check
 
@@ -142,7 +209,11 @@ def locate_cmd(env: Environment, landmarks_path: Path | None, method: str | None
     else:
         from rich.console import Console
 
-        console = Console(file=env.stdout, force_terminal=env.stdout_isatty, width=None if env.stdout_isatty else 100)
+        console = Console(
+            file=env.stdout,
+            force_terminal=env.stdout_isatty,
+            width=None if env.stdout_isatty else 100,
+        )
         report.render_table(fix, measurements, console)
         for line in meta.get("ipgeo", {}).get("notes", []):
             console.print(f"ip geolocation: {line}")
@@ -167,8 +238,12 @@ def _load_for_audit(path: Path) -> list[Measurement]:
         raise InputError(f"cannot read: {exc.strerror}", file=path) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON (line {exc.lineno}: {exc.msg})", file=path) from None
-    if isinstance(raw, dict) and "measurements" in raw and raw.get("format", MEASUREMENTS_FORMAT) \
-            == MEASUREMENTS_FORMAT and "results" not in raw:
+    if (
+        isinstance(raw, dict)
+        and "measurements" in raw
+        and raw.get("format", MEASUREMENTS_FORMAT) == MEASUREMENTS_FORMAT
+        and "results" not in raw
+    ):
         items = raw["measurements"]
         if not isinstance(items, list):
             raise InputError("must be a list", file=path, field="measurements")
@@ -178,7 +253,9 @@ def _load_for_audit(path: Path) -> list[Measurement]:
 
 @click.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@landmarks_option("Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors).")
+@landmarks_option(
+    "Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors)."
+)
 @click.pass_context
 def verify_cmd(ctx: click.Context, file: Path, landmarks_path: Path | None) -> None:
     """Re-verify the signed replies in FILE offline (exit 0: all good, 3: any bad evidence)."""

@@ -12,8 +12,12 @@ from click.decorators import FC
 PROBE_METHODS = ("udp", "tcp", "icmp")
 
 
-def landmarks_option(help: str = "Landmark catalogue (default: the synced RIPE Atlas anchors).") -> Callable[[FC], FC]:
-    return click.option("--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path), help=help)
+def landmarks_option(
+    help: str = "Landmark catalogue (default: the synced RIPE Atlas anchors).",
+) -> Callable[[FC], FC]:
+    return click.option(
+        "--landmarks", "landmarks_path", type=click.Path(dir_okay=False, path_type=Path), help=help
+    )
 
 
 def method_option(help: str = "Probe method.") -> Callable[[FC], FC]:
@@ -21,4 +25,6 @@ def method_option(help: str = "Probe method.") -> Callable[[FC], FC]:
 
 
 def allow_option() -> Callable[[FC], FC]:
-    return click.option("--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU.")
+    return click.option(
+        "--allow", help="Allowed jurisdictions: ISO codes and groups, e.g. DE,AT,EU."
+    )

@@ -20,10 +20,14 @@ def _summary_lines(policy: Policy) -> list[str]:
     allow = ", ".join(sorted(policy.allow)) or "(none: pass --allow to watch/check)"
     written = ", ".join(policy.allow_as_written)
     as_written = f"  (as written: {written})" if written != allow else ""
-    lines = [f"{policy.path}: valid",
-             f"  allow: {allow}{as_written}",
-             (f"  confidence: min_probability={policy.min_probability:g} "
-              f"min_landmarks={policy.min_landmarks}")]
+    lines = [
+        f"{policy.path}: valid",
+        f"  allow: {allow}{as_written}",
+        (
+            f"  confidence: min_probability={policy.min_probability:g} "
+            f"min_landmarks={policy.min_landmarks}"
+        ),
+    ]
     for verdict in VERDICTS:
         specs = policy.actions_for(verdict)
         lines.append(f"  on {verdict}: {len(specs)} action(s)")
@@ -74,15 +78,31 @@ def register(group: click.Group) -> None:
 
     @policy_group.command("fire")
     @click.argument("file", type=click.Path(path_type=Path))
-    @click.option("--event", "event_file", type=click.Path(path_type=Path), required=True,
-                  help="CloudEvent JSON (a file, its last line if JSON lines, or - for stdin).")
-    @click.option("--state", "state", type=click.Path(path_type=Path), default=None,
-                  help="State dir holding the store (default: the state dir).")
+    @click.option(
+        "--event",
+        "event_file",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="CloudEvent JSON (a file, its last line if JSON lines, or - for stdin).",
+    )
+    @click.option(
+        "--state",
+        "state",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="State dir holding the store (default: the state dir).",
+    )
     @click.option("--dry-run", is_flag=True, help="Print what would run; touch nothing.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def fire(env: Environment, file: Path, event_file: Path, state: Path | None, dry_run: bool,
-             as_json: bool) -> None:
+    def fire(
+        env: Environment,
+        file: Path,
+        event_file: Path,
+        state: Path | None,
+        dry_run: bool,
+        as_json: bool,
+    ) -> None:
         """Run FILE's actions for one event, as the watch daemon would (once per event)."""
         policy = load_policy(file)
         event = _load_event(event_file)
@@ -112,5 +132,7 @@ def register(group: click.Group) -> None:
             env.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
         for r in rows:
-            env.stdout.write(f"{r['ts']:.3f} {r['event_id']} {r['verdict']} [{r['action_index']}] "
-                             f"{r['action']}: {r['status']}: {r['detail']}\n")
+            env.stdout.write(
+                f"{r['ts']:.3f} {r['event_id']} {r['verdict']} [{r['action_index']}] "
+                f"{r['action']}: {r['status']}: {r['detail']}\n"
+            )

@@ -53,27 +53,77 @@ def testbed_group() -> None:
 
 
 @testbed_group.command("run")
-@click.option("--dataset", "dataset_path", type=click.Path(file_okay=False, path_type=Path),
-              help="WonderProxy or generic (landmarks.csv + rtts.csv) dataset dir (default: the built-in world).")
-@click.option("--at-server", help="Place the VM at this dataset server (name or id): its measured RTTs.")
-@click.option("--at", help="Place the VM at LAT,LON, with delays from a model fitted on the dataset.")
-@click.option("--catalogue", "catalogue_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the landmark catalogue (keys, calibration) here once every landmark listens.")
-@click.option("--landmarks", "count", type=click.IntRange(min=1), help="Use N landmarks drawn with --seed.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the landmark draw and the jitter.")
-@click.option("--bind-prefix", "prefixes", multiple=True,
-              help="Loopback prefixes for one address per landmark (default 127.0.0.0/24, 127.0.1.0/24).")
-@click.option("--bind", help="Put every landmark on this ONE address, on ports --base-port + server index.")
-@click.option("--base-port", type=click.IntRange(1, 65535), default=DEFAULT_BASE_PORT, show_default=True)
-@click.option("--advertise", help="Address the catalogue tells probers to use (e.g. 10.0.2.2 from a QEMU guest).")
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Load the landmarks' keys from here (creating missing ones): two testbeds, one catalogue.")
-@click.option("--name", help=f"Name to register under in the runtime dir (default {control.DEFAULT_NAME!r}).")
+@click.option(
+    "--dataset",
+    "dataset_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="WonderProxy or generic (landmarks.csv + rtts.csv) dataset dir (default: the built-in world).",
+)
+@click.option(
+    "--at-server", help="Place the VM at this dataset server (name or id): its measured RTTs."
+)
+@click.option(
+    "--at", help="Place the VM at LAT,LON, with delays from a model fitted on the dataset."
+)
+@click.option(
+    "--catalogue",
+    "catalogue_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the landmark catalogue (keys, calibration) here once every landmark listens.",
+)
+@click.option(
+    "--landmarks", "count", type=click.IntRange(min=1), help="Use N landmarks drawn with --seed."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the landmark draw and the jitter.",
+)
+@click.option(
+    "--bind-prefix",
+    "prefixes",
+    multiple=True,
+    help="Loopback prefixes for one address per landmark (default 127.0.0.0/24, 127.0.1.0/24).",
+)
+@click.option(
+    "--bind", help="Put every landmark on this ONE address, on ports --base-port + server index."
+)
+@click.option(
+    "--base-port", type=click.IntRange(1, 65535), default=DEFAULT_BASE_PORT, show_default=True
+)
+@click.option(
+    "--advertise",
+    help="Address the catalogue tells probers to use (e.g. 10.0.2.2 from a QEMU guest).",
+)
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Load the landmarks' keys from here (creating missing ones): two testbeds, one catalogue.",
+)
+@click.option(
+    "--name", help=f"Name to register under in the runtime dir (default {control.DEFAULT_NAME!r})."
+)
 @click.option("--no-jitter", is_flag=True, help="Always inject each path's minimum RTT.")
 @click.pass_obj
-def run_cmd(env: Environment, dataset_path: Path | None, at_server: str | None, at: str | None,
-            catalogue_path: Path, count: int | None, seed: int, prefixes: tuple[str, ...], bind: str | None,
-            base_port: int, advertise: str | None, keys_dir: Path | None, name: str | None, no_jitter: bool) -> None:
+def run_cmd(
+    env: Environment,
+    dataset_path: Path | None,
+    at_server: str | None,
+    at: str | None,
+    catalogue_path: Path,
+    count: int | None,
+    seed: int,
+    prefixes: tuple[str, ...],
+    bind: str | None,
+    base_port: int,
+    advertise: str | None,
+    keys_dir: Path | None,
+    name: str | None,
+    no_jitter: bool,
+) -> None:
     """Run the landmarks in the foreground until SIGTERM or SIGINT.
 
     Each landmark is a real signed-echo responder that holds its replies for the RTT from the VM's
@@ -82,14 +132,28 @@ def run_cmd(env: Environment, dataset_path: Path | None, at_server: str | None, 
     """
     spec = _placement(at_server, at)
     dataset = _dataset(dataset_path)
-    reg = control.claim(name or control.DEFAULT_NAME, explicit=name is not None, runtime=env.runtime_dir)
-    tb = build_testbed(dataset, spec, count=count, seed=seed, prefixes=prefixes or None, bind=bind,
-                       advertise=advertise, base_port=base_port, keys_dir=keys_dir, jitter=not no_jitter,
-                       name=reg.name)
+    reg = control.claim(
+        name or control.DEFAULT_NAME, explicit=name is not None, runtime=env.runtime_dir
+    )
+    tb = build_testbed(
+        dataset,
+        spec,
+        count=count,
+        seed=seed,
+        prefixes=prefixes or None,
+        bind=bind,
+        advertise=advertise,
+        base_port=base_port,
+        keys_dir=keys_dir,
+        jitter=not no_jitter,
+        name=reg.name,
+    )
     asyncio.run(_run(env, tb, reg, catalogue_path))
 
 
-async def _run(env: Environment, tb: Testbed, reg: control.Registration, catalogue_path: Path) -> None:
+async def _run(
+    env: Environment, tb: Testbed, reg: control.Registration, catalogue_path: Path
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,11 +162,15 @@ async def _run(env: Environment, tb: Testbed, reg: control.Registration, catalog
     try:
         await tb.serve_control(reg.socket)
         control.write_pidfile(reg, catalogue=str(catalogue_path.resolve()))
-        tb.catalogue().save(catalogue_path)  # last: its appearance tells scripts the testbed is ready
+        tb.catalogue().save(
+            catalogue_path
+        )  # last: its appearance tells scripts the testbed is ready
         p = tb.world.placement
-        env.stdout.write(f"testbed {reg.name!r}: {len(tb.world.ids)} landmarks on udp "
-                         f"({tb.endpoints[0].bind}...); VM at {p.label if p else '?'}\n"
-                         f"catalogue: {catalogue_path}\ncontrol: {reg.socket}\n")
+        env.stdout.write(
+            f"testbed {reg.name!r}: {len(tb.world.ids)} landmarks on udp "
+            f"({tb.endpoints[0].bind}...); VM at {p.label if p else '?'}\n"
+            f"catalogue: {catalogue_path}\ncontrol: {reg.socket}\n"
+        )
         env.stdout.flush()
         await stop.wait()
     finally:
@@ -124,8 +192,11 @@ def move_cmd(env: Environment, to_server: str | None, to: str | None, name: str 
     reply = control.request(reg, {"op": "move", "to": spec})
     vm = reply.get("vm") or {}
     where = vm.get("server") or f"{vm.get('lat')},{vm.get('lon')}"
-    env.stdout.write(f"testbed {reg.name!r}: VM moved to {where}"
-                     + (f" ({vm['country']})" if vm.get("country") else "") + "\n")
+    env.stdout.write(
+        f"testbed {reg.name!r}: VM moved to {where}"
+        + (f" ({vm['country']})" if vm.get("country") else "")
+        + "\n"
+    )
 
 
 @testbed_group.command("status")
@@ -140,17 +211,31 @@ def status_cmd(env: Environment, name: str | None) -> None:
 
 
 @click.command("demo")
-@click.option("--dataset", "dataset_path", type=click.Path(file_okay=False, path_type=Path),
-              help="Use this dataset instead of the built-in world.")
+@click.option(
+    "--dataset",
+    "dataset_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Use this dataset instead of the built-in world.",
+)
 @click.option("--at-server", help="Where the VM stands (default: Frankfurt in the built-in world).")
 @click.option("--at", help="Place the VM at LAT,LON instead.")
 @click.option("--landmarks", "count", type=click.IntRange(min=3), help="Use N landmarks.")
 @click.option("--samples", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.pass_obj
-def demo_cmd(env: Environment, dataset_path: Path | None, at_server: str | None, at: str | None,
-             count: int | None, samples: int, seed: int, fmt: str) -> None:
+def demo_cmd(
+    env: Environment,
+    dataset_path: Path | None,
+    at_server: str | None,
+    at: str | None,
+    count: int | None,
+    samples: int,
+    seed: int,
+    fmt: str,
+) -> None:
     """Locate a VM in an emulated world, offline: real probes over loopback, the real engine."""
     from geoprobe.measurement import min_rtts
     from geoprobe.testbed.builtin import DEFAULT_CITY
@@ -163,15 +248,21 @@ def demo_cmd(env: Environment, dataset_path: Path | None, at_server: str | None,
     assert p is not None
     console = Console(file=env.stderr, force_terminal=env.stderr_isatty)
     if fmt == "table":
-        env.stdout.write(f"demo: {len(tb.world.ids)} emulated signed landmarks on loopback "
-                         f"({dataset.name}); the VM stands at {p.label}, which geoprobe is not told.\n")
+        env.stdout.write(
+            f"demo: {len(tb.world.ids)} emulated signed landmarks on loopback "
+            f"({dataset.name}); the VM stands at {p.label}, which geoprobe is not told.\n"
+        )
         env.stdout.flush()
     with BackgroundTestbed(tb) as bg:
         cat = bg.catalogue
         from geoprobe.probe import measure
 
         t0 = time.monotonic()
-        with console.status("probing the landmarks (signed udp echo)...") if env.stderr_isatty else nullcontext():
+        with (
+            console.status("probing the landmarks (signed udp echo)...")
+            if env.stderr_isatty
+            else nullcontext()
+        ):
             measurements = measure(cat.landmarks, "udp", samples=samples, timeout=2.0, pps=1000.0)
         probe_s = time.monotonic() - t0
     rtts = min_rtts(measurements)
@@ -183,13 +274,24 @@ def demo_cmd(env: Environment, dataset_path: Path | None, at_server: str | None,
 
     fix = locate_from_catalogue(cat, rtts)
     err_km = float(haversine_km(fix.lat, fix.lon, p.lat, p.lon))
-    truth = {"lat": p.lat, "lon": p.lon, "server": p.server.name if p.server else None,
-             "country": p.server.country if p.server else None, "estimate_error_km": round(err_km, 1)}
+    truth = {
+        "lat": p.lat,
+        "lon": p.lon,
+        "server": p.server.name if p.server else None,
+        "country": p.server.country if p.server else None,
+        "estimate_error_km": round(err_km, 1),
+    }
     if fmt == "json":
-        env.stdout.write(report.render_json(fix, measurements, catalogue=cat.name, probe_method="udp",
-                                            demo_truth=truth) + "\n")
+        env.stdout.write(
+            report.render_json(
+                fix, measurements, catalogue=cat.name, probe_method="udp", demo_truth=truth
+            )
+            + "\n"
+        )
         return
-    out = Console(file=env.stdout, force_terminal=env.stdout_isatty, width=None if env.stdout_isatty else 100)
+    out = Console(
+        file=env.stdout, force_terminal=env.stdout_isatty, width=None if env.stdout_isatty else 100
+    )
     report.render_table(fix, measurements, out)
     ok = "" if not math.isfinite(err_km) else f"; the estimate is {err_km:.0f} km from it"
     out.print(f"truth: {p.label}{ok}. Probing took {probe_s:.1f} s.")

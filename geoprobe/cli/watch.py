@@ -43,7 +43,8 @@ def signal_names(spec: str) -> list[str]:
     for name in names:
         if name not in KNOWN_SIGNALS:
             raise InputError(
-                f"unknown signal {name!r} (known: {', '.join(KNOWN_SIGNALS)}, none)", field="signals"
+                f"unknown signal {name!r} (known: {', '.join(KNOWN_SIGNALS)}, none)",
+                field="signals",
             )
     return names
 
@@ -65,7 +66,9 @@ def config_ntp_servers() -> list[str]:
             raise InputError(f"cannot read config: {exc}", file=str(path)) from None
         ntp = raw.get("watch", {}).get("ntp", []) if isinstance(raw.get("watch"), dict) else []
         if not isinstance(ntp, list) or not all(isinstance(x, str) and x for x in ntp):
-            raise InputError("must be a list of \"host[:port]\" strings", file=str(path), field="watch.ntp")
+            raise InputError(
+                'must be a list of "host[:port]" strings', file=str(path), field="watch.ntp"
+            )
         return list(ntp)
     return []
 
@@ -172,7 +175,11 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
 )
 @method_option()
 @click.option(
-    "--samples", type=click.IntRange(1, 100), default=3, show_default=True, help="Probes per landmark per round."
+    "--samples",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Probes per landmark per round.",
 )
 @click.option(
     "--timeout",
@@ -183,7 +190,11 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     "(at least 0.5 s) when that is shorter, so a landmark gone silent does not hold every round.",
 )
 @click.option(
-    "--pps", type=click.FloatRange(min=1.0), default=1000.0, show_default=True, help="Packet rate cap."
+    "--pps",
+    type=click.FloatRange(min=1.0),
+    default=1000.0,
+    show_default=True,
+    help="Packet rate cap.",
 )
 @click.option(
     "--warmup",
@@ -213,7 +224,9 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     metavar="HOST[:PORT]",
     help="NTP server for the clock-offset signal (repeatable; default: [watch] ntp in config.toml).",
 )
-@click.option("--dry-run", is_flag=True, help="With --policy: print the actions instead of running them.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --policy: print the actions instead of running them."
+)
 @click.option("--rounds", "max_rounds", type=click.IntRange(1), help="Stop after this many rounds.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every transition and round to stderr.")
 @click.pass_obj
@@ -251,7 +264,9 @@ def watch_cmd(
     settings = resolve_settings(allow, policy_path, basis)
     wanted = signal_names(signal_spec)
     if metrics_path is not None and not metrics_path.parent.is_dir():
-        raise InputError("directory does not exist", file=str(metrics_path.parent), field="--metrics")
+        raise InputError(
+            "directory does not exist", file=str(metrics_path.parent), field="--metrics"
+        )
     cat = catalogue_from(landmarks_path)
     used_method = method or choose_method(cat)
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
@@ -275,7 +290,11 @@ def watch_cmd(
 
         def respond(ev: dict[str, Any]) -> None:
             for r in defend.respond(
-                ev, policy, store_path=store_path, dry_run=dry_run, log=lambda msg: log.warning("%s", msg)
+                ev,
+                policy,
+                store_path=store_path,
+                dry_run=dry_run,
+                log=lambda msg: log.warning("%s", msg),
             ):
                 log.info("action: %s", r)
 
@@ -288,7 +307,9 @@ def watch_cmd(
     def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
         from geoprobe.probe import measure as probe
 
-        return probe(landmarks, used_method, samples=samples, timeout=watcher.probe_timeout(timeout), pps=pps)
+        return probe(
+            landmarks, used_method, samples=samples, timeout=watcher.probe_timeout(timeout), pps=pps
+        )
 
     @functools.cache
     def model() -> Model | None:
@@ -334,7 +355,9 @@ def watch_cmd(
         stop.set()
 
     in_main = threading.current_thread() is threading.main_thread()
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    old = (
+        {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    )
     try:
         log.info(
             "watching %d landmarks (%s), allowed %s, every %g s",

@@ -66,8 +66,14 @@ def verdict_of(event: Mapping[str, Any], policy: Policy | None = None) -> str | 
     return "confirmed_crossing"
 
 
-def respond(event: Mapping[str, Any], policy: Policy, *, store_path: str | Path,
-            dry_run: bool = False, log: Log = no_log) -> list[ActionResult]:
+def respond(
+    event: Mapping[str, Any],
+    policy: Policy,
+    *,
+    store_path: str | Path,
+    dry_run: bool = False,
+    log: Log = no_log,
+) -> list[ActionResult]:
     """Run (or with ``dry_run`` only describe) the actions the event's verdict calls for.
 
     Each action fires at most once per event id, also across restarts; an action interrupted by

@@ -121,7 +121,9 @@ class AuditStore:
         """'done:<status>', 'running' (live owner), 'interrupted', or None (never claimed)."""
         row = self.conn.execute(
             "SELECT state, status, pid, pid_start FROM defend_fired "
-            "WHERE event_id = ? AND action_index = ?", (event_id, index)).fetchone()
+            "WHERE event_id = ? AND action_index = ?",
+            (event_id, index),
+        ).fetchone()
         if row is None:
             return None
         if row["state"] == "done":
@@ -139,16 +141,21 @@ class AuditStore:
                 self.conn.execute(
                     "INSERT INTO defend_fired (event_id, action_index, verdict, action, state, pid, "
                     "pid_start, claimed_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                    (event_id, index, verdict, action, pid, me, time.time()))
+                    (event_id, index, verdict, action, pid, me, time.time()),
+                )
                 attempts = 1
             elif state == "interrupted":
                 self.conn.execute(
                     "UPDATE defend_fired SET pid = ?, pid_start = ?, attempts = attempts + 1, "
                     "claimed_at = ? WHERE event_id = ? AND action_index = ?",
-                    (pid, me, time.time(), event_id, index))
-                attempts = int(self.conn.execute(
-                    "SELECT attempts FROM defend_fired WHERE event_id = ? AND action_index = ?",
-                    (event_id, index)).fetchone()[0])
+                    (pid, me, time.time(), event_id, index),
+                )
+                attempts = int(
+                    self.conn.execute(
+                        "SELECT attempts FROM defend_fired WHERE event_id = ? AND action_index = ?",
+                        (event_id, index),
+                    ).fetchone()[0]
+                )
             else:
                 self.conn.execute("COMMIT")
                 return state
@@ -165,7 +172,8 @@ class AuditStore:
             self.conn.execute(
                 "UPDATE defend_fired SET state = 'done', status = ?, finished_at = ? "
                 "WHERE event_id = ? AND action_index = ?",
-                (result.status, time.time(), claim.event_id, claim.index))
+                (result.status, time.time(), claim.event_id, claim.index),
+            )
             self.audit_result(claim.event_id, result)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -176,8 +184,20 @@ class AuditStore:
         self.conn.execute(
             "INSERT INTO defend_audit (ts, event_id, verdict, action_index, action, status, detail, "
             "warnings, data, duration_s, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), event_id, r.verdict, r.index, r.action, r.status, r.detail,
-             json.dumps(r.warnings), json.dumps(r.data, default=str), r.duration_s, os.getpid()))
+            (
+                time.time(),
+                event_id,
+                r.verdict,
+                r.index,
+                r.action,
+                r.status,
+                r.detail,
+                json.dumps(r.warnings),
+                json.dumps(r.data, default=str),
+                r.duration_s,
+                os.getpid(),
+            ),
+        )
 
     def trail(self, event_id: str | None = None) -> list[dict[str, Any]]:
         """The audit trail, oldest first, optionally for one event."""
@@ -199,5 +219,6 @@ class AuditStore:
         """action index -> final status, for the actions of ``event_id`` that completed."""
         rows = self.conn.execute(
             "SELECT action_index, status FROM defend_fired WHERE event_id = ? AND state = 'done'",
-            (event_id,)).fetchall()
+            (event_id,),
+        ).fetchall()
         return {int(r[0]): str(r[1]) for r in rows}

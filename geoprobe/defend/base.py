@@ -30,8 +30,9 @@ def no_log(message: str) -> None:
 class ActionFailed(Exception):
     """An action could not do its job; the runner records it and goes on to the next one."""
 
-    def __init__(self, message: str, *, data: Mapping[str, Any] | None = None,
-                 warnings: Sequence[str] = ()) -> None:
+    def __init__(
+        self, message: str, *, data: Mapping[str, Any] | None = None, warnings: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.data = dict(data or {})
         self.warnings = list(warnings)
@@ -104,9 +105,16 @@ class ActionResult:
         return self.status in ("ok", "dry-run")
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "action": self.action, "verdict": self.verdict,
-                "status": self.status, "detail": self.detail, "warnings": self.warnings,
-                "data": self.data, "duration_s": round(self.duration_s, 4)}
+        return {
+            "index": self.index,
+            "action": self.action,
+            "verdict": self.verdict,
+            "status": self.status,
+            "detail": self.detail,
+            "warnings": self.warnings,
+            "data": self.data,
+            "duration_s": round(self.duration_s, 4),
+        }
 
 
 ActionRun = Callable[[ActionSpec, ActionContext], Outcome]
@@ -126,14 +134,25 @@ def _clip(data: bytes) -> str:
     return text if len(text) <= OUTPUT_LIMIT else text[:OUTPUT_LIMIT] + "...[truncated]"
 
 
-def run_command(argv: Sequence[str], deadline: Deadline, *, stdin: bytes | None = None,
-                env: Mapping[str, str] | None = None, cwd: str | Path | None = None) -> Completed:
+def run_command(
+    argv: Sequence[str],
+    deadline: Deadline,
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> Completed:
     """Run a child in its own session; on timeout kill its whole process group (hooks fork)."""
     deadline.check(f"before running {argv[0]}")
     try:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
         )
     except OSError as exc:
         raise ActionFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
@@ -145,9 +164,10 @@ def run_command(argv: Sequence[str], deadline: Deadline, *, stdin: bytes | None 
         except ProcessLookupError:
             pass
         out, err = proc.communicate()
-        raise ActionTimeout(f"{argv[0]} killed at the timeout",
-                            data={"argv": list(argv), "stdout": _clip(out),
-                                  "stderr": _clip(err)}) from None
+        raise ActionTimeout(
+            f"{argv[0]} killed at the timeout",
+            data={"argv": list(argv), "stdout": _clip(out), "stderr": _clip(err)},
+        ) from None
     return Completed(list(argv), proc.returncode, _clip(out), _clip(err))
 
 
@@ -156,7 +176,8 @@ def check_command(argv: Sequence[str], deadline: Deadline, **kw: Any) -> Complet
     done = run_command(argv, deadline, **kw)
     if done.returncode != 0:
         msg = done.stderr.strip().splitlines()[-1:] or [""]
-        raise ActionFailed(f"{' '.join(argv)} exited {done.returncode}: {msg[0]}".rstrip(": "),
-                           data={"argv": done.argv, "returncode": done.returncode,
-                                 "stderr": done.stderr})
+        raise ActionFailed(
+            f"{' '.join(argv)} exited {done.returncode}: {msg[0]}".rstrip(": "),
+            data={"argv": done.argv, "returncode": done.returncode, "stderr": done.stderr},
+        )
     return done

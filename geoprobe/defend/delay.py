@@ -95,9 +95,11 @@ class Dirtier:
         rss, hwm = st.get("VmRSS", 0), st.get("VmHWM", 0)
         budget = memory_cap - rss - headroom
         if budget < MIN_BUFFER or hwm > memory_cap:
-            raise InputError(f"memory cap {memory_cap >> 20} MiB leaves no room for a buffer: "
-                             f"this process already holds {rss >> 20} MiB (peak {hwm >> 20} MiB)",
-                             field="memory")
+            raise InputError(
+                f"memory cap {memory_cap >> 20} MiB leaves no room for a buffer: "
+                f"this process already holds {rss >> 20} MiB (peak {hwm >> 20} MiB)",
+                field="memory",
+            )
         self.memory_cap = memory_cap
         self.pages = budget // PAGE
         self.buffer = np.zeros(self.pages * PAGE, dtype=np.uint8)
@@ -113,10 +115,16 @@ class Dirtier:
         once, as in QEMU's calc-dirty-rate over a 1 s period."""
         return min(pages_per_s, float(self.pages)) * PAGE / 2**20
 
-    def run(self, *, cpu: float = DEFAULT_CPU, rate: float | None = None,
-            duration: float | None = DEFAULT_DURATION, should_stop: Callable[[], str | None] | None = None,
-            progress: Callable[[Progress], None] | None = None, report_every: float = 1.0,
-            ) -> DelaySummary:
+    def run(
+        self,
+        *,
+        cpu: float = DEFAULT_CPU,
+        rate: float | None = None,
+        duration: float | None = DEFAULT_DURATION,
+        should_stop: Callable[[], str | None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        report_every: float = 1.0,
+    ) -> DelaySummary:
         """Write page after page until ``duration`` or ``should_stop`` returns a reason.
 
         Pacing is a token bucket on both caps: after each chunk the writer sleeps until its
@@ -163,16 +171,33 @@ class Dirtier:
             if progress is not None and now >= next_report:
                 st = proc_status()
                 pps = (pages - last_pages) / max(now - last_t, 1e-9)
-                progress(Progress(now - t0, pages, pps, self._dirty_mib(pps), passes,
-                                  st.get("VmRSS", 0), st.get("VmHWM", 0)))
+                progress(
+                    Progress(
+                        now - t0,
+                        pages,
+                        pps,
+                        self._dirty_mib(pps),
+                        passes,
+                        st.get("VmRSS", 0),
+                        st.get("VmHWM", 0),
+                    )
+                )
                 last_t, last_pages, next_report = now, pages, now + report_every
         elapsed = time.perf_counter() - t0
         pps = pages / max(elapsed, 1e-9)
-        return DelaySummary(reason=reason, elapsed_s=elapsed, pages=pages, pages_per_s=pps,
-                            dirty_mib_per_s=self._dirty_mib(pps), passes=passes,
-                            buffer_bytes=self.buffer_bytes, memory_cap=self.memory_cap,
-                            peak_rss_bytes=proc_status().get("VmHWM", 0), cpu_cap=cpu,
-                            cpu_s=time.thread_time() - c0)
+        return DelaySummary(
+            reason=reason,
+            elapsed_s=elapsed,
+            pages=pages,
+            pages_per_s=pps,
+            dirty_mib_per_s=self._dirty_mib(pps),
+            passes=passes,
+            buffer_bytes=self.buffer_bytes,
+            memory_cap=self.memory_cap,
+            peak_rss_bytes=proc_status().get("VmHWM", 0),
+            cpu_cap=cpu,
+            cpu_s=time.thread_time() - c0,
+        )
 
 
 def _sleep_until(wake: float, should_stop: Callable[[], str | None] | None) -> str | None:
@@ -216,39 +241,59 @@ def child_main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 3
-    print(json.dumps({"started": True, "pid": os.getpid(), "buffer_bytes": d.buffer_bytes,
-                      "memory_cap": d.memory_cap}), flush=True)
+    print(
+        json.dumps(
+            {
+                "started": True,
+                "pid": os.getpid(),
+                "buffer_bytes": d.buffer_bytes,
+                "memory_cap": d.memory_cap,
+            }
+        ),
+        flush=True,
+    )
     stopped: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append("stopped"))
     flag = flag_stop(cfg.get("until_clear"), cfg.get("parent_pid"))
-    summary = d.run(cpu=float(cfg["cpu"]), rate=cfg.get("rate"), duration=float(cfg["duration"]),
-                    should_stop=lambda: stopped[0] if stopped else flag(),
-                    progress=lambda p: print(json.dumps(p.to_json()), flush=True))
+    summary = d.run(
+        cpu=float(cfg["cpu"]),
+        rate=cfg.get("rate"),
+        duration=float(cfg["duration"]),
+        should_stop=lambda: stopped[0] if stopped else flag(),
+        progress=lambda p: print(json.dumps(p.to_json()), flush=True),
+    )
     print(json.dumps({"summary": summary.to_json()}), flush=True)
     return 0
 
 
 def _config(spec: ActionSpec, ctx: ActionContext) -> dict[str, Any]:
-    return {"memory": int(spec.options.get("memory", DEFAULT_MEMORY)),
-            "cpu": float(spec.options.get("cpu", DEFAULT_CPU)),
-            "duration": float(spec.options.get("duration", DEFAULT_DURATION)),
-            "rate": spec.options.get("rate"),
-            "until_clear": str(clear_flag(ctx.store_path)), "parent_pid": os.getpid()}
+    return {
+        "memory": int(spec.options.get("memory", DEFAULT_MEMORY)),
+        "cpu": float(spec.options.get("cpu", DEFAULT_CPU)),
+        "duration": float(spec.options.get("duration", DEFAULT_DURATION)),
+        "rate": spec.options.get("rate"),
+        "until_clear": str(clear_flag(ctx.store_path)),
+        "parent_pid": os.getpid(),
+    }
 
 
 def plan(spec: ActionSpec, ctx: ActionContext) -> str:
     c = _config(spec, ctx)
     rate = f", {c['rate']:g} pages/s" if c["rate"] else ""
-    return (f"dirty memory in the background: cap {c['memory'] >> 20} MiB, cpu {c['cpu']:g}, "
-            f"up to {c['duration']:g} s{rate}, until the verdict clears")
+    return (
+        f"dirty memory in the background: cap {c['memory'] >> 20} MiB, cpu {c['cpu']:g}, "
+        f"up to {c['duration']:g} s{rate}, until the verdict clears"
+    )
 
 
 def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     """Start the child and wait until it has its buffer; it then runs on its own."""
     for key, proc in list(_RUNNING.items()):
         if proc.poll() is None:
-            return Outcome(f"delay already running (pid {proc.pid}, event {key})",
-                           data={"pid": proc.pid, "already_running": True})
+            return Outcome(
+                f"delay already running (pid {proc.pid}, event {key})",
+                data={"pid": proc.pid, "already_running": True},
+            )
         del _RUNNING[key]
     cfg = _config(spec, ctx)
     clear_flag(ctx.store_path).unlink(missing_ok=True)
@@ -256,9 +301,13 @@ def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     log.parent.mkdir(parents=True, exist_ok=True)
     code = "import sys; from geoprobe.defend.delay import child_main; sys.exit(child_main())"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     _RUNNING[ctx.event_id] = proc
     while not ctx.deadline.expired():
         text = log.read_text()
@@ -271,14 +320,18 @@ def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
             if "error" in info:
                 proc.wait()
                 raise ActionFailed(f"delay did not start: {info['error']}", data={"log": str(log)})
-            return Outcome(f"delay running (pid {proc.pid}, buffer {info['buffer_bytes'] >> 20} MiB, "
-                           f"up to {cfg['duration']:g} s)",
-                           data={"pid": proc.pid, "log": str(log), **info, "config": cfg})
+            return Outcome(
+                f"delay running (pid {proc.pid}, buffer {info['buffer_bytes'] >> 20} MiB, "
+                f"up to {cfg['duration']:g} s)",
+                data={"pid": proc.pid, "log": str(log), **info, "config": cfg},
+            )
         if proc.poll() is not None:
             raise ActionFailed(f"delay exited at once ({proc.returncode})", data={"log": str(log)})
         time.sleep(0.02)
-    return Outcome(f"delay started (pid {proc.pid}); buffer not yet allocated at the timeout",
-                   data={"pid": proc.pid, "log": str(log), "config": cfg})
+    return Outcome(
+        f"delay started (pid {proc.pid}); buffer not yet allocated at the timeout",
+        data={"pid": proc.pid, "log": str(log), "config": cfg},
+    )
 
 
 def stop_background(store_path: str | Path | None = None, *, wait_s: float = 5.0) -> int:

@@ -23,13 +23,15 @@ def _env(spec: ActionSpec, ctx: ActionContext) -> dict[str, str]:
     env = dict(os.environ)
     env.update(spec.options.get("env", {}))
     data = ctx.event.get("data") or {}
-    env.update({
-        "GEOPROBE_EVENT_ID": ctx.event_id,
-        "GEOPROBE_EVENT_TYPE": str(ctx.event.get("type", "")),
-        "GEOPROBE_VERDICT": ctx.verdict,
-        "GEOPROBE_FROM": str(data.get("from") or ""),
-        "GEOPROBE_TO": str(data.get("to") or ""),
-    })
+    env.update(
+        {
+            "GEOPROBE_EVENT_ID": ctx.event_id,
+            "GEOPROBE_EVENT_TYPE": str(ctx.event.get("type", "")),
+            "GEOPROBE_VERDICT": ctx.verdict,
+            "GEOPROBE_FROM": str(data.get("from") or ""),
+            "GEOPROBE_TO": str(data.get("to") or ""),
+        }
+    )
     return env
 
 
@@ -59,7 +61,9 @@ def _targets(spec: ActionSpec) -> tuple[list[list[str]], list[str]]:
 def plan(spec: ActionSpec, ctx: ActionContext) -> str:
     argvs, skipped = _targets(spec)
     text = "; ".join(" ".join(a) for a in argvs) or "(no executable in directory)"
-    return f"run {text} with the event JSON on stdin" + (f" (skipping {skipped})" if skipped else "")
+    return f"run {text} with the event JSON on stdin" + (
+        f" (skipping {skipped})" if skipped else ""
+    )
 
 
 def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
@@ -81,8 +85,14 @@ def run(spec: ActionSpec, ctx: ActionContext) -> Outcome:
             failures.append(str(exc))
             runs.append({"argv": argv, "error": str(exc)})
             continue
-        runs.append({"argv": argv, "returncode": done.returncode, "stdout": done.stdout,
-                     "stderr": done.stderr})
+        runs.append(
+            {
+                "argv": argv,
+                "returncode": done.returncode,
+                "stdout": done.stdout,
+                "stderr": done.stderr,
+            }
+        )
         if done.returncode != 0:
             failures.append(f"{argv[0]} exited {done.returncode}")
     if failures:

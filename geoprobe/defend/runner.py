@@ -62,11 +62,22 @@ def execute(spec: ActionSpec, ctx: ActionContext) -> ActionResult:
     worker.join(spec.timeout + GRACE_S)
     elapsed = time.monotonic() - t0
 
-    def result(status: str, detail: str, warnings: list[str] | None = None,
-               data: dict[str, Any] | None = None) -> ActionResult:
-        return ActionResult(index=spec.index, action=spec.action, verdict=spec.verdict,
-                            status=status, detail=detail, warnings=warnings or [],
-                            data=data or {}, duration_s=elapsed)
+    def result(
+        status: str,
+        detail: str,
+        warnings: list[str] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ActionResult:
+        return ActionResult(
+            index=spec.index,
+            action=spec.action,
+            verdict=spec.verdict,
+            status=status,
+            detail=detail,
+            warnings=warnings or [],
+            data=data or {},
+            duration_s=elapsed,
+        )
 
     if worker.is_alive():
         return result("timeout", f"still running after {spec.timeout:g} s; abandoned")
@@ -81,19 +92,36 @@ def execute(spec: ActionSpec, ctx: ActionContext) -> ActionResult:
     return result("ok", out.detail, out.warnings, out.data)
 
 
-def _context(event: Mapping[str, Any], verdict: str, spec: ActionSpec, store_path: Path,
-             log: Log) -> ActionContext:
-    return ActionContext(event=event, verdict=verdict, deadline=Deadline.after(spec.timeout),
-                         store_path=store_path, log=log)
+def _context(
+    event: Mapping[str, Any], verdict: str, spec: ActionSpec, store_path: Path, log: Log
+) -> ActionContext:
+    return ActionContext(
+        event=event,
+        verdict=verdict,
+        deadline=Deadline.after(spec.timeout),
+        store_path=store_path,
+        log=log,
+    )
 
 
 def _skipped(spec: ActionSpec, why: str) -> ActionResult:
-    return ActionResult(index=spec.index, action=spec.action, verdict=spec.verdict,
-                        status="skipped", detail=f"already fired for this event ({why})")
+    return ActionResult(
+        index=spec.index,
+        action=spec.action,
+        verdict=spec.verdict,
+        status="skipped",
+        detail=f"already fired for this event ({why})",
+    )
 
 
-def dry_run(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec], *,
-            store_path: Path, log: Log = no_log) -> list[ActionResult]:
+def dry_run(
+    event: Mapping[str, Any],
+    verdict: str,
+    specs: Sequence[ActionSpec],
+    *,
+    store_path: Path,
+    log: Log = no_log,
+) -> list[ActionResult]:
     """What would run, in order. Reads the store if it exists; writes and touches nothing."""
     store = AuditStore.open_readonly(store_path)
     event_id = str(event["id"])
@@ -109,8 +137,13 @@ def dry_run(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec],
                     text = ACTIONS[spec.action][1](spec, ctx)
                 except (OSError, ActionFailed) as exc:
                     text = f"(cannot plan: {exc})"
-                res = ActionResult(index=spec.index, action=spec.action, verdict=verdict,
-                                   status="dry-run", detail=text)
+                res = ActionResult(
+                    index=spec.index,
+                    action=spec.action,
+                    verdict=verdict,
+                    status="dry-run",
+                    detail=text,
+                )
             log(f"dry-run {spec.where} {spec.action}: {res.detail}")
             results.append(res)
     finally:
@@ -119,8 +152,14 @@ def dry_run(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec],
     return results
 
 
-def _run_unrecorded(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec],
-                    store_path: Path, log: Log, why: str) -> list[ActionResult]:
+def _run_unrecorded(
+    event: Mapping[str, Any],
+    verdict: str,
+    specs: Sequence[ActionSpec],
+    store_path: Path,
+    log: Log,
+    why: str,
+) -> list[ActionResult]:
     results = []
     for spec in specs:
         res = execute(spec, _context(event, verdict, spec, store_path, log))
@@ -130,8 +169,14 @@ def _run_unrecorded(event: Mapping[str, Any], verdict: str, specs: Sequence[Acti
     return results
 
 
-def run_actions(event: Mapping[str, Any], verdict: str, specs: Sequence[ActionSpec], *,
-                store_path: Path, log: Log = no_log) -> list[ActionResult]:
+def run_actions(
+    event: Mapping[str, Any],
+    verdict: str,
+    specs: Sequence[ActionSpec],
+    *,
+    store_path: Path,
+    log: Log = no_log,
+) -> list[ActionResult]:
     """Fire each not-yet-fired action in order; audit every one, including skips.
 
     If the state store cannot be opened the actions still run (a broken disk must not disarm

@@ -81,8 +81,9 @@ def plan_stop_units(spec: ActionSpec, ctx: ActionContext) -> str:
 def run_stop_units(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     argv = _stop_argv(spec)
     res = check_command([_tool("systemctl"), *argv[1:]], ctx.deadline)
-    return Outcome(f"stopped {', '.join(spec.options['units'])}",
-                   data={"argv": res.argv, "stdout": res.stdout})
+    return Outcome(
+        f"stopped {', '.join(spec.options['units'])}", data={"argv": res.argv, "stdout": res.stdout}
+    )
 
 
 def _poweroff_argv(spec: ActionSpec) -> list[str]:

@@ -34,7 +34,9 @@ class Mount:
 
 
 def _unescape(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    return (
+        s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    )
 
 
 def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
@@ -93,22 +95,30 @@ def caveats(path: str | Path, nlink: int = 1, table: list[Mount] | None = None) 
     """What an in-place overwrite of ``path`` cannot guarantee on this system."""
     notes = []
     if nlink > 1:
-        notes.append(f"{nlink - 1} other hard link(s) keep the inode: its bytes are overwritten "
-                     "but those names remain")
+        notes.append(
+            f"{nlink - 1} other hard link(s) keep the inode: its bytes are overwritten "
+            "but those names remain"
+        )
     m = mount_of(path, table)
     if m is None:
         notes.append("filesystem unknown (no mount table): cannot tell copy-on-write or journaling")
         return notes
     fs = m.fstype
     if fs in COPY_ON_WRITE:
-        notes.append(f"{fs} is copy-on-write/log-structured: the overwrite goes to new blocks and "
-                     "the old ones (and any snapshot) may keep the data")
+        notes.append(
+            f"{fs} is copy-on-write/log-structured: the overwrite goes to new blocks and "
+            "the old ones (and any snapshot) may keep the data"
+        )
     elif fs == "overlay":
-        notes.append("overlayfs: if the file came from a lower layer, the overwrite copies it up "
-                     "and the lower layer keeps the original")
+        notes.append(
+            "overlayfs: if the file came from a lower layer, the overwrite copies it up "
+            "and the lower layer keeps the original"
+        )
     elif fs == "xfs":
-        notes.append("xfs: extents shared by a reflink copy are copied on write, so such a copy "
-                     "would keep the data")
+        notes.append(
+            "xfs: extents shared by a reflink copy are copied on write, so such a copy "
+            "would keep the data"
+        )
     if fs in ("ext3", "ext4") and "data=journal" in m.options:
         notes.append(f"{fs} mounted data=journal: the journal may still hold the file's data")
     if fs in MEMORY_FS:
@@ -120,13 +130,17 @@ def caveats(path: str | Path, nlink: int = 1, table: list[Mount] | None = None) 
         rot = dev / "queue" / "rotational"
         try:
             if rot.read_text().strip() == "0":
-                notes.append(f"{dev.name} is flash storage: wear levelling remaps writes, so old "
-                             "cells may keep the data (destroy the key of encrypted storage instead)")
+                notes.append(
+                    f"{dev.name} is flash storage: wear levelling remaps writes, so old "
+                    "cells may keep the data (destroy the key of encrypted storage instead)"
+                )
         except OSError:
             pass
         if dev.name.startswith(("vd", "xvd")) or "virtio" in os.path.realpath(dev / "device"):
-            notes.append(f"{dev.name} is a virtual disk: the host's image, snapshots or caches may "
-                         "keep copies the guest cannot reach")
+            notes.append(
+                f"{dev.name} is a virtual disk: the host's image, snapshots or caches may "
+                "keep copies the guest cannot reach"
+            )
     return notes
 
 
@@ -141,9 +155,15 @@ class FileWipe:
     caveats: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "bytes": self.size, "passes": self.passes,
-                "removed": self.removed, "absent": self.absent, "fstype": self.fstype,
-                "caveats": self.caveats}
+        return {
+            "path": self.path,
+            "bytes": self.size,
+            "passes": self.passes,
+            "removed": self.removed,
+            "absent": self.absent,
+            "fstype": self.fstype,
+            "caveats": self.caveats,
+        }
 
 
 def _fsync_dir(directory: str) -> None:
@@ -157,8 +177,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def wipe_file(path: str | Path, deadline: Deadline, passes: int = 1, *,
-              follow_symlinks: bool = True) -> FileWipe:
+def wipe_file(
+    path: str | Path, deadline: Deadline, passes: int = 1, *, follow_symlinks: bool = True
+) -> FileWipe:
     """Overwrite every byte with random data ``passes`` times, fsync each pass, unlink, fsync dir.
 
     A named symlink's target is wiped and both names are removed; inside a recursive wipe a

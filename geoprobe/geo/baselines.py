@@ -35,12 +35,24 @@ def shortest_ping(model: Model, rtts: Mapping[str, float], countries: CountryLoo
     lat, lon = float(model.lat[k]), float(model.lon[k])
     code = str(countries.codes_at(np.array([lat]), np.array([lon]))[0])
     shares = [CountryShare(code, 1.0, 1.0)] if code else []
-    return Fix(lat=lat, lon=lon, error_radius_km=float(r.min()) * 100.0, bound="calibrated", countries=shares,
-               certified=None, region=None, sound_region=None, landmarks_used=[model.ids[k]],
-               method="shortest-ping", notes=[f"nearest landmark by RTT: {model.ids[k]} ({r.min():.2f} ms)"])
+    return Fix(
+        lat=lat,
+        lon=lon,
+        error_radius_km=float(r.min()) * 100.0,
+        bound="calibrated",
+        countries=shares,
+        certified=None,
+        region=None,
+        sound_region=None,
+        landmarks_used=[model.ids[k]],
+        method="shortest-ping",
+        notes=[f"nearest landmark by RTT: {model.ids[k]} ({r.min():.2f} ms)"],
+    )
 
 
-def cbg(model: Model, rtts: Mapping[str, float], countries: CountryLookup, *, points: int = 3000) -> Fix:
+def cbg(
+    model: Model, rtts: Mapping[str, float], countries: CountryLookup, *, points: int = 3000
+) -> Fix:
     idx, r = _measure(model, rtts)
     radius = bestline_radius_km(r, model.slope[idx], model.intercept[idx])
     lat, lon = model.lat[idx], model.lon[idx]
@@ -55,7 +67,9 @@ def cbg(model: Model, rtts: Mapping[str, float], countries: CountryLookup, *, po
         # Published CBG has no answer here; take the points that violate the fewest bounds.
         count = (over > 0).sum(axis=1)
         chosen = count == count.min()
-        notes.append(f"empty intersection; centroid of the points violating the fewest ({int(count.min())}) bounds")
+        notes.append(
+            f"empty intersection; centroid of the points violating the fewest ({int(count.min())}) bounds"
+        )
     v = (sample.weight[chosen, None] * sample.xyz[chosen]).sum(axis=0)
     v = v / max(float(np.linalg.norm(v)), 1e-12)
     elat, elon = (float(x) for x in from_xyz(v))
@@ -71,10 +85,26 @@ def cbg(model: Model, rtts: Mapping[str, float], countries: CountryLookup, *, po
     code = str(countries.codes_at(np.array([elat]), np.array([elon]))[0])
     if not code and shares:
         code = max(shares, key=lambda c: shares[c])
-    out = [CountryShare(code, shares.get(code, 1.0 if not shares else 0.0), shares.get(code, 0.0))] if code else []
-    out += [CountryShare(c, p, p) for c, p in sorted(shares.items(), key=lambda kv: -kv[1]) if c != code]
+    out = (
+        [CountryShare(code, shares.get(code, 1.0 if not shares else 0.0), shares.get(code, 0.0))]
+        if code
+        else []
+    )
+    out += [
+        CountryShare(c, p, p) for c, p in sorted(shares.items(), key=lambda kv: -kv[1]) if c != code
+    ]
     d = np.arccos(np.clip(sample.xyz[chosen] @ v, -1.0, 1.0)) * EARTH_RADIUS_KM
     err = float(d.max()) if len(d) else math.nan
-    return Fix(lat=elat, lon=elon, error_radius_km=err, bound="calibrated", countries=out, certified=None,
-               region=region, sound_region=None, landmarks_used=[model.ids[i] for i in idx], method="cbg",
-               notes=notes)
+    return Fix(
+        lat=elat,
+        lon=elon,
+        error_radius_km=err,
+        bound="calibrated",
+        countries=out,
+        certified=None,
+        region=region,
+        sound_region=None,
+        landmarks_used=[model.ids[i] for i in idx],
+        method="cbg",
+        notes=notes,
+    )

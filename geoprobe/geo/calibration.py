@@ -44,8 +44,11 @@ SOFT_REACH = "bestline"
 
 def sound_radius_km(rtt_ms: float | FArray) -> float | FArray:
     """(a) The sound bound: no added delay can make it exclude the true location."""
-    return np.maximum(np.asarray(rtt_ms, dtype=float), 0.0) * SOUND_KM_PER_MS if isinstance(
-        rtt_ms, np.ndarray) else max(float(rtt_ms), 0.0) * SOUND_KM_PER_MS
+    return (
+        np.maximum(np.asarray(rtt_ms, dtype=float), 0.0) * SOUND_KM_PER_MS
+        if isinstance(rtt_ms, np.ndarray)
+        else max(float(rtt_ms), 0.0) * SOUND_KM_PER_MS
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,8 +61,13 @@ def bestline_lp(km: FArray, rtt: FArray) -> tuple[float, float]:
 
     d, r = np.asarray(km, float), np.asarray(rtt, float)
     # minimise sum(r - m d - b) == maximise m*sum(d) + n*b, s.t. m d_j + b <= r_j, m >= light, b >= 0.
-    res = linprog(c=[-d.sum(), -float(len(d))], A_ub=np.column_stack([d, np.ones_like(d)]), b_ub=r,
-                  bounds=[(LIGHT_SLOPE, None), (0.0, None)], method="highs")
+    res = linprog(
+        c=[-d.sum(), -float(len(d))],
+        A_ub=np.column_stack([d, np.ones_like(d)]),
+        b_ub=r,
+        bounds=[(LIGHT_SLOPE, None), (0.0, None)],
+        method="highs",
+    )
     if not res.success:
         return LIGHT_SLOPE, 0.0
     return float(res.x[0]), float(res.x[1])
@@ -119,7 +127,9 @@ class Liar:
     example: str
 
 
-def vet(km: FArray, rtt: FArray, ids: Sequence[str] | None = None, *, tolerance: float = 0.0) -> list[Liar]:
+def vet(
+    km: FArray, rtt: FArray, ids: Sequence[str] | None = None, *, tolerance: float = 0.0
+) -> list[Liar]:
     """Greedily find landmarks whose RTTs are faster than light over their claimed distances.
 
     ``km`` and ``rtt`` are n x n (RTT NaN where unknown). Each round removes the landmark in most
@@ -147,8 +157,14 @@ def vet(km: FArray, rtt: FArray, ids: Sequence[str] | None = None, *, tolerance:
         # A lone violating pair cannot say which end lies: leave both out (soundness first).
         for a, b in ((i, j), (j, i)) if counts.max() == 1 else ((i, j),):
             r = np.fmin(rtt[a, b], rtt[b, a])
-            out.append(Liar(a, int(counts[a]), f"RTT {r:.1f} ms to {names[b]} is faster than light over "
-                                               f"the claimed {km[a, b]:.0f} km ({int(counts[a])} such pair(s))"))
+            out.append(
+                Liar(
+                    a,
+                    int(counts[a]),
+                    f"RTT {r:.1f} ms to {names[b]} is faster than light over "
+                    f"the claimed {km[a, b]:.0f} km ({int(counts[a])} such pair(s))",
+                )
+            )
             alive[a] = False
 
 
@@ -177,7 +193,9 @@ def _gaussian_smooth(h: FArray, sigma: tuple[float, float]) -> FArray:
     return np.asarray(out, dtype=float)
 
 
-def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0, reach: FArray | None = None) -> FArray:
+def soft_table(
+    km: FArray, rtt: FArray, *, pseudo: float = 2.0, reach: FArray | None = None
+) -> FArray:
     """log p(u bin | RTT bin) from pooled (distance, RTT) pairs, smoothed across neighbouring bins.
 
     ``u`` is the distance as a share of ``reach`` (default: the sound bound of the RTT).
@@ -191,7 +209,9 @@ def soft_table(km: FArray, rtt: FArray, *, pseudo: float = 2.0, reach: FArray | 
     h = _gaussian_smooth(h, (0.8, 1.0))
     # Rows with little data borrow from the whole table rather than go flat.
     pooled = h.sum(axis=0) / max(h.sum(), 1e-12)
-    p = (h + pseudo * pooled[None, :] + 1e-3) / (h.sum(axis=1, keepdims=True) + pseudo + U_BINS * 1e-3)
+    p = (h + pseudo * pooled[None, :] + 1e-3) / (
+        h.sum(axis=1, keepdims=True) + pseudo + U_BINS * 1e-3
+    )
     return np.asarray(np.log(p), dtype=float)
 
 
@@ -228,7 +248,9 @@ class Model:
     excluded: dict[str, str] = field(default_factory=dict)  # vetted out: id -> why
     temperature: float = 1.0  # divides the log-likelihood; fitted so probabilities are calibrated
     estimate_temperature: float = 4.0  # the same for the point estimate, fitted for the least error
-    blend: float = 1.0  # share of the posterior in country probabilities; the rest: sound-region land shares
+    blend: float = (
+        1.0  # share of the posterior in country probabilities; the rest: sound-region land shares
+    )
     prior_bandwidth_km: float = 60.0
     prior_floor: float = 0.3
     profile_width: float = 0.35  # log-RTT difference at which a peer's RTT profile stops matching
@@ -240,8 +262,15 @@ class Model:
         return {lid: i for i, lid in enumerate(self.ids)}
 
 
-def fit_arrays(ids: Sequence[str], lat: FArray, lon: FArray, rtt: FArray, *, vetting: bool = True,
-               km: FArray | None = None) -> Model:
+def fit_arrays(
+    ids: Sequence[str],
+    lat: FArray,
+    lon: FArray,
+    rtt: FArray,
+    *,
+    vetting: bool = True,
+    km: FArray | None = None,
+) -> Model:
     """Fit every model from positions and an n x n min-RTT matrix (NaN unknown; rows = sources)."""
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     n = len(ids)
@@ -273,8 +302,18 @@ def fit_arrays(ids: Sequence[str], lat: FArray, lon: FArray, rtt: FArray, *, vet
     else:
         adj = sym - offset[:, None] - offset[None, :]
         table = soft_table(dist[np.isfinite(adj)], np.maximum(adj[np.isfinite(adj)], R_EDGES[0]))
-    return Model(ids=list(ids), lat=lat, lon=lon, slope=slope, intercept=intercept, offset=offset,
-                 table=table, excluded=excluded, pairs=int(np.isfinite(sym).sum() // 2), rtt=sym)
+    return Model(
+        ids=list(ids),
+        lat=lat,
+        lon=lon,
+        slope=slope,
+        intercept=intercept,
+        offset=offset,
+        table=table,
+        excluded=excluded,
+        pairs=int(np.isfinite(sym).sum() // 2),
+        rtt=sym,
+    )
 
 
 def _offsets(km: FArray, sym: FArray, *, shrink: float = 10.0) -> FArray:
@@ -308,7 +347,9 @@ def _offsets(km: FArray, sym: FArray, *, shrink: float = 10.0) -> FArray:
             med = float(np.median(v))
             out[i] = med * len(v) / (len(v) + shrink)
     lowest = np.nanmin(np.where(ok, sym, np.inf), axis=1)
-    return np.asarray(np.clip(out, 0.0, np.where(np.isfinite(lowest), 0.5 * lowest, 0.0)), dtype=float)
+    return np.asarray(
+        np.clip(out, 0.0, np.where(np.isfinite(lowest), 0.5 * lowest, 0.0)), dtype=float
+    )
 
 
 def hold_out(model: Model, i: int) -> Model:
@@ -324,9 +365,11 @@ def hold_out(model: Model, i: int) -> Model:
     out = dataclasses.replace(model, excluded={**model.excluded, lid: "held out"})
     if not model.rtt.size:
         return out
-    d = distance_matrix_km(model.lat, model.lon, model.lat[i:i + 1], model.lon[i:i + 1])[:, 0]
+    d = distance_matrix_km(model.lat, model.lon, model.lat[i : i + 1], model.lon[i : i + 1])[:, 0]
     r = model.rtt[:, i]
-    tight = np.flatnonzero(np.isfinite(r) & (np.abs(r - (model.slope * d + model.intercept)) <= 1e-6))
+    tight = np.flatnonzero(
+        np.isfinite(r) & (np.abs(r - (model.slope * d + model.intercept)) <= 1e-6)
+    )
     if len(tight) == 0:
         return out
     slope, intercept = model.slope.copy(), model.intercept.copy()
@@ -335,7 +378,9 @@ def hold_out(model: Model, i: int) -> Model:
         row[i] = np.nan
         ok = np.isfinite(row)
         if ok.sum() >= 2:
-            dj = distance_matrix_km(model.lat[j:j + 1], model.lon[j:j + 1], model.lat[ok], model.lon[ok])[0]
+            dj = distance_matrix_km(
+                model.lat[j : j + 1], model.lon[j : j + 1], model.lat[ok], model.lon[ok]
+            )[0]
             slope[j], intercept[j] = bestline(dj, row[ok])
     out.slope, out.intercept = slope, intercept
     return out
@@ -362,8 +407,11 @@ def fit(catalogue: Catalogue, *, vetting: bool = True) -> Model:
 def measured_rtts(model: Model, rtts: Mapping[str, float]) -> tuple[npt.NDArray[np.intp], FArray]:
     """Indices into the model and RTTs of the usable measurements (known, not vetted out, finite)."""
     idx = model.index
-    pairs = [(idx[k], float(v)) for k, v in rtts.items()
-             if k in idx and k not in model.excluded and math.isfinite(v) and v >= 0]
+    pairs = [
+        (idx[k], float(v))
+        for k, v in rtts.items()
+        if k in idx and k not in model.excluded and math.isfinite(v) and v >= 0
+    ]
     if not pairs:
         return np.zeros(0, dtype=np.intp), np.zeros(0)
     i, r = zip(*pairs)

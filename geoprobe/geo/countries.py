@@ -98,7 +98,9 @@ def _load_packaged(tables: CodeTables) -> tuple[dict[str, list[BaseGeometry]], s
         if code is None and f.id is not None:
             code = tables.alpha2_by_numeric.get(f.id)
         if code is None:
-            raise InputError(f"no ISO code for {name!r} (id {f.id})", file=TOPOJSON, entry=n, field="id")
+            raise InputError(
+                f"no ISO code for {name!r} (id {f.id})", file=TOPOJSON, entry=n, field="id"
+            )
         _add(acc, code, f.geometry)
     return acc, names
 
@@ -138,20 +140,28 @@ def _load_geojson(path: Path, tables: CodeTables) -> tuple[dict[str, list[BaseGe
         try:
             geom = shapely.from_geojson(json.dumps(feat["geometry"]))
         except (shapely.errors.GEOSException, ValueError) as exc:
-            raise InputError(f"bad geometry: {exc}", file=path, entry=name or n, field="geometry") from None
+            raise InputError(
+                f"bad geometry: {exc}", file=path, entry=name or n, field="geometry"
+            ) from None
         if not geom.is_valid:
             geom = polygonal(shapely.make_valid(geom))
         code = _ne_code(props, name, tables)
         if code is None:
-            raise InputError("feature has no usable ISO_A2_EH, ISO_A2 or ADM0_A3", file=path,
-                             entry=name or n, field="ISO_A2_EH")
+            raise InputError(
+                "feature has no usable ISO_A2_EH, ISO_A2 or ADM0_A3",
+                file=path,
+                entry=name or n,
+                field="ISO_A2_EH",
+            )
         _add(acc, code, geom)
     if not acc:
         raise InputError("no country polygons found", file=path, field="features")
     return acc, names
 
 
-def _apply_supplement(acc: dict[str, list[BaseGeometry]], have_names: set[str], tables: CodeTables) -> None:
+def _apply_supplement(
+    acc: dict[str, list[BaseGeometry]], have_names: set[str], tables: CodeTables
+) -> None:
     """Add the small territories the source lacks, cutting them out of whatever covered them."""
     data = json.loads(SUPPLEMENT.read_text(encoding="utf-8"))
     merged = {code: _merge(parts) for code, parts in acc.items()}
@@ -223,7 +233,9 @@ class Raster:
     cand: npt.NDArray[np.uint16]
 
 
-def _dilate_ids(cells: npt.NDArray[np.int64], shape: tuple[int, int], r: int) -> npt.NDArray[np.int64]:
+def _dilate_ids(
+    cells: npt.NDArray[np.int64], shape: tuple[int, int], r: int
+) -> npt.NDArray[np.int64]:
     ny, nx = shape
     cy, cx = np.divmod(cells, nx)
     out = []
@@ -259,7 +271,9 @@ def _build_raster(geoms: list[BaseGeometry], cell: float) -> Raster:
         near = _dilate_ids(cells, (ny, nx), 2)
         pair_cells.append(near)
         pair_geoms.append(np.full(len(near), k, dtype=np.uint16))
-    border2d = ndimage.binary_dilation(border.reshape(ny, nx), structure=np.ones((3, 3), dtype=bool))
+    border2d = ndimage.binary_dilation(
+        border.reshape(ny, nx), structure=np.ones((3, 3), dtype=bool)
+    )
     labels, count = ndimage.label(~border2d)
     # One cell of each component is enough for its point test, so any member will do: no sort.
     member = np.zeros(count + 1, dtype=np.int64)
@@ -290,8 +304,15 @@ def _build_raster(geoms: list[BaseGeometry], cell: float) -> Raster:
 class CountryIndex:
     """Country lookups over a fixed set of polygons, one (multi)polygon per code."""
 
-    def __init__(self, geometries: Mapping[str, BaseGeometry], names: Mapping[str, str] | None = None,
-                 *, cell_deg: float = CELL_DEG, raster: Raster | None = None, source: str = "") -> None:
+    def __init__(
+        self,
+        geometries: Mapping[str, BaseGeometry],
+        names: Mapping[str, str] | None = None,
+        *,
+        cell_deg: float = CELL_DEG,
+        raster: Raster | None = None,
+        source: str = "",
+    ) -> None:
         self._codes = sorted(geometries)
         if len(self._codes) >= _BORDER - 1:
             raise ValueError("too many countries for the raster")
@@ -348,7 +369,9 @@ class CountryIndex:
             out[edge] = self._exact(la[edge], lo[edge], iy[edge] * nx + ix[edge])
         return out
 
-    def _exact(self, lat: FloatArray, lon: FloatArray, cells: npt.NDArray[np.intp]) -> npt.NDArray[np.uint16]:
+    def _exact(
+        self, lat: FloatArray, lon: FloatArray, cells: npt.NDArray[np.intp]
+    ) -> npt.NDArray[np.uint16]:
         """Point-in-polygon for points in border cells, against that cell's candidates only."""
         self._prepare()
         r = self._raster
@@ -375,17 +398,22 @@ class CountryIndex:
         mask: npt.NDArray[np.bool_] = self._indices_at(lat, lon) != _SEA
         return mask
 
-    def codes_near(self, lat: npt.ArrayLike, lon: npt.ArrayLike,
-                   max_km: float = 10.0) -> npt.NDArray[np.str_]:
+    def codes_near(
+        self, lat: npt.ArrayLike, lon: npt.ArrayLike, max_km: float = 10.0
+    ) -> npt.NDArray[np.str_]:
         """Like :meth:`codes_at`, but a point at sea takes the nearest country within ``max_km``.
 
         1:50m coastlines are generalised by a few km, so harbour cities (Copenhagen, Lisbon, Hong
         Kong, Miami, ...) can fall just offshore. Use this for "which country is this landmark or
         data centre in", never for certification.
         """
-        la, lo = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+        la, lo = np.broadcast_arrays(
+            np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        )
         idx = self._indices_at(la, lo)
-        sea = np.flatnonzero((idx == _SEA) & np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90.0))
+        sea = np.flatnonzero(
+            (idx == _SEA) & np.isfinite(la) & np.isfinite(lo) & (np.abs(la) <= 90.0)
+        )
         if len(sea) and max_km > 0:
             slat, slon = la.ravel()[sea], (lo.ravel()[sea] + 180.0) % 360.0 - 180.0
             # Planar search radius in degrees, wide enough at the most poleward point; the great-circle
@@ -395,10 +423,14 @@ class CountryIndex:
             pts = shapely.points(slon, slat)
             pi, gi = self._tree.query_nearest(pts, max_distance=reach, all_matches=False)
             if len(pi):
-                ends = shapely.get_coordinates(shapely.shortest_line(pts[pi], self._geom_array[gi]))[1::2]
+                ends = shapely.get_coordinates(
+                    shapely.shortest_line(pts[pi], self._geom_array[gi])
+                )[1::2]
                 from geoprobe.geo.sphere import haversine_km
 
-                km = np.asarray(haversine_km(slat[pi], slon[pi], ends[:, 1], ends[:, 0]), dtype=float)
+                km = np.asarray(
+                    haversine_km(slat[pi], slon[pi], ends[:, 1], ends[:, 0]), dtype=float
+                )
                 ok = km <= max_km
                 flat = idx.reshape(-1)
                 flat[sea[pi[ok]]] = (gi[ok] + 1).astype(np.uint16)
@@ -427,8 +459,9 @@ class CountryIndex:
         # Grow by an ellipse (dlon east-west, dlat north-south): buffer in a space stretched north-south.
         k = dlon / dlat
         stretched = shapely.affinity.scale(region, xfact=1.0, yfact=k, origin=(0.0, 0.0))
-        grown = shapely.affinity.scale(stretched.buffer(dlon, quad_segs=8), xfact=1.0, yfact=1.0 / k,
-                                       origin=(0.0, 0.0))
+        grown = shapely.affinity.scale(
+            stretched.buffer(dlon, quad_segs=8), xfact=1.0, yfact=1.0 / k, origin=(0.0, 0.0)
+        )
         grown = wrap_lon(grown.intersection(shapely.box(-540.0, -90.0, 540.0, 90.0)))
         near = {int(i) for i in self._tree.query(grown, predicate="intersects")}
         if len(near) != 1:
@@ -470,10 +503,18 @@ def _save_cache(path: Path, index: CountryIndex) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as fh:
             r = index._raster
-            _savez_fast(fh, grid=r.grid, border_cells=r.border_cells, ptr=r.ptr, cand=r.cand,
-                        codes=np.array(index._codes), offsets=offsets,
-                        wkb=np.frombuffer(blob, dtype=np.uint8), names=np.array([names]),
-                        meta=np.array([index.source, repr(r.cell_deg)]))
+            _savez_fast(
+                fh,
+                grid=r.grid,
+                border_cells=r.border_cells,
+                ptr=r.ptr,
+                cand=r.cand,
+                codes=np.array(index._codes),
+                offsets=offsets,
+                wkb=np.frombuffer(blob, dtype=np.uint8),
+                names=np.array([names]),
+                meta=np.array([index.source, repr(r.cell_deg)]),
+            )
         os.replace(tmp, path)
     except OSError:  # an unwritable cache only costs start-up time
         with contextlib.suppress(OSError):
@@ -486,7 +527,7 @@ def _load_cache(path: Path) -> CountryIndex | None:
             blob = z["wkb"].tobytes()
             offsets = z["offsets"]
             codes = [str(c) for c in z["codes"]]
-            geoms = shapely.from_wkb([blob[offsets[i]:offsets[i + 1]] for i in range(len(codes))])
+            geoms = shapely.from_wkb([blob[offsets[i] : offsets[i + 1]] for i in range(len(codes))])
             names = json.loads(str(z["names"][0]))
             source, cell = (str(x) for x in z["meta"])
             raster = Raster(z["grid"], float(cell), z["border_cells"], z["ptr"], z["cand"])
@@ -495,21 +536,32 @@ def _load_cache(path: Path) -> CountryIndex | None:
         return None
 
 
-def load_index(path: Path | None = None, *, cache_dir: Path | None = None,
-               cell_deg: float = CELL_DEG) -> CountryIndex:
+def load_index(
+    path: Path | None = None, *, cache_dir: Path | None = None, cell_deg: float = CELL_DEG
+) -> CountryIndex:
     """Build (or load from cache) the index for the packaged data, or for an NE GeoJSON ``path``."""
     from geoprobe.paths import cache_dir as default_cache_dir
 
     tables = load_code_tables()
     sources = [path] if path is not None else [TOPOJSON]
     # The code that builds the index is part of the key, so a fix never meets a stale cache.
-    sources += [SUPPLEMENT, ISO_TABLE, UNASSIGNED_TABLE, SPLITS_TABLE,
-                Path(__file__), Path(topojson.__file__)]
+    sources += [
+        SUPPLEMENT,
+        ISO_TABLE,
+        UNASSIGNED_TABLE,
+        SPLITS_TABLE,
+        Path(__file__),
+        Path(topojson.__file__),
+    ]
     try:
         key = _data_key(sources, cell_deg)
     except OSError as exc:
-        raise InputError(f"cannot read country polygons: {exc.strerror}", file=exc.filename) from None
-    tag = "packaged" if path is None else hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        raise InputError(
+            f"cannot read country polygons: {exc.strerror}", file=exc.filename
+        ) from None
+    tag = (
+        "packaged" if path is None else hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    )
     cache = (cache_dir or default_cache_dir()) / f"countries-{tag}-{key}.npz"
     cached = _load_cache(cache) if cache.exists() else None
     if cached is not None:

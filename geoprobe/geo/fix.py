@@ -64,11 +64,15 @@ class Fix:
             "position": {"lat": round(self.lat, 5), "lon": round(self.lon, 5)},
             "error_radius_km": round(self.error_radius_km, 1),
             "bound": self.bound,
-            "countries": [{"code": c.code, "probability": round(c.probability, 4), "share": round(c.share, 4)}
-                          for c in self.countries],
+            "countries": [
+                {"code": c.code, "probability": round(c.probability, 4), "share": round(c.share, 4)}
+                for c in self.countries
+            ],
             "certified": self.certified,
             "region_km2": round(self.region.area_km2, 0) if self.region is not None else None,
-            "sound_region_km2": round(self.sound_region.area_km2, 0) if self.sound_region is not None else None,
+            "sound_region_km2": round(self.sound_region.area_km2, 0)
+            if self.sound_region is not None
+            else None,
             "landmarks_used": self.landmarks_used,
             "excluded": self.excluded,
             "inconsistent": self.inconsistent,

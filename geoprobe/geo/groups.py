@@ -17,10 +17,37 @@ from functools import cache
 
 from geoprobe.errors import InputError
 
-EU_MEMBERS = frozenset({
-    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
-    "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
-})  # the 27 member states (TEU art. 52), since the UK left on 2020-01-31
+EU_MEMBERS = frozenset(
+    {
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+    }
+)  # the 27 member states (TEU art. 52), since the UK left on 2020-01-31
 
 # EU territory with ISO codes of its own: Åland (TFEU art. 355(4)) and the outermost regions
 # (art. 349). Saint-Barthélemy left in 2012; the overseas countries and territories (GL, FO, NC,
@@ -70,6 +97,8 @@ def expand(codes: Iterable[str]) -> set[str]:
         elif token in known:
             out.add(token)
         else:
-            raise InputError(f"unknown country or group {raw.strip()!r} "
-                             f"(use ISO 3166-1 alpha-2 codes or {', '.join(sorted(GROUPS))})")
+            raise InputError(
+                f"unknown country or group {raw.strip()!r} "
+                f"(use ISO 3166-1 alpha-2 codes or {', '.join(sorted(GROUPS))})"
+            )
     return out

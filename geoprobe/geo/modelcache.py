@@ -34,12 +34,21 @@ MODEL_VERSION = 2
 _META = "__meta__"
 
 
-def model_key(landmarks: Sequence[tuple[str, float, float, str | None]],
-              rtts: Sequence[tuple[str, str, float]], countries_key: str) -> str:
+def model_key(
+    landmarks: Sequence[tuple[str, float, float, str | None]],
+    rtts: Sequence[tuple[str, str, float]],
+    countries_key: str,
+) -> str:
     """The cache key of a fit: (id, lat, lon, country) per landmark, (src, dst, ms) per RTT."""
-    raw = json.dumps({"version": MODEL_VERSION, "countries": countries_key,
-                      "landmarks": [[i, float(a), float(o), c] for i, a, o, c in landmarks],
-                      "rtts": [[s, d, float(v)] for s, d, v in rtts]}, separators=(",", ":"))
+    raw = json.dumps(
+        {
+            "version": MODEL_VERSION,
+            "countries": countries_key,
+            "landmarks": [[i, float(a), float(o), c] for i, a, o, c in landmarks],
+            "rtts": [[s, d, float(v)] for s, d, v in rtts],
+        },
+        separators=(",", ":"),
+    )
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -88,12 +97,17 @@ def load(path: Path) -> Model | None:
 
 def _well_formed(m: Model) -> bool:
     n = len(m.ids)
-    if not (isinstance(m.ids, list) and all(isinstance(i, str) for i in m.ids)
-            and isinstance(m.excluded, dict)):
+    if not (
+        isinstance(m.ids, list)
+        and all(isinstance(i, str) for i in m.ids)
+        and isinstance(m.excluded, dict)
+    ):
         return False
     per_landmark = (m.lat, m.lon, m.slope, m.intercept, m.offset)
     if any(a.shape != (n,) or a.dtype.kind != "f" for a in per_landmark):
         return False
     if m.table.shape != (len(R_EDGES) - 1, U_BINS) or not np.isfinite(m.table).all():
         return False
-    return m.rtt.shape in ((n, n), (0, 0)) and bool(np.isfinite(m.slope).all() and (m.slope > 0).all())
+    return m.rtt.shape in ((n, n), (0, 0)) and bool(
+        np.isfinite(m.slope).all() and (m.slope > 0).all()
+    )

@@ -48,14 +48,17 @@ class Sample:
     spacing_km: float
 
     def subset(self, mask: BArray) -> Sample:
-        return Sample(self.lat[mask], self.lon[mask], self.xyz[mask], self.weight[mask], self.spacing_km)
+        return Sample(
+            self.lat[mask], self.lon[mask], self.xyz[mask], self.weight[mask], self.spacing_km
+        )
 
     def __len__(self) -> int:
         return len(self.lat)
 
 
-def sample_cap(lat: float, lon: float, radius_km: float, *, points: int = 4000,
-               min_spacing_km: float = 1.0) -> Sample:
+def sample_cap(
+    lat: float, lon: float, radius_km: float, *, points: int = 4000, min_spacing_km: float = 1.0
+) -> Sample:
     """A regular grid in the cap's azimuthal-equidistant plane, mapped back to the sphere.
 
     The spacing adapts to the cap, so a 30 km cap and a 5000 km cap cost the same; each point's
@@ -100,7 +103,9 @@ class CapIntersection:
     def contains(self, lat: float, lon: float) -> bool:
         p = to_xyz(lat, lon)
         cosd = to_xyz(self.lat, self.lon) @ p
-        return bool((cosd >= np.cos(np.minimum(self.radius_km / EARTH_RADIUS_KM, math.pi)) - 1e-12).all())
+        return bool(
+            (cosd >= np.cos(np.minimum(self.radius_km / EARTH_RADIUS_KM, math.pi)) - 1e-12).all()
+        )
 
     def polygon(self, max_caps: int = 8) -> BaseGeometry:
         """A lon/lat superset of the region: the intersection of the ``max_caps`` smallest caps."""

@@ -89,8 +89,10 @@ def blended_probabilities(post: Posterior, w: FArray, blend: float) -> list[tupl
         inside = post.sound.inside if post.sound.inside.any() else np.ones(len(w), dtype=bool)
         area = post.sample.weight * inside
         shares = dict(country_probabilities(post.codes, area / max(float(area.sum()), 1e-300)))
-        probs = {c: blend * probs.get(c, 0.0) + (1.0 - blend) * shares.get(c, 0.0)
-                 for c in set(probs) | set(shares)}
+        probs = {
+            c: blend * probs.get(c, 0.0) + (1.0 - blend) * shares.get(c, 0.0)
+            for c in set(probs) | set(shares)
+        }
     return sorted(probs.items(), key=lambda kv: -kv[1])
 
 
@@ -125,8 +127,16 @@ def _dots(xyz: FArray, cent: FArray) -> FArray:
     return np.asarray(xyz @ cent.T, dtype=float)
 
 
-def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: FArray,
-              countries: CountryLookup, *, points: int = 2500) -> Posterior:
+def posterior(
+    model: Model | None,
+    idx: IArray,
+    rtt: FArray,
+    lat: FArray,
+    lon: FArray,
+    countries: CountryLookup,
+    *,
+    points: int = 2500,
+) -> Posterior:
     """Sample the smallest sound cap and score every point. ``lat``/``lon`` are the landmarks'.
 
     Only caps that can cut the sampled one are tested (a cap that contains it whole changes nothing),
@@ -146,7 +156,9 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
         reach = dcent + radius[s] + slack
         cut = np.flatnonzero(reach > radius)
         inside: npt.NDArray[np.bool_] = np.asarray(
-            (_dots(sample.xyz, cent[cut]) >= _cos_radius(radius[cut] + slack)[None, :]).all(axis=1), dtype=bool)
+            (_dots(sample.xyz, cent[cut]) >= _cos_radius(radius[cut] + slack)[None, :]).all(axis=1),
+            dtype=bool,
+        )
         if inside.any():
             break
         bad = find_inconsistent(llat, llon, radius)
@@ -171,8 +183,11 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
         levels = []
         for frac in ACCESS_LEVELS:
             radj = np.maximum(base - frac * base.min(), 0.25)
-            reach_km = (np.maximum(radj - model.intercept[used[near]], 1e-3) / model.slope[used[near]]
-                        if bestline_reach else SOUND_KM_PER_MS * radj)
+            reach_km = (
+                np.maximum(radj - model.intercept[used[near]], 1e-3) / model.slope[used[near]]
+                if bestline_reach
+                else SOUND_KM_PER_MS * radj
+            )
             ll = soft_loglik(model.table, radj, dist, reach_km)
             # Beyond the calibrated reach (but inside the sound bound): a steep penalty, not impossibility.
             u = dist / reach_km[None, :]
@@ -195,8 +210,9 @@ def posterior(model: Model | None, idx: IArray, rtt: FArray, lat: FArray, lon: F
     return Posterior(sample, loglik, logprior, codes, sound, used, r_used, culprits)
 
 
-def _kde_logprior(model: Model, sample: Sample, used: IArray, rtt: FArray, centre: FArray,
-                  radius_km: float) -> FArray:
+def _kde_logprior(
+    model: Model, sample: Sample, used: IArray, rtt: FArray, centre: FArray, radius_km: float
+) -> FArray:
     """Data centres cluster: a kernel density of the (vetted) landmarks' own positions.
 
     Each landmark's kernel is weighted by how well its RTTs to the VM's nearest landmarks match the
@@ -274,9 +290,17 @@ def certify(post: Posterior, countries: CountryLookup) -> str | None:
     return countries.certify(post.sound.polygon())
 
 
-def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, rtts: Mapping[str, float],
-                countries: CountryLookup, *, method: str = "geoprobe",
-                temperature: float | None = None) -> Fix:
+def solve_model(
+    model: Model | None,
+    ids: list[str],
+    lat: FArray,
+    lon: FArray,
+    rtts: Mapping[str, float],
+    countries: CountryLookup,
+    *,
+    method: str = "geoprobe",
+    temperature: float | None = None,
+) -> Fix:
     """Solve with a fitted ``model`` (None: sound bound only). ``ids/lat/lon`` describe the landmarks."""
     notes: list[str] = []
     excluded: dict[str, str] = {}
@@ -287,7 +311,9 @@ def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, r
         mlat, mlon = model.lat, model.lon
     else:
         pos = {k: i for i, k in enumerate(ids)}
-        pairs = [(pos[k], float(v)) for k, v in rtts.items() if k in pos and math.isfinite(v) and v >= 0]
+        pairs = [
+            (pos[k], float(v)) for k, v in rtts.items() if k in pos and math.isfinite(v) and v >= 0
+        ]
         idx = np.array([p[0] for p in pairs], dtype=np.intp)
         r = np.array([p[1] for p in pairs], dtype=float)
         mlat, mlon = np.asarray(lat, float), np.asarray(lon, float)
@@ -303,22 +329,43 @@ def solve_model(model: Model | None, ids: list[str], lat: FArray, lon: FArray, r
     for lid in inconsistent:
         excluded[lid] = "inconsistent: its bound leaves no common point with the others"
     if inconsistent:
-        notes.append(f"empty intersection: left out {len(inconsistent)} inconsistent constraint(s): "
-                     + ", ".join(inconsistent))
+        notes.append(
+            f"empty intersection: left out {len(inconsistent)} inconsistent constraint(s): "
+            + ", ".join(inconsistent)
+        )
     if post.sound.empty:
         notes.append("no point satisfies the remaining bounds; estimate is the best compromise")
-    t = temperature if temperature is not None else (model.temperature if model is not None else 1.0)
+    t = (
+        temperature
+        if temperature is not None
+        else (model.temperature if model is not None else 1.0)
+    )
     w = post.weights(t)
-    lat_e, lon_e, err = estimate(post, post.weights(model.estimate_temperature) if model is not None else w)
-    region = hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
+    lat_e, lon_e, err = estimate(
+        post, post.weights(model.estimate_temperature) if model is not None else w
+    )
+    region = (
+        hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
+    )
     probs = blended_probabilities(post, w, model.blend if model is not None else 1.0)
     shares = _shares(region.sample, countries)
     countries_out = [CountryShare(c, p, shares.get(c, 0.0)) for c, p in probs]
     cert = certify(post, countries)
-    return Fix(lat=lat_e, lon=lon_e, error_radius_km=err, bound="calibrated" if model is not None else "sound",
-               countries=countries_out, certified=cert, region=region, sound_region=post.sound,
-               landmarks_used=[all_ids[i] for i in post.used], excluded=excluded, inconsistent=inconsistent,
-               method=method, notes=notes)
+    return Fix(
+        lat=lat_e,
+        lon=lon_e,
+        error_radius_km=err,
+        bound="calibrated" if model is not None else "sound",
+        countries=countries_out,
+        certified=cert,
+        region=region,
+        sound_region=post.sound,
+        landmarks_used=[all_ids[i] for i in post.used],
+        excluded=excluded,
+        inconsistent=inconsistent,
+        method=method,
+        notes=notes,
+    )
 
 
 def _shares(sample: Sample, countries: CountryLookup) -> dict[str, float]:
@@ -384,7 +431,9 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
                 p = mass if b >= 1.0 else b * mass + (1.0 - b) * share
                 nll[b] -= math.log(min(max(p, 1e-3), 1.0))
             la, lo, _ = estimate(post, w)
-            errs.append(float(np.arccos(np.clip(to_xyz(la, lo) @ xyz, -1.0, 1.0))) * EARTH_RADIUS_KM)
+            errs.append(
+                float(np.arccos(np.clip(to_xyz(la, lo) @ xyz, -1.0, 1.0))) * EARTH_RADIUS_KM
+            )
         for b, v in nll.items():
             if v < best_nll - 1e-9:
                 best, best_nll = (float(t), b), v
@@ -403,8 +452,15 @@ def _land_share(w: FArray, land: npt.NDArray[np.bool_], at: npt.NDArray[np.bool_
     return share if share > 1e-6 else 0.0
 
 
-def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str | None] | None = None,
-                     *, limit: int = 40, landmarks: int | None = None, seed: int = 0) -> Tempering:
+def self_tempering(
+    model: Model,
+    countries: CountryLookup,
+    claimed: Sequence[str | None] | None = None,
+    *,
+    limit: int = 40,
+    landmarks: int | None = None,
+    seed: int = 0,
+) -> Tempering:
     """Fit the temperature by locating the model's own landmarks, each held out of its own fix.
 
     Only landmark<->landmark RTTs are used, so an evaluation target that is not in ``model`` never
@@ -420,7 +476,8 @@ def self_tempering(model: Model, countries: CountryLookup, claimed: Sequence[str
             others = sorted(rng.choice(others, size=landmarks, replace=False).tolist())
         rtts = {model.ids[j]: float(row[j]) for j in others}
         truth = (claimed[i] if claimed is not None and i < len(claimed) else None) or str(
-            countries.codes_at(model.lat[i:i + 1], model.lon[i:i + 1])[0])
+            countries.codes_at(model.lat[i : i + 1], model.lon[i : i + 1])[0]
+        )
         if not rtts or not truth:
             continue
         held = calibration.hold_out(model, i)

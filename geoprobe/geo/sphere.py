@@ -52,7 +52,9 @@ def chord_for_km(km: ArrayLike) -> Any:
     return 2.0 * np.sin(ang / 2.0)
 
 
-def distance_matrix_km(lat_a: ArrayLike, lon_a: ArrayLike, lat_b: ArrayLike, lon_b: ArrayLike) -> Array:
+def distance_matrix_km(
+    lat_a: ArrayLike, lon_a: ArrayLike, lat_b: ArrayLike, lon_b: ArrayLike
+) -> Array:
     """All pairwise distances (len(a) x len(b)) via unit-vector dot products (fast, accurate > 1 m)."""
     a = to_xyz(lat_a, lon_a).reshape(-1, 3)
     b = to_xyz(lat_b, lon_b).reshape(-1, 3)
@@ -60,7 +62,9 @@ def distance_matrix_km(lat_a: ArrayLike, lon_a: ArrayLike, lat_b: ArrayLike, lon
     return np.asarray(np.arccos(dot) * EARTH_RADIUS_KM, dtype=float)
 
 
-def destination(lat: ArrayLike, lon: ArrayLike, bearing_deg: ArrayLike, distance_km: ArrayLike) -> tuple[Any, Any]:
+def destination(
+    lat: ArrayLike, lon: ArrayLike, bearing_deg: ArrayLike, distance_km: ArrayLike
+) -> tuple[Any, Any]:
     """The point reached from (lat, lon) going ``distance_km`` along initial bearing; lon in [-180, 180)."""
     p1 = np.radians(np.asarray(lat, dtype=float))
     l1 = np.radians(np.asarray(lon, dtype=float))
@@ -82,8 +86,15 @@ def cap_area_km2(radius_km: float) -> float:
     return 2.0 * math.pi * EARTH_RADIUS_KM**2 * (1.0 - math.cos(ang))
 
 
-def cap_polygon(lat: float, lon: float, radius_km: float, *, samples: int = 256,
-                margin: float = 0.01, margin_km: float = 2.0) -> BaseGeometry:
+def cap_polygon(
+    lat: float,
+    lon: float,
+    radius_km: float,
+    *,
+    samples: int = 256,
+    margin: float = 0.01,
+    margin_km: float = 2.0,
+) -> BaseGeometry:
     """A lon/lat (multi)polygon that contains the spherical cap; split at the antimeridian.
 
     The radius is enlarged by ``margin`` (relative) plus ``margin_km`` so that straight lon/lat edges
@@ -100,7 +111,9 @@ def cap_polygon(lat: float, lon: float, radius_km: float, *, samples: int = 256,
             return box(-180.0, max(lat - ang_deg, -90.0), 180.0, 90.0)
         return box(-180.0, -90.0, 180.0, min(lat + ang_deg, 90.0))
     bearings = np.linspace(0.0, 360.0, samples, endpoint=False)
-    blat, blon = destination(np.full(samples, lat), np.full(samples, lon), bearings, np.full(samples, r))
+    blat, blon = destination(
+        np.full(samples, lat), np.full(samples, lon), bearings, np.full(samples, r)
+    )
     # Unwrap longitudes so the ring is continuous around the centre, then cut at +-180.
     rel = (np.asarray(blon) - lon + 180.0) % 360.0 - 180.0
     ring = Polygon(np.column_stack([lon + rel, blat]))

@@ -109,7 +109,9 @@ def polygonal(geom: BaseGeometry) -> BaseGeometry:
     return shapely.MultiPolygon(polys) if polys else shapely.Polygon()
 
 
-def decode(topology: dict[str, Any], name: str, *, source: str = "<topojson>") -> Iterator[TopoFeature]:
+def decode(
+    topology: dict[str, Any], name: str, *, source: str = "<topojson>"
+) -> Iterator[TopoFeature]:
     """Yield the features of object ``name`` as valid shapely geometries."""
     if topology.get("type") != "Topology" or name not in topology.get("objects", {}):
         raise InputError(f"not a TopoJSON topology with an object {name!r}", file=source)
@@ -120,12 +122,18 @@ def decode(topology: dict[str, Any], name: str, *, source: str = "<topojson>") -
             shape = _polygon(arcs, geom["arcs"])
         elif kind == "MultiPolygon":
             polys = [_polygon(arcs, p) for p in geom["arcs"]]
-            shape = shapely.MultiPolygon([q for p in polys for q in shapely.get_parts(p) if not q.is_empty])
+            shape = shapely.MultiPolygon(
+                [q for p in polys for q in shapely.get_parts(p) if not q.is_empty]
+            )
         elif kind is None:
             continue  # null geometry
         else:
-            raise InputError(f"unsupported geometry type {kind!r}", file=source, entry=n, field="type")
+            raise InputError(
+                f"unsupported geometry type {kind!r}", file=source, entry=n, field="type"
+            )
         if not shape.is_valid:
             shape = polygonal(shapely.make_valid(shape))
         raw_id = geom.get("id")
-        yield TopoFeature(None if raw_id is None else str(raw_id), dict(geom.get("properties") or {}), shape)
+        yield TopoFeature(
+            None if raw_id is None else str(raw_id), dict(geom.get("properties") or {}), shape
+        )

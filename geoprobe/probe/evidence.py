@@ -28,8 +28,9 @@ LOCATION_TOLERANCE_DEG = 1e-6  # ~0.1 m: the signed float and the catalogue's JS
 RTT_TOLERANCE_MS = 1e-3
 
 
-def make_evidence(landmark_id: str, nonce: bytes, reply: bytes, t0_ns: int, t1_ns: int,
-                  rtt_ms: float) -> dict[str, Any]:
+def make_evidence(
+    landmark_id: str, nonce: bytes, reply: bytes, t0_ns: int, t1_ns: int, rtt_ms: float
+) -> dict[str, Any]:
     return {
         "v": VERSION,
         "landmark_id": landmark_id,
@@ -49,8 +50,10 @@ def check_reply(reply: Reply, landmark: Landmark, pubkey: Ed25519PublicKey) -> s
         return "wrong key id"
     if reply.landmark_id != landmark.id:
         return "wrong landmark id"
-    if (abs(reply.lat - landmark.lat) > LOCATION_TOLERANCE_DEG
-            or abs(reply.lon - landmark.lon) > LOCATION_TOLERANCE_DEG):
+    if (
+        abs(reply.lat - landmark.lat) > LOCATION_TOLERANCE_DEG
+        or abs(reply.lon - landmark.lon) > LOCATION_TOLERANCE_DEG
+    ):
         return "location mismatch"
     if reply.t_send_ns < reply.t_recv_ns:
         return "bad timestamps"
@@ -112,8 +115,9 @@ class BadEvidence:
         return f"{self.landmark_id}: {where}: {self.reason}"
 
 
-def verify_measurements(measurements: Iterable[Measurement],
-                        landmarks: Mapping[str, Landmark]) -> tuple[int, list[BadEvidence]]:
+def verify_measurements(
+    measurements: Iterable[Measurement], landmarks: Mapping[str, Landmark]
+) -> tuple[int, list[BadEvidence]]:
     """Check every evidence record; return (records checked, bad ones)."""
     checked = 0
     bad: list[BadEvidence] = []
@@ -137,7 +141,11 @@ def verify_measurements(measurements: Iterable[Measurement],
             for rtt in m.rtts_ms:
                 match = next((b for b in backed if abs(b - rtt) <= RTT_TOLERANCE_MS), None)
                 if match is None:
-                    bad.append(BadEvidence(m.landmark_id, -1, f"RTT {rtt:.3f} ms is not backed by a signed reply"))
+                    bad.append(
+                        BadEvidence(
+                            m.landmark_id, -1, f"RTT {rtt:.3f} ms is not backed by a signed reply"
+                        )
+                    )
                 else:
                     backed.remove(match)
     return checked, bad

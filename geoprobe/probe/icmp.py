@@ -117,7 +117,9 @@ class IcmpProber:
                 continue
             del self._pending[seq]
             if not pending.future.done():
-                pending.future.set_result(Sample(rtt_ms=(t1 - pending.t0_ns) / 1e6, sent_at=pending.t0_ns / 1e9))
+                pending.future.set_result(
+                    Sample(rtt_ms=(t1 - pending.t0_ns) / 1e6, sent_at=pending.t0_ns / 1e9)
+                )
 
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
@@ -143,5 +145,8 @@ def open_icmp(paths: Sequence[str] = PATHS) -> IcmpProber:
             continue
         return IcmpProber(sock, path)
     raise MeasurementError(
-        "cannot send ICMP echo (" + "; ".join(problems) + "): run as root or with CAP_NET_RAW, or widen "
-        "net.ipv4.ping_group_range to include your group, or use --method udp or tcp")
+        "cannot send ICMP echo ("
+        + "; ".join(problems)
+        + "): run as root or with CAP_NET_RAW, or widen "
+        "net.ipv4.ping_group_range to include your group, or use --method udp or tcp"
+    )

@@ -43,8 +43,9 @@ def public_from_raw(pubkey: bytes) -> Ed25519PublicKey:
 
 def save_private(path: str | Path, key: Ed25519PrivateKey) -> None:
     """PKCS#8 PEM, created with mode 0600 from the start (never world-readable, not even briefly)."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

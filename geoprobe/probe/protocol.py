@@ -75,11 +75,18 @@ def parse_request(data: bytes) -> bytes:
     magic, version, mtype, _ = _HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION or mtype != TYPE_REQUEST:
         raise ProtocolError("not a geoprobe echo request")
-    return bytes(data[_HEADER.size:_HEADER.size + NONCE_LEN])
+    return bytes(data[_HEADER.size : _HEADER.size + NONCE_LEN])
 
 
-def reply_body(nonce: bytes, t_recv_ns: int, t_send_ns: int, landmark_id: str, lat: float, lon: float,
-               key_id: str) -> bytes:
+def reply_body(
+    nonce: bytes,
+    t_recv_ns: int,
+    t_send_ns: int,
+    landmark_id: str,
+    lat: float,
+    lon: float,
+    key_id: str,
+) -> bytes:
     """Everything the signature covers, in wire order."""
     lid = landmark_id.encode("utf-8")
     kid = key_id.encode("ascii")
@@ -89,16 +96,29 @@ def reply_body(nonce: bytes, t_recv_ns: int, t_send_ns: int, landmark_id: str, l
         raise ValueError(f"key id must be at most {MAX_KEY_ID_LEN} bytes")
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
-    return (_FIXED.pack(MAGIC, VERSION, TYPE_REPLY, 0, nonce, t_recv_ns, t_send_ns, lat, lon)
-            + bytes([len(lid)]) + lid + bytes([len(kid)]) + kid)
+    return (
+        _FIXED.pack(MAGIC, VERSION, TYPE_REPLY, 0, nonce, t_recv_ns, t_send_ns, lat, lon)
+        + bytes([len(lid)])
+        + lid
+        + bytes([len(kid)])
+        + kid
+    )
 
 
 def sign_body(key: Ed25519PrivateKey, body: bytes) -> bytes:
     return body + key.sign(SIGN_CONTEXT + body)
 
 
-def build_reply(key: Ed25519PrivateKey, nonce: bytes, t_recv_ns: int, t_send_ns: int, landmark_id: str,
-                lat: float, lon: float, key_id: str) -> bytes:
+def build_reply(
+    key: Ed25519PrivateKey,
+    nonce: bytes,
+    t_recv_ns: int,
+    t_send_ns: int,
+    landmark_id: str,
+    lat: float,
+    lon: float,
+    key_id: str,
+) -> bytes:
     return sign_body(key, reply_body(nonce, t_recv_ns, t_send_ns, landmark_id, lat, lon, key_id))
 
 
@@ -116,7 +136,7 @@ def parse_reply(data: bytes) -> Reply:
     if id_len == 0 or pos + id_len >= len(data):
         raise ProtocolError("bad landmark id length")
     try:
-        lid = data[pos:pos + id_len].decode("utf-8")
+        lid = data[pos : pos + id_len].decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("landmark id is not UTF-8") from None
     pos += id_len
@@ -125,11 +145,20 @@ def parse_reply(data: bytes) -> Reply:
     if kid_len > MAX_KEY_ID_LEN or pos + kid_len + SIG_LEN != len(data):
         raise ProtocolError("bad length")
     try:
-        kid = data[pos:pos + kid_len].decode("ascii")
+        kid = data[pos : pos + kid_len].decode("ascii")
     except UnicodeDecodeError:
         raise ProtocolError("key id is not ASCII") from None
     pos += kid_len
     if not (math.isfinite(lat) and math.isfinite(lon)):
         raise ProtocolError("location is not finite")
-    return Reply(nonce=nonce, t_recv_ns=t_recv, t_send_ns=t_send, landmark_id=lid, lat=lat, lon=lon,
-                 key_id=kid, signature=data[pos:], signed=data[:pos])
+    return Reply(
+        nonce=nonce,
+        t_recv_ns=t_recv,
+        t_send_ns=t_send,
+        landmark_id=lid,
+        lat=lat,
+        lon=lon,
+        key_id=kid,
+        signature=data[pos:],
+        signed=data[:pos],
+    )

@@ -122,7 +122,9 @@ class EchoResponder(asyncio.DatagramProtocol):
         """Sign a reply; the request is dated ``waited_ns`` back, to when it reached the landmark."""
         t_send = self.clock()
         t_recv = t_send - waited_ns
-        return build_reply(self.key, nonce, t_recv, t_send, self.landmark_id, self.lat, self.lon, self.key_id)
+        return build_reply(
+            self.key, nonce, t_recv, t_send, self.landmark_id, self.lat, self.lon, self.key_id
+        )
 
     def _answer_held(self, nonce: bytes, addr: Address, due_ns: int, half_ns: int) -> None:
         stamped = time.monotonic_ns()
@@ -162,7 +164,9 @@ async def start_responder(
     """Bind a responder on ``host:port`` in the running loop (port 0: any free port)."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: EchoResponder(key, landmark_id, lat, lon, key_id=key_id, delay=delay, clock=clock, timer=timer),
+        lambda: EchoResponder(
+            key, landmark_id, lat, lon, key_id=key_id, delay=delay, clock=clock, timer=timer
+        ),
         local_addr=(host, port),
     )
     return transport, protocol

@@ -19,7 +19,9 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 _TIMESPEC = struct.Struct("@qq")
-_EXTENDED_ERR = struct.Struct("@IBBBBII")  # sock_extended_err: errno, origin, type, code, pad, info, data
+_EXTENDED_ERR = struct.Struct(
+    "@IBBBBII"
+)  # sock_extended_err: errno, origin, type, code, pad, info, data
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 _ERR_CMSG_SPACE = socket.CMSG_SPACE(_EXTENDED_ERR.size + 28)
 

@@ -56,7 +56,9 @@ async def open_prober(method: str) -> Prober:
         from geoprobe.probe.icmp import open_icmp
 
         return open_icmp()
-    raise InputError(f"unknown probe method {method!r} (known: {', '.join(METHODS)})", field="method")
+    raise InputError(
+        f"unknown probe method {method!r} (known: {', '.join(METHODS)})", field="method"
+    )
 
 
 async def resolve(landmark: Landmark, timeout: float) -> str:
@@ -68,7 +70,9 @@ async def resolve(landmark: Landmark, timeout: float) -> str:
         pass
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(target, None, type=socket.SOCK_DGRAM), timeout)
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(target, None, type=socket.SOCK_DGRAM), timeout
+        )
     except (TimeoutError, OSError):
         raise ProbeFailure(f"cannot resolve {target}") from None
     if not infos:

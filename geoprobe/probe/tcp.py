@@ -67,7 +67,9 @@ class TcpProber:
         self._open.discard(sock)
         sock.close()
 
-    def _finish(self, fut: asyncio.Future[Sample], sock: socket.socket, err: int, t0: int, t1: int) -> None:
+    def _finish(
+        self, fut: asyncio.Future[Sample], sock: socket.socket, err: int, t0: int, t1: int
+    ) -> None:
         self._close(sock)
         if fut.done():
             return

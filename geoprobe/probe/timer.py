@@ -58,7 +58,9 @@ class PreciseTimer:
         with self._cond:
             if self._thread is None:
                 self._stopping = False
-                self._thread = threading.Thread(target=self._run, name="geoprobe-precise-timer", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="geoprobe-precise-timer", daemon=True
+                )
                 self._thread.start()
         return self
 

@@ -113,10 +113,12 @@ class UdpProber:
             self._reply(data, src, t1)
 
     def _error(self, err: rx.QueuedError) -> None:
-        nonce = err.payload[8:8 + NONCE_LEN]
+        nonce = err.payload[8 : 8 + NONCE_LEN]
         pending = self._pending.pop(nonce, None)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(ProbeFailure(reason_for(OSError(err.errno, os.strerror(err.errno)))))
+            pending.future.set_exception(
+                ProbeFailure(reason_for(OSError(err.errno, os.strerror(err.errno))))
+            )
 
     def _count(self, landmark_id: str | None, reason: str) -> None:
         self.rejected[landmark_id or "?"][reason] += 1
@@ -151,12 +153,14 @@ class UdpProber:
         rtt_ms = (total - reply.processing_ns) / 1e6
         offset_ms = ((reply.t_recv_ns - pending.t0_ns) + (reply.t_send_ns - t1)) / 2e6
         if not pending.future.done():
-            pending.future.set_result(Sample(
-                rtt_ms=rtt_ms,
-                clock_offset_ms=offset_ms,
-                evidence=make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
-                sent_at=pending.t0_ns / 1e9,
-            ))
+            pending.future.set_result(
+                Sample(
+                    rtt_ms=rtt_ms,
+                    clock_offset_ms=offset_ms,
+                    evidence=make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
+                    sent_at=pending.t0_ns / 1e9,
+                )
+            )
 
     def close(self) -> None:
         for sock in self._socks.values():

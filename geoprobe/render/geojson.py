@@ -27,68 +27,118 @@ ESTIMATE_COLOUR = "#d62728"
 LANDMARK_COLOUR = "#555555"
 
 
-def _region_feature(region: Region, kind: str, colour: str, props: dict[str, Any]) -> dict[str, Any]:
-    geom = wrap_lon(shape(region.to_geojson()))  # RFC 7946: cut at the antimeridian, whatever we got
+def _region_feature(
+    region: Region, kind: str, colour: str, props: dict[str, Any]
+) -> dict[str, Any]:
+    geom = wrap_lon(
+        shape(region.to_geojson())
+    )  # RFC 7946: cut at the antimeridian, whatever we got
     return {
         "type": "Feature",
         "geometry": dict(mapping(geom)),
-        "properties": {"kind": kind, "area_km2": round(region.area_km2, 0), **props,
-                       "stroke": colour, "fill": colour, "fill-opacity": 0.25 if kind == "region" else 0.08},
+        "properties": {
+            "kind": kind,
+            "area_km2": round(region.area_km2, 0),
+            **props,
+            "stroke": colour,
+            "fill": colour,
+            "fill-opacity": 0.25 if kind == "region" else 0.08,
+        },
     }
 
 
 def _point(lat: float, lon: float, props: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(lon, 6), round(lat, 6)]},
-            "properties": props}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [round(lon, 6), round(lat, 6)]},
+        "properties": props,
+    }
 
 
 def error_circle(fix: Fix) -> dict[str, Any] | None:
     """The error radius around the estimate as a (multi)polygon geometry, or None without one."""
     if not fix.error_radius_km > 0:
         return None
-    geom = cap_polygon(fix.lat, fix.lon, fix.error_radius_km, samples=128, margin=0.0, margin_km=0.0)
+    geom = cap_polygon(
+        fix.lat, fix.lon, fix.error_radius_km, samples=128, margin=0.0, margin_km=0.0
+    )
     return dict(mapping(shapely.set_precision(geom, 1e-6)))
 
 
-def region_geojson(fix: Fix, landmarks: Sequence[Landmark] = (),
-                   rtts: Mapping[str, float] | None = None) -> dict[str, Any]:
+def region_geojson(
+    fix: Fix, landmarks: Sequence[Landmark] = (), rtts: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """The region, the sound region, the estimate (with its error circle) and the landmarks."""
     rtts = rtts or {}
     verdict = {
         "bound": fix.bound,
         "certified": fix.certified,
-        "countries": [{"code": c.code, "probability": round(c.probability, 4), "share": round(c.share, 4)}
-                      for c in fix.countries],
+        "countries": [
+            {"code": c.code, "probability": round(c.probability, 4), "share": round(c.share, 4)}
+            for c in fix.countries
+        ],
     }
     features: list[dict[str, Any]] = []
     if fix.sound_region is not None and fix.sound_region is not fix.region:
-        features.append(_region_feature(fix.sound_region, "sound_region", SOUND_COLOUR, {"bound": "sound"}))
+        features.append(
+            _region_feature(fix.sound_region, "sound_region", SOUND_COLOUR, {"bound": "sound"})
+        )
     if fix.region is not None:
         features.append(_region_feature(fix.region, "region", REGION_COLOUR, verdict))
     circle = error_circle(fix)
     if circle is not None:
-        features.append({"type": "Feature", "geometry": circle,
-                         "properties": {"kind": "error_circle", "radius_km": round(fix.error_radius_km, 1),
-                                        "stroke": ESTIMATE_COLOUR, "fill-opacity": 0.0}})
-    features.append(_point(fix.lat, fix.lon, {
-        "kind": "estimate", "error_radius_km": round(fix.error_radius_km, 1), "method": fix.method,
-        "country": fix.country, "probability": round(fix.probability, 4), **verdict,
-        "marker-color": ESTIMATE_COLOUR, "marker-symbol": "star"}))
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": circle,
+                "properties": {
+                    "kind": "error_circle",
+                    "radius_km": round(fix.error_radius_km, 1),
+                    "stroke": ESTIMATE_COLOUR,
+                    "fill-opacity": 0.0,
+                },
+            }
+        )
+    features.append(
+        _point(
+            fix.lat,
+            fix.lon,
+            {
+                "kind": "estimate",
+                "error_radius_km": round(fix.error_radius_km, 1),
+                "method": fix.method,
+                "country": fix.country,
+                "probability": round(fix.probability, 4),
+                **verdict,
+                "marker-color": ESTIMATE_COLOUR,
+                "marker-symbol": "star",
+            },
+        )
+    )
     used = set(fix.landmarks_used)
     for lm in landmarks:
         rtt = rtts.get(lm.id)
-        props: dict[str, Any] = {"kind": "landmark", "id": lm.id, "country": lm.country,
-                                 "rtt_ms": None if rtt is None else round(rtt, 3),
-                                 "used": lm.id in used, "marker-color": LANDMARK_COLOUR,
-                                 "marker-size": "small"}
+        props: dict[str, Any] = {
+            "kind": "landmark",
+            "id": lm.id,
+            "country": lm.country,
+            "rtt_ms": None if rtt is None else round(rtt, 3),
+            "used": lm.id in used,
+            "marker-color": LANDMARK_COLOUR,
+            "marker-size": "small",
+        }
         if lm.id in fix.excluded:
             props["excluded"] = fix.excluded[lm.id]
         features.append(_point(lm.lat, lm.lon, props))
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
-                  rtts: Mapping[str, float] | None = None) -> Path:
+def write_geojson(
+    fix: Fix,
+    path: str | Path,
+    landmarks: Sequence[Landmark] = (),
+    rtts: Mapping[str, float] | None = None,
+) -> Path:
     """Write :func:`region_geojson` to ``path`` (what ``geoprobe locate --geojson FILE`` does)."""
     out = Path(path)
     text = json.dumps(region_geojson(fix, landmarks, rtts), separators=(",", ":")) + "\n"

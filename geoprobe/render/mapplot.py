@@ -83,7 +83,9 @@ def _region_geom(region: Region | None, centre: float) -> BaseGeometry | None:
     return geom.buffer(eps, quad_segs=2).buffer(-eps, quad_segs=2)
 
 
-def _view(fix: Fix, shapes: Sequence[BaseGeometry], aspect: float) -> tuple[float, float, float, float]:
+def _view(
+    fix: Fix, shapes: Sequence[BaseGeometry], aspect: float
+) -> tuple[float, float, float, float]:
     """Bounds around the shapes (plus padding), at least MIN_SPAN_DEG, matching the figure's aspect."""
     if shapes:
         minx, miny, maxx, maxy = shapely.union_all(list(shapes)).bounds
@@ -103,8 +105,9 @@ def _view(fix: Fix, shapes: Sequence[BaseGeometry], aspect: float) -> tuple[floa
     return cx - half_w, y0, cx + half_w, y0 + h
 
 
-def _draw_countries(ax: Any, countries: CountryIndex, view: tuple[float, float, float, float],
-                    highlight: str | None) -> None:
+def _draw_countries(
+    ax: Any, countries: CountryIndex, view: tuple[float, float, float, float], highlight: str | None
+) -> None:
     x0, y0, x1, y1 = view
     pad = 0.05 * (x1 - x0)
     patches, colours, labels = [], [], []
@@ -114,8 +117,9 @@ def _draw_countries(ax: Any, countries: CountryIndex, view: tuple[float, float, 
             gx0, gy0, gx1, gy1 = geom.bounds
             if gx1 + shift < x0 - pad or gx0 + shift > x1 + pad or gy1 < y0 - pad or gy0 > y1 + pad:
                 continue
-            part = shapely.clip_by_rect(shapely.affinity.translate(geom, xoff=shift),
-                                        x0 - pad, y0 - pad, x1 + pad, y1 + pad)
+            part = shapely.clip_by_rect(
+                shapely.affinity.translate(geom, xoff=shift), x0 - pad, y0 - pad, x1 + pad, y1 + pad
+            )
             path = _path(part)
             if path is None:
                 continue
@@ -125,8 +129,9 @@ def _draw_countries(ax: Any, countries: CountryIndex, view: tuple[float, float, 
             if visible.area > 0.004 * (x1 - x0) * (y1 - y0):
                 p = visible.representative_point()
                 labels.append((p.x, p.y, code))
-    ax.add_collection(PatchCollection(patches, facecolors=colours, edgecolors=BORDER, linewidths=0.6,
-                                      zorder=1))
+    ax.add_collection(
+        PatchCollection(patches, facecolors=colours, edgecolors=BORDER, linewidths=0.6, zorder=1)
+    )
     for x, y, code in labels:
         ax.text(x, y, code, fontsize=8, color="#6b6b6b", ha="center", va="center", zorder=2)
 
@@ -138,9 +143,17 @@ def _verdict(fix: Fix, countries: CountryIndex) -> str:
     return f"not certified; {top}"
 
 
-def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
-             rtts: Mapping[str, float] | None = None, countries: CountryIndex | None = None,
-             *, size_in: tuple[float, float] = (10.0, 7.5), dpi: int = 120, title: str | None = None) -> Path:
+def draw_map(
+    fix: Fix,
+    path: str | Path,
+    landmarks: Sequence[Landmark] = (),
+    rtts: Mapping[str, float] | None = None,
+    countries: CountryIndex | None = None,
+    *,
+    size_in: tuple[float, float] = (10.0, 7.5),
+    dpi: int = 120,
+    title: str | None = None,
+) -> Path:
     """Write a PNG map of ``fix`` to ``path`` and return the path."""
     countries = countries or default_index()
     rtts = rtts or {}
@@ -160,7 +173,9 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     aspect_ratio = 1.0 / max(math.cos(math.radians(mid_lat)), 0.1)
     box_aspect = (0.78 * size_in[0]) / (0.80 * size_in[1])
     focus = [g for g in (region, circle) if g is not None]
-    if sound is not None and (not focus or _span(sound) <= CONTEXT * _span(shapely.union_all(focus))):
+    if sound is not None and (
+        not focus or _span(sound) <= CONTEXT * _span(shapely.union_all(focus))
+    ):
         focus.append(sound)
     view = _view(fix, focus, box_aspect)
     x0, y0, x1, y1 = view
@@ -171,31 +186,92 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     if sound is not None:
         p = _path(sound)
         if p is not None:
-            ax.add_patch(PathPatch(p, facecolor=to_rgba(SOUND_COLOUR, 0.10), edgecolor=SOUND_COLOUR,
-                                   linestyle="--", linewidth=1.2, zorder=3))
-            handles.append(Patch(facecolor=SOUND_COLOUR, alpha=0.3, edgecolor=SOUND_COLOUR, linestyle="--",
-                                 label="sound region (speed of light)"))
+            ax.add_patch(
+                PathPatch(
+                    p,
+                    facecolor=to_rgba(SOUND_COLOUR, 0.10),
+                    edgecolor=SOUND_COLOUR,
+                    linestyle="--",
+                    linewidth=1.2,
+                    zorder=3,
+                )
+            )
+            handles.append(
+                Patch(
+                    facecolor=SOUND_COLOUR,
+                    alpha=0.3,
+                    edgecolor=SOUND_COLOUR,
+                    linestyle="--",
+                    label="sound region (speed of light)",
+                )
+            )
     if region is not None:
         p = _path(region)
         if p is not None:
-            ax.add_patch(PathPatch(p, facecolor=to_rgba(REGION_COLOUR, 0.30), edgecolor=REGION_COLOUR,
-                                   linewidth=1.5, zorder=4))
-            handles.append(Patch(facecolor=REGION_COLOUR, alpha=0.5, edgecolor=REGION_COLOUR,
-                                 label=f"region ({fix.bound} bound)"))
+            ax.add_patch(
+                PathPatch(
+                    p,
+                    facecolor=to_rgba(REGION_COLOUR, 0.30),
+                    edgecolor=REGION_COLOUR,
+                    linewidth=1.5,
+                    zorder=4,
+                )
+            )
+            handles.append(
+                Patch(
+                    facecolor=REGION_COLOUR,
+                    alpha=0.5,
+                    edgecolor=REGION_COLOUR,
+                    label=f"region ({fix.bound} bound)",
+                )
+            )
     if circle is not None:
         p = _path(circle)
         if p is not None:
-            ax.add_patch(PathPatch(p, facecolor="none", edgecolor=ESTIMATE_COLOUR, linestyle=":",
-                                   linewidth=1.5, zorder=5))
-    ax.plot([fix.lon], [fix.lat], marker="*", markersize=16, color=ESTIMATE_COLOUR,
-            markeredgecolor="white", zorder=7)
-    handles.append(Line2D([], [], marker="*", markersize=12, color=ESTIMATE_COLOUR, linestyle=":",
-                          label=f"estimate ± {fix.error_radius_km:.0f} km"))
+            ax.add_patch(
+                PathPatch(
+                    p,
+                    facecolor="none",
+                    edgecolor=ESTIMATE_COLOUR,
+                    linestyle=":",
+                    linewidth=1.5,
+                    zorder=5,
+                )
+            )
+    ax.plot(
+        [fix.lon],
+        [fix.lat],
+        marker="*",
+        markersize=16,
+        color=ESTIMATE_COLOUR,
+        markeredgecolor="white",
+        zorder=7,
+    )
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            markersize=12,
+            color=ESTIMATE_COLOUR,
+            linestyle=":",
+            label=f"estimate ± {fix.error_radius_km:.0f} km",
+        )
+    )
 
     outside = _draw_landmarks(ax, cax, landmarks, rtts, centre, view)
     if landmarks:
-        handles.append(Line2D([], [], marker="o", color="#444444", linestyle="none", markersize=7,
-                              label=f"landmarks ({outside} of {len(landmarks)} outside the view)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="#444444",
+                linestyle="none",
+                markersize=7,
+                label=f"landmarks ({outside} of {len(landmarks)} outside the view)",
+            )
+        )
 
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
@@ -205,12 +281,20 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     ax.set_ylabel("latitude (°)")
     ax.grid(color="white", linewidth=0.5, alpha=0.6, zorder=0)
     ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9).set_zorder(10)
-    head = title or (f"geoprobe: {fix.lat:.3f}, {fix.lon:.3f} ± {fix.error_radius_km:.0f} km "
-                     f"({fix.bound} bound)")
+    head = title or (
+        f"geoprobe: {fix.lat:.3f}, {fix.lon:.3f} ± {fix.error_radius_km:.0f} km ({fix.bound} bound)"
+    )
     fig.suptitle(head, fontsize=13, y=0.975)
     ax.set_title(_verdict(fix, countries), fontsize=10)
-    fig.text(0.99, 0.01, f"borders: {countries.source or 'Natural Earth'}", fontsize=7, color="#777777",
-             ha="right", va="bottom")
+    fig.text(
+        0.99,
+        0.01,
+        f"borders: {countries.source or 'Natural Earth'}",
+        fontsize=7,
+        color="#777777",
+        ha="right",
+        va="bottom",
+    )
     out = Path(path)
     try:
         fig.savefig(out, format="png")
@@ -219,8 +303,14 @@ def draw_map(fix: Fix, path: str | Path, landmarks: Sequence[Landmark] = (),
     return out
 
 
-def _draw_landmarks(ax: Any, cax: Any, landmarks: Sequence[Landmark], rtts: Mapping[str, float],
-                    centre: float, view: tuple[float, float, float, float]) -> int:
+def _draw_landmarks(
+    ax: Any,
+    cax: Any,
+    landmarks: Sequence[Landmark],
+    rtts: Mapping[str, float],
+    centre: float,
+    view: tuple[float, float, float, float],
+) -> int:
     """Landmarks coloured by RTT (grey without one); returns how many fall outside the view."""
     x0, y0, x1, y1 = view
     if not landmarks:
@@ -234,11 +324,22 @@ def _draw_landmarks(ax: Any, cax: Any, landmarks: Sequence[Landmark], rtts: Mapp
     if has.any():
         lo = max(float(np.nanmin(rtt)), 0.1)  # log scale: 1 ms and 100 ms both stay readable
         norm = LogNorm(vmin=lo, vmax=max(float(np.nanmax(rtt)), lo * 2.0))
-        sc = ax.scatter(lon[has], lat[has], c=rtt[has], cmap=colormaps["viridis"], norm=norm, s=46,
-                        edgecolors="black", linewidths=0.6, zorder=6)
+        sc = ax.scatter(
+            lon[has],
+            lat[has],
+            c=rtt[has],
+            cmap=colormaps["viridis"],
+            norm=norm,
+            s=46,
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=6,
+        )
         bar = ax.figure.colorbar(sc, cax=cax, label="RTT (ms)")
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
+        bar.ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else "")
+        )
     else:
         cax.set_visible(False)
     if (~has).any():
@@ -247,6 +348,14 @@ def _draw_landmarks(ax: Any, cax: Any, landmarks: Sequence[Landmark], rtts: Mapp
         for lm, x, y, r, show in zip(landmarks, lon, lat, rtt, inside):
             if show:
                 label = lm.id if not np.isfinite(r) else f"{lm.id} {r:.1f} ms"
-                ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                            color="#333333", zorder=8, clip_on=True)
+                ax.annotate(
+                    label,
+                    (x, y),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="#333333",
+                    zorder=8,
+                    clip_on=True,
+                )
     return int((~inside).sum())

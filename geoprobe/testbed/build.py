@@ -11,10 +11,21 @@ from geoprobe.testbed.runner import Testbed
 from geoprobe.testbed.world import World, choose_landmarks, parse_position
 
 
-def build_testbed(dataset: Dataset, at: str, *, count: int | None = None, seed: int = 0,
-                  prefixes: Sequence[str] | None = None, bind: str | None = None, advertise: str | None = None,
-                  base_port: int = endpoints.DEFAULT_BASE_PORT, port: int = 0, keys_dir: Path | None = None,
-                  jitter: bool = True, name: str = control.DEFAULT_NAME) -> Testbed:
+def build_testbed(
+    dataset: Dataset,
+    at: str,
+    *,
+    count: int | None = None,
+    seed: int = 0,
+    prefixes: Sequence[str] | None = None,
+    bind: str | None = None,
+    advertise: str | None = None,
+    base_port: int = endpoints.DEFAULT_BASE_PORT,
+    port: int = 0,
+    keys_dir: Path | None = None,
+    jitter: bool = True,
+    name: str = control.DEFAULT_NAME,
+) -> Testbed:
     """A testbed with the VM at ``at`` (a server name/id, or ``LAT,LON``); not started yet.
 
     A VM placed at a server does not get that server as a landmark (it would pin the answer);
@@ -24,7 +35,8 @@ def build_testbed(dataset: Dataset, at: str, *, count: int | None = None, seed: 
     indices = choose_landmarks(dataset, exclude=own, count=count, seed=seed)
     world = World(dataset, indices, seed=seed, jitter=jitter)
     world.place(at)
-    eps = endpoints.plan(indices, prefixes=prefixes, bind=bind, advertise=advertise, base_port=base_port,
-                         port=port)
+    eps = endpoints.plan(
+        indices, prefixes=prefixes, bind=bind, advertise=advertise, base_port=base_port, port=port
+    )
     keys = keystore.landmark_keys(world.ids, keys_dir)
     return Testbed(world, eps, keys, name=name)

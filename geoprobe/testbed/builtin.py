@@ -25,11 +25,21 @@ DEFAULT_CITY = "Frankfurt"
 
 def builtin_dataset(seed: int = 2020) -> Dataset:
     with CITIES.open(newline="") as f:
-        servers = [Server(id=r["id"], name=r["id"], lat=float(r["lat"]), lon=float(r["lon"]), country=r["country"])
-                   for r in csv.DictReader(f)]
+        servers = [
+            Server(
+                id=r["id"],
+                name=r["id"],
+                lat=float(r["lat"]),
+                lon=float(r["lon"]),
+                country=r["country"],
+            )
+            for r in csv.DictReader(f)
+        ]
     lat = np.array([s.lat for s in servers])
     lon = np.array([s.lon for s in servers])
-    km = np.asarray(haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]), dtype=float)
+    km = np.asarray(
+        haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]), dtype=float
+    )
     rng = random.Random(seed)
     n = len(servers)
     inflation = np.ones((n, n))
@@ -40,5 +50,11 @@ def builtin_dataset(seed: int = 2020) -> Dataset:
     np.fill_diagonal(rmin, np.nan)
     ravg = rmin * 1.03 + 0.1
     mdev = rmin * 0.01 + 0.05
-    return Dataset(name="builtin", servers=servers, rtt_min=rmin, rtt_avg=ravg, rtt_mdev=mdev,
-                   source=f"built-in world ({CITIES.name}, physical delay model)")
+    return Dataset(
+        name="builtin",
+        servers=servers,
+        rtt_min=rmin,
+        rtt_avg=ravg,
+        rtt_mdev=mdev,
+        source=f"built-in world ({CITIES.name}, physical delay model)",
+    )

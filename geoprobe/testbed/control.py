@@ -71,7 +71,11 @@ def is_running(reg: Registration) -> bool:
 def running(runtime: Path | None = None) -> list[str]:
     """Names of the testbeds that are alive in the runtime dir."""
     d = runtime if runtime is not None else paths.runtime_dir()
-    names = sorted(p.name[len("testbed-"):-len(".pid")] for p in d.glob("testbed-*.pid")) if d.is_dir() else []
+    names = (
+        sorted(p.name[len("testbed-") : -len(".pid")] for p in d.glob("testbed-*.pid"))
+        if d.is_dir()
+        else []
+    )
     return [n for n in names if is_running(registration(n, d))]
 
 
@@ -85,8 +89,11 @@ def claim(name: str, *, explicit: bool, runtime: Path | None = None) -> Registra
     if is_running(reg):
         if explicit:
             info = read_pidfile(reg) or {}
-            raise InputError(f"a testbed named {name!r} is already running (pid {info.get('pid')}); "
-                             "stop it or choose another --name", field="name")
+            raise InputError(
+                f"a testbed named {name!r} is already running (pid {info.get('pid')}); "
+                "stop it or choose another --name",
+                field="name",
+            )
         reg = registration(f"{name}-{os.getpid()}", runtime)
     for p in (reg.socket, reg.pidfile):
         p.unlink(missing_ok=True)
@@ -96,7 +103,9 @@ def claim(name: str, *, explicit: bool, runtime: Path | None = None) -> Registra
 
 def write_pidfile(reg: Registration, **info: Any) -> None:
     tmp = reg.pidfile.with_name(f".{reg.pidfile.name}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "name": reg.name, "socket": str(reg.socket), **info}) + "\n")
+    tmp.write_text(
+        json.dumps({"pid": os.getpid(), "name": reg.name, "socket": str(reg.socket), **info}) + "\n"
+    )
     tmp.replace(reg.pidfile)
 
 
@@ -140,7 +149,9 @@ def request(reg: Registration, payload: dict[str, Any], timeout: float = 10.0) -
                     break
                 buf += chunk
         except OSError as exc:
-            raise ControlError(f"testbed {reg.name!r} did not answer on {reg.socket}: {exc}") from None
+            raise ControlError(
+                f"testbed {reg.name!r} did not answer on {reg.socket}: {exc}"
+            ) from None
     try:
         reply = json.loads(buf)
     except ValueError:

@@ -88,18 +88,26 @@ class DistanceModel:
             for j in range(len(rtt)):
                 for k in order:
                     if k != j and math.isfinite(self.rtt[k, j]):
-                        km_kj = float(haversine_km(self.lat[k], self.lon[k], self.lat[j], self.lon[j]))
+                        km_kj = float(
+                            haversine_km(self.lat[k], self.lon[k], self.lat[j], self.lon[j])
+                        )
                         rtt[j] = self.rtt[k, j] + self.slope[j] * (km[j] - km_kj)
                         break
         rtt = np.maximum(rtt, km * LIGHT_SLOPE + 0.05)
-        return [PathDelay(float(r), float(e), float(s)) for r, e, s in zip(rtt, self.excess, self.spread)]
+        return [
+            PathDelay(float(r), float(e), float(s))
+            for r, e, s in zip(rtt, self.excess, self.spread)
+        ]
 
 
-def fit_distance_model(lat: FArray, lon: FArray, rtt_min: FArray, rtt_avg: FArray,
-                       rtt_mdev: FArray) -> DistanceModel:
+def fit_distance_model(
+    lat: FArray, lon: FArray, rtt_min: FArray, rtt_avg: FArray, rtt_mdev: FArray
+) -> DistanceModel:
     """Least-squares line per landmark through its (distance, min RTT) pairs, kept physical."""
     n = len(lat)
-    km = np.asarray(haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]), dtype=float)
+    km = np.asarray(
+        haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]), dtype=float
+    )
     sym = np.fmin(rtt_min, rtt_min.T)
     intercept = np.zeros(n)
     slope = np.full(n, 2.0 * LIGHT_SLOPE)
@@ -126,8 +134,15 @@ def fit_distance_model(lat: FArray, lon: FArray, rtt_min: FArray, rtt_avg: FArra
         md = rtt_mdev[j][np.isfinite(rtt_mdev[j]) & (rtt_mdev[j] > 0)]
         if md.size:
             spread[j] = float(np.median(md))
-    return DistanceModel(lat=np.asarray(lat, float), lon=np.asarray(lon, float), intercept=intercept,
-                         slope=slope, excess=excess, spread=spread, rtt=sym)
+    return DistanceModel(
+        lat=np.asarray(lat, float),
+        lon=np.asarray(lon, float),
+        intercept=intercept,
+        slope=slope,
+        excess=excess,
+        spread=spread,
+        rtt=sym,
+    )
 
 
 def _pooled_line(km: FArray, sym: FArray) -> tuple[float, float]:

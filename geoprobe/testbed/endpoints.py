@@ -41,8 +41,10 @@ def _hosts(prefixes: Sequence[str]) -> list[str]:
         except ValueError:
             raise InputError(f"not an address prefix: {p!r}", field="bind-prefix") from None
         if not net.is_loopback:
-            raise InputError(f"{p} is not a loopback prefix; the testbed only listens on loopback",
-                             field="bind-prefix")
+            raise InputError(
+                f"{p} is not a loopback prefix; the testbed only listens on loopback",
+                field="bind-prefix",
+            )
         for addr in net.hosts() if net.num_addresses > 2 else net:
             s = str(addr)
             if net.version == 4 and (s.endswith((".0", ".255")) or s == "127.0.0.1"):
@@ -52,8 +54,15 @@ def _hosts(prefixes: Sequence[str]) -> list[str]:
     return out
 
 
-def plan(server_indices: Sequence[int], *, prefixes: Sequence[str] | None = None, bind: str | None = None,
-         advertise: str | None = None, base_port: int = DEFAULT_BASE_PORT, port: int = 0) -> list[Endpoint]:
+def plan(
+    server_indices: Sequence[int],
+    *,
+    prefixes: Sequence[str] | None = None,
+    bind: str | None = None,
+    advertise: str | None = None,
+    base_port: int = DEFAULT_BASE_PORT,
+    port: int = 0,
+) -> list[Endpoint]:
     """One endpoint per landmark, keyed by its server's index in the dataset (stable across testbeds)."""
     if bind is not None:
         try:
@@ -67,6 +76,9 @@ def plan(server_indices: Sequence[int], *, prefixes: Sequence[str] | None = None
     hosts = _hosts(prefixes or DEFAULT_PREFIXES)
     need = max(server_indices, default=0) + 1
     if need > len(hosts):
-        raise InputError(f"{len(hosts)} loopback addresses for servers up to index {need - 1}: add a "
-                         "--bind-prefix (e.g. 127.0.2.0/24) or use --bind ADDRESS", field="bind-prefix")
+        raise InputError(
+            f"{len(hosts)} loopback addresses for servers up to index {need - 1}: add a "
+            "--bind-prefix (e.g. 127.0.2.0/24) or use --bind ADDRESS",
+            field="bind-prefix",
+        )
     return [Endpoint(hosts[i], port, advertise or hosts[i]) for i in server_indices]

@@ -20,7 +20,11 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 
 def key_file(keys_dir: Path, landmark_id: str) -> Path:
     """``<id>.key`` when the id is a safe file name, else a hash of it (ids come from datasets)."""
-    stem = landmark_id if _SAFE.match(landmark_id) else "id-" + hashlib.sha256(landmark_id.encode()).hexdigest()[:24]
+    stem = (
+        landmark_id
+        if _SAFE.match(landmark_id)
+        else "id-" + hashlib.sha256(landmark_id.encode()).hexdigest()[:24]
+    )
     return keys_dir / f"{stem}.key"
 
 

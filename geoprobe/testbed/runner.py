@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 class Testbed:
     """The landmarks of ``world`` answering on ``endpoints`` (one per landmark, same order)."""
 
-    def __init__(self, world: World, endpoints: Sequence[Endpoint], keys: dict[str, Ed25519PrivateKey],
-                 *, name: str = control.DEFAULT_NAME) -> None:
+    def __init__(
+        self,
+        world: World,
+        endpoints: Sequence[Endpoint],
+        keys: dict[str, Ed25519PrivateKey],
+        *,
+        name: str = control.DEFAULT_NAME,
+    ) -> None:
         if len(endpoints) != len(world.ids):
             raise ValueError("one endpoint per landmark")
         self.world = world
@@ -51,15 +57,26 @@ class Testbed:
         if self.world.placement is None:
             raise RuntimeError("place the VM before starting the testbed")
         try:
-            for k, (lid, ep, srv) in enumerate(zip(self.world.ids, self.endpoints, self.world.servers)):
+            for k, (lid, ep, srv) in enumerate(
+                zip(self.world.ids, self.endpoints, self.world.servers)
+            ):
                 key = self.keys[lid]
                 try:
                     transport, responder = await start_responder(
-                        key, lid, srv.lat, srv.lon, host=ep.bind, port=ep.port,
-                        key_id=keylib.key_id(keylib.public_raw(key)), delay=self.world.delay_source(k))
+                        key,
+                        lid,
+                        srv.lat,
+                        srv.lon,
+                        host=ep.bind,
+                        port=ep.port,
+                        key_id=keylib.key_id(keylib.public_raw(key)),
+                        delay=self.world.delay_source(k),
+                    )
                 except OSError as exc:
-                    raise GeoprobeError(f"cannot listen for landmark {lid!r} on udp {ep.bind}:{ep.port}: "
-                                        f"{exc.strerror}") from None
+                    raise GeoprobeError(
+                        f"cannot listen for landmark {lid!r} on udp {ep.bind}:{ep.port}: "
+                        f"{exc.strerror}"
+                    ) from None
                 self._transports.append(transport)
                 self.responders.append(responder)
                 self.ports.append(int(transport.get_extra_info("sockname")[1]))
@@ -70,13 +87,28 @@ class Testbed:
     def catalogue(self, source: str | None = None) -> Catalogue:
         """The catalogue probers use: advertised addresses, bound ports, pinned keys, calibration."""
         lms = []
-        for lid, ep, port, srv in zip(self.world.ids, self.endpoints, self.ports, self.world.servers):
+        for lid, ep, port, srv in zip(
+            self.world.ids, self.endpoints, self.ports, self.world.servers
+        ):
             pub = keylib.public_raw(self.keys[lid])
-            lms.append(Landmark(id=lid, lat=srv.lat, lon=srv.lon, country=srv.country, address=ep.advertise,
-                                udp_port=port, pubkey=pub, key_id=keylib.key_id(pub)))
-        return Catalogue(landmarks=lms, rtts=self.world.calibration_rtts(),
-                         name=f"testbed {self.name} ({self.world.dataset.name})",
-                         source=source or self.world.dataset.source)
+            lms.append(
+                Landmark(
+                    id=lid,
+                    lat=srv.lat,
+                    lon=srv.lon,
+                    country=srv.country,
+                    address=ep.advertise,
+                    udp_port=port,
+                    pubkey=pub,
+                    key_id=keylib.key_id(pub),
+                )
+            )
+        return Catalogue(
+            landmarks=lms,
+            rtts=self.world.calibration_rtts(),
+            name=f"testbed {self.name} ({self.world.dataset.name})",
+            source=source or self.world.dataset.source,
+        )
 
     def move(self, spec: str) -> Placement:
         """Move the VM (a server name/id or ``LAT,LON``); must run on the testbed's loop thread."""
@@ -87,9 +119,13 @@ class Testbed:
 
     def status(self) -> dict[str, Any]:
         p = self.world.placement
-        return {"name": self.name, "landmarks": len(self.world.ids), "moves": self.moves,
-                "vm": p.to_json() if p else None,
-                "answered": sum(r.answered for r in self.responders)}
+        return {
+            "name": self.name,
+            "landmarks": len(self.world.ids),
+            "moves": self.moves,
+            "vm": p.to_json() if p else None,
+            "answered": sum(r.answered for r in self.responders),
+        }
 
     def handle(self, req: Any) -> dict[str, Any]:
         """One control request -> reply (``ok`` false with ``error`` on bad input)."""
@@ -99,8 +135,14 @@ class Testbed:
         try:
             if op == "status":
                 return {"ok": True, **self.status()}
-            if op == "delays":  # the injected floors, for benchmarks that compare measured with injected
-                return {"ok": True, "delays_ms": self.world.injected_min_ms(), "jitter": self.world.jitter}
+            if (
+                op == "delays"
+            ):  # the injected floors, for benchmarks that compare measured with injected
+                return {
+                    "ok": True,
+                    "delays_ms": self.world.injected_min_ms(),
+                    "jitter": self.world.jitter,
+                }
             if op == "move":
                 to = req.get("to")
                 if not isinstance(to, str) or not to:
@@ -149,7 +191,9 @@ class BackgroundTestbed:
     def __init__(self, testbed: Testbed) -> None:
         self.testbed = testbed
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="geoprobe-testbed", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="geoprobe-testbed", daemon=True
+        )
 
     def __enter__(self) -> Self:
         self._thread.start()

@@ -34,9 +34,12 @@ class Placement:
         return f"{self.lat:.4f},{self.lon:.4f}"
 
     def to_json(self) -> dict[str, object]:
-        return {"lat": self.lat, "lon": self.lon,
-                "server": self.server.name if self.server else None,
-                "country": self.server.country if self.server else None}
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "server": self.server.name if self.server else None,
+            "country": self.server.country if self.server else None,
+        }
 
 
 def landmark_ids(dataset: Dataset) -> list[str]:
@@ -46,8 +49,9 @@ def landmark_ids(dataset: Dataset) -> list[str]:
     return names if ok else dataset.ids
 
 
-def choose_landmarks(dataset: Dataset, *, exclude: int | None = None, count: int | None = None,
-                     seed: int = 0) -> list[int]:
+def choose_landmarks(
+    dataset: Dataset, *, exclude: int | None = None, count: int | None = None, seed: int = 0
+) -> list[int]:
     """Dataset indices of the landmarks: every server but the VM's own, or ``count`` drawn with ``seed``."""
     pool = [i for i in range(len(dataset)) if i != exclude]
     if count is not None and count < len(pool):
@@ -60,7 +64,9 @@ def choose_landmarks(dataset: Dataset, *, exclude: int | None = None, count: int
 class World:
     """Landmarks drawn from a dataset, and the VM's current delays to each of them."""
 
-    def __init__(self, dataset: Dataset, landmarks: Sequence[int], *, seed: int = 0, jitter: bool = True) -> None:
+    def __init__(
+        self, dataset: Dataset, landmarks: Sequence[int], *, seed: int = 0, jitter: bool = True
+    ) -> None:
         if not landmarks:
             raise InputError("the world has no landmarks", field="landmarks")
         self.dataset = dataset
@@ -102,8 +108,11 @@ class World:
             src, dst = (s, j) if not math.isfinite(b) or (math.isfinite(a) and a <= b) else (j, s)
             rmin = d.rtt_min[src, dst]
             if math.isfinite(rmin):
-                delays.append(PathDelay.from_stats(float(rmin), float(d.rtt_avg[src, dst]),
-                                                   float(d.rtt_mdev[src, dst])))
+                delays.append(
+                    PathDelay.from_stats(
+                        float(rmin), float(d.rtt_avg[src, dst]), float(d.rtt_mdev[src, dst])
+                    )
+                )
             else:
                 if predicted is None:
                     predicted = self.model.predict(server.lat, server.lon)

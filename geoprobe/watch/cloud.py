@@ -116,14 +116,18 @@ class GceMaintenance:
             if self.etag:
                 url += f"&last_etag={self.etag}"
             timeout = self.timeout + self.wait_s
-        status, headers, body = _request(url, headers={"Metadata-Flavor": "Google"}, timeout=timeout)
+        status, headers, body = _request(
+            url, headers={"Metadata-Flavor": "Google"}, timeout=timeout
+        )
         if status != 200:
             raise CloudError(
                 f"gce: HTTP {status} from maintenance-event"
                 + (" (maintenance under way?)" if status == 503 else "")
             )
         if headers.get("metadata-flavor") != "Google":
-            raise CloudError("gce: answer lacks 'Metadata-Flavor: Google' (not a GCE metadata server)")
+            raise CloudError(
+                "gce: answer lacks 'Metadata-Flavor: Google' (not a GCE metadata server)"
+            )
         value = body.decode("ascii", "replace").strip()
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
             raise CloudError(f"gce: malformed maintenance-event value {value[:40]!r}")
@@ -131,7 +135,9 @@ class GceMaintenance:
         self.value = value
         if value == "NONE":
             return []
-        return [Notice("gce", value, event_id=self.etag or "", status="pending", raw={"value": value})]
+        return [
+            Notice("gce", value, event_id=self.etag or "", status="pending", raw={"value": value})
+        ]
 
 
 class AzureScheduledEvents:
@@ -186,7 +192,9 @@ class AwsScheduledEvents:
     TOKEN_PATH = "/latest/api/token"
     PATH = "/latest/meta-data/events/maintenance/scheduled"
 
-    def __init__(self, base_url: str = IMDS_BASE, timeout: float = 5.0, token_ttl_s: int = 21_600) -> None:
+    def __init__(
+        self, base_url: str = IMDS_BASE, timeout: float = 5.0, token_ttl_s: int = 21_600
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.token_ttl_s = token_ttl_s
@@ -210,10 +218,14 @@ class AwsScheduledEvents:
         return token
 
     def poll(self, wait: bool = False) -> list[Notice]:
-        token = self._token if self._token and time.monotonic() < self._expires else self._fetch_token()
+        token = (
+            self._token if self._token and time.monotonic() < self._expires else self._fetch_token()
+        )
         for attempt in range(2):
             status, _, body = _request(
-                self.base_url + self.PATH, headers={"X-aws-ec2-metadata-token": token}, timeout=self.timeout
+                self.base_url + self.PATH,
+                headers={"X-aws-ec2-metadata-token": token},
+                timeout=self.timeout,
             )
             if status == 401 and attempt == 0:  # the token expired early (or IMDS restarted)
                 token = self._fetch_token()
@@ -252,7 +264,9 @@ class AwsScheduledEvents:
         return out
 
 
-def default_sources(gce: str = GCE_BASE, imds: str = IMDS_BASE, timeout: float = 2.0) -> list[Source]:
+def default_sources(
+    gce: str = GCE_BASE, imds: str = IMDS_BASE, timeout: float = 2.0
+) -> list[Source]:
     return [
         GceMaintenance(gce, timeout),
         AzureScheduledEvents(imds, timeout),
@@ -286,7 +300,9 @@ class CloudNotices:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.changed = threading.Event()  # set when a source's notices change (the daemon may wait on it)
+        self.changed = (
+            threading.Event()
+        )  # set when a source's notices change (the daemon may wait on it)
 
     def _record(self, src: Source, notices: list[Notice] | None, error: str | None) -> None:
         with self._lock:
@@ -316,7 +332,9 @@ class CloudNotices:
             return
         self._stop.clear()
         for src in self.sources:
-            t = threading.Thread(target=self._run, args=(src,), name=f"cloud-{src.provider}", daemon=True)
+            t = threading.Thread(
+                target=self._run, args=(src,), name=f"cloud-{src.provider}", daemon=True
+            )
             t.start()
             self._threads.append(t)
 
@@ -353,7 +371,9 @@ class CloudNotices:
         if not answered:
             return Reading.unavailable(
                 self.name,
-                "no metadata service answered: " + "; ".join(errors.values()) if errors else "no answer yet",
+                "no metadata service answered: " + "; ".join(errors.values())
+                if errors
+                else "no answer yet",
                 unit="notices",
             )
         moves = [n for n in notices if n.migration]

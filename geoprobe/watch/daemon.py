@@ -80,7 +80,9 @@ class SignalAdapter:
 class WatchConfig:
     interval_s: float = 60.0
     fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
-    warmup_rounds: int = 5  # rounds that build the baseline (at start and after a move) before testing
+    warmup_rounds: int = (
+        5  # rounds that build the baseline (at start and after a move) before testing
+    )
     # After a confirmed move the new place's noise is unknown (a congested site can jitter by tens
     # of ms), so its baseline takes at least this many fresh rounds, none from the move itself.
     post_move_warmup_rounds: int = 6
@@ -99,7 +101,11 @@ class WatchConfig:
 
     @property
     def fast(self) -> float:
-        return self.fast_interval_s if self.fast_interval_s is not None else max(0.2, self.interval_s / 4)
+        return (
+            self.fast_interval_s
+            if self.fast_interval_s is not None
+            else max(0.2, self.interval_s / 4)
+        )
 
 
 @dataclass(slots=True)
@@ -238,7 +244,9 @@ class Watcher:
         self.baseline = Baseline.from_json(raw)
         # The home is where the baseline was taken, solved from its medians: not the last stored
         # fix, which may be a moved one recorded mid-suspicion (killed before it was confirmed).
-        rtts = {lid: r for lid in self.baseline.history if (r := self.baseline.rtt(lid)) is not None}
+        rtts = {
+            lid: r for lid in self.baseline.history if (r := self.baseline.rtt(lid)) is not None
+        }
         try:
             if len(rtts) < self.config.min_landmarks:
                 raise GeoprobeError(f"only {len(rtts)} landmarks in the stored baseline")
@@ -264,7 +272,9 @@ class Watcher:
         if self.on_event is not None and type_ != events.FIX:
             self.on_event(ev)
 
-    def _record_fix(self, fix: Fix, rtts: Mapping[str, float], now: float, out: list[Event]) -> None:
+    def _record_fix(
+        self, fix: Fix, rtts: Mapping[str, float], now: float, out: list[Event]
+    ) -> None:
         self.last_fix = fix
         if self.store is not None:
             self.store.record_fix(fix, rtts, source="watch", time=now)
@@ -333,14 +343,18 @@ class Watcher:
         )
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(len(rtts), now)
-        return RoundResult(rtts, shift, transitions, out, shift.fix if shift else None, self.last_round_s)
+        return RoundResult(
+            rtts, shift, transitions, out, shift.fix if shift else None, self.last_round_s
+        )
 
     def _fuse(
         self, rtts: dict[str, float], anomalies: list[Anomaly], now: float, out: list[Event]
     ) -> tuple[ShiftResult | None, list[Transition]]:
         if len(rtts) < self.config.min_landmarks:
             self.counters.failed_rounds += 1
-            log.warning("only %d landmarks answered (need %d)", len(rtts), self.config.min_landmarks)
+            log.warning(
+                "only %d landmarks answered (need %d)", len(rtts), self.config.min_landmarks
+            )
             return None, self.fusion.step(Observation(None, None, anomalies, now))
         if self.warming_up:
             # Build the baseline (at start, or at the new place after a confirmed move): probe fast,
@@ -354,7 +368,10 @@ class Watcher:
             return None, self.fusion.step(Observation(None, None, anomalies, now))
         shift = self.test.assess(self.baseline, rtts, solve=self.solve)
         transitions = self.fusion.step(Observation(shift, shift.fix, anomalies, now))
-        if shift.outcome == "not_moved" and self.fusion.state not in (State.SUSPECT, State.CONFIRMING):
+        if shift.outcome == "not_moved" and self.fusion.state not in (
+            State.SUSPECT,
+            State.CONFIRMING,
+        ):
             self.baseline.add(rtts)
             self._quiet_since_fix += 1
         return shift, transitions
@@ -390,11 +407,16 @@ class Watcher:
         out: list[Event],
     ) -> None:
         """Re-baseline after a confirmed move; keep fixes (and emit one now and then)."""
-        if any(t.to == State.CONFIRMED for t in transitions) and self.fusion.confirmed_fix is not None:
+        if (
+            any(t.to == State.CONFIRMED for t in transitions)
+            and self.fusion.confirmed_fix is not None
+        ):
             new = self.fusion.confirmed_fix
             # Not seeded with this round: it may straddle the switchover or the new site's warm-up.
             self.baseline.reset([], fix=new)
-            self._warmup_target = max(self.config.warmup_rounds, self.config.post_move_warmup_rounds)
+            self._warmup_target = max(
+                self.config.warmup_rounds, self.config.post_move_warmup_rounds
+            )
             self.fusion.rebaseline(new)
             self._rebaseline_signals()
             self._record_fix(new, rtts, now, out)
@@ -423,10 +445,14 @@ class Watcher:
         """The per-sample timeout for the next round (see ``WatchConfig.adaptive_timeout``)."""
         if not self.config.adaptive_timeout or self.baseline.rounds == 0:
             return limit
-        worst = max((r for r in (self.baseline.rtt(lid) for lid in self.baseline.history) if r), default=0.0)
+        worst = max(
+            (r for r in (self.baseline.rtt(lid) for lid in self.baseline.history) if r), default=0.0
+        )
         if worst <= 0:
             return limit
-        return min(limit, max(self.config.min_timeout_s, self.config.timeout_factor * worst / 1000.0))
+        return min(
+            limit, max(self.config.min_timeout_s, self.config.timeout_factor * worst / 1000.0)
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     @property
@@ -466,7 +492,9 @@ class Watcher:
         m.gauge("geoprobe_up", "1 while the watch runs.", 1)
         m.counter("geoprobe_watch_rounds_total", "Probe rounds run.", c.rounds)
         m.counter(
-            "geoprobe_watch_failed_rounds_total", "Rounds with too few landmarks answering.", c.failed_rounds
+            "geoprobe_watch_failed_rounds_total",
+            "Rounds with too few landmarks answering.",
+            c.failed_rounds,
         )
         m.counter("geoprobe_migrations_suspected_total", "Migrations suspected.", c.suspected)
         for crossing, n in c.confirmed.items():
@@ -485,7 +513,9 @@ class Watcher:
                 1 if self.fusion.state == s else 0,
                 state=s.value,
             )
-        m.gauge("geoprobe_landmarks_answered", "Landmarks that answered in the last round.", answered)
+        m.gauge(
+            "geoprobe_landmarks_answered", "Landmarks that answered in the last round.", answered
+        )
         m.gauge(
             "geoprobe_probe_interval_seconds",
             "Current probing interval (shorter while suspicious).",

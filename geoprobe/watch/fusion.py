@@ -95,7 +95,9 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class FusionConfig:
-    agree_km: float = 400.0  # two fixes of one move agree if this close (or within their error radii)
+    agree_km: float = (
+        400.0  # two fixes of one move agree if this close (or within their error radii)
+    )
     agree_overlap: float = 0.5  # share of changed landmarks two measurements of one move must share
     clear_rounds: int = 3
     max_confirm_rounds: int = 5
@@ -166,13 +168,17 @@ class Fusion:
         self.state = to
 
     def _corroborating(self, now: float) -> list[Anomaly]:
-        return [a for a in self._signals if a.decisive and now - a.time <= self.config.signal_window_s]
+        return [
+            a for a in self._signals if a.decisive and now - a.time <= self.config.signal_window_s
+        ]
 
     def step(self, obs: Observation) -> list[Transition]:
         now = obs.time
         out: list[Transition] = []
         for a in obs.anomalies:
-            self._signals.append(a if a.time else Anomaly(a.signal, a.score, a.detail, a.decisive, now))
+            self._signals.append(
+                a if a.time else Anomaly(a.signal, a.score, a.detail, a.decisive, now)
+            )
         self._signals = [a for a in self._signals if now - a.time <= self.config.signal_window_s]
         decisive_now = [a for a in obs.anomalies if a.decisive]
         shift = obs.shift
@@ -182,11 +188,23 @@ class Fusion:
             self._hurry = shift.outcome == "unsure"
             self._unsure = self._unsure + 1 if self._hurry else 0
         persistent = self._unsure >= self.config.unsure_rounds
-        if persistent and shift is not None and self.state in (State.NORMAL, State.SETTLED, State.CONFIRMED):
+        if (
+            persistent
+            and shift is not None
+            and self.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
+        ):
             # Rises that persist: load, added delay, or a move away from every landmark.
-            self._moves, self._verdicts, self._quiet, self._confirm_rounds, self._since = [], [], 0, 0, now
+            self._moves, self._verdicts, self._quiet, self._confirm_rounds, self._since = (
+                [],
+                [],
+                0,
+                0,
+                now,
+            )
             why = f"fingerprint changed for {self._unsure} rounds in a row without RTT falling"
-            self._go(out, State.SUSPECT, [why, *shift.reasons], now, events.SUSPECTED, self._data(shift))
+            self._go(
+                out, State.SUSPECT, [why, *shift.reasons], now, events.SUSPECTED, self._data(shift)
+            )
             return out
 
         if self.state in (State.NORMAL, State.SETTLED):
@@ -213,12 +231,21 @@ class Fusion:
                 # A further move against the new baseline opens a new episode.
                 self._moves, self._verdicts, self._quiet, self._confirm_rounds = [shift], [], 0, 0
                 self._since = now
-                self._go(out, State.SUSPECT, list(shift.reasons), now, events.SUSPECTED, self._data(shift))
+                self._go(
+                    out,
+                    State.SUSPECT,
+                    list(shift.reasons),
+                    now,
+                    events.SUSPECTED,
+                    self._data(shift),
+                )
                 self._corroborated_at_once(out, shift, now)
             elif quiet:
                 self._quiet += 1
                 if self._quiet >= self.config.settle_rounds:
-                    self._go(out, State.SETTLED, [f"{self._quiet} quiet rounds at the new location"], now)
+                    self._go(
+                        out, State.SETTLED, [f"{self._quiet} quiet rounds at the new location"], now
+                    )
             return out
 
         # SUSPECT or CONFIRMING
@@ -230,14 +257,19 @@ class Fusion:
                     why += f"; still near {shift.near} (moved at most {shift.max_move_km:.0f} km)"
                 self._go(out, State.NORMAL, [why], now)
             return out
-        if shift is not None and self._unsure >= self.config.unsure_rounds + self.config.max_confirm_rounds:
+        if (
+            shift is not None
+            and self._unsure >= self.config.unsure_rounds + self.config.max_confirm_rounds
+        ):
             fix = shift.fix or obs.fix
             if fix is not None:
                 # For good, but nothing places it: added delay only grows the sound region, so no
                 # rule can say whether this crossed a border. Report it, re-baseline, move on.
                 self._verdicts.append(self.jurisdiction.judge(fix))
-                why = (f"fingerprint changed for {self._unsure} rounds but RTT fell to no landmark: "
-                       "a move that cannot be placed (crossing unknown)")
+                why = (
+                    f"fingerprint changed for {self._unsure} rounds but RTT fell to no landmark: "
+                    "a move that cannot be placed (crossing unknown)"
+                )
                 self._confirm(out, shift, fix, None, [why], now, [])
                 return out
         if not moved or shift is None:
@@ -246,7 +278,9 @@ class Fusion:
 
         if self.state == State.SUSPECT:
             if not self._moves:
-                self._moves.append(shift)  # suspicion came from a signal; this is the first measurement
+                self._moves.append(
+                    shift
+                )  # suspicion came from a signal; this is the first measurement
                 return out
             ok, why = _agree_shift(self._moves[-1], shift, self.config)
             self._moves.append(shift)
@@ -284,7 +318,8 @@ class Fusion:
                 shift,
                 fix,
                 False,
-                verdict.reasons + [("already outside the allowed set before this move: no new crossing")],
+                verdict.reasons
+                + [("already outside the allowed set before this move: no new crossing")],
                 now,
                 [a.signal for a in self._corroborating(now)],
             )
@@ -296,7 +331,9 @@ class Fusion:
                 support = ["corroborated by a re-measurement also judged outside"]
             else:
                 return out  # one outside verdict: wait for the next round to agree
-            self._confirm(out, shift, fix, True, verdict.reasons + support, now, [a.signal for a in corr])
+            self._confirm(
+                out, shift, fix, True, verdict.reasons + support, now, [a.signal for a in corr]
+            )
         elif verdict.verdict == "inside":
             self._confirm(
                 out,
@@ -345,7 +382,9 @@ class Fusion:
         why = f"first measurement after the move is already a proof ({verdict.rule} rule)"
         self._go(out, State.CONFIRMING, [why], now)
         support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
-        self._confirm(out, shift, shift.fix, True, verdict.reasons + support, now, [a.signal for a in corr])
+        self._confirm(
+            out, shift, shift.fix, True, verdict.reasons + support, now, [a.signal for a in corr]
+        )
 
     def _confirm(
         self,
@@ -386,7 +425,9 @@ class Fusion:
             sigs.insert(0, "rtt_fingerprint")
         return {
             "from": self.jurisdiction.label(self.home_fix),
-            "to": self.jurisdiction.label(shift.fix) if shift is not None and shift.fix is not None else None,
+            "to": self.jurisdiction.label(shift.fix)
+            if shift is not None and shift.fix is not None
+            else None,
             "distance_km": None
             if shift is None or shift.distance_km is None
             else round(shift.distance_km, 1),

@@ -117,7 +117,11 @@ class Jurisdiction:
         if fix.certified:
             if fix.certified in self.allowed:
                 return v("inside", "certified", f"sound region certified in {fix.certified}")
-            return v("outside", "certified", f"sound region certified in {fix.certified}, not in {allowed}")
+            return v(
+                "outside",
+                "certified",
+                f"sound region certified in {fix.certified}, not in {allowed}",
+            )
         if fix.sound_region is not None:
             union = _allowed_union(self.allowed, self.margin_km)
             region = region_geometry(fix.sound_region)
@@ -141,4 +145,8 @@ class Jurisdiction:
                 "probability",
                 f"p(outside {allowed})={1 - p_in:.3f} >= {self.min_probability:g} ({fix.bound} bound)",
             )
-        return v("straddles", "probability", f"p({allowed})={p_in:.3f}; the sound region overlaps the border")
+        return v(
+            "straddles",
+            "probability",
+            f"p({allowed})={p_in:.3f}; the sound region overlaps the border",
+        )

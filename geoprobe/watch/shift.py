@@ -170,8 +170,12 @@ class ShiftTest:
     # Rises need more: load on the VM, queueing and an adversary all add delay, none can remove it.
     z_rise: float = 8.0
     floor_ms: float = 0.3  # noise floor, absolute
-    rel_floor: float = 0.03  # noise floor, relative to the RTT (route jitter grows with path length)
-    p_null: float = 0.02  # assumed chance that one landmark of a stationary VM exceeds z (heavy tails)
+    rel_floor: float = (
+        0.03  # noise floor, relative to the RTT (route jitter grows with path length)
+    )
+    p_null: float = (
+        0.02  # assumed chance that one landmark of a stationary VM exceeds z (heavy tails)
+    )
     alpha: float = 1e-6  # p-value below which the fingerprint moved
     alpha_unsure: float = 1e-2  # p-value below which it is at least unsure
     min_changed: int = 3  # and never on fewer changed landmarks than this
@@ -198,11 +202,14 @@ class ShiftTest:
         solve: Callable[[Mapping[str, float]], Fix] | None = None,
     ) -> ShiftResult:
         """Compare one round of min RTTs with the baseline; solve a new fix only if it changed."""
-        ids = [lid for lid in self.stable_subset(baseline) if lid in rtts and math.isfinite(rtts[lid])]
+        ids = [
+            lid for lid in self.stable_subset(baseline) if lid in rtts and math.isfinite(rtts[lid])
+        ]
         reasons: list[str] = []
         base = {lid: baseline.rtt(lid) or 0.0 for lid in ids}
         scale = {
-            lid: baseline.scale(lid, floor_ms=self.floor_ms, rel_floor=self.rel_floor) or self.floor_ms
+            lid: baseline.scale(lid, floor_ms=self.floor_ms, rel_floor=self.rel_floor)
+            or self.floor_ms
             for lid in ids
         }
         deltas = {lid: rtts[lid] - base[lid] for lid in ids}
@@ -212,7 +219,8 @@ class ShiftTest:
         changed = [
             lid
             for lid in ids
-            if deltas[lid] - cm < -self.z * scale[lid] or deltas[lid] - cm > self.z_rise * scale[lid]
+            if deltas[lid] - cm < -self.z * scale[lid]
+            or deltas[lid] - cm > self.z_rise * scale[lid]
         ]
         decreased = [lid for lid in ids if deltas[lid] < -self.z * scale[lid]]
         increased = [lid for lid in ids if deltas[lid] > self.z_rise * scale[lid]]
@@ -231,7 +239,11 @@ class ShiftTest:
         if n < self.min_compared:
             outcome: Outcome = "unsure"
             reasons.append(f"only {n} stable landmarks answered (need {self.min_compared})")
-        elif p < self.alpha and len(changed) >= self.min_changed and len(decreased) >= self.min_decreased:
+        elif (
+            p < self.alpha
+            and len(changed) >= self.min_changed
+            and len(decreased) >= self.min_decreased
+        ):
             outcome = "moved"
             reasons.append(f"{len(changed)} of {n} landmarks changed beyond noise (p={p:.2g})")
             reasons.append(

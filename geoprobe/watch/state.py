@@ -107,7 +107,12 @@ class WatchStore:
         self.conn.execute("COMMIT")
 
     def record_fix(
-        self, fix: Fix, rtts: Mapping[str, float], *, source: str = "watch", time: float | None = None
+        self,
+        fix: Fix,
+        rtts: Mapping[str, float],
+        *,
+        source: str = "watch",
+        time: float | None = None,
     ) -> int:
         """The fix and its fingerprint, atomically."""
         t = _time.time() if time is None else time
@@ -172,7 +177,9 @@ class WatchStore:
             )
 
     def load_baseline(self, name: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT data_json FROM watch_baselines WHERE name = ?", (name,)).fetchone()
+        row = self.conn.execute(
+            "SELECT data_json FROM watch_baselines WHERE name = ?", (name,)
+        ).fetchone()
         return None if row is None else dict(json.loads(row["data_json"]))
 
     def record_event(self, event: Mapping[str, Any]) -> None:
@@ -184,7 +191,9 @@ class WatchStore:
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
         if type_ is None:
-            rows = self.conn.execute("SELECT event_json FROM watch_events ORDER BY rowid").fetchall()
+            rows = self.conn.execute(
+                "SELECT event_json FROM watch_events ORDER BY rowid"
+            ).fetchall()
         else:
             rows = self.conn.execute(
                 "SELECT event_json FROM watch_events WHERE type = ? ORDER BY rowid", (type_,)

@@ -16,7 +16,9 @@ class HookPolicy:
     got: Path
 
     def events(self) -> list[str]:
-        return [x for x in self.got.read_text().splitlines() if x.strip()] if self.got.exists() else []
+        return (
+            [x for x in self.got.read_text().splitlines() if x.strip()] if self.got.exists() else []
+        )
 
 
 @pytest.fixture()

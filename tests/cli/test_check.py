@@ -33,7 +33,9 @@ PERF = re.compile(r"^GEOPROBE (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| (\S+=\
 def catalogue_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     idx = default_index()
     lms = [
-        Landmark(id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7)
+        Landmark(
+            id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7
+        )
         for lid, lat, lon in LANDMARKS
     ]
     rtts = [
@@ -178,23 +180,33 @@ def test_bad_input_is_unknown(catalogue_file: Path, tmp_path: Path) -> None:
     m = str(replay(tmp_path, FRANKFURT))
     code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--replay", m)
     assert code == 3 and "--allow" in line
-    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--allow", "XX,DE", "--replay", m)
+    code, line = check(
+        tmp_path, "--landmarks", str(catalogue_file), "--allow", "XX,DE", "--replay", m
+    )
     assert code == 3 and "XX" in line
     bad = tmp_path / "bad.toml"
     bad.write_text("[jurisdiction]\nallow = 7\n")
-    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--policy", str(bad), "--replay", m)
+    code, line = check(
+        tmp_path, "--landmarks", str(catalogue_file), "--policy", str(bad), "--replay", m
+    )
     assert code == 3 and "bad.toml" in line
     code, line = check(
         tmp_path, "--landmarks", str(tmp_path / "missing.json"), "--allow", "DE", "--replay", m
     )
     assert code == 3 and "missing.json" in line
     silent = tmp_path / "silent.json"
-    save_measurements(silent, [Measurement(landmark_id="lm01", method="udp", sent=3, failure="timeout")])
-    code, line = check(tmp_path, "--landmarks", str(catalogue_file), "--allow", "DE", "--replay", str(silent))
+    save_measurements(
+        silent, [Measurement(landmark_id="lm01", method="udp", sent=3, failure="timeout")]
+    )
+    code, line = check(
+        tmp_path, "--landmarks", str(catalogue_file), "--allow", "DE", "--replay", str(silent)
+    )
     assert code == 3 and "no landmark answered" in line
 
 
-def test_cron_mode_reports_a_migration_since_the_last_run(catalogue_file: Path, tmp_path: Path) -> None:
+def test_cron_mode_reports_a_migration_since_the_last_run(
+    catalogue_file: Path, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     base = ["--landmarks", str(catalogue_file), "--allow", "DE", "--state", str(state)]
     code, line = check(tmp_path, *base, "--replay", str(replay(tmp_path, FRANKFURT, 1)))
@@ -225,7 +237,9 @@ def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
     import time
 
     env = dict(
-        os.environ, GEOPROBE_RUNTIME_DIR=str(tmp_path / "run"), GEOPROBE_STATE_DIR=str(tmp_path / "st")
+        os.environ,
+        GEOPROBE_RUNTIME_DIR=str(tmp_path / "run"),
+        GEOPROBE_STATE_DIR=str(tmp_path / "st"),
     )
     cat = tmp_path / "catalogue.json"
     tb = subprocess.Popen(
@@ -303,8 +317,9 @@ def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
         tb.wait(30)
 
 
-def test_cron_mode_runs_the_policy_once_per_migration(catalogue_file: Path, tmp_path: Path,
-                                                      hook_policy: HookPolicy) -> None:
+def test_cron_mode_runs_the_policy_once_per_migration(
+    catalogue_file: Path, tmp_path: Path, hook_policy: HookPolicy
+) -> None:
     import json
 
     got, policy = hook_policy.got, hook_policy.policy

@@ -13,8 +13,12 @@ CMD = [sys.executable, "-m", "geoprobe", "delay"]
 
 
 def test_json_progress_and_summary_within_cap() -> None:
-    res = subprocess.run([*CMD, "--memory", "112M", "--cpu", "0.5", "--duration", "1.5", "--json"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [*CMD, "--memory", "112M", "--cpu", "0.5", "--duration", "1.5", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     docs = [json.loads(line) for line in res.stdout.splitlines()]
     progress, summary = docs[:-1], docs[-1]["summary"]
     assert progress and all(p["pages_per_s"] > 0 for p in progress)
@@ -25,8 +29,9 @@ def test_json_progress_and_summary_within_cap() -> None:
 
 
 def test_sigterm_stops_it_with_a_summary() -> None:
-    proc = subprocess.Popen([*CMD, "--memory", "96M", "--duration", "300", "--json"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CMD, "--memory", "96M", "--duration", "300", "--json"], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # first progress line: it is running
     assert json.loads(first)["pages"] > 0
@@ -38,8 +43,12 @@ def test_sigterm_stops_it_with_a_summary() -> None:
 
 def test_until_clear_flag(tmp_path: Path) -> None:
     flag = tmp_path / "clear"
-    proc = subprocess.Popen([*CMD, "--memory", "96M", "--duration", "300", "--until-clear",
-                             str(flag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CMD, "--memory", "96M", "--duration", "300", "--until-clear", str(flag)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     flag.touch()
     out, err = proc.communicate(timeout=30)
@@ -49,8 +58,9 @@ def test_until_clear_flag(tmp_path: Path) -> None:
 
 
 def test_memory_cap_too_small_is_one_line_error() -> None:
-    res = subprocess.run([*CMD, "--memory", "8M", "--duration", "1"], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        [*CMD, "--memory", "8M", "--duration", "1"], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 3
     assert len(res.stderr.splitlines()) == 1 and "leaves no room" in res.stderr
 

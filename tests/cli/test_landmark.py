@@ -40,14 +40,37 @@ def test_keygen(tmp_path: Path) -> None:
 def test_serve_answers_until_sigterm(tmp_path: Path) -> None:
     _run("landmark", "keygen", "--out", str(tmp_path))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "geoprobe", "landmark", "serve", "--key", str(tmp_path / "landmark.key"),
-         "--id", "my-dc", "--lat", "52.52", "--lon", "13.405", "--country", "DE", "--bind", "127.0.0.240",
-         "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "landmark",
+            "serve",
+            "--key",
+            str(tmp_path / "landmark.key"),
+            "--id",
+            "my-dc",
+            "--lat",
+            "52.52",
+            "--lon",
+            "13.405",
+            "--country",
+            "DE",
+            "--bind",
+            "127.0.0.240",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         header = proc.stdout.readline()
-        assert header.startswith("serving landmark 'my-dc' on udp 127.0.0.240:"), header + proc.stderr.read()
+        assert header.startswith("serving landmark 'my-dc' on udp 127.0.0.240:"), (
+            header + proc.stderr.read()
+        )
         lines = []
         while not (line := proc.stdout.readline()).startswith("}"):
             lines.append(line)

@@ -26,16 +26,25 @@ from geoprobe.probe.responder import EchoResponder
 
 VM = (50.11, 8.68)  # Frankfurt
 PLACES = {
-    "ams": (52.37, 4.90, "NL"), "par": (48.86, 2.35, "FR"), "zrh": (47.37, 8.54, "CH"),
-    "vie": (48.21, 16.37, "AT"), "prg": (50.08, 14.44, "CZ"), "ber": (52.52, 13.40, "DE"),
-    "muc": (48.14, 11.58, "DE"), "ham": (53.55, 9.99, "DE"), "cgn": (50.94, 6.96, "DE"),
+    "ams": (52.37, 4.90, "NL"),
+    "par": (48.86, 2.35, "FR"),
+    "zrh": (47.37, 8.54, "CH"),
+    "vie": (48.21, 16.37, "AT"),
+    "prg": (50.08, 14.44, "CZ"),
+    "ber": (52.52, 13.40, "DE"),
+    "muc": (48.14, 11.58, "DE"),
+    "ham": (53.55, 9.99, "DE"),
+    "cgn": (50.94, 6.96, "DE"),
     "bru": (50.85, 4.35, "BE"),
 }
 
 
 def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
     la1, lo1, la2, lo2 = map(math.radians, (*a, *b))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    h = (
+        math.sin((la2 - la1) / 2) ** 2
+        + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    )
     return 2 * 6371.0 * math.asin(math.sqrt(h))
 
 
@@ -47,8 +56,13 @@ class Run:
 
     def __call__(self, *argv: str) -> int:
         self.out, self.err = io.StringIO(), io.StringIO()
-        env = Environment(stdout=self.out, stderr=self.err, state_dir=self.tmp / "state",
-                          cache_dir=self.tmp / "cache", runtime_dir=self.tmp / "run")
+        env = Environment(
+            stdout=self.out,
+            stderr=self.err,
+            state_dir=self.tmp / "state",
+            cache_dir=self.tmp / "cache",
+            runtime_dir=self.tmp / "run",
+        )
         return main(list(argv), env=env)
 
 
@@ -79,17 +93,35 @@ def world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         else:
             delay = 1.5 * _km(VM, (lat, lon)) / 100.0 / 1e3 + 0.0002
 
-            async def start(key: Any = key, lid: str = lid, lat: float = lat, lon: float = lon,
-                            delay: float = delay, host: str = host) -> Any:
+            async def start(
+                key: Any = key,
+                lid: str = lid,
+                lat: float = lat,
+                lon: float = lon,
+                delay: float = delay,
+                host: str = host,
+            ) -> Any:
                 tr, _ = await loop.create_datagram_endpoint(
-                    lambda: EchoResponder(key, lid, lat, lon, delay=lambda: delay), local_addr=(host, 0))
+                    lambda: EchoResponder(key, lid, lat, lon, delay=lambda: delay),
+                    local_addr=(host, 0),
+                )
                 return tr
 
             tr = asyncio.run_coroutine_threadsafe(start(), loop).result(5)
             transports.append(tr)
             port = tr.get_extra_info("sockname")[1]
-        landmarks.append(Landmark(id=lid, lat=lat, lon=lon, country=cc, address=host, udp_port=port, pubkey=pub,
-                                  key_id=keys.key_id(pub)))
+        landmarks.append(
+            Landmark(
+                id=lid,
+                lat=lat,
+                lon=lon,
+                country=cc,
+                address=host,
+                udp_port=port,
+                pubkey=pub,
+                key_id=keys.key_id(pub),
+            )
+        )
     path = tmp_path / "catalogue.json"
     Catalogue(landmarks=landmarks, name="test").save(path)
     try:
@@ -109,21 +141,36 @@ def _error_lines(run: Run, capsys: pytest.CaptureFixture[str]) -> list[str]:
     return (run.err.getvalue() + capsys.readouterr().err).splitlines()
 
 
-def test_no_catalogue_is_one_line_exit_3(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("geoprobe.cli.locate.default_catalogue_path", lambda: tmp_path / "absent.json")
+def test_no_catalogue_is_one_line_exit_3(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        "geoprobe.cli.locate.default_catalogue_path", lambda: tmp_path / "absent.json"
+    )
     assert run("locate") == 3
     lines = _error_lines(run, capsys)
     assert len(lines) == 1 and "geoprobe landmarks sync" in lines[0] and "--landmarks" in lines[0]
 
 
-def test_nothing_answers_is_one_line_exit_3(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nothing_answers_is_one_line_exit_3(
+    run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.149", 0))
     pub = keys.public_raw(keys.generate())
     cat = tmp_path / "c.json"
-    Catalogue(landmarks=[Landmark(id="mute", lat=1.0, lon=2.0, address="127.0.0.149",
-                                  udp_port=s.getsockname()[1], pubkey=pub)]).save(cat)
+    Catalogue(
+        landmarks=[
+            Landmark(
+                id="mute",
+                lat=1.0,
+                lon=2.0,
+                address="127.0.0.149",
+                udp_port=s.getsockname()[1],
+                pubkey=pub,
+            )
+        ]
+    ).save(cat)
     try:
         assert run("locate", "--landmarks", str(cat), "--samples", "1", "--timeout", "0.3") == 3
     finally:
@@ -132,13 +179,25 @@ def test_nothing_answers_is_one_line_exit_3(run: Run, tmp_path: Path, capsys: py
     assert len(lines) == 1 and "no landmark answered" in lines[0] and "timeout: 1" in lines[0]
 
 
-def test_locate_json_with_silent_landmarks_then_replay_and_verify(run: Run, world: tuple[Path, dict[str, Any]],
-                                                                   tmp_path: Path) -> None:
+def test_locate_json_with_silent_landmarks_then_replay_and_verify(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     pytest.importorskip("geoprobe.locate")
     cat, info = world
     saved, geojson = tmp_path / "m.json", tmp_path / "region.geojson"
-    rc = run("locate", "--landmarks", str(cat), "--format", "json", "--timeout", "0.5", "--save", str(saved),
-             "--geojson", str(geojson))
+    rc = run(
+        "locate",
+        "--landmarks",
+        str(cat),
+        "--format",
+        "json",
+        "--timeout",
+        "0.5",
+        "--save",
+        str(saved),
+        "--geojson",
+        str(geojson),
+    )
     assert rc == 0, run.err.getvalue()
     rec = json.loads(run.out.getvalue())
     assert set(rec["failures"]) == info["quiet"]
@@ -165,13 +224,27 @@ def test_locate_json_with_silent_landmarks_then_replay_and_verify(run: Run, worl
         assert run.out.getvalue().startswith("OK: 21 signed replies")
 
 
-def test_table_lists_failed_landmarks(run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_table_lists_failed_landmarks(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     pytest.importorskip("geoprobe.locate")
     pytest.importorskip("geoprobe.render.mapplot")
     cat, info = world
     png = tmp_path / "where.png"
-    assert run("locate", "--landmarks", str(cat), "--timeout", "0.4", "--samples", "2", "--map", str(png)) == 0, \
-        run.err.getvalue()
+    assert (
+        run(
+            "locate",
+            "--landmarks",
+            str(cat),
+            "--timeout",
+            "0.4",
+            "--samples",
+            "2",
+            "--map",
+            str(png),
+        )
+        == 0
+    ), run.err.getvalue()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = run.out.getvalue()
     assert "position" in out and "DE" in out
@@ -180,8 +253,9 @@ def test_table_lists_failed_landmarks(run: Run, world: tuple[Path, dict[str, Any
     assert "timeout" in out
 
 
-def test_verify_tampered_evidence_exits_3_with_one_line_per_record(run: Run, world: tuple[Path, dict[str, Any]],
-                                                                   tmp_path: Path) -> None:
+def test_verify_tampered_evidence_exits_3_with_one_line_per_record(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     from geoprobe.landmarks import load_catalogue
     from geoprobe.measurement import load_measurements, save_measurements
     from geoprobe.probe import measure
@@ -205,8 +279,9 @@ def test_verify_tampered_evidence_exits_3_with_one_line_per_record(run: Run, wor
     assert lines[-1].endswith("problem(s) in 4 signed replies")
 
 
-def test_verify_file_without_evidence_is_an_error(run: Run, world: tuple[Path, dict[str, Any]],
-                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_file_without_evidence_is_an_error(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from geoprobe.measurement import Measurement, save_measurements
 
     cat, _ = world
@@ -220,26 +295,65 @@ def test_progress_on_a_terminal_stderr(tmp_path: Path, world: tuple[Path, dict[s
     pytest.importorskip("geoprobe.locate")
     cat, _ = world
     out, err = io.StringIO(), io.StringIO()
-    env = Environment(stdout=out, stderr=err, stderr_isatty=True, state_dir=tmp_path, cache_dir=tmp_path,
-                      runtime_dir=tmp_path)
-    assert main(["locate", "--landmarks", str(cat), "--timeout", "0.3", "--samples", "1", "--format", "json"],
-                env=env) == 0
+    env = Environment(
+        stdout=out,
+        stderr=err,
+        stderr_isatty=True,
+        state_dir=tmp_path,
+        cache_dir=tmp_path,
+        runtime_dir=tmp_path,
+    )
+    assert (
+        main(
+            [
+                "locate",
+                "--landmarks",
+                str(cat),
+                "--timeout",
+                "0.3",
+                "--samples",
+                "1",
+                "--format",
+                "json",
+            ],
+            env=env,
+        )
+        == 0
+    )
     assert "probing (udp)" in err.getvalue()
     json.loads(out.getvalue())  # progress never leaks into the machine-readable output
 
 
-def test_mmdb_cross_check_goes_into_the_record(run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_mmdb_cross_check_goes_into_the_record(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     pytest.importorskip("geoprobe.locate")
     mmdb_writer = pytest.importorskip("mmdb_writer")
     netaddr = pytest.importorskip("netaddr")
     db = tmp_path / "city.mmdb"
     w = mmdb_writer.MMDBWriter(ip_version=4, database_type="GeoLite2-City")
-    w.insert_network(netaddr.IPSet(["81.2.69.0/24"]),
-                     {"country": {"iso_code": "DE"}, "location": {"latitude": 50.11, "longitude": 8.68}})
+    w.insert_network(
+        netaddr.IPSet(["81.2.69.0/24"]),
+        {"country": {"iso_code": "DE"}, "location": {"latitude": 50.11, "longitude": 8.68}},
+    )
     w.to_db_file(str(db))
     cat, _ = world
-    assert run("locate", "--landmarks", str(cat), "--timeout", "0.3", "--samples", "1", "--format", "json",
-               "--mmdb", str(db)) == 0, run.err.getvalue()
+    assert (
+        run(
+            "locate",
+            "--landmarks",
+            str(cat),
+            "--timeout",
+            "0.3",
+            "--samples",
+            "1",
+            "--format",
+            "json",
+            "--mmdb",
+            str(db),
+        )
+        == 0
+    ), run.err.getvalue()
     rec = json.loads(run.out.getvalue())
     assert rec["ipgeo"]["database"] == str(db)
     # Loopback has no public address: nothing to compare, and the record says so.

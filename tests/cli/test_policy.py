@@ -65,14 +65,22 @@ def test_check_json(setup: dict[str, Path], tmp_path: Path) -> None:
 
 def test_malformed_policy_one_line_exit_3(tmp_path: Path) -> None:
     bad = tmp_path / "policy.toml"
-    bad.write_text('[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\n'
-                   '[[on.confirmed_crossing]]\naction = "hook"\ncommand = "/bin/true"\n')
-    res = subprocess.run([sys.executable, "-m", "geoprobe", "policy", "check", str(bad)],
-                         capture_output=True, text=True, check=False)
+    bad.write_text(
+        '[[on.confirmed_crossing]]\naction = "wipe"\npaths = ["/k"]\n'
+        '[[on.confirmed_crossing]]\naction = "hook"\ncommand = "/bin/true"\n'
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "geoprobe", "policy", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 3
     assert res.stdout == ""
     (line,) = res.stderr.splitlines()
-    assert f"{bad}: entry on.confirmed_crossing[1]: field 'command': must be a list of strings" in line
+    assert (
+        f"{bad}: entry on.confirmed_crossing[1]: field 'command': must be a list of strings" in line
+    )
     assert "Traceback" not in res.stderr
 
 
@@ -93,7 +101,11 @@ def test_fire_dry_run_then_fire_then_again(setup: dict[str, Path], tmp_path: Pat
     code, out = run(["policy", "audit", "--json"], tmp_path)
     trail = json.loads(out)
     assert [(r["action"], r["status"]) for r in trail] == [
-        ("wipe", "ok"), ("hook", "ok"), ("wipe", "skipped"), ("hook", "skipped")]
+        ("wipe", "ok"),
+        ("hook", "ok"),
+        ("wipe", "skipped"),
+        ("hook", "skipped"),
+    ]
 
 
 def test_fire_reports_failure_with_exit_1(tmp_path: Path) -> None:

@@ -74,7 +74,15 @@ def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     )
     cat = tmp_path / "catalogue.json"
     tb = geoprobe(
-        "testbed", "run", "--at-server", "Frankfurt", "--catalogue", str(cat), "--name", "watch-test", env=env
+        "testbed",
+        "run",
+        "--at-server",
+        "Frankfurt",
+        "--catalogue",
+        str(cat),
+        "--name",
+        "watch-test",
+        env=env,
     )
     try:
         wait_for(cat.exists, 60, "the testbed's catalogue")
@@ -85,7 +93,17 @@ def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
 
 def move(env: dict[str, str], to: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "geoprobe", "testbed", "move", "--to-server", to, "--name", "watch-test"],
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "testbed",
+            "move",
+            "--to-server",
+            to,
+            "--name",
+            "watch-test",
+        ],
         env=env,
         check=True,
         capture_output=True,
@@ -130,17 +148,25 @@ def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
         assert {e["type"] for e in read_events(ev)} == {events.FIX}, "no move, no migration event"
 
         move(env, "Munich")  # ~300 km, same country
-        wait_for(lambda: any(e["type"] == events.CONFIRMED for e in read_events(ev)), 60, "the Munich move")
+        wait_for(
+            lambda: any(e["type"] == events.CONFIRMED for e in read_events(ev)),
+            60,
+            "the Munich move",
+        )
         same = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED]
         assert [d["crossing"] for d in same] == [False] and same[0]["from"] == "DE"
 
         wait_for(
-            lambda: 'geoprobe_watch_state{state="settled"} 1' in prom.read_text(), 60, "settling in Munich"
+            lambda: 'geoprobe_watch_state{state="settled"} 1' in prom.read_text(),
+            60,
+            "settling in Munich",
         )
         moved_at = time.monotonic()
         move(env, "Madrid")  # ~1,500 km, Spain
         wait_for(
-            lambda: sum(e["type"] == events.CONFIRMED for e in read_events(ev)) == 2, 60, "the Madrid move"
+            lambda: sum(e["type"] == events.CONFIRMED for e in read_events(ev)) == 2,
+            60,
+            "the Madrid move",
         )
         took = time.monotonic() - moved_at
         crossing = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED][-1]
@@ -161,7 +187,9 @@ def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
     assert types.count(events.SUSPECTED) == 2 and types.count(events.CONFIRMED) == 2
 
 
-def test_watch_bad_input_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_bad_input_is_one_line_and_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def run(*args: str) -> tuple[int, str]:
         env = Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
         code = main(["watch", *args], env=env)
@@ -173,7 +201,9 @@ def test_watch_bad_input_is_one_line_and_exit_3(tmp_path: Path, capsys: pytest.C
     (tmp_path / "cat.json").write_text('{"format": "geoprobe-catalogue/1", "landmarks": []}')
     code, err = run("--landmarks", str(tmp_path / "cat.json"))
     assert code == 3 and "--allow" in err
-    code, err = run("--landmarks", str(tmp_path / "cat.json"), "--allow", "DE", "--signals", "telepathy")
+    code, err = run(
+        "--landmarks", str(tmp_path / "cat.json"), "--allow", "DE", "--signals", "telepathy"
+    )
     assert code == 3 and "telepathy" in err
 
 
@@ -188,12 +218,24 @@ def test_kill_9_leaves_a_whole_store_and_a_restart_sees_the_move_made_while_down
 
     cat, env = testbed
     ev, prom, state = tmp_path / "events.jsonl", tmp_path / "geoprobe.prom", tmp_path / "state"
-    args = ["watch", "--landmarks", str(cat), "--allow", "DE", "--events", str(ev), "--state", str(state)]
+    args = [
+        "watch",
+        "--landmarks",
+        str(cat),
+        "--allow",
+        "DE",
+        "--events",
+        str(ev),
+        "--state",
+        str(state),
+    ]
     args += ["--interval", "0.5", "--warmup", "3", "--signals", "none", "--metrics", str(prom)]
     watch = geoprobe(*args, env=env)
     try:
         wait_for(
-            lambda: prom.exists() and "geoprobe_watch_rounds_total 6" in prom.read_text(), 120, "6 rounds"
+            lambda: prom.exists() and "geoprobe_watch_rounds_total 6" in prom.read_text(),
+            120,
+            "6 rounds",
         )
     finally:
         watch.kill()  # SIGKILL, mid-round or mid-write: no clean shutdown
@@ -212,7 +254,9 @@ def test_kill_9_leaves_a_whole_store_and_a_restart_sees_the_move_made_while_down
         assert last is not None and last.certified in ("DE", None) and len(last.rtts) > 20
         assert st.load_baseline("rtt") is not None
         stored = [e["id"] for e in st.events()]
-    assert stored == [e["id"] for e in read_events(ev)], "every event written was recorded, and only those"
+    assert stored == [e["id"] for e in read_events(ev)], (
+        "every event written was recorded, and only those"
+    )
 
     move(env, "Madrid")  # while the watch is down
     restart = geoprobe(*args, "--rounds", "4", env=env)
@@ -236,12 +280,16 @@ def test_ntp_servers_come_from_config_and_feed_a_clock_signal(
     with SntpServer() as server:
         (tmp_path / "config.toml").write_text(f'[watch]\nntp = ["{server.address}"]\n')
         assert config_ntp_servers() == [server.address]
-        sources = build_signals(["clock"], logging.getLogger("test"), ntp_servers=config_ntp_servers())
+        sources = build_signals(
+            ["clock"], logging.getLogger("test"), ntp_servers=config_ntp_servers()
+        )
         assert sorted(s.name for s in sources) == ["clock_landmarks", "clock_ntp"]
         ntp = next(s for s in sources if s.name == "clock_ntp")
         assert ntp.poll([], 0.0) == [] and server.answered >= 1  # asked, and no step yet
         # Without the clock signal, NTP servers add nothing.
-        assert build_signals(["steal"], logging.getLogger("test"), ntp_servers=[server.address])[0].name
+        assert build_signals(["steal"], logging.getLogger("test"), ntp_servers=[server.address])[
+            0
+        ].name
     (tmp_path / "config.toml").write_text("[watch]\nntp = 5\n")
     with pytest.raises(InputError, match="watch.ntp"):
         config_ntp_servers()
@@ -250,6 +298,17 @@ def test_ntp_servers_come_from_config_and_feed_a_clock_signal(
 def test_metrics_into_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
     env = Environment(stdout=io.StringIO(), stderr=io.StringIO(), state_dir=tmp_path)
     missing = tmp_path / "nope" / "g.prom"
-    code = main(["watch", "--landmarks", str(tmp_path / "c.json"), "--allow", "DE", "--metrics", str(missing)], env=env)
+    code = main(
+        [
+            "watch",
+            "--landmarks",
+            str(tmp_path / "c.json"),
+            "--allow",
+            "DE",
+            "--metrics",
+            str(missing),
+        ],
+        env=env,
+    )
     err = env.stderr.getvalue()
     assert code == 3 and err.count("\n") == 1 and "nope" in err and "--metrics" in err

@@ -27,9 +27,16 @@ def spec(action: str, verdict: str = "confirmed_crossing", **options: Any) -> Ac
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Callable[..., ActionContext]:
-    def make(timeout: float = 10.0, event: dict[str, Any] | None = None,
-             verdict: str = "confirmed_crossing") -> ActionContext:
-        return ActionContext(event=event or crossing_event(), verdict=verdict,
-                             deadline=Deadline.after(timeout),
-                             store_path=tmp_path / "state" / "geoprobe.sqlite")
+    def make(
+        timeout: float = 10.0,
+        event: dict[str, Any] | None = None,
+        verdict: str = "confirmed_crossing",
+    ) -> ActionContext:
+        return ActionContext(
+            event=event or crossing_event(),
+            verdict=verdict,
+            deadline=Deadline.after(timeout),
+            store_path=tmp_path / "state" / "geoprobe.sqlite",
+        )
+
     return make

@@ -32,8 +32,12 @@ print(json.dumps({**s.to_json(), "written": written, "n": len(d.view)}))
 
 def run_in_child(cap: int, **kw: object) -> dict[str, Any]:
     """A fresh process, so VmHWM is this run's peak and not pytest's."""
-    out = subprocess.run([sys.executable, "-c", IN_CHILD, str(cap), json.dumps(kw)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", IN_CHILD, str(cap), json.dumps(kw)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(json.loads(out))
 
 
@@ -79,8 +83,9 @@ print(json.dumps({**s.to_json(), "aligned": s.buffer_bytes % PAGE == 0}))
 def test_stop_flag_file_ends_the_run(tmp_path: Path) -> None:
     # In a child: pytest's own peak RSS may already exceed any small cap, which Dirtier refuses.
     flag = tmp_path / "clear"
-    out = subprocess.run([sys.executable, "-c", STOP_IN_CHILD, str(flag)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", STOP_IN_CHILD, str(flag)], capture_output=True, text=True, check=True
+    ).stdout
     s = json.loads(out)
     assert s["reason"] == "cleared" and s["elapsed_s"] < 60
     assert s["aligned"]
@@ -99,8 +104,10 @@ def _wait_pid_gone(pid: int, timeout: float = 20.0) -> bool:
 
 def test_delay_as_policy_action_runs_in_background_until_cleared(tmp_path: Path) -> None:
     p = tmp_path / "policy.toml"
-    p.write_text('[jurisdiction]\nallow = ["DE"]\n'
-                 '[[on.suspected]]\naction = "delay"\nmemory = "80M"\ncpu = 0.2\nduration = 120\n')
+    p.write_text(
+        '[jurisdiction]\nallow = ["DE"]\n'
+        '[[on.suspected]]\naction = "delay"\nmemory = "80M"\ncpu = 0.2\nduration = 120\n'
+    )
     pol = load_policy(p)
     store = tmp_path / "state" / "geoprobe.sqlite"
     ev = make_event(SUSPECTED, {"signals": ["first_write"]})
@@ -125,12 +132,18 @@ def test_delay_as_policy_action_runs_in_background_until_cleared(tmp_path: Path)
 def test_clear_flag_stops_a_delay_started_by_another_process(tmp_path: Path) -> None:
     """After a daemon restart the new process has no handle on the child: the flag file stops it."""
     store = tmp_path / "geoprobe.sqlite"
-    code = ("import sys, json; from geoprobe.defend.delay import child_main; "
-            "sys.exit(child_main())")
-    cfg = {"memory": 64 << 20, "cpu": 0.2, "duration": 120, "rate": None,
-           "until_clear": str(tmp_path / "delay.clear"), "parent_pid": None}
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], stdout=subprocess.PIPE,
-                            text=True)
+    code = "import sys, json; from geoprobe.defend.delay import child_main; sys.exit(child_main())"
+    cfg = {
+        "memory": 64 << 20,
+        "cpu": 0.2,
+        "duration": 120,
+        "rate": None,
+        "until_clear": str(tmp_path / "delay.clear"),
+        "parent_pid": None,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline())["started"]
     clear(store)  # touches delay.clear beside the store; the child is not ours

@@ -37,15 +37,16 @@ AWAY_SERVER = "Madrid"  # Spain, ~1,400 km from Frankfurt
 ACCEPT_S = 15.0
 BASELINE_S = float(os.environ.get("GEOPROBE_E2E_BASELINE_S", "30"))
 
-POLICY = (Path(__file__).parents[1] / "data" / "issue5-policy.toml").read_text()  # as the issue gives it
+POLICY = (
+    Path(__file__).parents[1] / "data" / "issue5-policy.toml"
+).read_text()  # as the issue gives it
 
 SECRET = os.urandom(4096)
 GEOPROBE = [sys.executable, "-m", "geoprobe"]
 
 
 def _help(*args: str) -> str:
-    res = subprocess.run([*GEOPROBE, *args, "--help"], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run([*GEOPROBE, *args, "--help"], capture_output=True, text=True, check=False)
     return res.stdout if res.returncode == 0 else ""
 
 
@@ -73,9 +74,15 @@ def accept(tmp_path: Path) -> Iterator[dict[str, Path]]:
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     try:
-        yield {"key": key, "hook_got": ACCEPT_DIR / "hook.got", "policy": policy,
-               "state": tmp_path / "state", "events": tmp_path / "events.jsonl",
-               "catalogue": tmp_path / "catalogue.json", "runtime": tmp_path / "run"}
+        yield {
+            "key": key,
+            "hook_got": ACCEPT_DIR / "hook.got",
+            "policy": policy,
+            "state": tmp_path / "state",
+            "events": tmp_path / "events.jsonl",
+            "catalogue": tmp_path / "catalogue.json",
+            "runtime": tmp_path / "run",
+        }
     finally:
         shutil.rmtree(ACCEPT_DIR, ignore_errors=True)
 
@@ -115,25 +122,58 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 class World:
     """testbed run + watch as real processes; stopped by their own pids."""
 
-    def __init__(self, env: dict[str, str], paths: dict[str, Path], dataset: Path,
-                 run_help: str, extra_watch: list[str]) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        paths: dict[str, Path],
+        dataset: Path,
+        run_help: str,
+        extra_watch: list[str],
+    ) -> None:
         self.env, self.paths = env, paths
-        tb = [*GEOPROBE, "testbed", "run", "--dataset", str(dataset), "--at-server", HOME_SERVER,
-              "--catalogue", str(paths["catalogue"])]
+        tb = [
+            *GEOPROBE,
+            "testbed",
+            "run",
+            "--dataset",
+            str(dataset),
+            "--at-server",
+            HOME_SERVER,
+            "--catalogue",
+            str(paths["catalogue"]),
+        ]
         if "--landmarks" in run_help:
             tb += ["--landmarks", "40"]
-        self.procs = [subprocess.Popen(tb, env=env, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE)]
+        self.procs = [
+            subprocess.Popen(tb, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ]
         _wait(lambda: paths["catalogue"].exists(), 120, "the testbed's catalogue")
-        watch = [*GEOPROBE, "watch", "--landmarks", str(paths["catalogue"]), "--policy",
-                 str(paths["policy"]), "--events", str(paths["events"]), "--state",
-                 str(paths["state"]), "--interval", "1", *extra_watch]
-        self.procs.append(subprocess.Popen(watch, env=env, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE))
+        watch = [
+            *GEOPROBE,
+            "watch",
+            "--landmarks",
+            str(paths["catalogue"]),
+            "--policy",
+            str(paths["policy"]),
+            "--events",
+            str(paths["events"]),
+            "--state",
+            str(paths["state"]),
+            "--interval",
+            "1",
+            *extra_watch,
+        ]
+        self.procs.append(
+            subprocess.Popen(watch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
 
     def move(self, to: str) -> None:
-        subprocess.run([*GEOPROBE, "testbed", "move", "--to-server", to], env=self.env,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*GEOPROBE, "testbed", "move", "--to-server", to],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
 
     def alive(self) -> bool:
         for p in self.procs:
@@ -154,11 +194,20 @@ class World:
 
 
 def _run_world(available: dict[str, Any], accept: dict[str, Path], extra: list[str]) -> World:
-    env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(accept["runtime"]),
-               GEOPROBE_STATE_DIR=str(accept["state"]))
+    env = dict(
+        os.environ,
+        GEOPROBE_RUNTIME_DIR=str(accept["runtime"]),
+        GEOPROBE_STATE_DIR=str(accept["state"]),
+    )
     world = World(env, accept, available["dataset"], available["run_help"], extra)
-    _wait(lambda: any(e.get("type") == "io.geoprobe.location.fix" for e in _events(accept["events"]))
-          or world.alive(), 120, "the watch's first fix")
+    _wait(
+        lambda: (
+            any(e.get("type") == "io.geoprobe.location.fix" for e in _events(accept["events"]))
+            or world.alive()
+        ),
+        120,
+        "the watch's first fix",
+    )
     time.sleep(BASELINE_S)  # let the watch settle its baseline before the move
     world.alive()
     return world
@@ -176,9 +225,9 @@ def _audit(state: Path) -> list[dict[str, Any]]:
             return []
 
 
-def test_confirmed_crossing_fires_the_issue_policy(available: dict[str, Any],
-                                                   accept: dict[str, Path],
-                                                   webhook: Receiver) -> None:
+def test_confirmed_crossing_fires_the_issue_policy(
+    available: dict[str, Any], accept: dict[str, Path], webhook: Receiver
+) -> None:
     fd = os.open(accept["key"], os.O_RDONLY)  # sees the inode's bytes after the unlink
     world = _run_world(available, accept, [])
     try:
@@ -187,9 +236,12 @@ def test_confirmed_crossing_fires_the_issue_policy(available: dict[str, Any],
 
         def done() -> bool:
             statuses = {(r["action"], r["status"]) for r in _audit(accept["state"])}
-            return ({("wipe", "ok"), ("hook", "ok"), ("webhook", "ok")} <= statuses
-                    and not accept["key"].exists() and accept["hook_got"].exists()
-                    and bool(webhook.requests))
+            return (
+                {("wipe", "ok"), ("hook", "ok"), ("webhook", "ok")} <= statuses
+                and not accept["key"].exists()
+                and accept["hook_got"].exists()
+                and bool(webhook.requests)
+            )
 
         _wait(done, ACCEPT_S, "wipe, hook, webhook and their audit after the move")
         took = time.monotonic() - moved
@@ -204,29 +256,51 @@ def test_confirmed_crossing_fires_the_issue_policy(available: dict[str, Any],
     (req,) = webhook.requests
     assert req.headers["Content-Type"] == "application/cloudevents+json"
     assert json.loads(req.body) == hook_event
-    print(f"counter-measures complete {took:.1f} s after the move; event data: "
-          f"{json.dumps(hook_event['data'])[:300]}")
+    print(
+        f"counter-measures complete {took:.1f} s after the move; event data: "
+        f"{json.dumps(hook_event['data'])[:300]}"
+    )
 
     # The same event again (a restarted daemon replaying it): nothing fires.
     ev_file = accept["state"].parent / "again.json"
     ev_file.write_text(json.dumps(hook_event))
-    res = subprocess.run([*GEOPROBE, "policy", "fire", str(accept["policy"]), "--event",
-                          str(ev_file), "--state", str(accept["state"]), "--json"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [
+            *GEOPROBE,
+            "policy",
+            "fire",
+            str(accept["policy"]),
+            "--event",
+            str(ev_file),
+            "--state",
+            str(accept["state"]),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert [r["status"] for r in json.loads(res.stdout)] == ["skipped"] * 3
     assert len(webhook.requests) == 1
     assert accept["hook_got"].read_text().count('"specversion"') == 1
 
 
-def test_dry_run_touches_nothing(available: dict[str, Any], accept: dict[str, Path],
-                                 webhook: Receiver) -> None:
+def test_dry_run_touches_nothing(
+    available: dict[str, Any], accept: dict[str, Path], webhook: Receiver
+) -> None:
     if "--dry-run" not in available["watch_help"]:
         pytest.skip("WATCH's `geoprobe watch --dry-run` is not available yet")
     world = _run_world(available, accept, ["--dry-run"])
     try:
         world.move(AWAY_SERVER)
-        _wait(lambda: any(e.get("type") == "io.geoprobe.migration.confirmed"
-                          for e in _events(accept["events"])), ACCEPT_S, "the confirmed crossing")
+        _wait(
+            lambda: any(
+                e.get("type") == "io.geoprobe.migration.confirmed"
+                for e in _events(accept["events"])
+            ),
+            ACCEPT_S,
+            "the confirmed crossing",
+        )
         time.sleep(2.0)  # give a (wrongly) firing policy time to show itself
     finally:
         world.stop()

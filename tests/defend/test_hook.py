@@ -22,12 +22,15 @@ def script(path: Path, body: str) -> Path:
     return path
 
 
-def test_hook_gets_event_json_on_stdin_and_env(tmp_path: Path,
-                                                ctx: Callable[..., ActionContext]) -> None:
+def test_hook_gets_event_json_on_stdin_and_env(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     got = tmp_path / "got.json"
     env_out = tmp_path / "env.txt"
-    h = script(tmp_path / "hook.sh",
-               f'cat > {got}\necho "$GEOPROBE_VERDICT $GEOPROBE_TO $1 $EXTRA" > {env_out}\n')
+    h = script(
+        tmp_path / "hook.sh",
+        f'cat > {got}\necho "$GEOPROBE_VERDICT $GEOPROBE_TO $1 $EXTRA" > {env_out}\n',
+    )
     c = ctx()
     out = hook.run(spec("hook", command=[str(h), "arg1"], env={"EXTRA": "x"}), c)
     assert json.loads(got.read_text()) == dict(c.event)
@@ -35,8 +38,9 @@ def test_hook_gets_event_json_on_stdin_and_env(tmp_path: Path,
     assert out.data["runs"][0]["returncode"] == 0
 
 
-def test_run_parts_directory_in_lexical_order_with_skips(tmp_path: Path,
-                                                         ctx: Callable[..., ActionContext]) -> None:
+def test_run_parts_directory_in_lexical_order_with_skips(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     d = tmp_path / "hooks.d"
     d.mkdir()
     order = tmp_path / "order"
@@ -51,8 +55,9 @@ def test_run_parts_directory_in_lexical_order_with_skips(tmp_path: Path,
     assert "skipping" in hook.plan(spec("hook", command=[str(d)]), ctx())
 
 
-def test_failing_part_reported_and_later_parts_still_run(tmp_path: Path,
-                                                         ctx: Callable[..., ActionContext]) -> None:
+def test_failing_part_reported_and_later_parts_still_run(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     d = tmp_path / "hooks.d"
     d.mkdir()
     marker = tmp_path / "ran"
@@ -64,13 +69,16 @@ def test_failing_part_reported_and_later_parts_still_run(tmp_path: Path,
     assert exc.value.data["runs"][0]["stderr"].strip() == "oops"
 
 
-def test_missing_executable_fails_cleanly(tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+def test_missing_executable_fails_cleanly(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     with pytest.raises(ActionFailed, match="cannot run"):
         hook.run(spec("hook", command=[str(tmp_path / "absent")]), ctx())
 
 
-def test_timeout_kills_the_hooks_whole_process_group(tmp_path: Path,
-                                                     ctx: Callable[..., ActionContext]) -> None:
+def test_timeout_kills_the_hooks_whole_process_group(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     pidfile = tmp_path / "child.pid"
     h = script(tmp_path / "slow.sh", f"sleep 60 &\necho $! > {pidfile}\nwait\n")
     with pytest.raises(ActionTimeout):

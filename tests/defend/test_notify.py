@@ -45,13 +45,15 @@ def test_webhook_does_not_retry_client_errors(ctx: Callable[..., ActionContext])
 
 
 def test_webhook_gives_up_after_retries_on_refused_connection(
-        ctx: Callable[..., ActionContext]) -> None:
+    ctx: Callable[..., ActionContext],
+) -> None:
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ActionFailed, match="after 3 attempt") as exc:
-        notify.run_webhook(spec("webhook", url=f"http://127.0.0.1:{port}/x", retries=2,
-                                backoff=0.01), ctx())
+        notify.run_webhook(
+            spec("webhook", url=f"http://127.0.0.1:{port}/x", retries=2, backoff=0.01), ctx()
+        )
     assert all("error" in a for a in exc.value.data["attempts"])
 
 
@@ -59,17 +61,29 @@ def test_webhook_stops_retrying_at_the_deadline(ctx: Callable[..., ActionContext
     with receiver() as rx:
         rx.statuses = [500] * 50
         with pytest.raises(ActionTimeout):
-            notify.run_webhook(spec("webhook", url=rx.url, retries=50, backoff=0.2), ctx(timeout=1.0))
+            notify.run_webhook(
+                spec("webhook", url=rx.url, retries=50, backoff=0.2), ctx(timeout=1.0)
+            )
     assert 1 <= len(rx.requests) < 50
 
 
-def test_syslog_line_reaches_a_real_socket(tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+def test_syslog_line_reaches_a_real_socket(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     addr = tmp_path / "log.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
         srv.bind(str(addr))
         srv.settimeout(5)
-        notify.run_syslog(spec("syslog", address=str(addr), priority="crit", facility="auth",
-                               message="moved {from} -> {to} ({verdict}) {nosuchfield}"), ctx())
+        notify.run_syslog(
+            spec(
+                "syslog",
+                address=str(addr),
+                priority="crit",
+                facility="auth",
+                message="moved {from} -> {to} ({verdict}) {nosuchfield}",
+            ),
+            ctx(),
+        )
         line = srv.recv(4096).decode()
     assert line.startswith(f"<{4 * 8 + 2}>")  # auth=4, crit=2
     assert "geoprobe[" in line and line.endswith("moved DE -> PL (confirmed_crossing) ?")

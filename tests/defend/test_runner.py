@@ -26,8 +26,9 @@ from .receiver import receiver
 def counting_hook(tmp_path: Path, name: str, extra: str = "") -> Path:
     """A hook that appends its event id to tmp_path/<name>.log, then runs `extra`."""
     h = tmp_path / f"{name}.sh"
-    h.write_text(f"#!/bin/sh\nread -r line\necho \"$GEOPROBE_EVENT_ID\" >> {tmp_path}/{name}.log\n"
-                 f"{extra}\n")
+    h.write_text(
+        f'#!/bin/sh\nread -r line\necho "$GEOPROBE_EVENT_ID" >> {tmp_path}/{name}.log\n{extra}\n'
+    )
     h.chmod(0o755)
     return h
 
@@ -66,7 +67,9 @@ def test_actions_run_in_order_failures_and_timeouts_do_not_stop_the_rest(tmp_pat
     first = counting_hook(tmp_path, "first", f"echo first >> {order}")
     slow = counting_hook(tmp_path, "slow", "sleep 30")
     last = counting_hook(tmp_path, "last", f"echo last >> {order}")
-    pol = policy(tmp_path, f"""
+    pol = policy(
+        tmp_path,
+        f"""
 [[on.confirmed_crossing]]
 action = "hook"
 command = ["{first}"]
@@ -80,14 +83,19 @@ timeout = 0.5
 [[on.confirmed_crossing]]
 action = "hook"
 command = ["{last}"]
-""")
+""",
+    )
     store = tmp_path / "state" / "geoprobe.sqlite"
     results = respond(crossing_event(), pol, store_path=store)
     assert [r.status for r in results] == ["ok", "failed", "timeout", "ok"]
     assert lines(order) == ["first", "last"]
     rows = audit_rows(store)
     assert [(r["action_index"], r["status"]) for r in rows] == [
-        (0, "ok"), (1, "failed"), (2, "timeout"), (3, "ok")]
+        (0, "ok"),
+        (1, "failed"),
+        (2, "timeout"),
+        (3, "ok"),
+    ]
 
 
 def test_same_event_fires_once_new_event_fires_again(tmp_path: Path) -> None:
@@ -112,7 +120,9 @@ def test_dry_run_touches_nothing(tmp_path: Path) -> None:
     h = counting_hook(tmp_path, "h")
     store = tmp_path / "state" / "geoprobe.sqlite"
     with receiver() as rx:
-        pol = policy(tmp_path, f"""
+        pol = policy(
+            tmp_path,
+            f"""
 [[on.confirmed_crossing]]
 action = "wipe"
 paths = ["{key}"]
@@ -124,7 +134,8 @@ action = "webhook"
 url = "{rx.url}"
 [[on.confirmed_crossing]]
 action = "poweroff"
-""")
+""",
+        )
         logged: list[str] = []
         results = respond(crossing_event(), pol, store_path=store, dry_run=True, log=logged.append)
         assert rx.requests == []
@@ -151,7 +162,9 @@ def test_dry_run_after_firing_shows_skips_and_writes_nothing(tmp_path: Path) -> 
 def test_thresholds_route_weak_crossing_to_unknown(tmp_path: Path) -> None:
     strong = counting_hook(tmp_path, "strong")
     weak = counting_hook(tmp_path, "weak")
-    pol = policy(tmp_path, f"""
+    pol = policy(
+        tmp_path,
+        f"""
 [confidence]
 min_probability = 0.9
 [[on.confirmed_crossing]]
@@ -160,7 +173,8 @@ command = ["{strong}"]
 [[on.unknown]]
 action = "hook"
 command = ["{weak}"]
-""")
+""",
+    )
     store = tmp_path / "geoprobe.sqlite"
     respond(crossing_event(probability=0.6), pol, store_path=store)
     assert lines(tmp_path / "weak.log") and not lines(tmp_path / "strong.log")
@@ -187,8 +201,14 @@ print(json.dumps([r.status for r in res]))
 def driver(tmp_path: Path, ev: dict[str, Any]) -> list[str]:
     evf = tmp_path / "event.json"
     evf.write_text(json.dumps(ev))
-    return [sys.executable, "-c", DRIVER, str(tmp_path / "policy.toml"), str(evf),
-            str(tmp_path / "geoprobe.sqlite")]
+    return [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(tmp_path / "policy.toml"),
+        str(evf),
+        str(tmp_path / "geoprobe.sqlite"),
+    ]
 
 
 def test_restart_in_a_new_process_fires_nothing_again(tmp_path: Path) -> None:
@@ -212,10 +232,16 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
 def test_kill_9_mid_action_resumes_only_the_interrupted_action(tmp_path: Path) -> None:
     started = tmp_path / "started"
     a = counting_hook(tmp_path, "a")
-    b = counting_hook(tmp_path, "b", f'[ -e {tmp_path}/b.done ] || {{ touch {started}; sleep 60; }}')
+    b = counting_hook(
+        tmp_path, "b", f"[ -e {tmp_path}/b.done ] || {{ touch {started}; sleep 60; }}"
+    )
     c = counting_hook(tmp_path, "c")
-    policy(tmp_path, "".join(f'[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{x}"]\n'
-                             for x in (a, b, c)))
+    policy(
+        tmp_path,
+        "".join(
+            f'[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{x}"]\n' for x in (a, b, c)
+        ),
+    )
     argv = driver(tmp_path, crossing_event())
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
     try:
@@ -234,8 +260,10 @@ def test_kill_9_mid_action_resumes_only_the_interrupted_action(tmp_path: Path) -
 
 def test_two_processes_racing_on_one_event_fire_each_action_once(tmp_path: Path) -> None:
     hooks = [counting_hook(tmp_path, n, "sleep 0.3") for n in ("x", "y")]
-    policy(tmp_path, "".join(f'[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{h}"]\n'
-                             for h in hooks))
+    policy(
+        tmp_path,
+        "".join(f'[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{h}"]\n' for h in hooks),
+    )
     argv = driver(tmp_path, crossing_event())
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [json.loads(p.communicate()[0]) for p in procs]

@@ -29,8 +29,10 @@ def shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     log = tmp_path / "calls.log"
     for tool in ("systemctl", "cryptsetup"):
         fake = bin_dir / tool
-        fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n'
-                        'if [ -n "$FAKE_FAIL" ]; then echo "Failed: $FAKE_FAIL" >&2; exit 1; fi\n')
+        fake.write_text(
+            f'#!/bin/sh\necho "{tool} $*" >> {log}\n'
+            'if [ -n "$FAKE_FAIL" ]; then echo "Failed: $FAKE_FAIL" >&2; exit 1; fi\n'
+        )
         fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert shutil.which("systemctl") == str(bin_dir / "systemctl")
@@ -42,8 +44,9 @@ def test_stop_units_calls_systemctl_stop(shims: Path, ctx: Callable[..., ActionC
     assert shims.read_text().splitlines() == ["systemctl stop -- db.service app@1.service"]
 
 
-def test_stop_units_failure_carries_stderr(shims: Path, ctx: Callable[..., ActionContext],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_units_failure_carries_stderr(
+    shims: Path, ctx: Callable[..., ActionContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_FAIL", "Unit db.service not loaded.")
     with pytest.raises(ActionFailed, match="exited 1: Failed: Unit db.service not loaded."):
         system.run_stop_units(spec("stop_units", units=["db.service"]), ctx())
@@ -55,14 +58,16 @@ def test_poweroff_through_fake_systemctl(shims: Path, ctx: Callable[..., ActionC
 
 
 def test_luks_close_after_unmount_and_unmounted_path_is_fine(
-        shims: Path, tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+    shims: Path, tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     out = system.run_unmount(spec("unmount", paths=[str(tmp_path)], luks=["secret"]), ctx())
     assert shims.read_text().splitlines() == ["cryptsetup close secret"]
     assert "was not mounted" in out.detail
 
 
-def test_missing_tool_is_reported(tmp_path: Path, ctx: Callable[..., ActionContext],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_tool_is_reported(
+    tmp_path: Path, ctx: Callable[..., ActionContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ActionFailed, match="systemctl not found"):
         system.run_stop_units(spec("stop_units", units=["x.service"]), ctx())
@@ -78,8 +83,9 @@ def loop_mount(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True,
-                         check=False)
+    res = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True, check=False
+    )
     if res.returncode != 0:
         pytest.skip(f"loop mount not permitted here: {res.stderr.strip()}")
     try:
@@ -98,8 +104,9 @@ def test_unmount_real_loop_mount(loop_mount: Path, ctx: Callable[..., ActionCont
     assert out.data["steps"][0]["returncode"] == 0
 
 
-def test_unmount_busy_mount_fails_and_says_why(loop_mount: Path,
-                                               ctx: Callable[..., ActionContext]) -> None:
+def test_unmount_busy_mount_fails_and_says_why(
+    loop_mount: Path, ctx: Callable[..., ActionContext]
+) -> None:
     with open(loop_mount / "held", "w"):  # an open file keeps the mount busy
         with pytest.raises(ActionFailed, match="umount"):
             system.run_unmount(spec("unmount", paths=[str(loop_mount)]), ctx())

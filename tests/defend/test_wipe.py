@@ -13,7 +13,7 @@ from geoprobe.defend.base import ActionContext, ActionFailed, ActionTimeout, Dea
 
 from .conftest import spec
 
-SECRET = (b"-----BEGIN PRIVATE KEY-----\n" + bytes(range(256)) * 40)
+SECRET = b"-----BEGIN PRIVATE KEY-----\n" + bytes(range(256)) * 40
 
 
 def _mostly_different(a: bytes, b: bytes) -> bool:
@@ -23,7 +23,8 @@ def _mostly_different(a: bytes, b: bytes) -> bool:
 
 
 def test_overwrites_before_unlink_seen_through_hard_link_and_open_fd(
-        tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     key = tmp_path / "secret.key"
     key.write_bytes(SECRET)
     link = tmp_path / "backup-name"
@@ -43,7 +44,9 @@ def test_overwrites_before_unlink_seen_through_hard_link_and_open_fd(
     assert f["removed"] and f["bytes"] == len(SECRET) and f["passes"] == 1
 
 
-def test_multiple_passes_and_absent_files(tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+def test_multiple_passes_and_absent_files(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     a = tmp_path / "a.key"
     a.write_bytes(b"x" * 5000)
     out = wipe.run(spec("wipe", paths=[str(a), str(tmp_path / "gone.key")], passes=3), ctx())
@@ -61,8 +64,9 @@ def test_expired_deadline_never_unlinks_unwiped_file(tmp_path: Path) -> None:
     assert key.read_bytes() == SECRET  # still there: better kept than "deleted" unwiped
 
 
-def test_recursive_wipe_does_not_follow_symlinks_out(tmp_path: Path,
-                                                     ctx: Callable[..., ActionContext]) -> None:
+def test_recursive_wipe_does_not_follow_symlinks_out(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     keys = tmp_path / "keys"
     (keys / "sub").mkdir(parents=True)
     (keys / "one").write_bytes(b"1" * 100)
@@ -77,7 +81,8 @@ def test_recursive_wipe_does_not_follow_symlinks_out(tmp_path: Path,
 
 
 def test_directory_without_recursive_and_fifo_fail_but_other_paths_are_wiped(
-        tmp_path: Path, ctx: Callable[..., ActionContext]) -> None:
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     d = tmp_path / "dir"
     d.mkdir()
     fifo = tmp_path / "pipe"
@@ -90,8 +95,9 @@ def test_directory_without_recursive_and_fifo_fail_but_other_paths_are_wiped(
     assert not good.exists() and fifo.exists() and d.exists()
 
 
-def test_named_symlink_wipes_target_and_both_names(tmp_path: Path,
-                                                   ctx: Callable[..., ActionContext]) -> None:
+def test_named_symlink_wipes_target_and_both_names(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
     target = tmp_path / "real.key"
     target.write_bytes(SECRET)
     link = tmp_path / "current.key"

@@ -98,5 +98,8 @@ def test_table_smoothing_equals_scipy_gaussian_filter() -> None:
     from geoprobe.geo.calibration import _gaussian_smooth
 
     h = np.random.default_rng(3).random((28, 50)) * 7.0
-    np.testing.assert_allclose(_gaussian_smooth(h, (0.8, 1.0)), gaussian_filter(h, sigma=(0.8, 1.0), mode="nearest"),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        _gaussian_smooth(h, (0.8, 1.0)),
+        gaussian_filter(h, sigma=(0.8, 1.0), mode="nearest"),
+        atol=1e-12,
+    )

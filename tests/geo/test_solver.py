@@ -31,7 +31,9 @@ def _targets(n: int, seed: int) -> list[tuple[float, float]]:
 def test_truth_inside_the_sound_region_and_estimate_close(world, model) -> None:  # type: ignore[no-untyped-def]
     errors = []
     for lat, lon in _targets(25, seed=1):
-        fix = solve_model(model, model.ids, model.lat, model.lon, world.measure(lat, lon), countries())
+        fix = solve_model(
+            model, model.ids, model.lat, model.lon, world.measure(lat, lon), countries()
+        )
         assert fix.sound_region is not None and fix.sound_region.contains(lat, lon)
         assert fix.bound == "calibrated"
         assert fix.countries and abs(sum(c.probability for c in fix.countries) - 1.0) < 1e-6
@@ -46,8 +48,11 @@ def test_certification_is_never_wrong_even_with_added_delay(world, model) -> Non
     for lat, lon in _targets(30, seed=2):
         truth = code_of(lat, lon)
         honest = world.measure(lat, lon)
-        for delayed in (honest, {k: v + float(rng.exponential(3.0)) for k, v in honest.items()},
-                        {k: v + (40.0 if rng.random() < 0.3 else 0.0) for k, v in honest.items()}):
+        for delayed in (
+            honest,
+            {k: v + float(rng.exponential(3.0)) for k, v in honest.items()},
+            {k: v + (40.0 if rng.random() < 0.3 else 0.0) for k, v in honest.items()},
+        ):
             fix = solve_model(model, model.ids, model.lat, model.lon, delayed, countries())
             if fix.certified is not None:
                 certified += 1
@@ -58,7 +63,10 @@ def test_certification_is_never_wrong_even_with_added_delay(world, model) -> Non
 def test_certifies_deep_inside_a_country_next_to_a_landmark(world, model) -> None:  # type: ignore[no-untyped-def]
     ds = world.dataset
     # Pick the landmark farthest from any border and put the VM 10 km from it.
-    depth = [min(s.lat - 30, 50 - s.lat, abs(s.lon - 10), s.lon, 20 - s.lon, abs(s.lat - 40)) for s in ds.servers]
+    depth = [
+        min(s.lat - 30, 50 - s.lat, abs(s.lon - 10), s.lon, 20 - s.lon, abs(s.lat - 40))
+        for s in ds.servers
+    ]
     lm = ds.servers[int(np.argmax(depth))]
     rtts = world.measure(lm.lat + 0.05, lm.lon + 0.05, access=0.05)
     rtts[lm.id] = 0.3
@@ -69,7 +77,10 @@ def test_certifies_deep_inside_a_country_next_to_a_landmark(world, model) -> Non
 def test_inconsistent_constraint_is_named_not_papered_over(world, model) -> None:  # type: ignore[no-untyped-def]
     lat, lon = 45.0, 5.0
     rtts = world.measure(lat, lon)
-    far = max(model.ids, key=lambda k: haversine_km(lat, lon, model.lat[model.index[k]], model.lon[model.index[k]]))
+    far = max(
+        model.ids,
+        key=lambda k: haversine_km(lat, lon, model.lat[model.index[k]], model.lon[model.index[k]]),
+    )
     rtts[far] = 0.5  # a 50 km bound around a landmark ~1500 km away: cannot hold with the rest
     fix = solve_model(model, model.ids, model.lat, model.lon, rtts, countries())
     assert fix.inconsistent == [far]
@@ -88,8 +99,14 @@ def test_without_a_model_the_fix_rests_on_the_sound_bound(world) -> None:  # typ
 
 def test_no_usable_measurement_is_a_measurement_error(model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(MeasurementError):
-        solve_model(model, model.ids, model.lat, model.lon, {"nobody": 3.0, model.ids[0]: float("nan")},
-                    countries())
+        solve_model(
+            model,
+            model.ids,
+            model.lat,
+            model.lon,
+            {"nobody": 3.0, model.ids[0]: float("nan")},
+            countries(),
+        )
 
 
 def test_region_geojson_and_area(world, model) -> None:  # type: ignore[no-untyped-def]
@@ -106,8 +123,9 @@ def test_calibration_and_prior_never_move_the_sound_region(world, model) -> None
     its data-centre prior and its tempering may reshape the posterior, never the sound region."""
     import dataclasses
 
-    strong_prior = dataclasses.replace(model, prior_floor=1e-6, prior_bandwidth_km=20.0, temperature=0.5,
-                                       estimate_temperature=0.5)
+    strong_prior = dataclasses.replace(
+        model, prior_floor=1e-6, prior_bandwidth_km=20.0, temperature=0.5, estimate_temperature=0.5
+    )
     for lat, lon in _targets(12, seed=9):
         rtts = world.measure(lat, lon)
         bare = solve_model(None, model.ids, model.lat, model.lon, rtts, countries())
@@ -118,8 +136,14 @@ def test_calibration_and_prior_never_move_the_sound_region(world, model) -> None
             np.testing.assert_array_equal(fix.sound_region.inside, bare.sound_region.inside)
             assert fix.certified == bare.certified
         # Added delay only widens it: everything inside before stays inside.
-        slower = solve_model(model, model.ids, model.lat, model.lon, {k: v + 7.0 for k, v in rtts.items()},
-                             countries())
+        slower = solve_model(
+            model,
+            model.ids,
+            model.lat,
+            model.lon,
+            {k: v + 7.0 for k, v in rtts.items()},
+            countries(),
+        )
         assert slower.sound_region is not None
         assert slower.sound_region.area_km2 >= bare.sound_region.area_km2
         s = bare.sound_region.sample.subset(bare.sound_region.inside)

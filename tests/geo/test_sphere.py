@@ -35,19 +35,24 @@ def test_vectorised_and_matrix_agree() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.floats(-85, 85), st.floats(-180, 180), st.floats(0, 360), st.floats(1, 15000))
-def test_destination_travels_the_distance(lat: float, lon: float, bearing: float, km: float) -> None:
+def test_destination_travels_the_distance(
+    lat: float, lon: float, bearing: float, km: float
+) -> None:
     la, lo = destination(lat, lon, bearing, km)
     assert -180.0 <= lo < 180.0
     assert haversine_km(lat, lon, la, lo) == pytest.approx(km, rel=1e-6, abs=1e-3)
 
 
-@pytest.mark.parametrize(("lat", "lon", "radius"), [
-    (45.0, 7.0, 300.0),     # ordinary
-    (-17.0, 178.5, 400.0),  # crosses the antimeridian (Fiji)
-    (82.0, 30.0, 1200.0),   # reaches the north pole
-    (-70.0, -60.0, 3000.0),  # reaches the south pole
-    (60.0, 100.0, 4000.0),  # large, high latitude
-])
+@pytest.mark.parametrize(
+    ("lat", "lon", "radius"),
+    [
+        (45.0, 7.0, 300.0),  # ordinary
+        (-17.0, 178.5, 400.0),  # crosses the antimeridian (Fiji)
+        (82.0, 30.0, 1200.0),  # reaches the north pole
+        (-70.0, -60.0, 3000.0),  # reaches the south pole
+        (60.0, 100.0, 4000.0),  # large, high latitude
+    ],
+)
 def test_cap_polygon_contains_the_whole_cap(lat: float, lon: float, radius: float) -> None:
     poly = cap_polygon(lat, lon, radius)
     # The boundary itself, and points just inside it, must all be covered (soundness).

@@ -40,25 +40,35 @@ def test_module_order_loads_every_dependency_first_and_once() -> None:
             assert pos[Path(dep).stem] < pos[Path(mod).stem], (dep, mod)
 
 
-
-@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
-                    reason="e2fsprogs not installed")
+@pytest.mark.skipif(
+    shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+    reason="e2fsprogs not installed",
+)
 def test_run_disk_holds_the_working_tree_and_an_executable_run_sh(tmp_path: Path) -> None:
-    img = build_run_disk(tmp_path / "run.ext4", REPO, {"policy.toml": "[jurisdiction]\n",
-                                                       "hook.sh": "#!/bin/sh\n"}, "#!/bin/sh\necho hi\n")
+    img = build_run_disk(
+        tmp_path / "run.ext4",
+        REPO,
+        {"policy.toml": "[jurisdiction]\n", "hook.sh": "#!/bin/sh\n"},
+        "#!/bin/sh\necho hi\n",
+    )
 
     def debugfs(req: str) -> str:
-        return subprocess.run(["debugfs", "-R", req, str(img)], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            ["debugfs", "-R", req, str(img)], capture_output=True, text=True, check=True
+        ).stdout
 
     assert debugfs("cat /run.sh") == "#!/bin/sh\necho hi\n"
     assert debugfs("cat /policy.toml") == "[jurisdiction]\n"
     assert "Mode:  0755" in debugfs("stat /hook.sh")
     assert debugfs("cat /geoprobe/__init__.py") == (REPO / "geoprobe" / "__init__.py").read_text()
-    assert "__pycache__" in debugfs("ls /geoprobe")  # compiled on the host: the guest's root is read-only
+    assert "__pycache__" in debugfs(
+        "ls /geoprobe"
+    )  # compiled on the host: the guest's root is read-only
 
 
-def test_source_snapshot_leaves_out_bytecode_and_its_digest_follows_the_code(tmp_path: Path) -> None:
+def test_source_snapshot_leaves_out_bytecode_and_its_digest_follows_the_code(
+    tmp_path: Path,
+) -> None:
     repo = tmp_path / "repo"
     (repo / "geoprobe" / "__pycache__").mkdir(parents=True)
     (repo / "geoprobe" / "__init__.py").write_text("X = 1\n")
@@ -106,8 +116,10 @@ def test_mounts_under_a_tree_are_found_deepest_first(tmp_path: Path) -> None:
     from benchmarks.lab.build import mounts_under
 
     root = tmp_path / "rootfs.partial"
-    mounts = (f"proc {root}/proc proc rw 0 0\n"
-              f"sysfs {root}/proc/sys/fs/binfmt_misc binfmt_misc rw 0 0\n"
-              f"tmpfs {tmp_path}/rootfs.partial2 tmpfs rw 0 0\n"
-              "proc /proc proc rw 0 0\n")
+    mounts = (
+        f"proc {root}/proc proc rw 0 0\n"
+        f"sysfs {root}/proc/sys/fs/binfmt_misc binfmt_misc rw 0 0\n"
+        f"tmpfs {tmp_path}/rootfs.partial2 tmpfs rw 0 0\n"
+        "proc /proc proc rw 0 0\n"
+    )
     assert mounts_under(root, mounts) == [root / "proc/sys/fs/binfmt_misc", root / "proc"]

@@ -9,7 +9,7 @@ from benchmarks.lab.console import ConsoleLine, GuestConsole
 
 def test_a_line_cut_by_the_switchover_is_rebuilt_and_events_parse(tmp_path: Path) -> None:
     src, dst = tmp_path / "serial-src.log", tmp_path / "serial-dst.log"
-    src.write_bytes(b"LAB-READY uptime=3.1\r\n{\"type\": \"io.geoprobe.location.fix\", \"n\"")
+    src.write_bytes(b'LAB-READY uptime=3.1\r\n{"type": "io.geoprobe.location.fix", "n"')
     c = GuestConsole()
     c.add(src)
     assert [x.text for x in c.read()] == ["LAB-READY uptime=3.1"]

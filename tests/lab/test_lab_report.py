@@ -23,24 +23,57 @@ def _cloud(type_: str, **data: object) -> str:
 
 
 def record(confirm_at: float | None, suspect_at: float | None = None) -> RunRecord:
-    rec = RunRecord(plan=RunPlan("cross", A, B), program="geoprobe", started=1000.0, guest_ready=1060.0,
-                    migrate_cmd=1075.0, ended=1130.0)
-    rec.src_events = [_ev("MIGRATION", 1075.0, status="setup"), _ev("MIGRATION", 1075.01, status="active"),
-                      _ev("STOP", 1077.0), _ev("MIGRATION", 1077.05, status="completed")]
+    rec = RunRecord(
+        plan=RunPlan("cross", A, B),
+        program="geoprobe",
+        started=1000.0,
+        guest_ready=1060.0,
+        migrate_cmd=1075.0,
+        ended=1130.0,
+    )
+    rec.src_events = [
+        _ev("MIGRATION", 1075.0, status="setup"),
+        _ev("MIGRATION", 1075.01, status="active"),
+        _ev("STOP", 1077.0),
+        _ev("MIGRATION", 1077.05, status="completed"),
+    ]
     rec.dst_events = [_ev("RESUME", 1077.08), _ev("MIGRATION", 1077.08, status="completed")]
-    rec.samples = [{"t": 1076.0, "status": "active", "ram": {"dirty-pages-rate": 2560, "page-size": 4096,
-                                                           "mbps": 1080.0, "dirty-sync-count": 2}},
-                   {"t": 1077.1, "status": "completed", "cpu-throttle-percentage": 20,
-                    "ram": {"dirty-sync-count": 3}}]
-    rec.final = {"status": "completed", "total-time": 2050, "downtime": 48, "setup-time": 4,
-                 "ram": {"dirty-sync-count": 3, "transferred": 120_000_000}}
+    rec.samples = [
+        {
+            "t": 1076.0,
+            "status": "active",
+            "ram": {
+                "dirty-pages-rate": 2560,
+                "page-size": 4096,
+                "mbps": 1080.0,
+                "dirty-sync-count": 2,
+            },
+        },
+        {
+            "t": 1077.1,
+            "status": "completed",
+            "cpu-throttle-percentage": 20,
+            "ram": {"dirty-sync-count": 3},
+        },
+    ]
+    rec.final = {
+        "status": "completed",
+        "total-time": 2050,
+        "downtime": 48,
+        "setup-time": 4,
+        "ram": {"dirty-sync-count": 3, "transferred": 120_000_000},
+    }
     rec.console = [(1010.0, "LAB-READY uptime=4.2"), (1060.0, _cloud("io.geoprobe.location.fix"))]
     if suspect_at is not None:
         rec.console.append((suspect_at, _cloud(SUSPECTED)))
     if confirm_at is not None:
-        rec.console += [(confirm_at, _cloud(CONFIRMED, crossing=True, to="ES", distance_km=1300.0)),
-                        (confirm_at + 0.5, "LAB-HOOK 90.1 {}")]
-        rec.webhooks = [{"site": "B", "received": confirm_at + 0.8, "path": "/geoprobe", "body": "{}"}]
+        rec.console += [
+            (confirm_at, _cloud(CONFIRMED, crossing=True, to="ES", distance_km=1300.0)),
+            (confirm_at + 0.5, "LAB-HOOK 90.1 {}"),
+        ]
+        rec.webhooks = [
+            {"site": "B", "received": confirm_at + 0.8, "path": "/geoprobe", "body": "{}"}
+        ]
     return rec
 
 
@@ -48,11 +81,17 @@ def test_times_are_measured_from_the_source_stop_and_precopy_flags_are_found() -
     row = analyse(record(confirm_at=1081.0, suspect_at=1076.5))
     m = row["migration"]
     assert m["guest_pause_ms"] == 80.0  # STOP at the source to RESUME at the destination
-    assert m["qemu_downtime_ms"] == 48 and m["dirty_sync_count"] == 3 and m["max_cpu_throttle_pct"] == 20
+    assert (
+        m["qemu_downtime_ms"] == 48
+        and m["dirty_sync_count"] == 3
+        and m["max_cpu_throttle_pct"] == 20
+    )
     assert m["max_dirty_rate_mb_s"] == round(2560 * 4096 / 1e6, 1)
     assert m["median_bandwidth_mb_s"] == 135.0
     assert row["switchover_to_confirmed_s"] == 4.0
-    assert [f["type"] for f in row["flagged_during_precopy"]] == [SUSPECTED]  # 1076.5 is before STOP
+    assert [f["type"] for f in row["flagged_during_precopy"]] == [
+        SUSPECTED
+    ]  # 1076.5 is before STOP
     assert row["confirmation"]["crossing"] is True and row["confirmation"]["to"] == "ES"
     assert [w["site"] for w in row["webhooks"]] == ["B"] and len(row["hooks"]) == 1
     assert row["boot_to_ready_s"] == 60.0
@@ -65,7 +104,9 @@ def test_targets_report_what_was_missed() -> None:
     assert len(missed) == 1 and "median switchover->confirmed 13.0 s" in missed[0]
     assert targets(summarise([good, slow, slow]), timing=False) == []
     missed = targets(summarise([good, silent]), timing=False)
-    assert any("1/2 crossings confirmed" in m for m in missed) and any("counter-measures" in m for m in missed)
+    assert any("1/2 crossings confirmed" in m for m in missed) and any(
+        "counter-measures" in m for m in missed
+    )
     no_crossing = record(1080.0)
     no_crossing.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to="DE"))
     missed = targets(summarise([good, analyse(no_crossing)]), timing=False)
@@ -79,13 +120,30 @@ def test_guest_catalogue_keeps_landmarks_both_sites_serve_nearest_first() -> Non
     def lm(id_: str, lat: float, lon: float) -> dict[str, object]:
         return {"id": id_, "lat": lat, "lon": lon}
 
-    cat_a = {"landmarks": [lm("Madrid", 40.4, -3.7), lm("Paris", 48.9, 2.3), lm("Tokyo", 35.7, 139.7),
-                           lm("Vienna", 48.2, 16.4), lm("Lyon", 45.8, 4.8)],
-             "calibration": {"rtts": [["Paris", "Lyon", 6.0], ["Paris", "Vienna", 20.0]]}}
-    cat_b = {"landmarks": [lm("Frankfurt", 50.1, 8.7), lm("Paris", 48.9, 2.3), lm("Tokyo", 35.7, 139.7),
-                           lm("Vienna", 48.2, 16.4), lm("Lyon", 45.8, 4.8)]}
+    cat_a = {
+        "landmarks": [
+            lm("Madrid", 40.4, -3.7),
+            lm("Paris", 48.9, 2.3),
+            lm("Tokyo", 35.7, 139.7),
+            lm("Vienna", 48.2, 16.4),
+            lm("Lyon", 45.8, 4.8),
+        ],
+        "calibration": {"rtts": [["Paris", "Lyon", 6.0], ["Paris", "Vienna", 20.0]]},
+    }
+    cat_b = {
+        "landmarks": [
+            lm("Frankfurt", 50.1, 8.7),
+            lm("Paris", 48.9, 2.3),
+            lm("Tokyo", 35.7, 139.7),
+            lm("Vienna", 48.2, 16.4),
+            lm("Lyon", 45.8, 4.8),
+        ]
+    }
     out = guest_catalogue(cat_a, cat_b, 2, exclude={"Frankfurt", "Madrid"}, near=A)
-    assert sorted(x["id"] for x in out["landmarks"]) == ["Lyon", "Paris"]  # 560 and 480 km; Vienna 600
+    assert sorted(x["id"] for x in out["landmarks"]) == [
+        "Lyon",
+        "Paris",
+    ]  # 560 and 480 km; Vienna 600
     assert out["calibration"]["rtts"] == [["Paris", "Lyon", 6.0]]
     every = guest_catalogue(cat_a, cat_b, 0, exclude={"Frankfurt", "Madrid"}, near=A)
     assert len(every["landmarks"]) == 4  # Madrid is not served at B
@@ -98,11 +156,37 @@ def _at(t: float) -> str:
 def test_console_spread_and_geoprobes_own_account_of_the_confirmation() -> None:
     rec = record(confirm_at=1080.0, suspect_at=1078.5)
     # The guest clock runs 0.7 s behind the host; the console delivers within 30 ms.
-    fixes = [(1040.0 + k, json.dumps({"specversion": "1.0", "type": "io.geoprobe.location.fix",
-                                       "time": _at(1040.0 + k - 0.7 - 0.03 * (k % 2))}))
-             for k in range(4)]
-    rec.console = fixes + [(1080.0, json.dumps({"specversion": "1.0", "type": CONFIRMED, "data": {
-        "crossing": True, "from": "DE", "to": "ES", "rounds": 2, "seconds": 1.4}}))]
+    fixes = [
+        (
+            1040.0 + k,
+            json.dumps(
+                {
+                    "specversion": "1.0",
+                    "type": "io.geoprobe.location.fix",
+                    "time": _at(1040.0 + k - 0.7 - 0.03 * (k % 2)),
+                }
+            ),
+        )
+        for k in range(4)
+    ]
+    rec.console = fixes + [
+        (
+            1080.0,
+            json.dumps(
+                {
+                    "specversion": "1.0",
+                    "type": CONFIRMED,
+                    "data": {
+                        "crossing": True,
+                        "from": "DE",
+                        "to": "ES",
+                        "rounds": 2,
+                        "seconds": 1.4,
+                    },
+                }
+            ),
+        )
+    ]
     row = analyse(rec)
     assert row["console_clock_spread_ms"] == 30.0
     assert row["confirm_rounds"] == 2 and row["confirm_seconds_in_guest"] == 1.4
@@ -113,11 +197,16 @@ def test_verdicts_name_a_straddling_region_and_the_clock_probe() -> None:
     rec = record(confirm_at=1080.0)
     rec.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to=None, **{"from": "DE"}))
     straddle = analyse(rec)
-    clock = RunRecord(plan=RunPlan("delay-off", A, B), program="clock", started=1000.0, ended=1100.0)
+    clock = RunRecord(
+        plan=RunPlan("delay-off", A, B), program="clock", started=1000.0, ended=1100.0
+    )
     clock.src_events = [_ev("STOP", 1050.0)]
     clock.console = [(1050.4, json.dumps({"lab": "clock", "event": "site", "site": "B"}))]
     clock_row = analyse(clock)
-    assert clock_row["switchover_to_confirmed_s"] == 0.4 and clock_row["confirmation"]["crossing"] is None
+    assert (
+        clock_row["switchover_to_confirmed_s"] == 0.4
+        and clock_row["confirmation"]["crossing"] is None
+    )
     text = markdown(summarise([straddle, clock_row]), [straddle, clock_row], {"mode": "full"})
     assert "crossing=False DE→straddling" in text
     assert "site B answered (clock probe)" in text and "measure QEMU's convergence" in text

@@ -12,9 +12,13 @@ import pytest
 
 from benchmarks.lab.netns import Namespace, remove_stale
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                 reason="needs root and iproute2 for network namespaces")]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="needs root and iproute2 for network namespaces",
+    ),
+]
 
 
 def test_namespace_has_only_lo_and_its_own_loopback() -> None:
@@ -26,10 +30,17 @@ def test_namespace_has_only_lo_and_its_own_loopback() -> None:
         host = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         host.bind(("127.0.0.1", 0))
         port = host.getsockname()[1]
-        code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"s.bind(('127.0.0.1', {port})); print('bound')")
-        out = subprocess.run(ns.wrap([sys.executable, "-c", code]), capture_output=True, text=True,
-                             timeout=30, check=True)
+        code = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('127.0.0.1', {port})); print('bound')"
+        )
+        out = subprocess.run(
+            ns.wrap([sys.executable, "-c", code]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         assert out.stdout.strip() == "bound"  # the same port is free in there: separate stacks
         host.close()
     finally:

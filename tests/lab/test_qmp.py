@@ -16,8 +16,9 @@ import pytest
 from benchmarks.lab.qmp import QMPClient, QMPError
 
 QEMU = shutil.which("qemu-system-x86_64")
-needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed "
-                                "(apt-get install qemu-system-x86)")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None, reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+)
 
 
 class ScriptedQMP:
@@ -40,14 +41,21 @@ class ScriptedQMP:
             f.write(json.dumps(obj).encode() + b"\r\n")
             f.flush()
 
-        send({"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}})
+        send(
+            {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}}, "capabilities": []}}
+        )
         for raw in f:
             msg = json.loads(raw)
             self.received.append(msg)
             cmd = msg["execute"]
             if cmd == "query-migrate":
-                send({"event": "MIGRATION", "data": {"status": "active"},
-                      "timestamp": {"seconds": 100, "microseconds": 250000}})
+                send(
+                    {
+                        "event": "MIGRATION",
+                        "data": {"status": "active"},
+                        "timestamp": {"seconds": 100, "microseconds": 250000},
+                    }
+                )
                 send({"return": {"status": "active", "ram": {"dirty-sync-count": 3}}})
             elif cmd == "migrate":
                 send({"error": {"class": "GenericError", "desc": "no such socket"}})
@@ -73,7 +81,10 @@ def test_events_are_kept_with_qemu_timestamp_and_replies_returned(scripted: Scri
     assert reply["ram"]["dirty-sync-count"] == 3
     assert [e.name for e in c.events] == ["MIGRATION"]
     assert c.events[0].qemu_time == pytest.approx(100.25)
-    assert c.wait_event("MIGRATION", timeout=0.1, match={"status": "active"}).data["status"] == "active"
+    assert (
+        c.wait_event("MIGRATION", timeout=0.1, match={"status": "active"}).data["status"]
+        == "active"
+    )
     with pytest.raises(QMPError, match="no MIGRATION event"):
         c.wait_event("MIGRATION", timeout=0.1, match={"status": "completed"})
 
@@ -82,10 +93,13 @@ def test_arguments_use_qmp_dashes_and_errors_raise(scripted: ScriptedQMP) -> Non
     c = QMPClient(scripted.path).connect(wait=2)
     c.set_parameters(max_bandwidth=1 << 20, downtime_limit=300)
     c.set_capabilities(auto_converge=True)
-    assert scripted.received[1] == {"execute": "migrate-set-parameters",
-                                    "arguments": {"max-bandwidth": 1 << 20, "downtime-limit": 300}}
+    assert scripted.received[1] == {
+        "execute": "migrate-set-parameters",
+        "arguments": {"max-bandwidth": 1 << 20, "downtime-limit": 300},
+    }
     assert scripted.received[2]["arguments"] == {
-        "capabilities": [{"capability": "auto-converge", "state": True}]}
+        "capabilities": [{"capability": "auto-converge", "state": True}]
+    }
     with pytest.raises(QMPError, match="GenericError: no such socket"):
         c.migrate("unix:/nonexistent")
 
@@ -98,10 +112,21 @@ def test_connect_gives_up_when_nothing_listens(tmp_path: Path) -> None:
 def _qemu(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
     assert QEMU is not None
     sock = tmp_path / f"{name}.sock"
-    proc = subprocess.Popen([QEMU, "-nodefaults", "-no-user-config", "-display", "none",
-                             "-qmp", f"unix:{sock},server=on,wait=off", *extra],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            QEMU,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, sock
 
 

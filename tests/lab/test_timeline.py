@@ -18,15 +18,22 @@ def _qmp(name: str, t: float, **data: object) -> dict[str, object]:
 
 
 def _record_json(confirm_at: float) -> dict[str, object]:
-    rec = RunRecord(plan=RunPlan("cross", A, B), program="geoprobe", started=1000.0, guest_ready=1060.0)
-    rec.src_events = [_qmp("MIGRATION", 1075.0, status="setup"), _qmp("STOP", 1077.0),
-                      _qmp("MIGRATION", 1077.05, status="completed")]
+    rec = RunRecord(
+        plan=RunPlan("cross", A, B), program="geoprobe", started=1000.0, guest_ready=1060.0
+    )
+    rec.src_events = [
+        _qmp("MIGRATION", 1075.0, status="setup"),
+        _qmp("STOP", 1077.0),
+        _qmp("MIGRATION", 1077.05, status="completed"),
+    ]
     rec.dst_events = [_qmp("RESUME", 1077.08)]
     cloud = {"specversion": "1.0", "type": CONFIRMED, "data": {"crossing": True, "to": "ES"}}
-    rec.console = [(1010.0, "LAB-READY uptime=4.2"),
-                   (1077.9, "geoprobe watch: INFO: normal -> suspect: 40 of 88 landmarks changed"),
-                   (1078.0, json.dumps({"specversion": "1.0", "type": SUSPECTED, "data": {}})),
-                   (confirm_at, json.dumps(cloud))]
+    rec.console = [
+        (1010.0, "LAB-READY uptime=4.2"),
+        (1077.9, "geoprobe watch: INFO: normal -> suspect: 40 of 88 landmarks changed"),
+        (1078.0, json.dumps({"specversion": "1.0", "type": SUSPECTED, "data": {}})),
+        (confirm_at, json.dumps(cloud)),
+    ]
     return json.loads(json.dumps(rec.to_json()))
 
 
@@ -36,7 +43,10 @@ def test_lines_are_ordered_and_relative_to_the_stop() -> None:
     assert times == sorted(times)
     assert (0.0, "QMP src STOP") in out
     assert any(abs(t - 0.08) < 1e-6 and s == "QMP dst RESUME" for t, s in out)
-    assert any(abs(t - 3.5) < 1e-6 and s.startswith("guest confirmed None→ES crossing=True") for t, s in out)
+    assert any(
+        abs(t - 3.5) < 1e-6 and s.startswith("guest confirmed None→ES crossing=True")
+        for t, s in out
+    )
     assert any(s.startswith("console geoprobe watch: INFO: normal -> suspect") for _, s in out)
     assert all(-1.0 <= t <= 4.0 for t in times)  # the setup at -2 s and the boot are left out
 

@@ -41,8 +41,12 @@ class World:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(10)
 
-    def endpoint(self, factory: Callable[[], asyncio.DatagramProtocol], host: str | None = None,
-                 port: int = 0) -> tuple[str, int, asyncio.DatagramProtocol]:
+    def endpoint(
+        self,
+        factory: Callable[[], asyncio.DatagramProtocol],
+        host: str | None = None,
+        port: int = 0,
+    ) -> tuple[str, int, asyncio.DatagramProtocol]:
         host = host or next_host()
 
         async def make() -> tuple[asyncio.BaseTransport, asyncio.DatagramProtocol]:
@@ -52,14 +56,28 @@ class World:
         self.transports.append(transport)
         return host, transport.get_extra_info("sockname")[1], protocol
 
-    def landmark(self, lid: str = "lm", lat: float = 50.0, lon: float = 8.0, *,
-                 key: Ed25519PrivateKey | None = None,
-                 factory: Callable[[Ed25519PrivateKey], asyncio.DatagramProtocol] | None = None,
-                 **responder_kw: Any) -> tuple[Landmark, asyncio.DatagramProtocol]:
+    def landmark(
+        self,
+        lid: str = "lm",
+        lat: float = 50.0,
+        lon: float = 8.0,
+        *,
+        key: Ed25519PrivateKey | None = None,
+        factory: Callable[[Ed25519PrivateKey], asyncio.DatagramProtocol] | None = None,
+        **responder_kw: Any,
+    ) -> tuple[Landmark, asyncio.DatagramProtocol]:
         """A catalogue entry and the responder behind it (``factory`` builds a misbehaving one)."""
         key = key or keys.generate()
         make = factory or (lambda k: EchoResponder(k, lid, lat, lon, **responder_kw))
         host, port, proto = self.endpoint(lambda: make(key))
         pub = keys.public_raw(key)
-        lm = Landmark(id=lid, lat=lat, lon=lon, address=host, udp_port=port, pubkey=pub, key_id=keys.key_id(pub))
+        lm = Landmark(
+            id=lid,
+            lat=lat,
+            lon=lon,
+            address=host,
+            udp_port=port,
+            pubkey=pub,
+            key_id=keys.key_id(pub),
+        )
         return lm, proto

@@ -12,7 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from geoprobe.probe import keys
 from geoprobe.probe.protocol import ProtocolError, build_reply, parse_request
 
-MODES = ("forge", "alter-time", "alter-location", "sign-wrong-location", "wrong-id", "replay", "slow-processing")
+MODES = (
+    "forge",
+    "alter-time",
+    "alter-location",
+    "sign-wrong-location",
+    "wrong-id",
+    "replay",
+    "slow-processing",
+)
 
 
 class MaliciousResponder(asyncio.DatagramProtocol):
@@ -28,7 +36,9 @@ class MaliciousResponder(asyncio.DatagramProtocol):
     slow-processing       honestly reports 40 ms spent between receiving and sending.
     """
 
-    def __init__(self, mode: str, key: Ed25519PrivateKey, landmark_id: str, lat: float, lon: float) -> None:
+    def __init__(
+        self, mode: str, key: Ed25519PrivateKey, landmark_id: str, lat: float, lon: float
+    ) -> None:
         assert mode in MODES
         self.mode = mode
         self.key = key
@@ -41,11 +51,26 @@ class MaliciousResponder(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def _reply(self, nonce: bytes, *, key: Ed25519PrivateKey | None = None, lat: float | None = None,
-               lid: str | None = None, t_recv: int | None = None) -> bytes:
+    def _reply(
+        self,
+        nonce: bytes,
+        *,
+        key: Ed25519PrivateKey | None = None,
+        lat: float | None = None,
+        lid: str | None = None,
+        t_recv: int | None = None,
+    ) -> bytes:
         now = time.time_ns()
-        return build_reply(key or self.key, nonce, t_recv if t_recv is not None else now, now,
-                           lid or self.landmark_id, self.lat if lat is None else lat, self.lon, self.key_id)
+        return build_reply(
+            key or self.key,
+            nonce,
+            t_recv if t_recv is not None else now,
+            now,
+            lid or self.landmark_id,
+            self.lat if lat is None else lat,
+            self.lon,
+            self.key_id,
+        )
 
     def _send(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None

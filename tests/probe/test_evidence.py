@@ -35,17 +35,22 @@ def test_good_evidence_verifies(measured: tuple[Landmark, Measurement]) -> None:
     assert verify_measurements([m], {lm.id: lm}) == (3, [])
 
 
-@pytest.mark.parametrize("tamper, reason", [
-    (lambda r: r.update(reply=_flip(r["reply"], 44)), "bad signature"),  # t_recv altered
-    (lambda r: r.update(reply=_flip(r["reply"], 60)), "bad signature"),  # latitude altered
-    (lambda r: r.update(nonce=base64.b64encode(b"\0" * 32).decode()), "another nonce"),
-    (lambda r: r.update(rtt_ms=r["rtt_ms"] - 1.0), "does not follow"),
-    (lambda r: r.update(t1_ns=r["t1_ns"] - 5_000_000), "does not follow"),
-    (lambda r: r.update(reply="!!!"), "not base64"),
-    (lambda r: r.pop("nonce"), "missing"),
-    (lambda r: r.update(reply=base64.b64encode(b"short").decode()), "does not decode"),
-])
-def test_tampered_evidence_is_caught(measured: tuple[Landmark, Measurement], tamper: Any, reason: str) -> None:
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda r: r.update(reply=_flip(r["reply"], 44)), "bad signature"),  # t_recv altered
+        (lambda r: r.update(reply=_flip(r["reply"], 60)), "bad signature"),  # latitude altered
+        (lambda r: r.update(nonce=base64.b64encode(b"\0" * 32).decode()), "another nonce"),
+        (lambda r: r.update(rtt_ms=r["rtt_ms"] - 1.0), "does not follow"),
+        (lambda r: r.update(t1_ns=r["t1_ns"] - 5_000_000), "does not follow"),
+        (lambda r: r.update(reply="!!!"), "not base64"),
+        (lambda r: r.pop("nonce"), "missing"),
+        (lambda r: r.update(reply=base64.b64encode(b"short").decode()), "does not decode"),
+    ],
+)
+def test_tampered_evidence_is_caught(
+    measured: tuple[Landmark, Measurement], tamper: Any, reason: str
+) -> None:
     lm, m = measured
     bad = copy.deepcopy(m)
     tamper(bad.evidence[1])

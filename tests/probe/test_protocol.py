@@ -19,8 +19,15 @@ def test_request_round_trip_and_padding() -> None:
     assert protocol.parse_request(req) == nonce
 
 
-@pytest.mark.parametrize("mangle", [lambda r: r[:100], lambda r: b"XXXX" + r[4:], lambda r: r[:4] + b"\x02" + r[5:],
-                                    lambda r: r[:5] + bytes([protocol.TYPE_REPLY]) + r[6:]])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda r: r[:100],
+        lambda r: b"XXXX" + r[4:],
+        lambda r: r[:4] + b"\x02" + r[5:],
+        lambda r: r[:5] + bytes([protocol.TYPE_REPLY]) + r[6:],
+    ],
+)
 def test_bad_requests_are_refused(mangle: object) -> None:
     req = protocol.make_request(os.urandom(32))
     with pytest.raises(protocol.ProtocolError):
@@ -29,8 +36,16 @@ def test_bad_requests_are_refused(mangle: object) -> None:
 
 def test_reply_is_never_larger_than_request() -> None:
     key = keys.generate()
-    reply = protocol.build_reply(key, os.urandom(32), 1, 2, "x" * protocol.MAX_ID_LEN, 1.0, 2.0,
-                                 "k" * protocol.MAX_KEY_ID_LEN)
+    reply = protocol.build_reply(
+        key,
+        os.urandom(32),
+        1,
+        2,
+        "x" * protocol.MAX_ID_LEN,
+        1.0,
+        2.0,
+        "k" * protocol.MAX_KEY_ID_LEN,
+    )
     assert len(reply) <= protocol.REQUEST_LEN
 
 
@@ -39,8 +54,15 @@ def test_reply_round_trip_and_signature() -> None:
     nonce = os.urandom(32)
     data = protocol.build_reply(key, nonce, 1_000, 1_750, "fra-1", 50.11, 8.68, "abcd")
     r = protocol.parse_reply(data)
-    assert (r.nonce, r.t_recv_ns, r.t_send_ns, r.landmark_id, r.lat, r.lon, r.key_id) == \
-        (nonce, 1_000, 1_750, "fra-1", 50.11, 8.68, "abcd")
+    assert (r.nonce, r.t_recv_ns, r.t_send_ns, r.landmark_id, r.lat, r.lon, r.key_id) == (
+        nonce,
+        1_000,
+        1_750,
+        "fra-1",
+        50.11,
+        8.68,
+        "abcd",
+    )
     assert r.processing_ns == 750
     assert r.verify(keys.public_from_raw(keys.public_raw(key)))
     assert not r.verify(keys.public_from_raw(keys.public_raw(keys.generate())))
@@ -108,8 +130,11 @@ def test_parsers_raise_only_protocol_errors_on_arbitrary_bytes() -> None:
     valid = protocol.build_reply(keys.generate(), os.urandom(32), 1, 2, "lm", 1.0, 2.0, "k")
 
     @hypothesis.settings(max_examples=300, deadline=None)
-    @hypothesis.given(st.one_of(st.binary(max_size=400),
-                                st.binary(max_size=40).map(lambda tail: valid[:90] + tail)))
+    @hypothesis.given(
+        st.one_of(
+            st.binary(max_size=400), st.binary(max_size=40).map(lambda tail: valid[:90] + tail)
+        )
+    )
     def check(data: bytes) -> None:
         for parse in (protocol.parse_reply, protocol.parse_request):
             try:

@@ -40,7 +40,9 @@ def test_delay_is_held_as_path_latency_not_processing(world: World) -> None:
     """Half the delay before t_recv, half after t_send: the reply shows ~no processing time,
     and the wall time from request to reply covers the whole delay."""
     key = keys.generate()
-    host, port, proto = world.endpoint(lambda: EchoResponder(key, "h", 1.0, 2.0, delay=lambda: 0.08))
+    host, port, proto = world.endpoint(
+        lambda: EchoResponder(key, "h", 1.0, 2.0, delay=lambda: 0.08)
+    )
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5)
     s.bind((next_host(), 0))

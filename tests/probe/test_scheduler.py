@@ -25,8 +25,15 @@ def test_pacer_caps_the_packet_rate() -> None:
     assert asyncio.run(run()) >= 0.099  # 11 sends at 100/s need at least 10 intervals
 
 
-@pytest.mark.parametrize("kw, field", [({"samples": 0}, "samples"), ({"timeout": 0}, "timeout"),
-                                        ({"pps": -1}, "pps"), ({"method": "smoke"}, "method")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"samples": 0}, "samples"),
+        ({"timeout": 0}, "timeout"),
+        ({"pps": -1}, "pps"),
+        ({"method": "smoke"}, "method"),
+    ],
+)
 def test_bad_arguments_are_input_errors(kw: dict[str, object], field: str) -> None:
     lm = Landmark(id="a", lat=0.0, lon=0.0, address="127.0.0.1", udp_port=9)
     with pytest.raises(InputError) as info:
@@ -43,5 +50,8 @@ def test_unresolvable_host_is_a_failure_not_a_crash() -> None:
 def test_failure_reason_prefers_the_telling_one() -> None:
     assert _failure(["timeout", "refused"], Counter()) == "refused"
     assert _failure(["timeout", "timeout"], Counter()) == "timeout"
-    assert _failure(["timeout"], Counter({"bad signature": 2})) == "timeout (rejected replies: bad signature: 2)"
+    assert (
+        _failure(["timeout"], Counter({"bad signature": 2}))
+        == "timeout (rejected replies: bad signature: 2)"
+    )
     assert _failure(["timeout", "Message too long"], Counter()) == "Message too long"

@@ -50,7 +50,9 @@ def _is_root() -> bool:
 @pytest.mark.root
 @pytest.mark.skipif(not _is_root(), reason="raw ICMP sockets need root or CAP_NET_RAW")
 def test_icmp_raw_path_to_loopback() -> None:
-    lms = [Landmark(id=f"ping{i}", lat=1.0, lon=2.0, address=next_host(), icmp=True) for i in range(3)]
+    lms = [
+        Landmark(id=f"ping{i}", lat=1.0, lon=2.0, address=next_host(), icmp=True) for i in range(3)
+    ]
     lms.append(Landmark(id="no-icmp", lat=1.0, lon=2.0, address=next_host(), tcp_port=80))
     ms = measure(lms, "icmp", samples=2)
     for m in ms[:3]:
@@ -75,14 +77,23 @@ _CHILD = textwrap.dedent("""
 def _in_private_netns(ping_range: str) -> dict[str, object]:
     """Run the child in a network namespace of its own (its ping_group_range is private, so the
     host's sysctl is never touched) without CAP_NET_RAW, so the raw socket is refused."""
-    if not (_is_root() and shutil.which("unshare") and shutil.which("setpriv") and shutil.which("ip")):
+    if not (
+        _is_root() and shutil.which("unshare") and shutil.which("setpriv") and shutil.which("ip")
+    ):
         pytest.skip("needs root, unshare, setpriv and ip to build a private network namespace")
-    script = (f"ip link set lo up && sysctl -qw net.ipv4.ping_group_range='{ping_range}' && "
-              f"exec setpriv --bounding-set -net_raw --inh-caps -net_raw {sys.executable} -c \"$CHILD\"")
+    script = (
+        f"ip link set lo up && sysctl -qw net.ipv4.ping_group_range='{ping_range}' && "
+        f'exec setpriv --bounding-set -net_raw --inh-caps -net_raw {sys.executable} -c "$CHILD"'
+    )
     env = {**os.environ, "CHILD": _CHILD}
-    out = subprocess.run(["unshare", "--net", "sh", "-c", script], check=False, capture_output=True, text=True,
-                         env=env,
-                         timeout=60)
+    out = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     if out.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {out.stderr.strip()[:200]}")
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])

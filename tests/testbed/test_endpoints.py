@@ -20,8 +20,10 @@ def test_one_address_per_landmark_keyed_by_server_index() -> None:
 
 def test_single_address_uses_deterministic_ports_and_advertises_another() -> None:
     eps = endpoints.plan([3, 7], bind="127.0.0.1", advertise="10.0.2.2", base_port=41000)
-    assert [(e.bind, e.port, e.advertise) for e in eps] == [("127.0.0.1", 41003, "10.0.2.2"),
-                                                             ("127.0.0.1", 41007, "10.0.2.2")]
+    assert [(e.bind, e.port, e.advertise) for e in eps] == [
+        ("127.0.0.1", 41003, "10.0.2.2"),
+        ("127.0.0.1", 41007, "10.0.2.2"),
+    ]
 
 
 def test_too_few_addresses_and_non_loopback_prefixes_are_refused() -> None:

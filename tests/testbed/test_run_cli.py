@@ -27,13 +27,20 @@ REPO = Path(__file__).resolve().parents[2]
 @contextmanager
 def running_testbed(runtime: Path, catalogue: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
     env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(runtime), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "geoprobe", "testbed", "run", "--catalogue", str(catalogue),
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoprobe", "testbed", "run", "--catalogue", str(catalogue), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not catalogue.exists():
             if proc.poll() is not None:
-                raise AssertionError(f"testbed exited early: {proc.stdout.read() if proc.stdout else ''}")
+                raise AssertionError(
+                    f"testbed exited early: {proc.stdout.read() if proc.stdout else ''}"
+                )
             assert time.monotonic() < deadline, "catalogue never appeared"
             time.sleep(0.05)
         yield proc
@@ -59,10 +66,15 @@ def probe(cat: Catalogue) -> dict[str, float]:
 
 def test_run_move_and_probe(tmp_path: Path, small_dataset_dir: Path) -> None:
     rt, catp = tmp_path / "rt", tmp_path / "cat.json"
-    with running_testbed(rt, catp, "--dataset", str(small_dataset_dir), "--at-server", "Frankfurt") as proc:
+    with running_testbed(
+        rt, catp, "--dataset", str(small_dataset_dir), "--at-server", "Frankfurt"
+    ) as proc:
         cat = load_catalogue(catp)
         assert sorted(lm.id for lm in cat) == ["Madrid", "NewYork", "Paris", "Tokyo", "Warsaw"]
-        assert all(lm.pubkey and lm.key_id and lm.udp_port and lm.address.startswith("127.0.") for lm in cat)
+        assert all(
+            lm.pubkey and lm.key_id and lm.udp_port and lm.address.startswith("127.0.")
+            for lm in cat
+        )
         assert len({lm.address for lm in cat}) == 5
         assert ("Paris", "Madrid", 18.0) in cat.rtts
         assert {lm.id: lm.country for lm in cat}["Tokyo"] == "JP"
@@ -79,7 +91,9 @@ def test_run_move_and_probe(tmp_path: Path, small_dataset_dir: Path) -> None:
 
         code, out, _ = cli(rt, "testbed", "status")
         status = json.loads(out)
-        assert status["vm"]["server"] == "Tokyo" and status["moves"] == 1 and status["answered"] >= 20
+        assert (
+            status["vm"]["server"] == "Tokyo" and status["moves"] == 1 and status["answered"] >= 20
+        )
 
         code, _, err = cli(rt, "testbed", "move", "--to-server", "Atlantis")
         assert code == ExitStatus.ERROR and "Atlantis" in err and err.count("\n") == 1
@@ -93,7 +107,9 @@ def test_run_move_and_probe(tmp_path: Path, small_dataset_dir: Path) -> None:
 
 def test_move_to_a_position_uses_the_model(tmp_path: Path, small_dataset_dir: Path) -> None:
     rt, catp = tmp_path / "rt", tmp_path / "cat.json"
-    with running_testbed(rt, catp, "--dataset", str(small_dataset_dir), "--at", "40.7,-74.0", "--no-jitter"):
+    with running_testbed(
+        rt, catp, "--dataset", str(small_dataset_dir), "--at", "40.7,-74.0", "--no-jitter"
+    ):
         cat = load_catalogue(catp)
         assert len(cat) == 6  # placed by position: every server is a landmark
         near_ny = probe(cat)
@@ -103,19 +119,32 @@ def test_move_to_a_position_uses_the_model(tmp_path: Path, small_dataset_dir: Pa
         assert near_tokyo["Tokyo"] < near_tokyo["NewYork"] < near_tokyo["Madrid"]
 
 
-def test_lab_mode_one_address_shared_keys_and_advertised_address(tmp_path: Path,
-                                                                   small_dataset_dir: Path) -> None:
+def test_lab_mode_one_address_shared_keys_and_advertised_address(
+    tmp_path: Path, small_dataset_dir: Path
+) -> None:
     base = random.randint(42000, 60000)
     keys = tmp_path / "keys"
-    common = ["--dataset", str(small_dataset_dir), "--bind", "127.0.0.1", "--advertise", "10.0.2.2",
-              "--base-port", str(base), "--keys-dir", str(keys)]
+    common = [
+        "--dataset",
+        str(small_dataset_dir),
+        "--bind",
+        "127.0.0.1",
+        "--advertise",
+        "10.0.2.2",
+        "--base-port",
+        str(base),
+        "--keys-dir",
+        str(keys),
+    ]
     with running_testbed(tmp_path / "rt", tmp_path / "a.json", *common, "--at-server", "Paris"):
         a = load_catalogue(tmp_path / "a.json")
     with running_testbed(tmp_path / "rt", tmp_path / "b.json", *common, "--at-server", "Madrid"):
         b = load_catalogue(tmp_path / "b.json")
     assert {lm.address for lm in a} == {"10.0.2.2"}
     order = ["Frankfurt", "Paris", "Madrid", "Warsaw", "NewYork", "Tokyo"]
-    assert {lm.id: lm.udp_port for lm in a} == {n: base + i for i, n in enumerate(order) if n != "Paris"}
+    assert {lm.id: lm.udp_port for lm in a} == {
+        n: base + i for i, n in enumerate(order) if n != "Paris"
+    }
     shared = set(a.by_id()) & set(b.by_id())
     assert shared == {"Frankfurt", "Warsaw", "NewYork", "Tokyo"}
     for lid in shared:
@@ -126,8 +155,10 @@ def test_lab_mode_one_address_shared_keys_and_advertised_address(tmp_path: Path,
 def test_two_testbeds_without_names_both_register(tmp_path: Path, small_dataset_dir: Path) -> None:
     rt = tmp_path / "rt"
     ds = ["--dataset", str(small_dataset_dir)]
-    with running_testbed(rt, tmp_path / "a.json", *ds, "--at-server", "Paris"), \
-            running_testbed(rt, tmp_path / "b.json", *ds, "--at-server", "Tokyo") as second:
+    with (
+        running_testbed(rt, tmp_path / "a.json", *ds, "--at-server", "Paris"),
+        running_testbed(rt, tmp_path / "b.json", *ds, "--at-server", "Tokyo") as second,
+    ):
         names = sorted(p.name for p in rt.glob("*.pid"))
         assert names == sorted(["testbed-default.pid", f"testbed-default-{second.pid}.pid"])
         _, out, _ = cli(rt, "testbed", "status")

@@ -40,7 +40,11 @@ def test_move_switches_every_delay_to_the_new_row(small_dataset_dir: Path) -> No
     inj = w.injected_min_ms()
     assert inj["NewYork"] == 160.0 and inj["Paris"] == 225.0
     assert inj["Tokyo"] < 1.0  # the VM now shares a data centre with that landmark
-    assert w.placement is not None and w.placement.server is not None and w.placement.server.name == "Tokyo"
+    assert (
+        w.placement is not None
+        and w.placement.server is not None
+        and w.placement.server.name == "Tokyo"
+    )
 
 
 def test_jitter_only_adds_delay_and_has_the_pairs_mean() -> None:

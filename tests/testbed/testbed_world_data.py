@@ -12,10 +12,19 @@ SERVERS = [
     ("Tokyo", 35.68, 139.65, "JP"),
 ]
 RTTS = {
-    ("Frankfurt", "Paris"): 9.0, ("Frankfurt", "Madrid"): 25.0, ("Frankfurt", "Warsaw"): 18.0,
-    ("Frankfurt", "NewYork"): 85.0, ("Frankfurt", "Tokyo"): 230.0, ("Paris", "Madrid"): 18.0,
-    ("Paris", "Warsaw"): 28.0, ("Paris", "NewYork"): 78.0, ("Paris", "Tokyo"): 225.0,
-    ("Madrid", "Warsaw"): 45.0, ("Madrid", "NewYork"): 90.0, ("Madrid", "Tokyo"): 250.0,
-    ("Warsaw", "NewYork"): 100.0, ("Warsaw", "Tokyo"): 240.0, ("NewYork", "Tokyo"): 160.0,
+    ("Frankfurt", "Paris"): 9.0,
+    ("Frankfurt", "Madrid"): 25.0,
+    ("Frankfurt", "Warsaw"): 18.0,
+    ("Frankfurt", "NewYork"): 85.0,
+    ("Frankfurt", "Tokyo"): 230.0,
+    ("Paris", "Madrid"): 18.0,
+    ("Paris", "Warsaw"): 28.0,
+    ("Paris", "NewYork"): 78.0,
+    ("Paris", "Tokyo"): 225.0,
+    ("Madrid", "Warsaw"): 45.0,
+    ("Madrid", "NewYork"): 90.0,
+    ("Madrid", "Tokyo"): 250.0,
+    ("Warsaw", "NewYork"): 100.0,
+    ("Warsaw", "Tokyo"): 240.0,
+    ("NewYork", "Tokyo"): 160.0,
 }
-

@@ -52,7 +52,9 @@ def _handler(md: Metadata) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: str | bytes, headers: dict[str, str] | None = None) -> None:
+        def _send(
+            self, status: int, body: str | bytes, headers: dict[str, str] | None = None
+        ) -> None:
             data = body.encode() if isinstance(body, str) else body
             self.send_response(status)
             for k, v in (headers or {}).items():
@@ -74,7 +76,10 @@ def _handler(md: Metadata) -> type[BaseHTTPRequestHandler]:
         def do_PUT(self) -> None:
             if self._common("PUT"):
                 return
-            if self.path == "/latest/api/token" and "X-aws-ec2-metadata-token-ttl-seconds" in self.headers:
+            if (
+                self.path == "/latest/api/token"
+                and "X-aws-ec2-metadata-token-ttl-seconds" in self.headers
+            ):
                 tok = f"tok{len(md.tokens)}"
                 md.tokens.add(tok)
                 self._send(200, tok)
@@ -233,7 +238,13 @@ def test_azure_freeze_is_read_and_never_approved(md: tuple[Metadata, str]) -> No
 
 
 @pytest.mark.parametrize(
-    "body", ["not json", json.dumps({"Events": "x"}), json.dumps({"Events": [{"a": 1}]}), json.dumps([1, 2])]
+    "body",
+    [
+        "not json",
+        json.dumps({"Events": "x"}),
+        json.dumps({"Events": [{"a": 1}]}),
+        json.dumps([1, 2]),
+    ],
 )
 def test_azure_malformed(md: tuple[Metadata, str], body: str) -> None:
     state, url = md
@@ -300,7 +311,9 @@ def test_aws_errors(md: tuple[Metadata, str]) -> None:
 def test_signal_unavailable_when_no_service_answers(md: tuple[Metadata, str]) -> None:
     state, url = md
     state.fail["/"] = 503
-    r = CloudNotices([GceMaintenance(url), AzureScheduledEvents(url), AwsScheduledEvents(url)]).sample()
+    r = CloudNotices(
+        [GceMaintenance(url), AzureScheduledEvents(url), AwsScheduledEvents(url)]
+    ).sample()
     assert not r.available and "503" in r.reason
 
 

@@ -35,7 +35,9 @@ BERLIN = (52.52, 13.40)
 def catalogue() -> Catalogue:
     idx = default_index()
     lms = [
-        Landmark(id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7)
+        Landmark(
+            id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=7
+        )
         for lid, lat, lon in LANDMARKS
     ]
     rtts = []
@@ -55,7 +57,10 @@ class World:
 
     def measure(self, landmarks: Sequence[Landmark]) -> list[Measurement]:
         r = rtts_at(*self.at, self.rng)
-        return [Measurement(landmark_id=lm.id, method="udp", rtts_ms=[r[lm.id]], sent=1) for lm in landmarks]
+        return [
+            Measurement(landmark_id=lm.id, method="udp", rtts_ms=[r[lm.id]], sent=1)
+            for lm in landmarks
+        ]
 
 
 def make_watcher(
@@ -114,7 +119,9 @@ def test_stationary_watch_emits_fixes_only(catalogue: Catalogue, tmp_path: Path)
     assert w.store is not None and w.store.count_fixes() >= 3
 
 
-def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, tmp_path: Path) -> None:
+def test_cross_border_move_is_confirmed_within_two_rounds(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
     world, w, emitted, hooked = watch_at_home(catalogue, tmp_path, 1)
     world.at = MADRID
     w.round()
@@ -127,7 +134,10 @@ def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, 
     assert d["crossing"] is True and d["from"] == "DE" and d["to"] in ("ES", None)
     assert d["distance_km"] > 1000 and "rtt_fingerprint" in d["signals"]
     assert d["probability"] == 1.0 and d["jurisdiction"]["rule"] in ("sound", "certified")
-    assert types(hooked) == [events.SUSPECTED, events.CONFIRMED]  # the policy hook sees migrations only
+    assert types(hooked) == [
+        events.SUSPECTED,
+        events.CONFIRMED,
+    ]  # the policy hook sees migrations only
     # The watch re-baselines at the new place (warm-up, probing fast), then settles, with no further events.
     n = len(emitted)
     # A fresh baseline at the new place, not seeded with the confirming round (it may straddle the
@@ -144,8 +154,16 @@ def test_cross_border_move_is_confirmed_within_two_rounds(catalogue: Catalogue, 
     assert w.fusion.state == State.SETTLED and w.interval == w.config.interval_s
     assert set(types(emitted[n:])) <= {events.FIX}
     assert w.store is not None
-    assert [t[1] for t in w.store.transitions()] == ["suspect", "confirming", "confirmed", "settled"]
-    assert 'geoprobe_migrations_confirmed_total{crossing="true"} 1' in (tmp_path / "m.prom").read_text()
+    assert [t[1] for t in w.store.transitions()] == [
+        "suspect",
+        "confirming",
+        "confirmed",
+        "settled",
+    ]
+    assert (
+        'geoprobe_migrations_confirmed_total{crossing="true"} 1'
+        in (tmp_path / "m.prom").read_text()
+    )
 
 
 def test_same_country_move_is_no_crossing(catalogue: Catalogue, tmp_path: Path) -> None:
@@ -224,7 +242,9 @@ class StepSignal:
         )
 
 
-def test_signals_feed_fusion_and_broken_ones_are_ignored(catalogue: Catalogue, tmp_path: Path) -> None:
+def test_signals_feed_fusion_and_broken_ones_are_ignored(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
     step = StepSignal()
     w, emitted, _ = make_watcher(
         catalogue, World(FRANKFURT, seed=4), tmp_path, signals=[Broken(), SignalAdapter(step)]
@@ -279,7 +299,9 @@ def test_without_immediate_remeasurement_a_suspicion_probes_at_the_fast_interval
     assert w.fusion.state == State.SUSPECT and w.interval == w.config.fast
 
 
-def test_probe_timeout_follows_the_baseline_once_there_is_one(catalogue: Catalogue, tmp_path: Path) -> None:
+def test_probe_timeout_follows_the_baseline_once_there_is_one(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
     w, _, _ = make_watcher(catalogue, World(FRANKFURT, seed=3), tmp_path)
     assert w.probe_timeout(2.0) == 2.0  # no baseline yet: the caller's timeout
     for _ in range(4):
@@ -310,7 +332,9 @@ class Resettable:
         self.resets += 1
 
 
-def test_signals_are_rebaselined_after_a_confirmed_move(catalogue: Catalogue, tmp_path: Path) -> None:
+def test_signals_are_rebaselined_after_a_confirmed_move(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
     sig = Resettable()
     world, w, emitted, _ = watch_at_home(catalogue, tmp_path, 4, signals=[SignalAdapter(sig)])
     assert sig.resets == 0
@@ -333,8 +357,13 @@ class FixedReading:
         from geoprobe.watch.signals.base import Reading
 
         return Reading(
-            self.name, value=self.step_ms, score=9.0, anomalous=True, unit="ms",
-            reason=f"clock offset stepped {self.step_ms:+.1f} ms", detail={"step_ms": self.step_ms},
+            self.name,
+            value=self.step_ms,
+            score=9.0,
+            anomalous=True,
+            unit="ms",
+            reason=f"clock offset stepped {self.step_ms:+.1f} ms",
+            detail={"step_ms": self.step_ms},
         )
 
 
@@ -390,7 +419,9 @@ class SwitchingWorld(World):
             offs = [self.bias[lm.id] + step + float(self.rng.normal(0, 0.3)) for _ in rtts]
             self.t += 0.02
             sent = [self.t, self.t + 0.01]
-            out.append(Measurement(lm.id, "udp", rtts_ms=rtts, sent=2, clock_offsets_ms=offs, sent_at=sent))
+            out.append(
+                Measurement(lm.id, "udp", rtts_ms=rtts, sent=2, clock_offsets_ms=offs, sent_at=sent)
+            )
         return out
 
 

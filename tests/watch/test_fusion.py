@@ -19,7 +19,9 @@ STRASBOURG_WIDE = make_fix(48.58, 7.75, 300, [("FR", 0.97), ("DE", 0.03)])
 CHANGED = [f"lm{i:02d}" for i in range(20)]
 
 
-def moved(fix: Fix, changed: list[str] = CHANGED, decreased: list[str] | None = None) -> ShiftResult:
+def moved(
+    fix: Fix, changed: list[str] = CHANGED, decreased: list[str] | None = None
+) -> ShiftResult:
     dec = decreased if decreased is not None else changed[:5]
     return ShiftResult(
         outcome="moved",
@@ -97,7 +99,15 @@ def test_cross_border_move_is_confirmed_on_the_agreeing_remeasurement() -> None:
 
 def test_single_outside_measurement_is_not_enough() -> None:
     f = fusion()
-    ts = run(f, [Observation(moved(PARIS)), Observation(quiet()), Observation(quiet()), Observation(quiet())])
+    ts = run(
+        f,
+        [
+            Observation(moved(PARIS)),
+            Observation(quiet()),
+            Observation(quiet()),
+            Observation(quiet()),
+        ],
+    )
     assert confirmed(ts) == []
     assert f.state == State.NORMAL
     assert "still near lm07" in ts[-1].reasons[0]
@@ -127,7 +137,9 @@ def test_region_overlapping_the_allowed_set_is_never_a_confirmed_crossing() -> N
 
 def test_calibrated_basis_is_opt_in() -> None:
     f = fusion(basis="calibrated", min_probability=0.95)
-    (c,) = confirmed(run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(STRASBOURG_WIDE))]))
+    (c,) = confirmed(
+        run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(STRASBOURG_WIDE))])
+    )
     assert c.data["crossing"] is True and c.data["jurisdiction"]["rule"] == "probability"
 
 
@@ -156,7 +168,12 @@ def test_independent_signal_corroborates_a_single_outside_fix() -> None:
 def test_decisive_signal_alone_raises_then_clears_a_suspicion() -> None:
     f = fusion()
     ts = run(
-        f, [Observation(quiet(), anomalies=[Anomaly("gce_maintenance", 1.0, "MIGRATE_ON_HOST_MAINTENANCE")])]
+        f,
+        [
+            Observation(
+                quiet(), anomalies=[Anomaly("gce_maintenance", 1.0, "MIGRATE_ON_HOST_MAINTENANCE")]
+            )
+        ],
     )
     assert [t.to for t in ts] == [State.SUSPECT] and ts[0].data["signals"] == ["gce_maintenance"]
     ts = run(f, [Observation(quiet()) for _ in range(3)])
@@ -166,7 +183,11 @@ def test_decisive_signal_alone_raises_then_clears_a_suspicion() -> None:
 def test_weak_signal_never_raises_a_suspicion() -> None:
     f = fusion()
     assert (
-        run(f, [Observation(quiet(), anomalies=[Anomaly("steal", 9.0, "steal 40%", decisive=False)])]) == []
+        run(
+            f,
+            [Observation(quiet(), anomalies=[Anomaly("steal", 9.0, "steal 40%", decisive=False)])],
+        )
+        == []
     )
 
 
@@ -249,4 +270,6 @@ def test_a_proof_backed_by_a_signal_confirms_in_the_first_round() -> None:
     steal = Anomaly("steal", 9.0, "steal 40%", decisive=False)
     assert [t.to for t in run(f, [Observation(moved(PARIS), anomalies=[steal])])] == [State.SUSPECT]
     f = fusion(basis="calibrated")
-    assert [t.to for t in run(f, [Observation(moved(STRASBOURG_WIDE), anomalies=[clock])])] == [State.SUSPECT]
+    assert [t.to for t in run(f, [Observation(moved(STRASBOURG_WIDE), anomalies=[clock])])] == [
+        State.SUSPECT
+    ]

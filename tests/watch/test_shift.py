@@ -62,7 +62,9 @@ def test_cross_border_move_is_moved_with_unforgeable_decreases() -> None:
     assert r.outcome == "moved"
     assert solver.calls == 1 and r.fix is not None
     # Landmarks west of Frankfurt got closer: their RTTs fell, which added delay cannot do.
-    assert r.decreased and all({i: lo for i, _, lo in LANDMARKS}[lid] < 8.68 for lid in r.decreased[:5])
+    assert r.decreased and all(
+        {i: lo for i, _, lo in LANDMARKS}[lid] < 8.68 for lid in r.decreased[:5]
+    )
     true_km = float(haversine_km(*FRANKFURT, *PARIS))
     assert r.distance_km == pytest.approx(true_km, rel=1e-6)
     # The sound "still near X" bound never understates the true move.
@@ -128,7 +130,9 @@ def test_baseline_round_trips_through_json() -> None:
     assert c.rounds == b.rounds == 7
     for lid, _, _ in LANDMARKS:
         assert c.rtt(lid) == b.rtt(lid)
-        assert c.scale(lid, floor_ms=0.3, rel_floor=0.03) == b.scale(lid, floor_ms=0.3, rel_floor=0.03)
+        assert c.scale(lid, floor_ms=0.3, rel_floor=0.03) == b.scale(
+            lid, floor_ms=0.3, rel_floor=0.03
+        )
 
 
 def test_baseline_window_forgets_old_rounds() -> None:

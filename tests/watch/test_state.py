@@ -23,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 def test_fix_round_trip(tmp_path: Path) -> None:
     with WatchStore(tmp_path / "s.sqlite") as st:
         assert st.last_fix() is None
-        st.record_fix(make_fix(50.1, 8.7, countries=[("DE", 0.98)]), {"a": 1.5, "b": 7.25}, source="check")
+        st.record_fix(
+            make_fix(50.1, 8.7, countries=[("DE", 0.98)]), {"a": 1.5, "b": 7.25}, source="check"
+        )
         st.record_fix(
             make_fix(48.9, 2.3, countries=[("FR", 0.9)], certified="FR"), {"a": 9.0}, source="watch"
         )

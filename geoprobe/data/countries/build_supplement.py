@@ -29,10 +29,23 @@ def main(package: Path) -> None:
         if f.properties.get("name") in have:
             continue
         geom = shapely.set_precision(f.geometry, 1e-5)
-        features.append({"type": "Feature", "id": f.id, "properties": f.properties,
-                         "geometry": json.loads(shapely.to_geojson(geom))})
-    json.dump({"type": "FeatureCollection", "source": "world-atlas@2.0.2 countries-10m.json",
-               "features": features}, sys.stdout, separators=(",", ":"))
+        features.append(
+            {
+                "type": "Feature",
+                "id": f.id,
+                "properties": f.properties,
+                "geometry": json.loads(shapely.to_geojson(geom)),
+            }
+        )
+    json.dump(
+        {
+            "type": "FeatureCollection",
+            "source": "world-atlas@2.0.2 countries-10m.json",
+            "features": features,
+        },
+        sys.stdout,
+        separators=(",", ":"),
+    )
     sys.stdout.write("\n")
 
 

@@ -68,7 +68,9 @@ class Reading:
     time: float = field(default_factory=time.time)
 
     @classmethod
-    def unavailable(cls, name: str, reason: str, *, decisive: bool = True, unit: str = "") -> Reading:
+    def unavailable(
+        cls, name: str, reason: str, *, decisive: bool = True, unit: str = ""
+    ) -> Reading:
         return cls(name=name, available=False, reason=reason, decisive=decisive, unit=unit)
 
     def to_json(self) -> dict[str, Any]:

@@ -141,7 +141,9 @@ class StepDetector:
         for _, samples in older:
             for src, s in samples.items():
                 history.setdefault(src, []).append(s.offset_ms)
-        baselines = {src: statistics.median(v) for src, v in history.items() if len(v) >= self.min_baseline}
+        baselines = {
+            src: statistics.median(v) for src, v in history.items() if len(v) >= self.min_baseline
+        }
         deviations: list[float] = []
         residuals: list[float] = []
         per_source: dict[str, float] = {}
@@ -219,7 +221,9 @@ class StepDetector:
         both sides need ``min_support`` samples and 90 % agreement, and the part after it a median
         step of at least the threshold and ``z_min`` noise scales.
         """
-        devs = sorted((t.sent_at, t.offset_ms - baselines[t.source]) for t in timed if t.source in baselines)
+        devs = sorted(
+            (t.sent_at, t.offset_ms - baselines[t.source]) for t in timed if t.source in baselines
+        )
         n = len(devs)
         if n < 2 * self.min_support:
             return None
@@ -290,7 +294,9 @@ class ClockSignal:
                     before += 1
         return after if before >= self.detector.min_support else None
 
-    def add(self, samples: Sequence[OffsetSample] | Mapping[str, float], t: float | None = None) -> None:
+    def add(
+        self, samples: Sequence[OffsetSample] | Mapping[str, float], t: float | None = None
+    ) -> None:
         """Add one round of raw offsets (source -> ms), for replays and other feeders."""
         if isinstance(samples, Mapping):
             samples = [OffsetSample(k, float(v)) for k, v in samples.items()]

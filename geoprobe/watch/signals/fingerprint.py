@@ -227,7 +227,12 @@ def arp_lookup(ip: str, iface: str, timeout: float = 1.0) -> str | None:
     from scapy.sendrecv import srp1
 
     try:
-        ans = srp1(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=ip), iface=iface, timeout=timeout, verbose=False)
+        ans = srp1(
+            Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=ip),
+            iface=iface,
+            timeout=timeout,
+            verbose=False,
+        )
     except (OSError, PermissionError):
         return None
     if ans is None or ARP not in ans:
@@ -240,7 +245,9 @@ SO_EE_ORIGIN_ICMP = 2
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 
 
-def first_hops(target: str, max_hops: int = 3, timeout: float = 1.0, port: int = 33434) -> list[str]:
+def first_hops(
+    target: str, max_hops: int = 3, timeout: float = 1.0, port: int = 33434
+) -> list[str]:
     """Routers on the way to ``target`` (IPv4), by UDP with TTL 1..max_hops and the error queue.
 
     Stops at the target itself (port unreachable from it). ``*`` marks a silent hop.
@@ -267,10 +274,16 @@ def first_hops(target: str, max_hops: int = 3, timeout: float = 1.0, port: int =
                 except OSError:
                     break
                 for level, ctype, data in anc:
-                    if level == socket.IPPROTO_IP and ctype == IP_RECVERR and len(data) >= _EE.size + 8:
+                    if (
+                        level == socket.IPPROTO_IP
+                        and ctype == IP_RECVERR
+                        and len(data) >= _EE.size + 8
+                    ):
                         origin = _EE.unpack_from(data)[1]
                         if origin == SO_EE_ORIGIN_ICMP:
-                            hop = socket.inet_ntoa(data[_EE.size + 4 : _EE.size + 8])  # SO_EE_OFFENDER
+                            hop = socket.inet_ntoa(
+                                data[_EE.size + 4 : _EE.size + 8]
+                            )  # SO_EE_OFFENDER
                 break
         hops.append(hop)
         if hop == target:
@@ -279,7 +292,11 @@ def first_hops(target: str, max_hops: int = 3, timeout: float = 1.0, port: int =
 
 
 def take(
-    root: str | Path = "/", *, active_arp: bool = False, hop_targets: Sequence[str] = (), max_hops: int = 3
+    root: str | Path = "/",
+    *,
+    active_arp: bool = False,
+    hop_targets: Sequence[str] = (),
+    max_hops: int = 3,
 ) -> HostFingerprint:
     """Read the fingerprint now. Never raises for missing files: fields stay None."""
     r = Path(root)
@@ -325,13 +342,17 @@ class FingerprintSignal:
         self.current = fp
         known = [f for f in STRONG_FIELDS if getattr(fp, f) is not None]
         if not known:
-            return Reading.unavailable(self.name, "no host fingerprint field readable here", unit="fields")
+            return Reading.unavailable(
+                self.name, "no host fingerprint field readable here", unit="fields"
+            )
         if self.baseline is None:
             self.baseline = fp
         changed = compare(self.baseline, fp)
         strong = [k for k in changed if k in STRONG_FIELDS]
         reason = (
-            "host changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) if strong else ""
+            "host changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            if strong
+            else ""
         )
         return Reading(
             self.name,

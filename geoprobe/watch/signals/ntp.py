@@ -86,7 +86,9 @@ def query(server: str, timeout: float = 1.0, clock: Callable[[], int] = time.tim
     if li_vn_mode & 0x7 != 4:
         raise NtpError(f"{server}: not a server reply (mode {li_vn_mode & 0x7})")
     if li_vn_mode >> 6 == 3 or stratum == 0:
-        raise NtpError(f"{server}: server unsynchronised (leap {li_vn_mode >> 6}, stratum {stratum})")
+        raise NtpError(
+            f"{server}: server unsynchronised (leap {li_vn_mode >> 6}, stratum {stratum})"
+        )
     t2 = _from_ntp(words[7], words[8])  # receive
     t3 = _from_ntp(words[9], words[10])  # transmit
     offset = ((t2 - t1) + (t3 - t4)) / 2
@@ -106,7 +108,9 @@ class SntpServer:
     ) -> None:
         self.clock = clock
         self.stratum = stratum
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+        )
         self._sock.bind((host, port))
         self._sock.settimeout(0.2)
         self.address = (

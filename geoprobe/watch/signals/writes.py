@@ -111,7 +111,9 @@ class WriteLatencySignal:
         self.detector = detector or SpikeDetector()
         self.page_size = mmap.PAGESIZE
         self.buffer: mmap.mmap | None = None
-        self._passes: deque[Pass] = deque(maxlen=max(100, int(window_s / max(interval_s, 1e-3)) + 10))
+        self._passes: deque[Pass] = deque(
+            maxlen=max(100, int(window_s / max(interval_s, 1e-3)) + 10)
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

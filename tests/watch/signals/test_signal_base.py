@@ -36,7 +36,9 @@ def test_every_signal_meets_the_protocol_and_reads_as_json(tmp_path: Path) -> No
         assert isinstance(r, Reading) and r.name == s.name and r.decisive == s.decisive
         assert r.available or r.reason  # unavailable always says why
         json.dumps(r.to_json())
-    assert isinstance(GapSignal(), BackgroundSignal) and isinstance(WriteLatencySignal(), BackgroundSignal)
+    assert isinstance(GapSignal(), BackgroundSignal) and isinstance(
+        WriteLatencySignal(), BackgroundSignal
+    )
     assert not isinstance(StealSignal(), BackgroundSignal)
     assert not StealSignal().decisive
 

@@ -25,7 +25,9 @@ def _round(
     out = []
     for lid, bias in biases.items():
         rtts = [10 + rng.expovariate(1.0) for _ in range(3)]
-        offs = [bias + step + rng.gauss(0, noise) + (r - 10) * rng.choice((-0.5, 0.5)) for r in rtts]
+        offs = [
+            bias + step + rng.gauss(0, noise) + (r - 10) * rng.choice((-0.5, 0.5)) for r in rtts
+        ]
         out.append(Measurement(lid, "udp", rtts_ms=rtts, sent=3, clock_offsets_ms=offs))
     return out
 
@@ -43,7 +45,9 @@ def test_best_offset_takes_the_lowest_rtt_sample() -> None:
     assert best_offset(Measurement("b", "tcp", rtts_ms=[3.0])) is None
 
 
-def test_a_50ms_step_across_landmarks_is_detected_and_quiet_rounds_are_not(biases: dict[str, float]) -> None:
+def test_a_50ms_step_across_landmarks_is_detected_and_quiet_rounds_are_not(
+    biases: dict[str, float],
+) -> None:
     rng = random.Random(2)
     sig = ClockSignal()
     assert not sig.sample().available
@@ -230,7 +234,10 @@ def test_landmark_clock_step_seen_through_signed_echoes(loop: asyncio.AbstractEv
 def test_ntp_a_silent_server_is_reported_and_the_others_still_count() -> None:
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, ntp.SntpServer("127.0.0.1") as good:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent,
+        ntp.SntpServer("127.0.0.1") as good,
+    ):
         silent.bind(("127.0.0.1", 0))
         bad = f"127.0.0.1:{silent.getsockname()[1]}"
         r = NtpClockSignal([good.address, bad], timeout=0.5).sample()
@@ -243,11 +250,16 @@ def test_ntp_a_silent_server_is_reported_and_the_others_still_count() -> None:
 
 def test_ntp_rejects_an_unsynchronised_server() -> None:
     # stratum 0: a kiss-o'-death or an unsynchronised server
-    with ntp.SntpServer("127.0.0.1", stratum=0) as kod, pytest.raises(ntp.NtpError, match="unsynchronised"):
+    with (
+        ntp.SntpServer("127.0.0.1", stratum=0) as kod,
+        pytest.raises(ntp.NtpError, match="unsynchronised"),
+    ):
         ntp.query(kod.address, timeout=2)
 
 
-def test_a_round_spanning_the_step_splits_into_the_samples_after_it(biases: dict[str, float]) -> None:
+def test_a_round_spanning_the_step_splits_into_the_samples_after_it(
+    biases: dict[str, float],
+) -> None:
     rng = random.Random(5)
     sig = ClockSignal()
     for _ in range(8):
@@ -256,7 +268,9 @@ def test_a_round_spanning_the_step_splits_into_the_samples_after_it(biases: dict
         assert sig.after_step(_round(rng, biases)) is None  # no step: nothing to split
     early = set(list(biases)[:8])  # probed before the pause
     mixed = [
-        m if m.landmark_id in early else _round(rng, {m.landmark_id: biases[m.landmark_id]}, step=50.0)[0]
+        m
+        if m.landmark_id in early
+        else _round(rng, {m.landmark_id: biases[m.landmark_id]}, step=50.0)[0]
         for m in _round(rng, biases)
     ]
     for m in mixed:
@@ -273,12 +287,18 @@ def test_a_round_spanning_the_step_splits_into_the_samples_after_it(biases: dict
     assert sig.sample().anomalous and sig.after_step(later) is None
 
 
-def _timed_round(rng: random.Random, biases: dict[str, float], stepped: set[str], order: list[str]) -> list[Measurement]:
+def _timed_round(
+    rng: random.Random, biases: dict[str, float], stepped: set[str], order: list[str]
+) -> list[Measurement]:
     """One sample per landmark, sent in ``order`` 10 ms apart; ``stepped`` ones carry a +50 ms step."""
     out = []
     for k, lid in enumerate(order):
         off = biases[lid] + (50.0 if lid in stepped else 0.0) + rng.gauss(0, 0.5)
-        out.append(Measurement(lid, "udp", rtts_ms=[10.0], sent=1, clock_offsets_ms=[off], sent_at=[1000 + k / 100]))
+        out.append(
+            Measurement(
+                lid, "udp", rtts_ms=[10.0], sent=1, clock_offsets_ms=[off], sent_at=[1000 + k / 100]
+            )
+        )
     return out
 
 

@@ -69,10 +69,18 @@ def test_this_machine_has_a_fingerprint() -> None:
 
 def test_a_built_tree_parses(tmp_path: Path) -> None:
     fp = take(_tree(tmp_path))
-    assert fp.cpu_vendor == "GenuineIntel" and fp.cpu_signature == "6/85/7" and fp.microcode == "0x5003604"
+    assert (
+        fp.cpu_vendor == "GenuineIntel"
+        and fp.cpu_signature == "6/85/7"
+        and fp.microcode == "0x5003604"
+    )
     assert fp.cpu_model is not None and "8259CL" in fp.cpu_model
     assert "avx2" in fp.cpu_flags_list and fp.clocksource == "tsc" and fp.tsc_khz == "2499998"
-    assert (fp.gateway_ip, fp.gateway_iface, fp.gateway_mac) == ("192.168.0.1", "ens5", "06:aa:bb:cc:dd:01")
+    assert (fp.gateway_ip, fp.gateway_iface, fp.gateway_mac) == (
+        "192.168.0.1",
+        "ens5",
+        "06:aa:bb:cc:dd:01",
+    )
     assert fp.clocksources == "acpi_pm kvm-clock tsc"
     again = HostFingerprint.from_json(json.loads(json.dumps(fp.to_json())))
     assert again == fp and again.cpu_flags_list == fp.cpu_flags_list
@@ -93,7 +101,9 @@ def test_signal_fires_on_a_changed_host_and_rebaselines(tmp_path: Path) -> None:
     assert not sig.sample().anomalous
     _tree(root, mac="06:aa:bb:cc:dd:02")
     r = sig.sample()
-    assert r.anomalous and r.detail["changed"] == {"gateway_mac": ["06:aa:bb:cc:dd:01", "06:aa:bb:cc:dd:02"]}
+    assert r.anomalous and r.detail["changed"] == {
+        "gateway_mac": ["06:aa:bb:cc:dd:01", "06:aa:bb:cc:dd:02"]
+    }
     assert "gateway_mac" in r.reason
     sig.rebaseline()
     assert not sig.sample().anomalous
@@ -142,8 +152,32 @@ def namespaces() -> Iterator[dict[str, str]]:
             subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True)
         pytest.skip(f"cannot create network namespaces: {exc.stderr.decode().strip()}")
     try:
-        _ip("link", "add", "gpc0", "netns", ns["c"], "type", "veth", "peer", "gpr0", "netns", ns["r"])
-        _ip("link", "add", "gpr1", "netns", ns["r"], "type", "veth", "peer", "gpt0", "netns", ns["t"])
+        _ip(
+            "link",
+            "add",
+            "gpc0",
+            "netns",
+            ns["c"],
+            "type",
+            "veth",
+            "peer",
+            "gpr0",
+            "netns",
+            ns["r"],
+        )
+        _ip(
+            "link",
+            "add",
+            "gpr1",
+            "netns",
+            ns["r"],
+            "type",
+            "veth",
+            "peer",
+            "gpt0",
+            "netns",
+            ns["t"],
+        )
         _ip("-n", ns["r"], "link", "set", "gpr0", "address", "02:00:00:00:0a:01")
         for n, dev, addr in (
             (ns["c"], "gpc0", "198.51.100.2/24"),
@@ -156,7 +190,9 @@ def namespaces() -> Iterator[dict[str, str]]:
             _ip("-n", n, "link", "set", "lo", "up")
         _ip("-n", ns["c"], "route", "add", "default", "via", "198.51.100.1")
         _ip("-n", ns["t"], "route", "add", "default", "via", "203.0.113.1")
-        subprocess.run(["ip", "netns", "exec", ns["r"], "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", ns["r"], "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True
+        )
         yield ns
     finally:
         for n in ns.values():
@@ -184,7 +220,9 @@ def test_gateway_mac_change_is_seen_for_real(namespaces: dict[str, str]) -> None
         "gpc0",
         "02:00:00:00:0a:01",
     )
-    _ip("-n", r, "link", "set", "gpr0", "address", "02:00:00:00:0b:02")  # a new router behind the same IP
+    _ip(
+        "-n", r, "link", "set", "gpr0", "address", "02:00:00:00:0b:02"
+    )  # a new router behind the same IP
     _ip("-n", c, "neigh", "flush", "dev", "gpc0")
     _in(c, "poke")
     after = HostFingerprint.from_json(_in(c, "take"))  # type: ignore[arg-type]

@@ -48,7 +48,9 @@ def test_irregular_gaps_are_not_throttling() -> None:
         gaps.append(Gap(t, rng.uniform(1.5, 30)))
     assert find_throttle(gaps) is None
     assert find_throttle(_pattern(10.0, 5.0, 3)) is None  # too few to call a pattern
-    assert find_throttle(_pattern(1.0, 4.0, 50)) is None  # GIL-like: runs of 1 ms, not a 10 ms slice
+    assert (
+        find_throttle(_pattern(1.0, 4.0, 50)) is None
+    )  # GIL-like: runs of 1 ms, not a 10 ms slice
     assert find_throttle(_pattern(200.0, 5.0, 50)) is None
 
 

@@ -18,7 +18,9 @@ def test_dirty_sync_passes_are_spikes_and_ordinary_noise_is_not() -> None:
     """QEMU TCG: 2.0 ms passes, 6-9 ms at each dirty sync during pre-copy."""
     rng = random.Random(11)
     det = SpikeDetector()
-    before = [det.add(2.0 + rng.gauss(0, 0.15) + (rng.random() < 0.05) * 1.0)[1] for _ in range(300)]
+    before = [
+        det.add(2.0 + rng.gauss(0, 0.15) + (rng.random() < 0.05) * 1.0)[1] for _ in range(300)
+    ]
     assert not any(before)
     during = []
     for _ in range(6):
