@@ -72,7 +72,8 @@ class SignalAdapter:
                 # down is our clock jumping ahead: NTP correcting the last step, or an admin.
                 # Recorded, but it must not open a new suspicion.
                 decisive = False
-            return [Anomaly(r.name, float(r.score), r.reason, decisive, float(r.time))]
+            precopy = bool(getattr(r, "precopy", False))
+            return [Anomaly(r.name, float(r.score), r.reason, decisive, float(r.time), precopy)]
         return []
 
 

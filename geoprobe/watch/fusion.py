@@ -62,6 +62,9 @@ class Anomaly:
     detail: str = ""
     decisive: bool = True  # weak signals (steal time) are recorded but never corroborate
     time: float = 0.0
+    # Evidence that only a migration in progress produces (dirty-page tracking, a platform's own
+    # notice): it raises ``suspected`` on its own, before any RTT has moved.
+    precopy: bool = False
 
 
 @dataclass(slots=True)

@@ -66,6 +66,8 @@ class Reading:
     reason: str = ""  # why the signal is unavailable, or why it fired
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    # Specific to a migration in progress (see ``fusion.Anomaly.precopy``).
+    precopy: bool = False
 
     @classmethod
     def unavailable(
