@@ -1,7 +1,7 @@
 """CLI: ``geoprobe watch``, the migration watch daemon (a thin layer over geoprobe.watch.daemon).
 
 Events go to stdout or ``--events FILE`` as CloudEvents JSON lines; logs go to stderr. SIGTERM and
-SIGINT stop it cleanly after the round in progress. With ``--policy`` the DEFEND response runs on
+SIGINT stop it cleanly after the round in progress. With ``--policy`` the policy's response runs on
 each migration event; without it the watch only reports (``--allow`` alone is enough).
 """
 
@@ -80,7 +80,7 @@ def build_signals(
     ntp_servers: Sequence[str] = (),
     realtime: bool = False,
 ) -> list[AnomalySource]:
-    """Instantiate SIGNALS' modules by name; one that is missing here degrades with a warning.
+    """Instantiate the timing signals by name; one that is missing here degrades with a warning.
 
     ``ntp_servers`` adds the clock-offset test against NTP (with ``clock``); ``realtime`` runs the
     gap sampler under SCHED_FIFO (root only: otherwise the scheduler's own preemptions look like
@@ -222,7 +222,8 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     "ntp_servers",
     multiple=True,
     metavar="HOST[:PORT]",
-    help="NTP server for the clock-offset signal (repeatable; default: [watch] ntp in config.toml).",
+    help="NTP server for the clock-offset signal (repeatable; default: [watch] ntp in "
+    "config.toml).",
 )
 @click.option(
     "--dry-run", is_flag=True, help="With --policy: print the actions instead of running them."
@@ -313,7 +314,8 @@ def watch_cmd(
 
     @functools.cache
     def model() -> Model | None:
-        """Fitted on the first solve, then reused: every round would otherwise re-key the catalogue."""
+        """Fitted on the first solve, then reused: every round would otherwise re-key the
+        catalogue."""
         from geoprobe.locate import fit_catalogue
 
         return fit_catalogue(cat)

@@ -6,7 +6,7 @@ while all is quiet and every ``fast_interval_s`` while a suspicion is open.
 
 Everything the loop touches from outside comes in as a parameter (the probe, the solver, the signal
 sources, the event sink and the policy hook), so the daemon runs without a policy (``--allow``
-only) and DEFEND plugs its response in through ``on_event``.
+only) and the policy's response plugs in through ``on_event``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SolveFn = Callable[[Mapping[str, float]], Fix]
 
 
 class AnomalySource(Protocol):
-    """A timing, fingerprint or cloud signal, polled once per round with that round's measurements."""
+    """A timing, fingerprint or cloud signal, polled once per round with its measurements."""
 
     name: str
 
@@ -47,7 +47,8 @@ class AnomalySource(Protocol):
 
 
 class SignalAdapter:
-    """Wraps a SIGNALS ``Signal`` (``sample() -> Reading``) as an AnomalySource.
+    """Wraps a timing signal (``sample() -> Reading``, see ``geoprobe.watch.signals``) as an
+    AnomalySource.
 
     Signals fed by the prober (clock offsets against landmark time) get each round's measurements
     through their ``update``; the last reading is kept so the daemon can store it as a baseline.
@@ -145,7 +146,7 @@ class EventSink:
 
 
 class HookRunner:
-    """Runs the policy response (DEFEND) on its own thread, in event order.
+    """Runs the policy response on its own thread, in event order.
 
     Actions can take their full timeout (or, for ``delay``, keep running); the probing loop must
     not wait for them, or a slow webhook would blind the watch exactly when it matters.
@@ -471,7 +472,8 @@ class Watcher:
         return self.config.fast if self.fusion.fast or self.warming_up else self.config.interval_s
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
-        """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are interruptible."""
+        """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are
+        interruptible."""
         n = 0
         while not stop.is_set():
             start = time.monotonic()

@@ -3,21 +3,23 @@
 States: ``normal -> suspect -> confirming -> confirmed -> settled`` (and back to ``normal`` when a
 suspicion clears). Every transition carries its reasons, and the ones users act on carry an event.
 
-* normal/settled -> suspect: the fingerprint moved, or a decisive timing/fingerprint signal fired.
-  Emits ``migration.suspected``; the daemon probes faster while suspicious.
+* normal/settled -> suspect: the fingerprint moved, a decisive timing/fingerprint signal fired, or a
+  signal saw a migration in progress (``Anomaly.precopy``: dirty-page tracking, a platform's
+  notice) before any RTT moved. Emits ``migration.suspected``; the daemon probes faster while
+  suspicious.
 * normal/settled -> suspect -> confirming -> confirmed in one round: the first moved measurement
   is already judged outside by the sound or certified rule *and* a decisive independent signal
-  (clock step, gaps, host fingerprint, cloud notice) fired within ``signal_window_s``: that is
-  the issue's "sound exit + independent signal", so no second round is waited for.
+  (clock step, gaps, host fingerprint, cloud notice) fired within ``signal_window_s``: a sound
+  exit backed by an independent signal, so no second round is waited for.
 * suspect -> confirming: a re-measurement agrees with the moved fingerprint (same landmarks changed
   the same way and, when both have fixes, the fixes lie close together).
-* confirming -> confirmed, ``crossing=true``: the jurisdiction rule says *outside* (by default only a
-  certified country or a sound region that leaves the allowed set, see ``jurisdiction.py``) AND it is
-  corroborated, either by a decisive independent signal within ``signal_window_s`` or by the
-  previous agreeing measurement also judged outside. Added delay alone cannot satisfy the sound rule,
-  so a crossing cannot be forced by an on-path adversary.
-  With the opt-in calibrated basis, a probability-only "outside" also needs the RTT to have *fallen*
-  to at least ``min_decreased`` landmarks, which added delay cannot produce.
+* confirming -> confirmed, ``crossing=true``: the jurisdiction rule says *outside* (by default only
+  a certified country or a sound region that leaves the allowed set, see ``jurisdiction.py``) AND
+  it is corroborated, either by a decisive independent signal within ``signal_window_s`` or by the
+  previous agreeing measurement also judged outside. Added delay alone cannot satisfy the sound
+  rule, so a crossing cannot be forced by an on-path adversary. With the opt-in calibrated basis,
+  a probability-only "outside" also needs the RTT to have *fallen* to at least ``min_decreased``
+  landmarks, which added delay cannot produce.
 * confirming -> confirmed, ``crossing=false``: the new fix is inside the allowed set (a move within
   it, or back into it), or the VM was already outside before this move (no new crossing).
 * confirming -> confirmed, ``crossing=null``: the new region still straddles the border after
@@ -26,8 +28,10 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
 * unsure fingerprints (RTTs only rose) raise a suspicion after ``unsure_rounds`` rounds in a row; if
   they persist ``max_confirm_rounds`` more, the move is confirmed with ``crossing=null`` (unknown):
   rises alone can never take the sound region out of the allowed set.
-* confirming/suspect -> normal: the fingerprint is back at its baseline for ``clear_rounds`` rounds.
-* confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after the move.
+* confirming/suspect -> normal: the fingerprint is back at its baseline for ``clear_rounds``
+  rounds.
+* confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after the
+  move.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from __future__ import annotations
 import time as _time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from geoprobe import events
@@ -45,7 +49,7 @@ from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
 from geoprobe.watch.shift import ShiftResult
 
 
-class State(str, Enum):
+class State(StrEnum):
     NORMAL = "normal"
     SUSPECT = "suspect"
     CONFIRMING = "confirming"
@@ -55,7 +59,8 @@ class State(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    """An independent signal that fired (clock step, execution gaps, host fingerprint, cloud notice)."""
+    """An independent signal that fired (clock step, execution gaps, host fingerprint, cloud
+    notice)."""
 
     signal: str
     score: float
@@ -129,7 +134,8 @@ def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[boo
             return False, f"fixes {d:.0f} km apart (> {tol:.0f} km)"
         return (
             True,
-            f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, fixes {d:.0f} km apart",
+            f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, "
+            f"fixes {d:.0f} km apart",
         )
     return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared"
 
@@ -176,129 +182,174 @@ class Fusion:
         ]
 
     def step(self, obs: Observation) -> list[Transition]:
-        now = obs.time
+        """Feed one round; return the transitions it caused (each with its reasons)."""
         out: list[Transition] = []
-        for a in obs.anomalies:
-            self._signals.append(
-                a if a.time else Anomaly(a.signal, a.score, a.detail, a.decisive, now)
-            )
-        self._signals = [a for a in self._signals if now - a.time <= self.config.signal_window_s]
-        decisive_now = [a for a in obs.anomalies if a.decisive]
-        shift = obs.shift
-        moved = shift is not None and shift.outcome == "moved"
-        quiet = shift is not None and shift.outcome == "not_moved"
-        if shift is not None:
-            self._hurry = shift.outcome == "unsure"
+        self._take_signals(obs)
+        if obs.shift is not None:
+            self._hurry = obs.shift.outcome == "unsure"
             self._unsure = self._unsure + 1 if self._hurry else 0
-        persistent = self._unsure >= self.config.unsure_rounds
+        if self._persistent_rises(out, obs):
+            return out
+        handler = {
+            State.NORMAL: self._on_normal,
+            State.SETTLED: self._on_normal,
+            State.SUSPECT: self._on_suspect,
+            State.CONFIRMING: self._on_confirming,
+            State.CONFIRMED: self._on_confirmed,
+        }[self.state]
+        handler(out, obs)
+        return out
+
+    def _take_signals(self, obs: Observation) -> None:
+        """Keep this round's anomalies (stamped with its time) and forget the ones too old."""
+        now = obs.time
+        self._signals.extend(a if a.time else replace(a, time=now) for a in obs.anomalies)
+        self._signals = [a for a in self._signals if now - a.time <= self.config.signal_window_s]
+
+    def _open(self, now: float, first: ShiftResult | None) -> None:
+        """Start a new episode: its moved measurements, verdicts and counters."""
+        self._moves = [first] if first is not None else []
+        self._verdicts, self._quiet, self._confirm_rounds, self._since = [], 0, 0, now
+
+    def _persistent_rises(self, out: list[Transition], obs: Observation) -> bool:
+        """Unsure fingerprints (RTTs only rose) raise a suspicion after ``unsure_rounds`` rounds
+        in a row.
+
+        Rises that persist are load, added delay, or a move away from every landmark; from
+        confirmed too, since a further move against the new baseline opens a new episode.
+        """
+        shift = obs.shift
         if (
-            persistent
-            and shift is not None
-            and self.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
+            shift is None
+            or self._unsure < self.config.unsure_rounds
+            or self.state not in (State.NORMAL, State.SETTLED, State.CONFIRMED)
         ):
-            # Rises that persist: load, added delay, or a move away from every landmark.
-            self._moves, self._verdicts, self._quiet, self._confirm_rounds, self._since = (
-                [],
-                [],
-                0,
-                0,
-                now,
-            )
-            why = f"fingerprint changed for {self._unsure} rounds in a row without RTT falling"
+            return False
+        self._open(obs.time, None)
+        why = f"fingerprint changed for {self._unsure} rounds in a row without RTT falling"
+        self._go(
+            out,
+            State.SUSPECT,
+            [why, *shift.reasons],
+            obs.time,
+            events.SUSPECTED,
+            self._data(shift),
+        )
+        return True
+
+    def _on_normal(self, out: list[Transition], obs: Observation) -> None:
+        """normal/settled -> suspect: the fingerprint moved, a decisive signal fired, or a signal
+        saw a migration in progress (``precopy``).
+
+        When the moved measurement is already a proof backed by a signal, the crossing is
+        confirmed in this round (see ``_corroborated_at_once``).
+        """
+        shift, now = obs.shift, obs.time
+        moved = shift if shift is not None and shift.outcome == "moved" else None
+        triggers = [a for a in obs.anomalies if a.decisive or a.precopy]
+        if moved is None and not triggers:
+            return
+        reasons = list(moved.reasons) if moved is not None else []
+        reasons += [f"signal {a.signal}: {a.detail}" for a in triggers]
+        self._open(now, moved)
+        self._go(
+            out,
+            State.SUSPECT,
+            reasons,
+            now,
+            events.SUSPECTED,
+            self._data(shift, signals=[a.signal for a in triggers]),
+        )
+        if moved is not None:
+            self._corroborated_at_once(out, moved, now)
+
+    def _on_confirmed(self, out: list[Transition], obs: Observation) -> None:
+        """confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after
+        the move; a further move against that baseline opens a new episode."""
+        shift, now = obs.shift, obs.time
+        if shift is not None and shift.outcome == "moved":
+            self._open(now, shift)
             self._go(
-                out, State.SUSPECT, [why, *shift.reasons], now, events.SUSPECTED, self._data(shift)
+                out, State.SUSPECT, list(shift.reasons), now, events.SUSPECTED, self._data(shift)
             )
-            return out
+            self._corroborated_at_once(out, shift, now)
+        elif shift is not None and shift.outcome == "not_moved":
+            self._quiet += 1
+            if self._quiet >= self.config.settle_rounds:
+                why = f"{self._quiet} quiet rounds at the new location"
+                self._go(out, State.SETTLED, [why], now)
 
-        if self.state in (State.NORMAL, State.SETTLED):
-            if moved or decisive_now:
-                assert shift is not None or decisive_now
-                reasons = list(shift.reasons) if moved and shift is not None else []
-                reasons += [f"signal {a.signal}: {a.detail}" for a in decisive_now]
-                self._moves = [shift] if moved and shift is not None else []
-                self._verdicts, self._quiet, self._confirm_rounds, self._since = [], 0, 0, now
-                self._go(
-                    out,
-                    State.SUSPECT,
-                    reasons,
-                    now,
-                    events.SUSPECTED,
-                    self._data(shift, signals=[a.signal for a in decisive_now]),
-                )
-                if moved and shift is not None:
-                    self._corroborated_at_once(out, shift, now)
-            return out
+    def _on_suspect(self, out: list[Transition], obs: Observation) -> None:
+        """suspect -> confirming: a re-measurement agrees with the moved fingerprint (same landmarks
+        changed the same way and, when both have fixes, the fixes lie close together)."""
+        shift = self._moved_while_suspicious(out, obs)
+        if shift is None:
+            return
+        if not self._moves:
+            self._moves.append(shift)  # the suspicion came from a signal: the first measurement
+            return
+        ok, why = _agree_shift(self._moves[-1], shift, self.config)
+        self._moves.append(shift)
+        if not ok:
+            self._verdicts.clear()
+            return  # keep suspecting; compare the next round with this one
+        prev = self._moves[-2]
+        if prev.fix is not None:
+            self._verdicts = [self.jurisdiction.judge(prev.fix)]
+        self._go(out, State.CONFIRMING, [why], obs.time)
+        self._judge(out, shift, obs)
 
-        if self.state == State.CONFIRMED:
-            if moved and shift is not None:
-                # A further move against the new baseline opens a new episode.
-                self._moves, self._verdicts, self._quiet, self._confirm_rounds = [shift], [], 0, 0
-                self._since = now
-                self._go(
-                    out,
-                    State.SUSPECT,
-                    list(shift.reasons),
-                    now,
-                    events.SUSPECTED,
-                    self._data(shift),
-                )
-                self._corroborated_at_once(out, shift, now)
-            elif quiet:
-                self._quiet += 1
-                if self._quiet >= self.config.settle_rounds:
-                    self._go(
-                        out, State.SETTLED, [f"{self._quiet} quiet rounds at the new location"], now
-                    )
-            return out
+    def _on_confirming(self, out: list[Transition], obs: Observation) -> None:
+        """confirming -> confirmed: judge this measurement's fix (crossing true, false or null)."""
+        shift = self._moved_while_suspicious(out, obs)
+        if shift is not None:
+            self._judge(out, shift, obs)
 
-        # SUSPECT or CONFIRMING
-        if quiet:
+    def _moved_while_suspicious(
+        self, out: list[Transition], obs: Observation
+    ) -> ShiftResult | None:
+        """What suspect and confirming share: the moved measurement to go on with, or None.
+
+        confirming/suspect -> normal: the fingerprint is back at its baseline for ``clear_rounds``
+        rounds. Unsure rounds that persist ``max_confirm_rounds`` past the suspicion confirm a
+        move with ``crossing=null``: rises alone can never take the sound region out of the
+        allowed set.
+        """
+        shift, now = obs.shift, obs.time
+        if shift is None:
+            return None
+        if shift.outcome == "not_moved":
             self._quiet += 1
             if self._quiet >= self.config.clear_rounds:
                 why = f"fingerprint at its baseline for {self._quiet} rounds"
-                if shift is not None and shift.near is not None and shift.max_move_km is not None:
+                if shift.near is not None and shift.max_move_km is not None:
                     why += f"; still near {shift.near} (moved at most {shift.max_move_km:.0f} km)"
                 self._go(out, State.NORMAL, [why], now)
-            return out
-        if (
-            shift is not None
-            and self._unsure >= self.config.unsure_rounds + self.config.max_confirm_rounds
-        ):
-            fix = shift.fix or obs.fix
-            if fix is not None:
-                # For good, but nothing places it: added delay only grows the sound region, so no
-                # rule can say whether this crossed a border. Report it, re-baseline, move on.
-                self._verdicts.append(self.jurisdiction.judge(fix))
-                why = (
-                    f"fingerprint changed for {self._unsure} rounds but RTT fell to no landmark: "
-                    "a move that cannot be placed (crossing unknown)"
-                )
-                self._confirm(out, shift, fix, None, [why], now, [])
-                return out
-        if not moved or shift is None:
-            return out  # unsure or nothing new: keep probing fast
+            return None
+        fix = shift.fix or obs.fix
+        if self._unsure >= self.config.unsure_rounds + self.config.max_confirm_rounds and fix:
+            # For good, but nothing places it: added delay only grows the sound region, so no
+            # rule can say whether this crossed a border. Report it, re-baseline, move on.
+            self._verdicts.append(self.jurisdiction.judge(fix))
+            why = (
+                f"fingerprint changed for {self._unsure} rounds but RTT fell to no landmark: "
+                "a move that cannot be placed (crossing unknown)"
+            )
+            self._confirm(out, shift, fix, None, [why], now, [])
+            return None
+        if shift.outcome != "moved":
+            return None  # unsure: keep probing fast
         self._quiet = 0
+        return shift
 
-        if self.state == State.SUSPECT:
-            if not self._moves:
-                self._moves.append(
-                    shift
-                )  # suspicion came from a signal; this is the first measurement
-                return out
-            ok, why = _agree_shift(self._moves[-1], shift, self.config)
-            self._moves.append(shift)
-            if not ok:
-                self._verdicts.clear()
-                return out  # keep suspecting; compare the next round with this one
-            prev = self._moves[-2]
-            if prev.fix is not None:
-                self._verdicts = [self.jurisdiction.judge(prev.fix)]
-            self._go(out, State.CONFIRMING, [why], now)
-
-        # CONFIRMING: judge this measurement's fix.
+    def _judge(self, out: list[Transition], shift: ShiftResult, obs: Observation) -> None:
+        """confirming -> confirmed with ``crossing`` true (outside and corroborated), false (inside,
+        or outside already before the move) or null (still straddling after
+        ``max_confirm_rounds`` rounds)."""
+        now = obs.time
         fix = shift.fix or obs.fix
         if fix is None:
-            return out
+            return
         self._confirm_rounds += 1
         verdict = self.jurisdiction.judge(fix)
         if (
@@ -314,18 +365,10 @@ class Fusion:
             )
         prev_v = self._verdicts[-1] if self._verdicts else None
         self._verdicts.append(verdict)
+        signals = [a.signal for a in self._corroborating(now)]
         if verdict.verdict == "outside" and self._home_outside():
-            # Already outside before this move: a migration, but no new crossing of the border.
-            self._confirm(
-                out,
-                shift,
-                fix,
-                False,
-                verdict.reasons
-                + [("already outside the allowed set before this move: no new crossing")],
-                now,
-                [a.signal for a in self._corroborating(now)],
-            )
+            why = "already outside the allowed set before this move: no new crossing"
+            self._confirm(out, shift, fix, False, [*verdict.reasons, why], now, signals)
         elif verdict.verdict == "outside":
             corr = self._corroborating(now)
             if corr:
@@ -333,43 +376,23 @@ class Fusion:
             elif prev_v is not None and prev_v.verdict == "outside":
                 support = ["corroborated by a re-measurement also judged outside"]
             else:
-                return out  # one outside verdict: wait for the next round to agree
-            self._confirm(
-                out, shift, fix, True, verdict.reasons + support, now, [a.signal for a in corr]
-            )
+                return  # one outside verdict: wait for the next round to agree
+            self._confirm(out, shift, fix, True, verdict.reasons + support, now, signals)
         elif verdict.verdict == "inside":
-            self._confirm(
-                out,
-                shift,
-                fix,
-                False,
-                verdict.reasons + ["a move within the allowed set"],
-                now,
-                [a.signal for a in self._corroborating(now)],
-            )
+            why = "a move within the allowed set"
+            self._confirm(out, shift, fix, False, [*verdict.reasons, why], now, signals)
         elif self._confirm_rounds >= self.config.max_confirm_rounds:
             # Moved, but neither provably out nor in: the policy's ``unknown`` verdict decides.
-            self._confirm(
-                out,
-                shift,
-                fix,
-                None,
-                verdict.reasons
-                + [
-                    (
-                        f"still straddling after {self._confirm_rounds} rounds: "
-                        "a move, crossing unknown (never a confirmed crossing)"
-                    )
-                ],
-                now,
-                [a.signal for a in self._corroborating(now)],
+            why = (
+                f"still straddling after {self._confirm_rounds} rounds: "
+                "a move, crossing unknown (never a confirmed crossing)"
             )
-        return out
+            self._confirm(out, shift, fix, None, [*verdict.reasons, why], now, signals)
 
     def _corroborated_at_once(self, out: list[Transition], shift: ShiftResult, now: float) -> None:
         """Confirm a crossing on the first moved measurement when it is already a proof and an
-        independent signal backs it: the issue's "sound exit + independent signal" needs no
-        second round, and skipping it saves a whole round (the lab's switchover -> confirmation).
+        independent signal backs it: a sound exit backed by an independent signal needs no second
+        round, and skipping it saves a whole round between the switchover and the confirmation.
 
         Only a sound or certified "outside" qualifies: a calibrated one still waits for a
         re-measurement, and so does anything straddling or inside.
@@ -422,7 +445,8 @@ class Fusion:
         self._quiet = self._unsure = 0
 
     def _data(self, shift: ShiftResult | None, signals: Sequence[str] = ()) -> dict[str, Any]:
-        """The event payload shared by suspected and confirmed (``from``, ``to``, distance, signals)."""
+        """The event payload shared by suspected and confirmed (``from``, ``to``, distance,
+        signals)."""
         sigs = list(dict.fromkeys(signals))  # each signal once, however often it fired
         if shift is not None and shift.outcome == "moved" and "rtt_fingerprint" not in sigs:
             sigs.insert(0, "rtt_fingerprint")
@@ -440,7 +464,7 @@ class Fusion:
         }
 
     def rebaseline(self, fix: Fix | None) -> None:
-        """The daemon took a new baseline (after confirmation): fixes are now compared with this one."""
+        """The daemon took a new baseline (after confirmation): fixes are now compared with it."""
         self.home_fix = fix
         self._home_verdict = None
 

@@ -14,7 +14,8 @@ FRANKFURT = make_fix(50.11, 8.68, 120, [("DE", 0.99), ("FR", 0.01)])
 PARIS = make_fix(48.86, 2.35, 120, [("FR", 0.99), ("BE", 0.01)])
 BERLIN = make_fix(52.52, 13.40, 120, [("DE", 0.99), ("PL", 0.01)])
 MADRID = make_fix(40.42, -3.70, 120, [("ES", 0.99), ("PT", 0.01)])
-# Strasbourg with a large sound region: its calibrated verdict says FR, but the sound region reaches DE.
+# Strasbourg with a large sound region: its calibrated verdict says FR, but the sound region
+# reaches DE.
 STRASBOURG_WIDE = make_fix(48.58, 7.75, 300, [("FR", 0.97), ("DE", 0.03)])
 CHANGED = [f"lm{i:02d}" for i in range(20)]
 
@@ -265,7 +266,8 @@ def test_a_proof_backed_by_a_signal_confirms_in_the_first_round() -> None:
     (c,) = confirmed(ts)
     assert c.data["crossing"] is True and c.data["from"] == "DE" and c.data["to"] == "FR"
     assert "clock_landmarks" in c.data["signals"] and c.data["rounds"] == 1
-    # A weak signal is no corroboration, and a calibrated-only "outside" still waits for a second round.
+    # A weak signal is no corroboration, and a calibrated-only "outside" still waits for a second
+    # round.
     f = fusion()
     steal = Anomaly("steal", 9.0, "steal 40%", decisive=False)
     assert [t.to for t in run(f, [Observation(moved(PARIS), anomalies=[steal])])] == [State.SUSPECT]
@@ -273,3 +275,29 @@ def test_a_proof_backed_by_a_signal_confirms_in_the_first_round() -> None:
     assert [t.to for t in run(f, [Observation(moved(STRASBOURG_WIDE), anomalies=[clock])])] == [
         State.SUSPECT
     ]
+
+
+def test_a_migration_in_progress_raises_a_suspicion_on_its_own() -> None:
+    dirty = Anomaly("dirty_pages", 5.0, "pages re-dirtied at 40 MB/s", decisive=False, precopy=True)
+    for settled in (False, True):
+        f = fusion()
+        if settled:
+            run(f, [Observation(moved(BERLIN)), Observation(moved(BERLIN))])
+            f.rebaseline(BERLIN)
+            run(f, [Observation(quiet()) for _ in range(3)])
+            assert f.state == State.SETTLED
+        ts = run(f, [Observation(quiet(), anomalies=[dirty])])
+        assert [t.to for t in ts] == [State.SUSPECT] and ts[0].event_type == events.SUSPECTED
+        assert ts[0].data["signals"] == ["dirty_pages"] and f.fast
+        assert any("dirty_pages" in r for r in ts[0].reasons)
+    # Also before the first round has a fingerprint to test (warm-up, too few landmarks).
+    f = fusion()
+    ts = run(f, [Observation(None, anomalies=[dirty])])
+    assert [t.to for t in ts] == [State.SUSPECT]
+    # A precopy signal marks the start; it is no corroboration of a crossing unless decisive.
+    ts = run(f, [Observation(moved(STRASBOURG_WIDE)), Observation(moved(PARIS))])
+    assert confirmed(ts) == []
+    # The same signal without the flag (and not decisive) says nothing.
+    f = fusion()
+    weak = Anomaly("dirty_pages", 5.0, "pages re-dirtied", decisive=False)
+    assert run(f, [Observation(quiet(), anomalies=[weak])]) == []
