@@ -131,11 +131,17 @@ class Catalogue:
 
 def _num(value: Any, *, file: str, entry: str, fld: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"must be a number, got {value!r}", file=file, entry=entry, field=fld)
-    f = float(value)
+        raise InputError(f"must be a number, got {_show(value)}", file=file, entry=entry, field=fld)
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
     if not math.isfinite(f) or not lo <= f <= hi:
         raise InputError(
-            f"must be between {lo:g} and {hi:g}, got {value!r}", file=file, entry=entry, field=fld
+            f"must be between {lo:g} and {hi:g}, got {_show(value)}",
+            file=file,
+            entry=entry,
+            field=fld,
         )
     return f
 
@@ -143,7 +149,7 @@ def _num(value: Any, *, file: str, entry: str, fld: str, lo: float, hi: float) -
 def _port(value: Any, *, file: str, entry: str, fld: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise InputError(
-            f"must be a port number 1-65535, got {value!r}", file=file, entry=entry, field=fld
+            f"must be a port number 1-65535, got {_show(value)}", file=file, entry=entry, field=fld
         )
     return value
 
@@ -184,7 +190,7 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
     country = raw.get("country")
     if country is not None and (not isinstance(country, str) or not _COUNTRY.match(country)):
         raise InputError(
-            f"must be an ISO 3166 alpha-2 code like 'DE', got {country!r}",
+            f"must be an ISO 3166 alpha-2 code like 'DE', got {_show(country)}",
             file=file,
             entry=entry,
             field="country",
@@ -195,14 +201,16 @@ def parse_landmark(raw: Any, *, file: str = "<catalogue>", index: int = 0) -> La
             address = str(ipaddress.ip_address(address))
         except (ValueError, TypeError):
             raise InputError(
-                f"must be an IPv4 or IPv6 address, got {address!r}",
+                f"must be an IPv4 or IPv6 address, got {_show(address)}",
                 file=file,
                 entry=entry,
                 field="address",
             ) from None
     host = raw.get("host")
     if host is not None and (not isinstance(host, str) or not _HOST.match(host)):
-        raise InputError(f"must be a host name, got {host!r}", file=file, entry=entry, field="host")
+        raise InputError(
+            f"must be a host name, got {_show(host)}", file=file, entry=entry, field="host"
+        )
     if address is None and host is None:
         raise InputError("needs an address or a host", file=file, entry=entry, field="address")
     methods = raw.get("methods", {"icmp": True})
@@ -285,7 +293,7 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
     fmt = raw.get("format", FORMAT)
     if fmt != FORMAT:
         raise InputError(
-            f"unsupported format {fmt!r} (expected {FORMAT!r})", file=file, field="format"
+            f"unsupported format {_show(fmt)} (expected {FORMAT!r})", file=file, field="format"
         )
     entries = raw.get("landmarks")
     if not isinstance(entries, list):
@@ -312,30 +320,85 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
             if not isinstance(row, list) or len(row) != 3:
                 raise InputError("must be [src, dst, rtt_ms]", file=file, field=fld)
             a, b, r = row
-            if a not in seen or b not in seen:
-                raise InputError(f"names an unknown landmark ({a!r}, {b!r})", file=file, field=fld)
+            if not isinstance(a, str) or not isinstance(b, str) or a not in seen or b not in seen:
+                raise InputError(
+                    f"names an unknown landmark ({_show(a)}, {_show(b)})", file=file, field=fld
+                )
             rf = _num(r, file=file, entry=f"{a}->{b}", fld=fld, lo=0.0, hi=10_000.0)
             rtts.append((a, b, rf))
     name = raw.get("name", "")
-    return Catalogue(landmarks=landmarks, rtts=rtts, name=str(name), source=raw.get("source"))
+    if not isinstance(name, str):
+        raise InputError("must be a string", file=file, field="name")
+    source = raw.get("source")
+    if source is not None and not isinstance(source, str):
+        raise InputError("must be a string", file=file, field="source")
+    return Catalogue(landmarks=landmarks, rtts=rtts, name=name, source=source)
 
 
 def load_catalogue(path: str | Path) -> Catalogue:
     """Load and validate a catalogue file. Raises InputError with a one-line reason."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=p) from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=p
-        ) from None
+    raw = read_json(p)
     cat = parse_catalogue(raw, file=str(p))
     cat.path = p
     return cat
+
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+_MAX_DEPTH = 64
+
+
+def read_json(path: Path, *, limit: int = MAX_FILE_BYTES) -> Any:
+    """Parse a JSON file whose size, encoding, nesting and numbers may all be hostile.
+
+    Reads at most ``limit`` bytes, so what is allocated is bounded by the cap; every failure is
+    an InputError naming the file.
+    """
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", file=path) from None
+    if len(data) > limit:
+        raise InputError(f"larger than {limit // (1024 * 1024)} MiB: refused", file=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", file=path) from None
+    if _too_deep(text):
+        raise InputError(f"nested more than {_MAX_DEPTH} levels deep", file=path)
+    try:
+        return json.loads(text)  # NaN/Infinity pass here; the field checks name them
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=path
+        ) from None
+    except (ValueError, RecursionError) as exc:  # int-string limit, nesting
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"not acceptable JSON: {msg}", file=path) from None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> bool:
+    """Bracket depth outside strings, before json's recursive parser (or a later walk) sees it."""
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > _MAX_DEPTH:
+            return True
+    return False
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: a hostile value cannot make the one-line message huge."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the int-string conversion limit
+        return "a huge number"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def default_catalogue_path() -> Path:

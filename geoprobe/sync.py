@@ -19,6 +19,7 @@ by default): TCP connect time needs no privileges.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -38,6 +39,7 @@ from geoprobe.landmarks import Catalogue, Landmark, parse_catalogue
 
 DEFAULT_API = "https://atlas.ripe.net/api/v2"
 CACHE_NAME = "anchors.json"
+MAX_PAGE_BYTES = 32 * 1024 * 1024
 PAGE_SIZE = 500
 MAX_PAGES = 1000
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -96,15 +98,17 @@ def fetch_json(url: str, timeout: float = 30.0) -> Any:
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            body = resp.read()
+            body = resp.read(MAX_PAGE_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise SyncError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SyncError(f"{url}: cannot fetch ({reason})") from None
+    if len(body) > MAX_PAGE_BYTES:
+        raise SyncError(f"{url}: page larger than {MAX_PAGE_BYTES // (1024 * 1024)} MiB")
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # bad bytes, NaN-free ints past the limit, nesting
         raise SyncError(f"{url}: not JSON") from None
 
 
@@ -340,17 +344,22 @@ def sync(
 
 
 def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as exc:  # read-only, full, or a directory where the file belongs
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise SyncError(f"{path}: cannot write the cache: {exc.strerror or exc}") from None
 
 
 def cached_date(path: Path) -> str | None:
     """When the cached catalogue was synced (None if absent or unreadable)."""
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     v = raw.get("synced") if isinstance(raw, dict) else None
     return v if isinstance(v, str) else None

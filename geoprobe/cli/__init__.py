@@ -2,12 +2,15 @@
 
 Each subcommand lives in its own module and exposes ``register(group)``. Commands parse
 arguments, call the core, and render; errors from the core (``GeoprobeError``) become one
-line on stderr and a non-zero exit, never a traceback.
+line on stderr and exit 3; anything unexpected becomes one ``internal error`` line and exit 3
+(``GEOPROBE UNKNOWN`` on stdout for ``check``), never a traceback unless ``GEOPROBE_DEBUG`` is
+set; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -59,9 +62,46 @@ class GeoprobeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GeoprobeError as exc:
-            stderr = ctx.obj.stderr if isinstance(ctx.obj, Environment) else None
-            click.echo(f"geoprobe: error: {exc}", err=stderr is None, file=stderr)
+            _say(ctx, f"geoprobe: error: {one_line(exc)}")
             ctx.exit(int(ExitStatus.ERROR))
+        except KeyboardInterrupt:
+            _say(ctx, "geoprobe: interrupted")
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a crash must still be one line and a defined exit
+            if os.environ.get(DEBUG_VAR):
+                raise
+            line = f"internal error: {type(exc).__name__}: {one_line(exc)}"
+            if ctx.invoked_subcommand == "check":
+                # Nagios reads stdout: anything unexpected is UNKNOWN, never WARNING.
+                _say(ctx, f"GEOPROBE UNKNOWN - {line}", out=True)
+            _say(ctx, f"geoprobe: {line} (set {DEBUG_VAR}=1 for a traceback)")
+            ctx.exit(int(ExitStatus.UNKNOWN))
+
+
+DEBUG_VAR = "GEOPROBE_DEBUG"
+_MAX_LINE = 500
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message flattened and bounded: a hostile file cannot flood the terminal."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a str() that itself fails (huge int, broken __str__)
+        text = ""
+    if len(text) > _MAX_LINE:
+        text = text[: _MAX_LINE - 3] + "..."
+    return text or type(exc).__name__
+
+
+def _say(ctx: click.Context, line: str, *, out: bool = False) -> None:
+    env = ctx.obj if isinstance(ctx.obj, Environment) else None
+    stream = (env.stdout if out else env.stderr) if env is not None else None
+    try:
+        click.echo(line, err=not out and stream is None, file=stream)
+    except OSError:  # stderr itself gone (closed pipe, full disk): the exit code still says it
+        pass
 
 
 @click.group(cls=GeoprobeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +119,17 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         cli.main(args=argv, obj=env, standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # raised outside a command (while loading or parsing)
+        if os.environ.get(DEBUG_VAR):
+            raise
+        stderr = env.stderr if env is not None else sys.stderr
+        try:
+            stderr.write(f"geoprobe: internal error: {type(exc).__name__}: {one_line(exc)}\n")
+        except OSError:
+            pass
+        return int(ExitStatus.UNKNOWN)
     return 0
 
 
