@@ -139,13 +139,12 @@ def _str_list(value: Any, *, nonempty: bool = True) -> list[str]:
 
 
 def _abs_paths(value: Any) -> list[str]:
-    paths = _str_list(value)
-    for p in paths:
-        if not p.startswith("/"):
-            raise _FieldError(f"must hold absolute paths, not {p!r}")
-        if p.rstrip("/") == "":
-            raise _FieldError("refusing to act on '/'")
-    return paths
+    from geoprobe.defend.safepath import checked_path  # the rule the actions apply again
+
+    try:
+        return [checked_path(p) for p in _str_list(value)]
+    except ValueError as exc:
+        raise _FieldError(str(exc)) from None
 
 
 def _url(value: Any) -> str:
