@@ -116,7 +116,7 @@ class Resolved:
 def _link_components(target: str, here: str) -> list[str]:
     comps = [c for c in target.split("/") if c not in ("", ".")]
     if not comps:
-        raise PathRefused(f"symlink {here} -> {target!r} points at a directory itself")
+        raise PathRefused(f"symlink {here} -> {target!r} names the root or its own directory")
     if comps[-1] == "..":
         raise PathRefused(f"symlink {here} -> {target!r} ends in '..'")
     return comps
