@@ -17,6 +17,7 @@ from geoprobe.defend.base import (
     Outcome,
     check_command,
 )
+from geoprobe.defend.safepath import PathRefused, checked_path
 from geoprobe.defend.wipe import mounts
 from geoprobe.policy import ActionSpec
 
@@ -35,7 +36,11 @@ def _is_mounted(path: str) -> bool:
 
 def _unmount_argvs(spec: ActionSpec) -> list[list[str]]:
     lazy = ["-l"] if spec.options.get("lazy") else []
-    argvs = [["umount", *lazy, p] for p in spec.options.get("paths", [])]
+    try:  # the loader's rule again: an ActionSpec need not come from the loader
+        paths = [checked_path(p) for p in spec.options.get("paths", [])]
+    except PathRefused as exc:
+        raise ActionFailed(str(exc)) from None
+    argvs = [["umount", *lazy, p] for p in paths]
     argvs += [["cryptsetup", "close", n] for n in spec.options.get("luks", [])]
     return argvs
 
