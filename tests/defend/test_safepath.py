@@ -86,7 +86,7 @@ def test_paths_are_normalised_before_they_are_checked(path: str, normal: str) ->
 @pytest.mark.parametrize("path", [*ROOT_SPELLINGS, "/k\0x", "k"])
 @pytest.mark.parametrize("action", ["wipe", "unmount"])
 def test_the_policy_loader_applies_the_same_rule(path: str, action: str) -> None:
-    entry = {"action": action, "paths": ["/ok", path]}
+    entry: dict[str, object] = {"action": action, "paths": ["/ok", path]}
     if action == "wipe":
         entry["recursive"] = True
     with pytest.raises(InputError) as exc:
