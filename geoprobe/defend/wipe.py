@@ -518,12 +518,20 @@ class Wiper:
         except ActionTimeout:
             self.files.append(report)
             raise
+        except OSError as exc:  # EIO, ENOSPC on a copy-on-write filesystem: kept, not unlinked
+            self.files.append(report)
+            self.skip(here, f"overwrite failed, file kept: {exc.strerror or exc}")
+            return False
         finally:
             os.close(fd)
         try:
             os.unlink(name, dir_fd=dfd)
         except FileNotFoundError:
             pass  # renamed or removed meanwhile: its bytes are overwritten all the same
+        except OSError as exc:
+            self.files.append(report)
+            self.skip(here, f"overwritten but not unlinked: {exc.strerror or exc}")
+            return False
         _fsync(dfd)
         report.removed = True
         self.files.append(report)

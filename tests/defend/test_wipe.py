@@ -541,3 +541,27 @@ def test_mount_points_below_the_tree_are_not_crossed(tmp_path: Path) -> None:
     assert [Path(f["path"]).name for f in data["files"] if f["removed"]] == ["k"]
     assert (outside / "canary").read_bytes() == b"keep"
     assert (tmp_path / "canary.file").read_bytes() == b"keep too"
+
+
+@AS_ROOT
+def test_a_file_that_cannot_be_unlinked_is_reported_kept_not_wiped(
+    tmp_path: Path, ctx: Callable[..., ActionContext]
+) -> None:
+    """An immutable directory (chattr +i): the overwrite happens, the unlink cannot."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "k").write_bytes(SECRET)
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr(1)")
+    made = subprocess.run(["chattr", "+i", str(keys)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"this filesystem has no immutable flag: {made.stderr.decode().strip()}")
+    try:
+        with pytest.raises(ActionFailed) as exc:
+            wipe.run(spec("wipe", paths=[str(keys / "k")]), ctx())
+    finally:
+        subprocess.run(["chattr", "-i", str(keys)], check=True)
+    assert "overwritten but not unlinked" in str(exc.value)
+    (f,) = exc.value.data["files"]
+    assert f["passes"] == 1 and not f["removed"]
+    assert _mostly_different((keys / "k").read_bytes(), SECRET)
