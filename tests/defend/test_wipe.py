@@ -378,16 +378,17 @@ def test_swaps_at_every_step_of_the_walk_never_reach_outside(
         d = _owned_dir(tree / f"b{i:03d}", uid, gid)
         for x in ("x0", "x1", "x2"):
             _root_file(d / x)
-        b_dirs[d.stat().st_ino] = d.name
-    tree_ino = tree.stat().st_ino
+        b_dirs[(d.stat().st_dev, d.stat().st_ino)] = d.name
+    tree_id = (tree.stat().st_dev, tree.stat().st_ino)
     attacker = Attacker(tree, "serve")
     answers: list[str] = []
     real_open = os.open
 
     def racing_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
         if dir_fd is not None and isinstance(path, str):
-            ino = os.fstat(dir_fd).st_ino
-            if ino == tree_ino and path[0] in "af":
+            where = os.fstat(dir_fd)
+            ino = (where.st_dev, where.st_ino)
+            if ino == tree_id and path[0] in "af":
                 target = victim if path[0] == "a" else victim / f"c{int(path[1:]):03d}"
                 answers.append(attacker.command("swap", path, target))
             elif ino in b_dirs and path == "x1":
