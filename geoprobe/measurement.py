@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import InputError
+from geoprobe.jsonfile import read_json
 
 FORMAT = "geoprobe-measurements/1"
 
@@ -250,8 +251,6 @@ def load_measurements(path: str | Path) -> tuple[list[Measurement], dict[str, An
     The read is size-capped and checked for encoding, nesting and huge numbers first, so what a
     hostile file makes us allocate stays bounded by its size.
     """
-    from geoprobe.landmarks import read_json
-
     p = Path(path)
     return parse_measurements(read_json(p), file=p)
 

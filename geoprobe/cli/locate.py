@@ -15,12 +15,12 @@ from geoprobe.cli.env import Environment
 from geoprobe.cli.options import PROBE_METHODS, landmarks_option, method_option
 from geoprobe.errors import InputError, MeasurementError
 from geoprobe.geo.fix import Fix
+from geoprobe.jsonfile import read_json
 from geoprobe.landmarks import (
     Catalogue,
     Landmark,
     default_catalogue_path,
     load_catalogue,
-    read_json,
 )
 from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
 from geoprobe.measurement import (
