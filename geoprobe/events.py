@@ -60,7 +60,12 @@ def parse_event(text: str, *, file: str | Path = "<event>") -> dict[str, Any]:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise InputError("empty: no CloudEvent", file=file)
-    raw = parse_json(lines[-1] if len(lines) > 1 else text, file=file)
+    try:
+        raw = parse_json(text, file=file)  # one event, perhaps indented over many lines
+    except InputError:
+        if len(lines) == 1:
+            raise
+        raw = parse_json(lines[-1], file=file)  # JSON lines: the newest event
     if not isinstance(raw, dict):
         raise InputError("not a CloudEvent JSON object", file=file)
     for key in ("id", "type"):
