@@ -111,6 +111,9 @@ def check_record(
         return f"landmark {_show(record.get('landmark_id'))} is not in the catalogue"
     if landmark.pubkey is None:
         return "the catalogue pins no public key for this landmark"
+    v = record.get("v", VERSION)
+    if isinstance(v, bool) or v != VERSION:
+        return f"evidence version {_show(v)} is not {VERSION}"
     try:
         nonce = _b64(record, "nonce")
         raw = _b64(record, "reply")
