@@ -26,6 +26,9 @@ _HOST = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
 )
 METHODS = ("udp", "tcp", "icmp")
+# Calibration builds n x n matrices over the landmarks: a short file of tiny entries must not ask
+# for gigabytes. RIPE Atlas has about a thousand anchors.
+MAX_LANDMARKS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +302,12 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
     entries = raw.get("landmarks")
     if not isinstance(entries, list):
         raise InputError("must be a list", file=file, field="landmarks")
+    if len(entries) > MAX_LANDMARKS:
+        raise InputError(
+            f"{len(entries)} landmarks: at most {MAX_LANDMARKS} are supported",
+            file=file,
+            field="landmarks",
+        )
     landmarks: list[Landmark] = []
     seen: set[str] = set()
     for i, e in enumerate(entries):
