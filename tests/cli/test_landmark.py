@@ -114,6 +114,9 @@ def test_serve_refuses_a_bad_key(tmp_path: Path) -> None:
     bad.write_text("nope")
     rc, _ = _run("landmark", "serve", "--key", str(bad), "--id", "x", "--lat", "1", "--lon", "2")
     assert rc == 3
+    # An endless file (a device, a FIFO fed forever) is refused after a bounded read.
+    rc, _ = _run("landmark", "serve", "--key", "/dev/zero", "--id", "x", "--lat", "1", "--lon", "2")
+    assert rc == 3
 
 
 def test_landmarks_group_hook() -> None:

@@ -417,3 +417,23 @@ def test_replaying_a_file_claiming_a_hundred_million_packets_is_one_line(
     assert run("locate", "--landmarks", str(cat), "--replay", str(f)) == 3
     [line] = _error_lines(run, capsys)
     assert str(f) in line and "'sent'" in line
+
+
+def test_replies_refused_while_probing_are_in_the_fix(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Forged and replayed replies leave a trace in the record of the fix they were refused for."""
+    pytest.importorskip("geoprobe.locate")
+    from geoprobe.landmarks import load_catalogue
+    from geoprobe.measurement import save_measurements
+    from geoprobe.probe import measure
+
+    cat, _ = world
+    ms = [m for m in measure(load_catalogue(cat).landmarks, "udp", samples=1) if m.ok]
+    ms[0].rejected = {"bad signature": 3}
+    ms[1].rejected = {"bad signature": 1, "replayed": 2}
+    f = tmp_path / "m.json"
+    save_measurements(f, ms)
+    assert run("locate", "--landmarks", str(cat), "--replay", str(f), "--format", "json") == 0
+    rec = json.loads(run.out.getvalue())
+    assert rec["rejected_replies"] == {"bad signature": 4, "replayed": 2}
