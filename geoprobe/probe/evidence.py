@@ -186,7 +186,15 @@ class BadEvidence:
 
     def __str__(self) -> str:
         where = f"evidence #{self.index}" if self.index >= 0 else "measurement"
-        return f"{self.landmark_id}: {where}: {self.reason}"
+        return f"{_printable(self.landmark_id)}: {where}: {_printable(self.reason)}"
+
+
+def _printable(text: str) -> str:
+    """The text on one line: an id from the file must not print lines of its own (a fake ``OK``)."""
+    if text.isprintable() and len(text) <= 200:
+        return text
+    shown = repr(text)[1:-1] if not text.isprintable() else text
+    return shown if len(shown) <= 200 else shown[:197] + "..."
 
 
 def verify_measurements(

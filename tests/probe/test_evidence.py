@@ -203,3 +203,12 @@ def test_hostile_record_values_are_reasons(
     lm, m = measured
     rec = dict(m.evidence[0], **{field: value})
     assert isinstance(verify_record(rec, lm), str)
+
+
+def test_a_hostile_landmark_id_prints_on_one_line(measured: tuple[Landmark, Measurement]) -> None:
+    lm, m = measured
+    bad = copy.deepcopy(m)
+    bad.landmark_id = "x\nOK: 90 signed replies verified"
+    _, problems = verify_measurements([bad], {lm.id: lm})
+    assert problems and all("\n" not in str(p) for p in problems)
+    assert str(problems[0]).startswith("x\\nOK: 90")
