@@ -82,6 +82,19 @@ def _error_line(o: Outcome, file: Path) -> None:
 _JSON_MEAS = raw_text(dumps(MEASUREMENTS)) | mutate_json(MEASUREMENTS).map(
     lambda d: dumps(d).encode()
 )
+
+
+def _with_id(lid: str) -> bytes:
+    doc = json.loads(json.dumps(MEASUREMENTS))
+    doc["results"][0]["landmark_id"] = lid
+    for rec in doc["results"][0]["evidence"]:
+        rec["landmark_id"] = lid
+    return dumps(doc).encode()
+
+
+_JSON_MEAS = _JSON_MEAS | st.text(alphabet="ab\n\r\x1b\x00 :OK", min_size=1, max_size=20).map(
+    _with_id
+)
 _JSON_CAT = raw_text(dumps(CATALOGUE)) | mutate_json(CATALOGUE).map(lambda d: dumps(d).encode())
 _JSON_EVENT = raw_text(dumps(EVENT)) | mutate_json(EVENT).map(lambda d: dumps(d).encode())
 _TOML = raw_text(POLICY) | st.sampled_from(
@@ -109,6 +122,9 @@ def test_verify_hostile_measurements(data: bytes) -> None:
             _error_line(o, f["m"])
         elif o.code == 3:
             assert all(ln.startswith("BAD ") for ln in o.out.splitlines()[:-1])
+            assert "problem(s) in" in o.out.splitlines()[-1]
+        if o.code != 0:
+            assert not any(ln.startswith("OK") for ln in o.out.splitlines())
 
 
 @FUZZ
