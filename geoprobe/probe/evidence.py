@@ -3,8 +3,9 @@
 A record holds the whole signed reply (base64), the nonce the prober sent and the prober's own
 send/receive times. An auditor with the catalogue can check, without any network: the signature
 against the pinned key, that the reply answers that nonce, that it names the catalogue's landmark
-at the catalogue's location, that no nonce is used twice, and that every RTT the measurement
-reports is backed by a signed reply.
+at the catalogue's location, that no nonce is used twice (as bytes, however it is spelt), that
+the file's times agree with the times the landmark signed, and that every RTT the measurement
+reports is backed by a signed reply of its own, whatever its unsigned ``method`` field says.
 """
 
 from __future__ import annotations
