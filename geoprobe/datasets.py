@@ -20,6 +20,7 @@ from geoprobe.errors import InputError
 from geoprobe.landmarks import Catalogue, Landmark
 
 FloatMatrix = npt.NDArray[np.float64]
+MAX_SERVERS = 4096  # three n x n float matrices: 400 MB at this size
 
 #: WonderProxy writes countries as English names; map them to ISO 3166-1 alpha-2.
 COUNTRY_CODES: dict[str, str] = {
@@ -229,11 +230,16 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
         raise InputError(f"cannot read: {exc.strerror}", file=path) from None
     with fh:
         reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"unreadable CSV header: {exc}", file=path) from None
         for col in required:
             if col not in header:
                 raise InputError(
-                    f"missing column (header: {','.join(header) or 'empty'})", file=path, field=col
+                    f"missing column (header: {_clip(','.join(header)) or 'empty'})",
+                    file=path,
+                    field=col,
                 )
         reader.fieldnames = header
         try:
@@ -242,20 +248,32 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
             raise InputError(f"unreadable CSV: {exc}", file=path) from None
 
 
+def _clip(text: object, n: int = 80) -> str:
+    """A cell as it may appear in a one-line message: a hostile file's cells can be huge."""
+    s = str(text)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
 def _coord(row: dict[str, str], lat_key: str, lon_key: str) -> tuple[float, float] | str:
     try:
         lat, lon = float(row[lat_key]), float(row[lon_key])
     except (TypeError, ValueError, KeyError):
         return f"{lat_key}/{lon_key} not numbers"
     if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
-        return f"impossible coordinates ({row.get(lat_key)}, {row.get(lon_key)})"
+        return f"impossible coordinates ({_clip(row.get(lat_key))}, {_clip(row.get(lon_key))})"
     return lat, lon
 
 
 class _Builder:
     """Collects directed RTT rows, keeping the minimum per pair."""
 
-    def __init__(self, servers: list[Server]) -> None:
+    def __init__(self, servers: list[Server], source: Path) -> None:
+        if len(servers) > MAX_SERVERS:  # each matrix is n x n: a short file must not ask for GBs
+            raise InputError(
+                f"{len(servers)} servers: at most {MAX_SERVERS} are supported",
+                file=source,
+                field="id",
+            )
         self.servers = servers
         self.index = {s.id: i for i, s in enumerate(servers)}
         n = len(servers)
@@ -325,7 +343,7 @@ def load_wonderproxy(servers_csv: str | Path, pings_csv: str | Path) -> Dataset:
         country_name = (row.get("country") or "").strip()
         code = COUNTRY_CODES.get(country_name)
         if country_name and code is None:
-            key = f"unknown country name {country_name!r} (kept without country)"
+            key = f"unknown country name {_clip(repr(country_name))} (kept without country)"
             bad[key] = bad.get(key, 0) + 1
         seen.add(sid)
         servers.append(
@@ -335,7 +353,7 @@ def load_wonderproxy(servers_csv: str | Path, pings_csv: str | Path) -> Dataset:
         warnings.append(f"{sp.name}: skipped {n} server row(s): {why}")
     if not servers:
         raise InputError("no usable server rows", file=sp, field="id")
-    b = _Builder(servers)
+    b = _Builder(servers, sp)
     for _line, row in _rows(pp, ("source", "destination", "min")):
         rmin = _float(row.get("min"))
         if math.isnan(rmin) and (row.get("min") or "").strip().lower() not in ("nan",):
@@ -370,7 +388,7 @@ def load_generic(landmarks_csv: str | Path, rtts_csv: str | Path) -> Dataset:
         elif isinstance(c, str):
             why = c
         elif country is not None and not (len(country) == 2 and country.isalpha()):
-            why = f"country not an ISO alpha-2 code ({country!r})"
+            why = f"country not an ISO alpha-2 code ({_clip(repr(country))})"
         else:
             seen.add(sid)
             servers.append(Server(id=sid, name=sid, lat=c[0], lon=c[1], country=country))
@@ -380,7 +398,7 @@ def load_generic(landmarks_csv: str | Path, rtts_csv: str | Path) -> Dataset:
         warnings.append(f"{lp.name}: skipped {n} landmark row(s): {why}")
     if not servers:
         raise InputError("no usable landmark rows", file=lp, field="id")
-    b = _Builder(servers)
+    b = _Builder(servers, lp)
     for _line, row in _rows(rp, ("src", "dst", "rtt_ms")):
         raw = (row.get("rtt_ms") or "").strip()
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import InputError
+from geoprobe.jsonfile import read_json
 
 FORMAT = "geoprobe-catalogue/1"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -25,6 +26,9 @@ _HOST = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
 )
 METHODS = ("udp", "tcp", "icmp")
+# Calibration builds n x n matrices over the landmarks: a short file of tiny entries must not ask
+# for gigabytes. RIPE Atlas has about a thousand anchors.
+MAX_LANDMARKS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,12 @@ def parse_catalogue(raw: Any, *, file: str = "<catalogue>") -> Catalogue:
     entries = raw.get("landmarks")
     if not isinstance(entries, list):
         raise InputError("must be a list", file=file, field="landmarks")
+    if len(entries) > MAX_LANDMARKS:
+        raise InputError(
+            f"{len(entries)} landmarks: at most {MAX_LANDMARKS} are supported",
+            file=file,
+            field="landmarks",
+        )
     landmarks: list[Landmark] = []
     seen: set[str] = set()
     for i, e in enumerate(entries):
@@ -342,54 +352,6 @@ def load_catalogue(path: str | Path) -> Catalogue:
     cat = parse_catalogue(raw, file=str(p))
     cat.path = p
     return cat
-
-
-MAX_FILE_BYTES = 64 * 1024 * 1024
-_MAX_DEPTH = 64
-
-
-def read_json(path: Path, *, limit: int = MAX_FILE_BYTES) -> Any:
-    """Parse a JSON file whose size, encoding, nesting and numbers may all be hostile.
-
-    Reads at most ``limit`` bytes, so what is allocated is bounded by the cap; every failure is
-    an InputError naming the file.
-    """
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", file=path) from None
-    if len(data) > limit:
-        raise InputError(f"larger than {limit // (1024 * 1024)} MiB: refused", file=path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 (byte {exc.start})", file=path) from None
-    if _too_deep(text):
-        raise InputError(f"nested more than {_MAX_DEPTH} levels deep", file=path)
-    try:
-        return json.loads(text)  # NaN/Infinity pass here; the field checks name them
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=path
-        ) from None
-    except (ValueError, RecursionError) as exc:  # int-string limit, nesting
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputError(f"not acceptable JSON: {msg}", file=path) from None
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _too_deep(text: str) -> bool:
-    """Bracket depth outside strings, before json's recursive parser (or a later walk) sees it."""
-    depth = 0
-    for m in _BRACKET.finditer(_STRING.sub('""', text)):
-        depth += 1 if m.group() in "[{" else -1
-        if depth > _MAX_DEPTH:
-            return True
-    return False
 
 
 def _show(value: Any) -> str:

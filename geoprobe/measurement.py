@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import InputError
+from geoprobe.jsonfile import read_json
 
 FORMAT = "geoprobe-measurements/1"
 
@@ -84,6 +85,12 @@ class Measurement:
 
     @classmethod
     def from_json(cls, raw: Any, *, file: str = "<measurements>", index: int = 0) -> Measurement:
+        """Validate one record; every field of the wrong type or size is a one-line InputError.
+
+        Nothing here allocates more than the record itself holds: ``sent`` may not exceed the
+        entries of ``result`` (the RIPE shape lists every packet sent), because ``to_json`` writes
+        one entry per packet.
+        """
         if not isinstance(raw, Mapping):
             raise InputError("must be an object", file=file, entry=index)
         lid = raw.get("landmark_id", raw.get("dst_name"))
@@ -91,48 +98,105 @@ class Measurement:
             raise InputError(
                 "must be a non-empty string", file=file, entry=index, field="landmark_id"
             )
+
+        def bad(message: str, fld: str) -> InputError:
+            return InputError(message, file=file, entry=lid, field=fld)
+
         result = raw.get("result", [])
         if not isinstance(result, list):
-            raise InputError("must be a list", file=file, entry=lid, field="result")
+            raise bad("must be a list", "result")
         rtts: list[float] = []
         for j, r in enumerate(result):
             if not isinstance(r, Mapping):
-                raise InputError("must be an object", file=file, entry=lid, field=f"result[{j}]")
+                raise bad("must be an object", f"result[{j}]")
             if "rtt" in r:
                 v = r["rtt"]
-                if (
-                    isinstance(v, bool)
-                    or not isinstance(v, (int, float))
-                    or not math.isfinite(v)
-                    or v < 0
-                ):
-                    raise InputError(
-                        f"must be a non-negative number of ms, got {v!r}",
-                        file=file,
-                        entry=lid,
-                        field=f"result[{j}].rtt",
+                if not _is_number(v) or v < 0:
+                    raise bad(
+                        f"must be a non-negative number of ms, got {_show(v)}", f"result[{j}].rtt"
                     )
                 rtts.append(float(v))
         sent = raw.get("sent", len(result))
         if isinstance(sent, bool) or not isinstance(sent, int) or sent < 0:
-            raise InputError("must be a non-negative integer", file=file, entry=lid, field="sent")
+            raise bad("must be a non-negative integer", "sent")
+        if sent > max(len(result), len(rtts)):
+            raise bad(
+                f"{_show(sent)} packets but result lists {len(result)}: every packet sent has an "
+                "entry",
+                "sent",
+            )
         ts = raw.get("timestamp", 0.0)
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise InputError("must be a UNIX time", file=file, entry=lid, field="timestamp")
+        if not _is_number(ts):
+            raise bad("must be a UNIX time", "timestamp")
+        method = raw.get("method")
+        if method is None:
+            proto = raw.get("proto", "replay")
+            if not isinstance(proto, str):
+                raise bad("must be a string", "proto")
+            method = proto.lower()
+        if not isinstance(method, str):
+            raise bad("must be a string", "method")
         return cls(
             landmark_id=lid,
-            method=str(raw.get("method", str(raw.get("proto", "replay")).lower())),
-            dst_addr=str(raw.get("dst_addr", "")),
+            method=method,
+            dst_addr=_opt_str(raw, "dst_addr", bad) or "",
             rtts_ms=rtts,
             sent=sent,
-            failure=raw.get("failure"),
-            path=raw.get("path"),
+            failure=_opt_str(raw, "failure", bad),
+            path=_opt_str(raw, "path", bad),
             timestamp=float(ts),
-            evidence=list(raw.get("evidence", [])),
+            evidence=_objects(raw, "evidence", bad),
             clock_offsets_ms=_numbers(raw, "clock_offsets_ms", file, lid),
-            rejected=dict(raw.get("rejected", {})),
+            rejected=_counts(raw, "rejected", bad),
             sent_at=_numbers(raw, "sent_at", file, lid),
         )
+
+
+def _is_number(x: Any) -> bool:
+    """A finite JSON number (not a bool; an int too large for a float is not finite)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: a hostile value cannot make the one-line message huge."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the int-string conversion limit
+        return "a huge number"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _opt_str(raw: Mapping[str, Any], key: str, bad: Callable[[str, str], InputError]) -> str | None:
+    v = raw.get(key)
+    if v is not None and not isinstance(v, str):
+        raise bad(f"must be a string, got {_show(v)}", key)
+    return v
+
+
+def _objects(
+    raw: Mapping[str, Any], key: str, bad: Callable[[str, str], InputError]
+) -> list[dict[str, Any]]:
+    v = raw.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise bad("must be a list of objects", key)
+    return list(v)
+
+
+def _counts(
+    raw: Mapping[str, Any], key: str, bad: Callable[[str, str], InputError]
+) -> dict[str, int]:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise bad("must be an object of counts", key)
+    for k, n in v.items():
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63:
+            raise bad(f"must be a non-negative count, got {_show(n)}", f"{key}.{k}")
+    return dict(v)
 
 
 def _numbers(raw: Mapping[str, Any], key: str, file: str, entry: str) -> list[float]:
@@ -141,11 +205,26 @@ def _numbers(raw: Mapping[str, Any], key: str, file: str, entry: str) -> list[fl
     if not isinstance(v, list):
         raise InputError("must be a list of numbers", file=file, entry=entry, field=key)
     for j, x in enumerate(v):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        if not _is_number(x):
             raise InputError(
-                f"must be a finite number, got {x!r}", file=file, entry=entry, field=f"{key}[{j}]"
+                f"must be a finite number, got {_show(x)}",
+                file=file,
+                entry=entry,
+                field=f"{key}[{j}]",
             )
     return [float(x) for x in v]
+
+
+def rejected_totals(measurements: Iterable[Measurement]) -> dict[str, int]:
+    """Replies refused in a round, by reason (``bad signature``, ``replayed``, ...), all landmarks.
+
+    A fix carries these so that forged or replayed replies leave a trace in what the watch reports.
+    """
+    out: dict[str, int] = {}
+    for m in measurements:
+        for reason, n in m.rejected.items():
+            out[reason] = out.get(reason, 0) + n
+    return dict(sorted(out.items()))
 
 
 def min_rtts(measurements: Iterable[Measurement]) -> dict[str, float]:
@@ -167,22 +246,35 @@ def save_measurements(path: str | Path, measurements: Iterable[Measurement], **m
 
 
 def load_measurements(path: str | Path) -> tuple[list[Measurement], dict[str, Any]]:
-    """Load a saved measurement file (or a bare RIPE-style result list) for replay."""
+    """Load a saved measurement file (or a bare RIPE-style result list) for replay.
+
+    The read is size-capped and checked for encoding, nesting and huge numbers first, so what a
+    hostile file makes us allocate stays bounded by its size.
+    """
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=p) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON (line {exc.lineno}: {exc.msg})", file=p) from None
+    return parse_measurements(read_json(p), file=p)
+
+
+def parse_measurements(
+    raw: Any, *, file: str | Path = "<measurements>"
+) -> tuple[list[Measurement], dict[str, Any]]:
+    """A parsed measurement document: ``{"format": ..., "results": [...]}`` or a bare list."""
     meta: dict[str, Any] = {}
     if isinstance(raw, Mapping):
         if raw.get("format", FORMAT) != FORMAT:
-            raise InputError(f"unsupported format {raw.get('format')!r}", file=p, field="format")
+            raise InputError(
+                f"unsupported format {_show(raw.get('format'))}", file=file, field="format"
+            )
         results = raw.get("results")
         meta = {k: v for k, v in raw.items() if k != "results"}
     else:
         results = raw
-    if not isinstance(results, list):
-        raise InputError("must be a list", file=p, field="results")
-    return [Measurement.from_json(r, file=str(p), index=i) for i, r in enumerate(results)], meta
+    return parse_measurement_list(results, file=file, field="results"), meta
+
+
+def parse_measurement_list(
+    items: Any, *, file: str | Path = "<measurements>", field: str = "results"
+) -> list[Measurement]:
+    if not isinstance(items, list):
+        raise InputError("must be a list", file=file, field=field)
+    return [Measurement.from_json(r, file=str(file), index=i) for i, r in enumerate(items)]

@@ -35,6 +35,10 @@ VERDICTS = ("suspected", "confirmed_crossing", "unknown")
 DEFAULT_MIN_PROBABILITY = 0.9
 DEFAULT_MIN_LANDMARKS = 3
 MAX_TIMEOUT_S = 3600.0
+MAX_COUNT = 100  # wipe passes, webhook retries: more is a typo or an attack, not a policy
+MAX_RATE = 1e9  # pages per second
+MAX_SIZE = 1 << 44  # 16 TiB: no guest has more memory to dirty
+MAX_POLICY_BYTES = 1 << 20  # a policy is a page of text; a larger file is refused before parsing
 
 # Seconds each action may take unless the policy says otherwise: local, fast measures get
 # little, network ones a little more (retries), the delay the time it is meant to buy.
@@ -154,9 +158,19 @@ def _url(value: Any) -> str:
 
 
 def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _FieldError("must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise _FieldError(f"must be an integer from 0 to {MAX_COUNT}")
     return value
+
+
+def _finite(value: Any) -> bool:
+    """A TOML number that is a real, finite one (TOML integers may be arbitrarily long)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _bool(value: Any) -> bool:
@@ -166,7 +180,7 @@ def _bool(value: Any) -> bool:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _finite(value):
         raise _FieldError("must be a number of seconds")
     if not 0 < value <= MAX_TIMEOUT_S:
         raise _FieldError(f"must be > 0 and <= {MAX_TIMEOUT_S:g} seconds")
@@ -180,8 +194,8 @@ def _fraction(value: Any) -> float:
 
 
 def _rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _FieldError("must be a positive number of pages per second")
+    if not _finite(value) or not 0 < value <= MAX_RATE:
+        raise _FieldError(f"must be a number of pages per second in (0, {MAX_RATE:g}]")
     return float(value)
 
 
@@ -189,12 +203,13 @@ def parse_size(value: Any) -> int:
     """Bytes from ``256M``, ``1GiB``, ``512MB`` or an integer: binary units, as free(1) shows."""
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        n = int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
+    elif isinstance(value, str) and len(value) <= 64 and (m := _SIZE_RE.match(value)):
+        x = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+        n = int(x) if math.isfinite(x) and x <= MAX_SIZE else MAX_SIZE + 1
     else:
         raise _FieldError("must be a size such as 256M, 1G or a number of bytes")
-    if n <= 0:
-        raise _FieldError("must be a positive size")
+    if not 0 < n <= MAX_SIZE:
+        raise _FieldError(f"must be a positive size of at most {MAX_SIZE >> 40} TiB")
     return n
 
 
@@ -224,7 +239,7 @@ def _luks(value: Any) -> list[str]:
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        if value not in options:
+        if not isinstance(value, str) or value not in options:
             raise _FieldError(f"must be one of {', '.join(options)}")
         return str(value)
 
@@ -282,9 +297,16 @@ def _parse_action(
     name = raw.get("action")
     if name is None:
         raise InputError("missing", file=file, entry=entry, field="action")
+    if not isinstance(name, str):
+        raise InputError(
+            f"must be the name of an action (known: {', '.join(ACTION_FIELDS)})",
+            file=file,
+            entry=entry,
+            field="action",
+        )
     if name not in ACTION_FIELDS:
         raise InputError(
-            f"unknown action {name!r} (known: {', '.join(ACTION_FIELDS)})",
+            f"unknown action {_show(name)} (known: {', '.join(ACTION_FIELDS)})",
             file=file,
             entry=entry,
             field="action",
@@ -361,14 +383,17 @@ def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Po
         raise InputError("must be a table", file=f, entry="confidence")
     _check_keys(conf, ("min_probability", "min_landmarks"), f, "confidence")
     min_p = conf.get("min_probability", DEFAULT_MIN_PROBABILITY)
-    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0 <= min_p <= 1:
+    if not _finite(min_p) or not 0 <= min_p <= 1:
         raise InputError(
             "must be a number in [0, 1]", file=f, entry="confidence", field="min_probability"
         )
     min_l = conf.get("min_landmarks", DEFAULT_MIN_LANDMARKS)
-    if isinstance(min_l, bool) or not isinstance(min_l, int) or min_l < 1:
+    if isinstance(min_l, bool) or not isinstance(min_l, int) or not 1 <= min_l <= 100_000:
         raise InputError(
-            "must be an integer >= 1", file=f, entry="confidence", field="min_landmarks"
+            "must be an integer from 1 to 100000",
+            file=f,
+            entry="confidence",
+            field="min_landmarks",
         )
 
     defaults = raw.get("defaults", {})
@@ -389,7 +414,7 @@ def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Po
     for verdict, items in on.items():
         if verdict not in VERDICTS:
             raise InputError(
-                f"unknown verdict {verdict!r} (known: {', '.join(VERDICTS)})",
+                f"unknown verdict {_show(verdict)} (known: {', '.join(VERDICTS)})",
                 file=f,
                 entry=f"on.{verdict}",
             )
@@ -412,14 +437,42 @@ def parse_policy(raw: Mapping[str, Any], *, file: str | Path = "<policy>") -> Po
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file. Anything wrong raises InputError naming file and field."""
+    """Read and validate a policy file. Anything wrong raises InputError naming file and field.
+
+    The read is capped (``MAX_POLICY_BYTES``), and what TOML parsing itself cannot survive
+    (nesting thousands deep, integers past Python's conversion limit) is a one-line error too.
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read policy: {exc}", file=p) from None
+        with p.open("rb") as fh:
+            data = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read policy: {exc.strerror or exc}", file=p) from None
+    if len(data) > MAX_POLICY_BYTES:
+        raise InputError(f"larger than {MAX_POLICY_BYTES >> 10} KiB: refused", file=p)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 (byte {exc.start})", file=p) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"not valid TOML: {exc}", file=p) from None
+        raise InputError(f"not valid TOML: {_one_line(exc)}", file=p) from None
+    except RecursionError:
+        raise InputError("not acceptable TOML: nested too deep", file=p) from None
+    except ValueError as exc:  # an integer past the int-string conversion limit
+        raise InputError(f"not acceptable TOML: {_one_line(exc)}", file=p) from None
     return parse_policy(raw, file=p)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: a hostile value cannot make the one-line message huge."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the int-string conversion limit
+        return "a huge number"
+    return text if len(text) <= 60 else text[:57] + "..."

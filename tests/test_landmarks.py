@@ -123,3 +123,48 @@ def test_rtt_matrix_takes_minimum_and_symmetrises() -> None:
     assert m[i["a"], i["b"]] == 8.0 and m[i["b"], i["a"]] == 8.0  # one direction given: symmetric
     assert m[i["b"], i["c"]] == 5.0 and m[i["c"], i["b"]] == 6.0  # both given: kept apart
     assert math.isnan(m[i["a"], i["c"]])
+
+
+def test_landmark_count_is_capped_before_anything_is_fitted(tmp_path: Path) -> None:
+    from geoprobe.landmarks import MAX_LANDMARKS
+
+    entries = [
+        {"id": f"l{i}", "lat": 0, "lon": 0, "address": "127.0.0.1"}
+        for i in range(MAX_LANDMARKS + 1)
+    ]
+    p = tmp_path / "cat.json"
+    p.write_text(json.dumps({"landmarks": entries}))
+    with pytest.raises(InputError) as exc:
+        load_catalogue(p)
+    assert str(exc.value).startswith(str(p)) and "'landmarks'" in str(exc.value)
+    p.write_text(json.dumps({"landmarks": entries[:MAX_LANDMARKS]}))
+    assert len(load_catalogue(p)) == MAX_LANDMARKS
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"landmarks": [], "name": "caf\xe9"}', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than"),
+        (b'{"landmarks": [{"id": "a", "lat": ' + b"9" * 5000 + b"}]}", "not acceptable JSON"),
+        (b'{"landmarks": [{"id": "a", "lat": ' + b"9" * 400 + b', "lon": 0}]}', "'lat'"),
+        (b'{"landmarks": [{"id": ["a"], "lat": 0, "lon": 0}]}', "'id'"),
+        (b'{"landmarks": [{"id": {"a": 1}, "lat": 0, "lon": 0}]}', "'id'"),
+        (b'{"landmarks": [{"id": "a", "lat": [1], "lon": 0}]}', "'lat'"),
+        (b'{"landmarks": [{"id": "a", "lat": 0, "lon": {"e": 1}}]}', "'lon'"),
+        (b'{"landmarks": [{"id": "a", "lat": 0, "lon": 0, "address": ["::1"]}]}', "'address'"),
+        (
+            b'{"landmarks": [{"id": "a", "lat": 0, "lon": 0, "host": "h", "methods": {"udp": [1]}}]}',
+            "'methods.udp'",
+        ),
+        (b'{"landmarks": {"a": 1}}', "'landmarks'"),
+        (b'{"landmarks": [], "calibration": {"rtts": [[1, 2]]}}', "calibration.rtts[0]"),
+    ],
+)
+def test_hostile_catalogues_are_one_line(tmp_path: Path, content: bytes, reason: str) -> None:
+    p = tmp_path / "cat.json"
+    p.write_bytes(content)
+    with pytest.raises(InputError) as exc:
+        load_catalogue(p)
+    msg = str(exc.value)
+    assert msg.startswith(str(p)) and reason in msg and "\n" not in msg and len(msg) < 300

@@ -153,3 +153,59 @@ def test_contrib_example_is_valid_and_redacts_tokens() -> None:
     hook = next(s for s in pol.actions_for("suspected") if s.action == "webhook")
     assert "Bearer" in hook.options["headers"]["Authorization"]
     assert "Bearer" not in hook.describe() and "Bearer" not in str(pol.summary())
+
+
+_ACTION = "[[on.unknown]]\n"
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (_ACTION + 'action = ["wipe"]\n', "'action': must be the name of an action"),
+        (_ACTION + "action = { name = 'wipe' }\n", "'action': must be the name of an action"),
+        (_ACTION + 'action = "syslog"\ntimeout = ' + "9" * 400 + "\n", "'timeout'"),
+        (_ACTION + 'action = "syslog"\nfacility = ["kern"]\n', "'facility'"),
+        (
+            _ACTION + 'action = "webhook"\nurl = "http://h"\nretries = ' + "9" * 40 + "\n",
+            "'retries'",
+        ),
+        (_ACTION + 'action = "wipe"\npaths = ["/k"]\npasses = 1000000\n', "'passes'"),
+        (_ACTION + 'action = "delay"\nmemory = "' + "9" * 400 + 'G"\n', "'memory'"),
+        (_ACTION + 'action = "delay"\nmemory = "' + "9" * 60 + 'G"\n', "'memory'"),
+        (_ACTION + 'action = "delay"\nmemory = ' + "9" * 400 + "\n", "'memory'"),
+        (_ACTION + 'action = "delay"\nrate = nan\n', "'rate'"),
+        (_ACTION + 'action = "delay"\nrate = inf\n', "'rate'"),
+        ("[confidence]\nmin_landmarks = " + "9" * 300 + "\n", "'min_landmarks'"),
+        ("[confidence]\nmin_probability = " + "9" * 400 + "\n", "'min_probability'"),
+        ("[defaults]\ntimeout = " + "9" * 4000 + "\n", "'timeout'"),
+        ("x = " + "9" * 5000 + "\n", "not acceptable TOML"),
+        ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deep"),
+        ("x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", "nested too deep"),
+    ],
+)
+def test_hostile_values_are_one_line_naming_the_field(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as exc:
+        load_policy(p)
+    line = str(exc.value)
+    assert line.startswith(str(p)) and where in line
+    assert "\n" not in line and len(line) < 400
+
+
+def test_non_utf8_and_oversized_policies_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "policy.toml"
+    p.write_bytes(b"# \xff\xfe\n[jurisdiction]\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_policy(p)
+    p.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(InputError, match="refused"):
+        load_policy(p)
+
+
+def test_sizes_stay_within_bounds() -> None:
+    assert parse_size("16T") == 16 << 40
+    for bad in ("17T", 1 << 45, "9" * 30):
+        with pytest.raises(ValueError):
+            parse_size(bad)

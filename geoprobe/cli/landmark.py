@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from geoprobe.cli.env import Environment
 from geoprobe.probe import keys
 from geoprobe.probe.protocol import DEFAULT_PORT, MAX_ID_LEN
+from geoprobe.probe.ratelimit import DEFAULT_BURST, DEFAULT_RATE, RateLimit
 
 
 @click.group("landmark")
@@ -99,6 +100,20 @@ def catalogue_entry(
     show_default=True,
     help="UDP port (0: any free port; the entry printed names it).",
 )
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_RATE,
+    show_default=True,
+    help="Signed replies per second to one source address (IPv6: per /64); 0: no limit.",
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(min=1),
+    default=int(DEFAULT_BURST),
+    show_default=True,
+    help="Replies one source may get at once before --rate-limit applies.",
+)
 @click.pass_obj
 def serve_cmd(
     env: Environment,
@@ -109,8 +124,14 @@ def serve_cmd(
     country: str | None,
     bind: str,
     port: int,
+    rate_limit: float,
+    burst: int,
 ) -> None:
-    """Answer signed echo requests in the foreground until SIGTERM or SIGINT."""
+    """Answer signed echo requests in the foreground until SIGTERM or SIGINT.
+
+    Each source address gets at most --rate-limit replies a second (after a --burst), so the
+    landmark cannot be made to sign in bulk or to flood a spoofed address.
+    """
     if not 1 <= len(landmark_id.encode("utf-8")) <= MAX_ID_LEN:
         raise click.BadParameter(f"must be 1-{MAX_ID_LEN} bytes", param_hint="--id")
     key = keys.load_private(key_path)
@@ -119,7 +140,8 @@ def serve_cmd(
 
     pub_b64 = base64.b64encode(raw).decode("ascii")
     kid = keys.key_id(raw)
-    asyncio.run(_serve(env, key, landmark_id, lat, lon, country, bind, port, pub_b64, kid))
+    limit = RateLimit(rate=rate_limit, burst=burst) if rate_limit > 0 else None
+    asyncio.run(_serve(env, key, landmark_id, lat, lon, country, bind, port, pub_b64, kid, limit))
 
 
 async def _serve(
@@ -133,12 +155,13 @@ async def _serve(
     port: int,
     pub_b64: str,
     kid: str,
+    limit: RateLimit | None,
 ) -> None:
     from geoprobe.probe.responder import start_responder
 
     try:
         transport, responder = await start_responder(
-            key, landmark_id, lat, lon, host=bind, port=port, key_id=kid
+            key, landmark_id, lat, lon, host=bind, port=port, key_id=kid, rate_limit=limit
         )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
@@ -148,8 +171,10 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     host, bound_port = transport.get_extra_info("sockname")[:2]
     address = None if bind in ("0.0.0.0", "::") else bind
+    cap = f"{limit.rate:g}/s per source, burst {limit.burst:g}" if limit else "no rate limit"
     env.stdout.write(
-        f"serving landmark {landmark_id!r} on udp {host}:{bound_port}; add to your catalogue:\n"
+        f"serving landmark {landmark_id!r} on udp {host}:{bound_port} ({cap}); "
+        "add to your catalogue:\n"
     )
     env.stdout.write(
         json.dumps(
@@ -163,7 +188,10 @@ async def _serve(
         await stop.wait()
     finally:
         transport.close()
-        env.stdout.write(f"stopped after {responder.answered} replies\n")
+        env.stdout.write(
+            f"stopped after {responder.answered} replies "
+            f"({responder.limited} requests over the rate limit dropped)\n"
+        )
         env.stdout.flush()
 
 

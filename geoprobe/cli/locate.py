@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,9 +15,24 @@ from geoprobe.cli.env import Environment
 from geoprobe.cli.options import PROBE_METHODS, landmarks_option, method_option
 from geoprobe.errors import InputError, MeasurementError
 from geoprobe.geo.fix import Fix
-from geoprobe.landmarks import Catalogue, Landmark, default_catalogue_path, load_catalogue
+from geoprobe.jsonfile import read_json
+from geoprobe.landmarks import (
+    Catalogue,
+    Landmark,
+    default_catalogue_path,
+    load_catalogue,
+)
 from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
-from geoprobe.measurement import Measurement, load_measurements, min_rtts, save_measurements
+from geoprobe.measurement import (
+    Measurement,
+    load_measurements,
+    min_rtts,
+    parse_measurement_list,
+    parse_measurements,
+    rejected_totals,
+    save_measurements,
+)
+from geoprobe.probe.evidence import MAX_CLOCK_OFFSET_S
 from geoprobe.status import ExitStatus
 
 DEFAULT_PPS = 1000.0
@@ -186,6 +200,7 @@ def locate_cmd(
     if not rtts:
         raise _nothing_answered(measurements)
     fix = _solve(cat, rtts)
+    fix.rejected_replies = rejected_totals(measurements)
     meta: dict[str, Any] = {
         "catalogue": str(cat.path) if cat.path else cat.name,
         "probe_method": used_method,
@@ -232,23 +247,15 @@ def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
 
 def _load_for_audit(path: Path) -> list[Measurement]:
     """A saved measurement file, or a ``locate --format json`` record (it embeds the measurements)."""
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON (line {exc.lineno}: {exc.msg})", file=path) from None
+    raw = read_json(path)
     if (
         isinstance(raw, dict)
         and "measurements" in raw
         and raw.get("format", MEASUREMENTS_FORMAT) == MEASUREMENTS_FORMAT
         and "results" not in raw
     ):
-        items = raw["measurements"]
-        if not isinstance(items, list):
-            raise InputError("must be a list", file=path, field="measurements")
-        return [Measurement.from_json(r, file=str(path), index=i) for i, r in enumerate(items)]
-    return load_measurements(path)[0]
+        return parse_measurement_list(raw["measurements"], file=path, field="measurements")
+    return parse_measurements(raw, file=path)[0]
 
 
 @click.command("verify")
@@ -256,15 +263,30 @@ def _load_for_audit(path: Path) -> list[Measurement]:
 @landmarks_option(
     "Catalogue that pins the landmarks' keys (default: the synced RIPE Atlas anchors)."
 )
+@click.option(
+    "--max-clock-offset",
+    type=click.FloatRange(min=0.0, max=10 * 365 * 86400.0),
+    default=MAX_CLOCK_OFFSET_S,
+    show_default=True,
+    help="Seconds the prober's clock may differ from the landmarks' signed times.",
+)
 @click.pass_context
-def verify_cmd(ctx: click.Context, file: Path, landmarks_path: Path | None) -> None:
-    """Re-verify the signed replies in FILE offline (exit 0: all good, 3: any bad evidence)."""
+def verify_cmd(
+    ctx: click.Context, file: Path, landmarks_path: Path | None, max_clock_offset: float
+) -> None:
+    """Re-verify the signed replies in FILE offline (exit 0: all good, 3: any bad evidence).
+
+    Every RTT in FILE must be backed by a signed reply, and the file's own times must agree with
+    the times the landmarks signed.
+    """
     from geoprobe.probe.evidence import verify_measurements
 
     env: Environment = ctx.obj
     cat = catalogue_from(landmarks_path)
     measurements = _load_for_audit(file)
-    checked, bad = verify_measurements(measurements, cat.by_id())
+    checked, bad = verify_measurements(
+        measurements, cat.by_id(), max_clock_offset_s=max_clock_offset
+    )
     if checked == 0:
         raise MeasurementError(f"{file}: no signed evidence to verify")
     for b in bad:

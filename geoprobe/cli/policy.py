@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from geoprobe.cli.env import Environment
 from geoprobe.defend import ActionResult, respond
 from geoprobe.defend.audit import AuditStore
 from geoprobe.errors import InputError
+from geoprobe.events import MAX_EVENT_BYTES, parse_event, read_event
 from geoprobe.policy import VERDICTS, Policy, load_policy
 from geoprobe.store import default_path
 
@@ -48,15 +50,12 @@ def _print_results(env: Environment, results: list[ActionResult], as_json: bool)
 
 
 def _load_event(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text() if str(path) != "-" else click.get_text_stream("stdin").read()
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        event = json.loads(lines[-1] if len(lines) > 1 else text)
-    except (OSError, json.JSONDecodeError, IndexError) as exc:
-        raise InputError(f"not a CloudEvent JSON (line): {exc}", file=path) from None
-    if not isinstance(event, dict):
-        raise InputError("not a CloudEvent JSON object", file=path)
-    return event
+    if str(path) != "-":
+        return read_event(path)
+    text = sys.stdin.read(MAX_EVENT_BYTES + 1)
+    if len(text) > MAX_EVENT_BYTES:
+        raise InputError(f"larger than {MAX_EVENT_BYTES >> 20} MiB: refused", file="<stdin>")
+    return parse_event(text, file="<stdin>")
 
 
 def register(group: click.Group) -> None:

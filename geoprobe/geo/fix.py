@@ -46,6 +46,9 @@ class Fix:
     inconsistent: list[str] = field(default_factory=list)  # culprits of an empty intersection
     method: str = "geoprobe"
     notes: list[str] = field(default_factory=list)
+    # Replies the prober refused in the round behind this fix, by reason (forged, replayed, ...):
+    # an attack on the probes leaves a trace in every report of the fix.
+    rejected_replies: dict[str, int] = field(default_factory=dict)
 
     @property
     def country(self) -> str | None:
@@ -78,4 +81,5 @@ class Fix:
             "inconsistent": self.inconsistent,
             "method": self.method,
             "notes": self.notes,
+            "rejected_replies": self.rejected_replies,
         }

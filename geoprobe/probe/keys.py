@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from geoprobe.errors import InputError
 
+MAX_KEY_BYTES = 64 * 1024
 PRIVATE_NAME = "landmark.key"
 PUBLIC_NAME = "landmark.pub"
 
@@ -54,9 +55,12 @@ def save_private(path: str | Path, key: Ed25519PrivateKey) -> None:
 def load_private(path: str | Path) -> Ed25519PrivateKey:
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as fh:
+            data = fh.read(MAX_KEY_BYTES + 1)  # a PEM key is a few hundred bytes; /dev/zero is not
     except OSError as exc:
         raise InputError(f"cannot read key: {exc.strerror}", file=p) from None
+    if len(data) > MAX_KEY_BYTES:
+        raise InputError("not an unencrypted PEM private key (too large)", file=p)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from geoprobe.probe import keys
 from geoprobe.probe.protocol import ProtocolError, build_reply, parse_request
+from geoprobe.probe.ratelimit import RateLimit, SourceLimiter
 from geoprobe.probe.timer import PreciseTimer, shared_timer
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class EchoResponder(asyncio.DatagramProtocol):
         delay: Callable[[], float] | None = None,
         clock: Callable[[], int] | None = None,
         timer: PreciseTimer | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.key = key
         self.landmark_id = landmark_id
@@ -62,8 +64,10 @@ class EchoResponder(asyncio.DatagramProtocol):
         self._timer = timer
         self.transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
+        self.limiter = SourceLimiter(rate_limit) if rate_limit is not None else None
         self.answered = 0
         self.dropped = 0
+        self.limited = 0
 
     @property
     def timer(self) -> PreciseTimer:
@@ -109,6 +113,9 @@ class EchoResponder(asyncio.DatagramProtocol):
             nonce = parse_request(data)
         except ProtocolError:
             self.dropped += 1
+            return
+        if self.limiter is not None and not self.limiter.allow(str(addr[0])):
+            self.limited += 1
             return
         held = max(0.0, self.delay()) if self.delay is not None else 0.0
         if held <= 0.0:
@@ -160,12 +167,21 @@ async def start_responder(
     delay: Callable[[], float] | None = None,
     clock: Callable[[], int] | None = None,
     timer: PreciseTimer | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> tuple[asyncio.DatagramTransport, EchoResponder]:
     """Bind a responder on ``host:port`` in the running loop (port 0: any free port)."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: EchoResponder(
-            key, landmark_id, lat, lon, key_id=key_id, delay=delay, clock=clock, timer=timer
+            key,
+            landmark_id,
+            lat,
+            lon,
+            key_id=key_id,
+            delay=delay,
+            clock=clock,
+            timer=timer,
+            rate_limit=rate_limit,
         ),
         local_addr=(host, port),
     )

@@ -39,7 +39,48 @@ def test_keygen(tmp_path: Path) -> None:
 
 def test_serve_answers_until_sigterm(tmp_path: Path) -> None:
     _run("landmark", "keygen", "--out", str(tmp_path))
-    proc = subprocess.Popen(
+    proc = _serve(tmp_path)
+    try:
+        assert proc.stdout is not None
+        header = proc.stdout.readline()
+        assert header.startswith("serving landmark 'my-dc' on udp 127.0.0.240:"), (
+            header + proc.stderr.read()
+        )
+        assert "(20/s per source, burst 100)" in header
+        lines = []
+        while not (line := proc.stdout.readline()).startswith("}"):
+            lines.append(line)
+        entry = json.loads("".join(lines) + "}")
+        lm = parse_landmark(entry)  # the printed entry is a valid catalogue entry as it stands
+        [m] = measure([lm], "udp", samples=2)
+        assert m.ok and len(m.evidence) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(10)
+    assert rc == 0
+    assert "stopped after 2 replies" in proc.stdout.read()
+
+
+def test_serve_limits_each_source(tmp_path: Path) -> None:
+    _run("landmark", "keygen", "--out", str(tmp_path))
+    proc = _serve(tmp_path, "--rate-limit", "0.5", "--burst", "3")
+    try:
+        assert proc.stdout is not None
+        assert "(0.5/s per source, burst 3)" in proc.stdout.readline()
+        lines = []
+        while not (line := proc.stdout.readline()).startswith("}"):
+            lines.append(line)
+        lm = parse_landmark(json.loads("".join(lines) + "}"))
+        [m] = measure([lm], "udp", samples=8, timeout=0.5)
+        assert len(m.rtts_ms) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert "stopped after 3 replies (5 requests over the rate limit dropped)" in proc.stdout.read()
+
+
+def _serve(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -60,35 +101,21 @@ def test_serve_answers_until_sigterm(tmp_path: Path) -> None:
             "127.0.0.240",
             "--port",
             "0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stdout is not None
-        header = proc.stdout.readline()
-        assert header.startswith("serving landmark 'my-dc' on udp 127.0.0.240:"), (
-            header + proc.stderr.read()
-        )
-        lines = []
-        while not (line := proc.stdout.readline()).startswith("}"):
-            lines.append(line)
-        entry = json.loads("".join(lines) + "}")
-        lm = parse_landmark(entry)  # the printed entry is a valid catalogue entry as it stands
-        [m] = measure([lm], "udp", samples=2)
-        assert m.ok and len(m.evidence) == 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(10)
-    assert rc == 0
-    assert "stopped after 2 replies" in proc.stdout.read()
 
 
 def test_serve_refuses_a_bad_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.key"
     bad.write_text("nope")
     rc, _ = _run("landmark", "serve", "--key", str(bad), "--id", "x", "--lat", "1", "--lon", "2")
+    assert rc == 3
+    # An endless file (a device, a FIFO fed forever) is refused after a bounded read.
+    rc, _ = _run("landmark", "serve", "--key", "/dev/zero", "--id", "x", "--lat", "1", "--lon", "2")
     assert rc == 3
 
 

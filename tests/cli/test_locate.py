@@ -359,3 +359,81 @@ def test_mmdb_cross_check_goes_into_the_record(
     # Loopback has no public address: nothing to compare, and the record says so.
     assert rec["ipgeo"]["vm"] is None and any("not public" in n for n in rec["ipgeo"]["notes"])
     assert [m["landmark_id"] for m in rec["measurements"]] == list(PLACES)  # catalogue order kept
+
+
+def test_verify_refuses_borrowed_replies_with_the_method_relabelled(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """One landmark's signed replies under another's RTTs, ``method`` edited: exit 3, not OK."""
+    from geoprobe.landmarks import load_catalogue
+    from geoprobe.measurement import save_measurements
+    from geoprobe.probe import measure
+
+    cat, _ = world
+    c = load_catalogue(cat)
+    near, far = measure([c.by_id()["cgn"], c.by_id()["vie"]], "udp", samples=3)
+    assert near.ok and far.ok and min(far.rtts_ms) > max(near.rtts_ms)
+    near.rtts_ms = list(far.rtts_ms)
+    near.sent_at = []
+    near.method = "tcp"
+    f = tmp_path / "borrowed.json"
+    save_measurements(f, [near])
+    assert run("verify", str(f), "--landmarks", str(cat)) == 3
+    bad = [ln for ln in run.out.getvalue().splitlines() if ln.startswith("BAD ")]
+    assert len(bad) == 3 and all("not backed by a signed reply" in ln for ln in bad)
+
+
+def test_verify_catches_a_re_dated_file_unless_told_the_clock_was_off(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from geoprobe.landmarks import load_catalogue
+    from geoprobe.measurement import save_measurements
+    from geoprobe.probe import measure
+
+    cat, _ = world
+    ms = measure(load_catalogue(cat).landmarks[:2], "udp", samples=2)
+    year = 365 * 86400
+    for m in ms:
+        m.timestamp -= year
+        m.sent_at = [t - year for t in m.sent_at]
+        for rec in m.evidence:
+            rec["t0_ns"] -= year * 10**9
+            rec["t1_ns"] -= year * 10**9
+    f = tmp_path / "last-year.json"
+    save_measurements(f, ms)
+    assert run("verify", str(f), "--landmarks", str(cat)) == 3
+    assert "365 days after the file's t0_ns/t1_ns" in run.out.getvalue()
+    assert run("verify", str(f), "--landmarks", str(cat), "--max-clock-offset", "4e7") == 0
+
+
+def test_replaying_a_file_claiming_a_hundred_million_packets_is_one_line(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cat, _ = world
+    rec = {"landmark_id": "ams", "method": "udp", "result": [{"rtt": 5.0}] * 2500}
+    f = tmp_path / "big.json"
+    f.write_text(json.dumps({"results": [dict(rec, sent=100_000_000)]}))
+    assert 30_000 < f.stat().st_size < 60_000
+    assert run("locate", "--landmarks", str(cat), "--replay", str(f)) == 3
+    [line] = _error_lines(run, capsys)
+    assert str(f) in line and "'sent'" in line
+
+
+def test_replies_refused_while_probing_are_in_the_fix(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Forged and replayed replies leave a trace in the record of the fix they were refused for."""
+    pytest.importorskip("geoprobe.locate")
+    from geoprobe.landmarks import load_catalogue
+    from geoprobe.measurement import save_measurements
+    from geoprobe.probe import measure
+
+    cat, _ = world
+    ms = [m for m in measure(load_catalogue(cat).landmarks, "udp", samples=1) if m.ok]
+    ms[0].rejected = {"bad signature": 3}
+    ms[1].rejected = {"bad signature": 1, "replayed": 2}
+    f = tmp_path / "m.json"
+    save_measurements(f, ms)
+    assert run("locate", "--landmarks", str(cat), "--replay", str(f), "--format", "json") == 0
+    rec = json.loads(run.out.getvalue())
+    assert rec["rejected_replies"] == {"bad signature": 4, "replayed": 2}
