@@ -63,13 +63,15 @@ def message_type(data: bytes) -> int:
     """The type of a datagram of this protocol; WireError for anything else."""
     if len(data) < _HEADER.size or len(data) > MAX_DATAGRAM:
         raise WireError(f"datagram of {len(data)} bytes")
-    magic, version, mtype, _ = _HEADER.unpack_from(data)
+    magic, version, mtype, reserved = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise WireError("not a key release message")
     if version != VERSION:
         raise WireError(f"unsupported version {version}")
     if mtype not in (REQUEST, CHALLENGE, ANSWER, RELEASE, REFUSAL):
         raise WireError(f"unknown message type {mtype}")
+    if reserved != 0:
+        raise WireError("reserved bits set")
     return int(mtype)
 
 
