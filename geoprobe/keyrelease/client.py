@@ -35,6 +35,10 @@ class ReleaseError(GeoprobeError):
 class Refused(ReleaseError):
     """A server said no, in a refusal it signed."""
 
+    def __init__(self, message: str, why: wire.Why) -> None:
+        super().__init__(message)
+        self.why = why
+
 
 class NoAnswer(ReleaseError):
     """A server stayed silent (or answered only with what did not verify)."""
@@ -124,7 +128,7 @@ class _Exchange:
             return None
         if r.ref != ref:
             return None
-        return Refused(f"{self.server.id}: refused: {' '.join(r.reason.split())}")
+        return Refused(f"{self.server.id}: refused: {' '.join(r.reason.split())}", r.why)
 
     def run(self) -> Released:
         rid = os.urandom(wire.REF_LEN)
@@ -189,19 +193,31 @@ class _Exchange:
 def fetch(
     server: ServerRef, me: Identity, name: str, *, timeout_s: float, attempts: int
 ) -> Released:
-    """One release from one server; a silent server is asked again, a refusal is final."""
+    """One release from one server, in up to ``attempts`` fresh exchanges.
+
+    A silent server and a transient refusal (too slow, busy) are asked again: queueing only adds
+    delay, so the fastest of a few round trips is the one that says where this host is, and the
+    server times and bounds every one of them. Any other refusal is final at once.
+    """
     wire.check_id(name, "secret name")
     last: ReleaseError | None = None
     for _ in range(attempts):
         sock = _connect(server)
         try:
             return _Exchange(server, me, name, sock, time.monotonic() + timeout_s).run()
+        except Refused as exc:
+            if not exc.why.transient:
+                raise
+            last = exc
         except NoAnswer as exc:
             last = exc
         finally:
             sock.close()
     assert last is not None
-    raise NoAnswer(f"{last} after {attempts} attempt{'s' if attempts != 1 else ''}")
+    tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
+    if isinstance(last, Refused):
+        raise Refused(f"{last} ({tries})", last.why)
+    raise NoAnswer(f"{last} {tries}")
 
 
 def unlock(

@@ -106,13 +106,19 @@ class ReleaseServer:
         self.log(rec)
 
     def _refuse(
-        self, send: Send | None, ref: bytes, addr: Address, reason: str, **fields: Any
+        self,
+        send: Send | None,
+        ref: bytes,
+        addr: Address,
+        why: wire.Why,
+        reason: str,
+        **fields: Any,
     ) -> None:
         self.refused += 1
-        self._record("refuse", addr, reason=reason, **fields)
+        self._record("refuse", addr, code=why.name.lower(), reason=reason, **fields)
         if send is not None:
             ref = (ref + bytes(wire.REF_LEN))[: wire.REF_LEN]
-            send(seal.sign_server(self.key, wire.refusal_body(ref, reason)))
+            send(seal.sign_server(self.key, wire.refusal_body(ref, why, reason)))
 
     # --- the protocol ----------------------------------------------------------------------
 
@@ -138,6 +144,7 @@ class ReleaseServer:
             send if big else None,
             bytes(data[8 : 8 + wire.REF_LEN]),
             addr,
+            wire.Why.MALFORMED,
             f"malformed datagram ({len(data)} bytes): {why}",
         )
 
@@ -149,13 +156,20 @@ class ReleaseServer:
             return
         client = self.config.clients.get(req.client_id)
         if client is None:
-            self._refuse(send, req.request_id, addr, f"unknown client {req.client_id!r}")
+            self._refuse(
+                send,
+                req.request_id,
+                addr,
+                wire.Why.UNKNOWN_CLIENT,
+                f"unknown client {req.client_id!r}",
+            )
             return
         if req.name not in client.secrets:
             self._refuse(
                 send,
                 req.request_id,
                 addr,
+                wire.Why.NOT_ALLOWED,
                 f"client {client.id!r} may not have secret {req.name!r}",
                 client=client.id,
                 name=req.name,
@@ -166,7 +180,12 @@ class ReleaseServer:
             or self.per_client.get(client.id, 0) >= MAX_PENDING_PER_CLIENT
         ):
             self._refuse(
-                send, req.request_id, addr, "busy: too many open challenges", client=client.id
+                send,
+                req.request_id,
+                addr,
+                wire.Why.BUSY,
+                "busy: too many open challenges",
+                client=client.id,
             )
             return
         challenge = os.urandom(wire.REF_LEN)
@@ -196,13 +215,26 @@ class ReleaseServer:
             return
         p = self.pending.get(ans.challenge)
         if p is None:
-            self._refuse(send, ans.challenge, addr, "unknown, used or expired challenge")
+            self._refuse(
+                send,
+                ans.challenge,
+                addr,
+                wire.Why.UNKNOWN_CHALLENGE,
+                "unknown, used or expired challenge",
+            )
             return
         rtt = received_ns - p.sent_ns
         who = {"client": p.client.id, "name": p.name, "rtt_ms": _ms(rtt)}
         bound = {"bound_ms": _ms(p.client.bound_ns), "bound": p.client.bound_written}
         if p.addr != addr:
-            self._refuse(send, ans.challenge, addr, "answer from another address", **who)
+            self._refuse(
+                send,
+                ans.challenge,
+                addr,
+                wire.Why.OTHER_ADDRESS,
+                "answer from another address",
+                **who,
+            )
             return
         signed = wire.answer_signed_bytes(ans.challenge, p.name, self.config.server_id, p.client.id)
         try:
@@ -210,7 +242,12 @@ class ReleaseServer:
         except InvalidSignature:
             # A forged answer does not use up the challenge: the genuine one may still come.
             self._refuse(
-                send, ans.challenge, addr, f"bad signature for client {p.client.id!r}", **who
+                send,
+                ans.challenge,
+                addr,
+                wire.Why.BAD_SIGNATURE,
+                f"bad signature for client {p.client.id!r}",
+                **who,
             )
             return
         self._drop(ans.challenge)  # single use from here on, whatever the outcome
@@ -219,6 +256,7 @@ class ReleaseServer:
                 send,
                 ans.challenge,
                 addr,
+                wire.Why.EXPIRED,
                 f"challenge expired: answered after {rtt / 1e6:.3f} ms"
                 f" (lifetime {self.config.challenge_ttl_ms} ms)",
                 **who,
@@ -230,6 +268,7 @@ class ReleaseServer:
                 send,
                 ans.challenge,
                 addr,
+                wire.Why.TOO_SLOW,
                 f"round trip {rtt / 1e6:.3f} ms exceeds the bound {p.client.bound_written}"
                 f" for client {p.client.id!r}",
                 **who,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 
 MAGIC = b"GPKR"
 VERSION = 1
@@ -242,34 +243,59 @@ def parse_release(data: bytes) -> Release:
 # --- refusal: server -> client ------------------------------------------------------------
 
 
+class Why(IntEnum):
+    """Why a server refused. The client asks again after a transient one, never after the rest."""
+
+    MALFORMED = 1
+    UNKNOWN_CLIENT = 2
+    NOT_ALLOWED = 3
+    BUSY = 4
+    UNKNOWN_CHALLENGE = 5
+    OTHER_ADDRESS = 6
+    BAD_SIGNATURE = 7
+    EXPIRED = 8
+    TOO_SLOW = 9
+
+    @property
+    def transient(self) -> bool:
+        """A fresh challenge may succeed: queueing only ever adds delay, so one slow round trip
+        says less than the fastest of a few (each is still timed and bounded on its own)."""
+        return self in (Why.BUSY, Why.EXPIRED, Why.TOO_SLOW)
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     ref: bytes  # the request id or the challenge it refuses
+    why: Why
     reason: str
     signature: bytes
     signed: bytes
 
 
-def refusal_body(ref: bytes, reason: str) -> bytes:
+def refusal_body(ref: bytes, why: Why, reason: str) -> bytes:
     raw = reason.encode("utf-8")[:MAX_REASON_LEN]
     # a reason cut inside a UTF-8 sequence loses the partial character
     raw = raw.decode("utf-8", "ignore").encode("utf-8")
-    return _header(REFUSAL) + ref + struct.pack("!H", len(raw)) + raw
+    return _header(REFUSAL) + ref + struct.pack("!BH", why, len(raw)) + raw
 
 
 def parse_refusal(data: bytes) -> Refusal:
     _expect(data, REFUSAL, "refusal")
     pos = _HEADER.size
-    if len(data) < pos + REF_LEN + 2 + SIG_LEN:
+    if len(data) < pos + REF_LEN + 3 + SIG_LEN:
         raise WireError("refusal too short")
     data = bytes(data)
     ref = data[pos : pos + REF_LEN]
-    (n,) = struct.unpack_from("!H", data, pos + REF_LEN)
-    start = pos + REF_LEN + 2
+    code, n = struct.unpack_from("!BH", data, pos + REF_LEN)
+    try:
+        why = Why(code)
+    except ValueError:
+        raise WireError(f"unknown refusal code {code}") from None
+    start = pos + REF_LEN + 3
     if n > MAX_REASON_LEN or start + n + SIG_LEN != len(data):
         raise WireError("bad reason length")
     try:
         reason = data[start : start + n].decode("utf-8")
     except UnicodeDecodeError:
         raise WireError("reason is not UTF-8") from None
-    return Refusal(ref, reason, data[start + n :], data[: start + n])
+    return Refusal(ref, why, reason, data[start + n :], data[: start + n])

@@ -34,6 +34,7 @@ def test_a_slow_answer_is_refused_naming_the_bound_and_the_rtt(h: Harness) -> No
     reply = h.answer(chal, after_ms=20.0)
     reason = h.refusal(reply)
     assert reason == "round trip 20.000 ms exceeds the bound 5 ms for client 'vm-1'"
+    assert wire.parse_refusal(reply).why is wire.Why.TOO_SLOW and wire.Why.TOO_SLOW.transient
     assert "\n" not in reason
     (rec,) = h.records
     assert rec["event"] == "refuse" and rec["rtt_ms"] == 20.0 and rec["bound_ms"] == 5.0
@@ -114,6 +115,7 @@ def test_unknown_clients_and_secrets_they_may_not_have_are_refused(h: Harness) -
     (reply,) = h.send(wire.build_request(rid, "intruder", "vault"))
     ref = wire.parse_refusal(reply)
     assert ref.ref == rid and ref.reason == "unknown client 'intruder'"
+    assert ref.why is wire.Why.UNKNOWN_CLIENT and not ref.why.transient
     (reply,) = h.send(wire.build_request(rid, "vm-1", "other"))
     assert h.refusal(reply) == "client 'vm-1' may not have secret 'other'"
     assert h.server.pending == {} and h.server.released == 0
