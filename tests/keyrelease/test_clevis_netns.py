@@ -132,7 +132,7 @@ def test_bind_near_then_pass_opens_the_header_and_far_is_refused(tmp_path: Path)
                 check=True,
             ).stdout
             # clevis luks list describes only the pins it ships, and names ours as unknown
-            m = re.search(r"^(\d+): (?:geoprobe |unknown pin 'geoprobe')", listed, re.M)
+            m = re.search(r"^(\d+): (?:geoprobe |unknown pin 'geoprobe')", listed, re.MULTILINE)
             assert m, listed
             slot = m.group(1)
             near = subprocess.run(

@@ -93,10 +93,12 @@ def test_a_server_with_the_wrong_key_is_never_believed(tmp_path: Path) -> None:
 def test_a_client_behind_20_ms_of_path_is_refused_with_bound_and_rtt(tmp_path: Path) -> None:
     w = make_world(tmp_path)
     spec = add_server(w, "ks-a", b"s3cret", bound="bound_km = 500", extra=LOG)
-    with start_server(spec.config_path) as srv:
-        with start_relay("127.0.0.1:0", srv.address, rtt_ms=20.0) as rly:
-            cfg = w.client_config({"ks-a": rly.address}, timeout_ms=1000, attempts=2)
-            done = _unlock(cfg)
+    with (
+        start_server(spec.config_path) as srv,
+        start_relay("127.0.0.1:0", srv.address, rtt_ms=20.0) as rly,
+    ):
+        cfg = w.client_config({"ks-a": rly.address}, timeout_ms=1000, attempts=2)
+        done = _unlock(cfg)
     err = done.stderr.decode()
     assert done.returncode == 3 and done.stdout == b""
     assert err.count("\n") == 1
@@ -112,17 +114,19 @@ def test_jitter_never_lets_a_far_client_through(tmp_path: Path) -> None:
     """A small version of the benchmark: 50 attempts at 6 ms plus jitter against 5 ms."""
     w = make_world(tmp_path)
     spec = add_server(w, "ks-bench", b"s3cret", bound="bound_ms = 5", extra=LOG)
-    with start_server(spec.config_path) as srv:
-        with start_relay("127.0.0.1:0", srv.address, rtt_ms=6.0, jitter_ms=2.0) as rly:
-            cfg = w.client_config({"ks-bench": rly.address}, timeout_ms=1000)
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.keyserver", "--attempt-loop", str(cfg), "50"],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=True,
-                cwd=Path(__file__).resolve().parents[2],
-            )
+    with (
+        start_server(spec.config_path) as srv,
+        start_relay("127.0.0.1:0", srv.address, rtt_ms=6.0, jitter_ms=2.0) as rly,
+    ):
+        cfg = w.client_config({"ks-bench": rly.address}, timeout_ms=1000)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.keyserver", "--attempt-loop", str(cfg), "50"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     counts = json.loads(out.stdout)
     assert counts["released"] == 0 and counts["refused"] + counts["silent"] == 50
     recs = _records(spec.dir)
