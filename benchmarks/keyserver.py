@@ -361,8 +361,8 @@ def bench_jitter(
         where="separate network namespaces" if topo else f"loopback ({why_not})",
         server_releases=sum(1 for r in records if r["event"] == "release"),
         server_refusals=sum(1 for r in records if r["event"] == "refuse"),
-        min_rtt_ms=min(rtts) if rtts else None,
-        median_rtt_ms=statistics.median(rtts) if rtts else None,
+        min_rtt_ms=round(min(rtts), 3) if rtts else None,
+        median_rtt_ms=round(statistics.median(rtts), 3) if rtts else None,
     )
     return result
 
