@@ -11,18 +11,8 @@ from pathlib import Path
 
 import click
 
-from geoprobe import paths
 from geoprobe.cli.env import Environment
 from geoprobe.errors import InputError
-
-CLIENT_CONFIG = "unlock.toml"
-
-
-def default_config() -> Path:
-    for d in paths.config_dirs():
-        if (d / CLIENT_CONFIG).exists():
-            return d / CLIENT_CONFIG
-    return Path("/etc/geoprobe") / CLIENT_CONFIG
 
 
 @click.command("unlock")
@@ -43,7 +33,7 @@ def unlock_cmd(
     """Print secret NAME once the key servers time this host within its bound."""
     from geoprobe.keyrelease import client, config
 
-    cfg = config.load_client(config_path or default_config())
+    cfg = config.load_client(config_path or config.default_client_config())
     try:
         cfg.plan(name)
     except ValueError as exc:

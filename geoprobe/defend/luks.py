@@ -92,11 +92,7 @@ def plan_resume(spec: ActionSpec, ctx: ActionContext) -> str:
 def _fetch(spec: ActionSpec, ctx: ActionContext) -> tuple[bytes, list[dict[str, object]]]:
     from geoprobe.keyrelease import client, config
 
-    path = spec.options.get("config")
-    if path is None:
-        from geoprobe.cli.unlock import default_config
-
-        path = str(default_config())
+    path = spec.options.get("config") or config.default_client_config()
     releases: list[dict[str, object]] = []
     try:
         cfg = config.load_client(path)

@@ -24,6 +24,7 @@ DEFAULT_TTL_MS = 1000
 DEFAULT_TIMEOUT_MS = 1000
 DEFAULT_ATTEMPTS = 3
 MAX_CONFIG_BYTES = 1 << 20
+CLIENT_CONFIG = "unlock.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +376,16 @@ def parse_client(raw: Mapping[str, Any], path: Path) -> ClientConfig:
         servers=servers,
         secrets=plans,
     )
+
+
+def default_client_config() -> Path:
+    """``unlock.toml`` in the first config dir that has one, else /etc/geoprobe/unlock.toml."""
+    from geoprobe import paths
+
+    for d in paths.config_dirs():
+        if (d / CLIENT_CONFIG).exists():
+            return d / CLIENT_CONFIG
+    return Path("/etc/geoprobe") / CLIENT_CONFIG
 
 
 def load_client(path: str | Path) -> ClientConfig:

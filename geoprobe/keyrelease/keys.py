@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from geoprobe.errors import InputError
-from geoprobe.probe import keys as echo_keys
 
 SERVER_KEY = "server.key"
 CLIENT_SIGN_KEY = "client.key"
@@ -87,7 +86,8 @@ def load_box_key(path: Path, *, field: str | None = None) -> X25519PrivateKey:
 
 
 def ed25519_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    return echo_keys.public_raw(key)
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def x25519_raw(key: X25519PrivateKey | X25519PublicKey) -> bytes:
