@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,11 @@ LogRecord = dict[str, Any]
 MAX_PENDING = 65_536
 MAX_PENDING_PER_CLIENT = 64
 PURGE_EVERY_NS = 100_000_000
+# The kernel's receive stamp is CLOCK_REALTIME; it is used only while the realtime clock kept
+# step with the monotonic one from the challenge to the answer (no step, no large slew).
+MAX_CLOCK_DRIFT_NS = 20_000
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
 
 
 @dataclass(slots=True)
@@ -40,6 +46,7 @@ class Pending:
     name: str
     addr: Address
     sent_ns: int
+    wall_offset_ns: int  # realtime minus monotonic when the challenge left
 
 
 def _ms(ns: int) -> float:
@@ -74,12 +81,14 @@ class ReleaseServer:
         *,
         clock: Callable[[], int] = time.monotonic_ns,
         wall: Callable[[], float] = time.time,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
         self.key = key
         self.log = log
         self.clock = clock
         self.wall = wall
+        self.wall_ns = wall_ns
         self.ttl_ns = config.challenge_ttl_ms * 1_000_000
         self.pending: dict[bytes, Pending] = {}
         self.per_client: dict[str, int] = {}
@@ -122,8 +131,22 @@ class ReleaseServer:
 
     # --- the protocol ----------------------------------------------------------------------
 
-    def handle(self, data: bytes, addr: Address, received_ns: int, send: Send) -> None:
-        """Answer one datagram; never raises on bad input, never releases on it."""
+    def handle(
+        self,
+        data: bytes,
+        addr: Address,
+        received_ns: int,
+        send: Send,
+        *,
+        kernel_age_ns: int = 0,
+        wall_offset_ns: int = 0,
+    ) -> None:
+        """Answer one datagram; never raises on bad input, never releases on it.
+
+        ``received_ns`` is the monotonic time the datagram was read. ``kernel_age_ns`` says how
+        long before that the kernel received it (0: unknown), with ``wall_offset_ns`` the
+        realtime-minus-monotonic offset at the read, to check that the stamp can be trusted.
+        """
         self.purge(received_ns)
         try:
             mtype = wire.message_type(data)
@@ -133,7 +156,7 @@ class ReleaseServer:
         if mtype == wire.REQUEST:
             self._on_request(data, addr, send)
         elif mtype == wire.ANSWER:
-            self._on_answer(data, addr, received_ns, send)
+            self._on_answer(data, addr, received_ns, send, kernel_age_ns, wall_offset_ns)
         else:
             self._malformed(data, addr, send, "a server accepts only requests and answers")
 
@@ -193,7 +216,8 @@ class ReleaseServer:
             req.request_id, challenge, self.config.challenge_ttl_ms, self.config.server_id
         )
         sent = self.clock()  # the timer starts before the challenge leaves
-        self.pending[challenge] = Pending(client, req.name, addr, sent)
+        offset = self.wall_ns() - sent
+        self.pending[challenge] = Pending(client, req.name, addr, sent, offset)
         self.per_client[client.id] = self.per_client.get(client.id, 0) + 1
         send(msg)
 
@@ -207,7 +231,15 @@ class ReleaseServer:
                 self.per_client.pop(p.client.id, None)
         return p
 
-    def _on_answer(self, data: bytes, addr: Address, received_ns: int, send: Send) -> None:
+    def _on_answer(
+        self,
+        data: bytes,
+        addr: Address,
+        received_ns: int,
+        send: Send,
+        kernel_age_ns: int,
+        wall_offset_ns: int,
+    ) -> None:
         try:
             ans = wire.parse_answer(data)
         except wire.WireError as exc:
@@ -224,7 +256,14 @@ class ReleaseServer:
             )
             return
         rtt = received_ns - p.sent_ns
-        who = {"client": p.client.id, "name": p.name, "rtt_ms": _ms(rtt)}
+        # The answer arrived when the kernel stamped it, not when this loop got to it: a server
+        # waiting for a core would otherwise count that wait against the client. The stamp only
+        # ever shortens the wait inside this host, never the path.
+        steady = abs(wall_offset_ns - p.wall_offset_ns) <= MAX_CLOCK_DRIFT_NS
+        stamp = "kernel" if 0 < kernel_age_ns < rtt and steady else "read"
+        if stamp == "kernel":
+            rtt -= kernel_age_ns
+        who = {"client": p.client.id, "name": p.name, "rtt_ms": _ms(rtt), "stamp": stamp}
         bound = {"bound_ms": _ms(p.client.bound_ns), "bound": p.client.bound_written}
         if p.addr != addr:
             self._refuse(
@@ -307,9 +346,14 @@ class ReleaseServer:
     def serve(self, sock: socket.socket, stop: threading.Event) -> None:
         """Serve until ``stop`` is set. One thread: the timer never waits on another request's lock."""
         sock.settimeout(0.1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:  # no kernel stamps: the read time stands (later, so never in favour)
+            pass
+        ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
         while not stop.is_set():
             try:
-                data, addr = sock.recvfrom(wire.MAX_DATAGRAM + 1)
+                data, anc, _, addr = sock.recvmsg(wire.MAX_DATAGRAM + 1, ancillary)
             except TimeoutError:
                 self.purge(self.clock())
                 continue
@@ -318,6 +362,8 @@ class ReleaseServer:
                     return
                 continue
             received = self.clock()  # the timer stops as soon as the answer is read
+            offset = self.wall_ns() - received
+            age = _kernel_age(anc, received + offset)
 
             def send(msg: bytes, addr: Address = addr) -> None:
                 try:
@@ -326,10 +372,20 @@ class ReleaseServer:
                     pass  # the client sees a lost packet and retries
 
             try:
-                self.handle(data, addr, received, send)
+                self.handle(data, addr, received, send, kernel_age_ns=age, wall_offset_ns=offset)
             except Exception as exc:  # noqa: BLE001 - one bad datagram must not stop the server
                 self.refused += 1
                 self._record("error", addr, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _kernel_age(ancillary: list[tuple[int, int, bytes]], wall_now_ns: int) -> int:
+    """How long ago the kernel received the datagram, from its SO_TIMESTAMPNS stamp (0: none)."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(payload)
+            age = wall_now_ns - (sec * 1_000_000_000 + nsec)
+            return age if 0 < age < 1_000_000_000 else 0
+    return 0
 
 
 def bind(host: str, port: int) -> socket.socket:

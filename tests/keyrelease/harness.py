@@ -10,6 +10,7 @@ from geoprobe.keyrelease import client, config, keys, server, wire
 from tests.keyrelease.world import World, add_server, make_world
 
 ADDR = ("10.0.0.2", 40000)
+WALL_OFFSET = 1_700_000_000_000_000_000  # realtime minus monotonic, for the fake clocks
 
 
 class Harness:
@@ -22,7 +23,11 @@ class Harness:
         self.now = 1_000_000_000
         self.records: list[dict[str, Any]] = []
         self.server = server.ReleaseServer(
-            self.cfg, keys.load_sign_key(self.cfg.key_path), self.records.append, clock=self.clock
+            self.cfg,
+            keys.load_sign_key(self.cfg.key_path),
+            self.records.append,
+            clock=self.clock,
+            wall_ns=lambda: self.now + WALL_OFFSET,
         )
         self.ccfg = config.load_client(self.world.client_config({"ks-a": "127.0.0.1:9"}))
         self.me = client.Identity.load(self.ccfg)
@@ -51,11 +56,24 @@ class Harness:
         name: str = "vault",
         signer: Any = None,
         addr: tuple[str, int] = ADDR,
+        kernel_age_ms: float = 0.0,
+        clock_step_ns: int = 0,
     ) -> bytes:
+        """Answer ``after_ms`` after the challenge, read by the server ``kernel_age_ms`` after
+        the kernel received it; ``clock_step_ns`` steps the realtime clock in between."""
         self.now += int(after_ms * 1e6)
         signed = wire.answer_signed_bytes(chal.challenge, name, chal.server_id, self.me.client_id)
         sig = (signer or self.me.sign_key).sign(signed)
-        (reply,) = self.send(wire.build_answer(chal.challenge, sig), addr)
+        out: list[bytes] = []
+        self.server.handle(
+            wire.build_answer(chal.challenge, sig),
+            addr,
+            self.now,
+            out.append,
+            kernel_age_ns=int(kernel_age_ms * 1e6),
+            wall_offset_ns=WALL_OFFSET + clock_step_ns,
+        )
+        (reply,) = out
         return reply
 
     def open(self, reply: bytes) -> bytes:

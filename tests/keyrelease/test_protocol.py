@@ -185,3 +185,26 @@ def test_the_log_line_is_json_and_one_line(h: Harness, tmp_path: Path) -> None:
     JsonLog(buf)({"event": "refuse", "reason": "a\nb"})
     lines = buf.getvalue().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["reason"] == "a\nb"
+
+
+def test_the_kernel_receive_stamp_takes_the_servers_own_wait_out(h: Harness) -> None:
+    """Read 7 ms after the challenge, but the kernel had it at 4 ms: the server was busy."""
+    reply = h.answer(h.challenge(), after_ms=7.0, kernel_age_ms=3.0)
+    assert wire.message_type(reply) == wire.RELEASE
+    assert wire.parse_release(reply).rtt_ns == 4_000_000
+    assert h.records[-1]["stamp"] == "kernel" and h.records[-1]["rtt_ms"] == 4.0
+
+
+def test_a_realtime_clock_step_falls_back_to_the_read_time(h: Harness) -> None:
+    """The stamp is realtime: after a step (here 1 ms forward) it could shorten the path."""
+    reply = h.answer(h.challenge(), after_ms=7.0, kernel_age_ms=3.0, clock_step_ns=1_000_000)
+    assert "round trip 7.000 ms exceeds" in h.refusal(reply)
+    assert h.records[-1]["stamp"] == "read"
+    back = h.answer(h.challenge(), after_ms=7.0, kernel_age_ms=3.0, clock_step_ns=-1_000_000)
+    assert "round trip 7.000 ms exceeds" in h.refusal(back)
+
+
+def test_a_stamp_older_than_the_challenge_is_ignored(h: Harness) -> None:
+    reply = h.answer(h.challenge(), after_ms=7.0, kernel_age_ms=8.0)
+    assert "round trip 7.000 ms exceeds" in h.refusal(reply)
+    assert h.records[-1]["stamp"] == "read"
