@@ -363,7 +363,7 @@ class ReleaseServer:
                 continue
             received = self.clock()  # the timer stops as soon as the answer is read
             offset = self.wall_ns() - received
-            age = _kernel_age(anc, received + offset)
+            age = kernel_age(anc, received + offset)
 
             def send(msg: bytes, addr: Address = addr) -> None:
                 try:
@@ -378,7 +378,7 @@ class ReleaseServer:
                 self._record("error", addr, reason=f"{type(exc).__name__}: {exc}")
 
 
-def _kernel_age(ancillary: list[tuple[int, int, bytes]], wall_now_ns: int) -> int:
+def kernel_age(ancillary: list[tuple[int, int, bytes]], wall_now_ns: int) -> int:
     """How long ago the kernel received the datagram, from its SO_TIMESTAMPNS stamp (0: none)."""
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
