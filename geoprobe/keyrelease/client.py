@@ -130,9 +130,15 @@ class _Exchange:
             return None
         return Refused(f"{self.server.id}: refused: {' '.join(r.reason.split())}", r.why)
 
+    def _send(self, msg: bytes) -> None:
+        try:
+            self.sock.send(msg)
+        except OSError as exc:
+            raise NoAnswer(f"{self.server.id}: cannot send: {exc.strerror or exc}") from None
+
     def run(self) -> Released:
         rid = os.urandom(wire.REF_LEN)
-        self.sock.send(wire.build_request(rid, self.me.client_id, self.name))
+        self._send(wire.build_request(rid, self.me.client_id, self.name))
         challenge = None
         while challenge is None:
             data = self._recv()
@@ -160,7 +166,7 @@ class _Exchange:
         signed = wire.answer_signed_bytes(
             challenge.challenge, self.name, self.server.id, self.me.client_id
         )
-        self.sock.send(wire.build_answer(challenge.challenge, self.me.sign_key.sign(signed)))
+        self._send(wire.build_answer(challenge.challenge, self.me.sign_key.sign(signed)))
         while True:
             data = self._recv()
             if data is None:
