@@ -51,6 +51,8 @@ DEFAULT_TIMEOUTS = {
     "syslog": 5.0,
     "poweroff": 30.0,
     "delay": 10.0,  # time to *start* it; its own `duration` caps how long it runs
+    "luks_suspend": 30.0,
+    "luks_resume": 30.0,  # key release (retries included), then luksResume
 }
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+$")
@@ -237,6 +239,12 @@ def _luks(value: Any) -> list[str]:
     return names
 
 
+def _abs_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _FieldError("must be an absolute path")
+    return _abs_paths([value])[0]
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value not in options:
@@ -282,6 +290,14 @@ ACTION_FIELDS: dict[str, dict[str, tuple[Checker, bool]]] = {
         "cpu": (_fraction, False),
         "duration": (_seconds, False),
         "rate": (_rate, False),
+    },
+    # defend/luks.py: suspend takes the volume key out of the kernel; resume needs the key servers
+    "luks_suspend": {"luks": (_luks, True), "header": (_abs_path, False)},
+    "luks_resume": {
+        "luks": (_luks, True),
+        "secret": (_text, True),
+        "config": (_abs_path, False),
+        "header": (_abs_path, False),
     },
 }
 

@@ -28,11 +28,13 @@ COMMANDS = {
     "delay": "delay",
     "demo": "testbed",
     "evaluate": "evaluate",
+    "keyserver": "keyserver",  # keyserver serve|check|keygen|split
     "landmark": "landmark",  # landmark serve|keygen
     "landmarks": "landmark",  # landmarks sync
     "locate": "locate",
     "policy": "policy",
     "testbed": "testbed",  # testbed run|move|status
+    "unlock": "unlock",
     "verify": "locate",
     "watch": "watch",
 }

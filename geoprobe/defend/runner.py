@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from geoprobe.defend import delay, hook, notify, system, wipe
+from geoprobe.defend import delay, hook, luks, notify, system, wipe
 from geoprobe.defend.audit import AuditStore, Claim
 from geoprobe.defend.base import (
     ActionContext,
@@ -41,6 +41,8 @@ ACTIONS: dict[str, tuple[ActionRun, ActionPlan]] = {
     "webhook": (notify.run_webhook, notify.plan_webhook),
     "syslog": (notify.run_syslog, notify.plan_syslog),
     "delay": (delay.run, delay.plan),
+    "luks_suspend": (luks.run_suspend, luks.plan_suspend),
+    "luks_resume": (luks.run_resume, luks.plan_resume),
 }
 assert set(ACTIONS) == set(ACTION_FIELDS), "every policy action needs an implementation"
 
