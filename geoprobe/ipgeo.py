@@ -9,12 +9,28 @@ Three uses:
   (``compare_with_fix``): the provider's registration says one thing, the RTTs another.
 
 IP geolocation is never evidence of location here: it is a claim the measurement can contradict.
-The database is read by geoprobe's own reader (``geoprobe.mmdb``).
+
+The database is read through ``geoip2`` (over ``maxminddb``, whose C extension maps the file and
+refuses pointer loops, nesting and decoded sizes beyond its limits, so a corrupt or hostile file
+costs milliseconds, not gigabytes). This module turns what those libraries raise into
+:class:`IPGeoError`, one line naming the file:
+
+- the file cannot be opened (missing, unreadable): ``cannot read``;
+- it is not a MaxMind DB, or its data section is corrupt (``maxminddb.InvalidDatabaseError``, at
+  open or at lookup): ``not a valid MaxMind DB``;
+- it is not a City database (``geoip2`` refuses a Country or ASN file for ``city()``):
+  field ``database_type``;
+- a record whose fields do not have the City layout (``geoip2`` cannot build its model, or the
+  coordinates are not numbers on the globe): field ``location``.
+
+An address the database does not hold, or an IPv6 address in an IPv4-only database, is no claim:
+``lookup`` returns None.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 from collections.abc import Iterable, Sequence
@@ -23,10 +39,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import geoip2.database
+import geoip2.errors
+import maxminddb
+
+from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
 from geoprobe.landmarks import Catalogue, Landmark
-from geoprobe.mmdb import Reader
 
 #: Where distributions and geoipupdate put the databases; ``$GEOPROBE_MMDB`` comes first.
 STANDARD_DIRS = (
@@ -47,6 +67,10 @@ LANDMARK_TOLERANCE_KM = 500.0
 Position = tuple[float, float, str | None]
 
 
+class IPGeoError(InputError):
+    """The IP geolocation database cannot be used; the message names the file."""
+
+
 def default_mmdb() -> Path | None:
     """The first City database found: ``$GEOPROBE_MMDB``, then the standard paths."""
     env = os.environ.get("GEOPROBE_MMDB")
@@ -60,33 +84,76 @@ def default_mmdb() -> Path | None:
     return None
 
 
+def _invalid(path: str, exc: BaseException) -> IPGeoError:
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return IPGeoError(f"not a valid MaxMind DB ({why})", file=path)
+
+
 @lru_cache(maxsize=4)
-def _reader(path: str) -> Reader:
-    return Reader(path)
+def open_database(path: str) -> geoip2.database.Reader:
+    """A City reader for ``path`` (kept open: lookups for one catalogue reuse it)."""
+    try:
+        reader = geoip2.database.Reader(path, mode=maxminddb.MODE_AUTO)
+    except OSError as exc:
+        raise IPGeoError(f"cannot read: {exc.strerror or exc}", file=path) from None
+    except (maxminddb.InvalidDatabaseError, ValueError, TypeError, KeyError) as exc:
+        raise _invalid(path, exc) from None
+    kind = reader.metadata().database_type
+    if "City" not in str(kind):
+        reader.close()
+        raise IPGeoError(
+            f"is a {kind!r} database; IP geolocation needs a City database "
+            "(GeoLite2-City, GeoIP2-City or DB-IP City)",
+            file=path,
+            field="database_type",
+        )
+    return reader
 
 
-def position(record: Any) -> Position | None:
-    """(lat, lon, ISO country) from a City record; None without coordinates."""
-    if not isinstance(record, dict):
+def _coordinate(value: Any, limit: float) -> float | None:
+    if value is None:
         return None
-    loc = record.get("location")
-    if not isinstance(loc, dict):
-        return None
-    lat, lon = loc.get("latitude"), loc.get("longitude")
-    if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
-        return None
-    country = None
-    for key in ("country", "registered_country"):
-        c = record.get(key)
-        if isinstance(c, dict) and isinstance(c.get("iso_code"), str):
-            country = c["iso_code"]
-            break
-    return float(lat), float(lon), country
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or abs(v) > limit:
+        raise ValueError(f"{v} is outside +-{limit:g}")
+    return v
 
 
 def lookup(path: str | Path, ip: str) -> Position | None:
-    """Where the database puts ``ip``: (lat, lon, country) or None."""
-    return position(_reader(str(path)).get(ip))
+    """Where the database puts ``ip``: (lat, lon, country), or None when it holds no place."""
+    name = str(path)
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise InputError(f"not an IP address: {ip!r}", file=name, field="address") from None
+    reader = open_database(name)
+    try:
+        city = reader.city(address)
+    except geoip2.errors.AddressNotFoundError:
+        return None
+    except maxminddb.InvalidDatabaseError as exc:
+        raise _invalid(name, exc) from None
+    except ValueError as exc:
+        if address.version == 6 and reader.metadata().ip_version == 4:
+            return None  # an IPv4-only database holds no claim about IPv6 addresses
+        raise _invalid(name, exc) from None
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise IPGeoError(
+            f"the record for {ip} does not have the City layout ({exc})",
+            file=name,
+            field="location",
+        ) from None
+    try:
+        lat = _coordinate(city.location.latitude, 90.0)
+        lon = _coordinate(city.location.longitude, 180.0)
+    except (TypeError, ValueError) as exc:
+        raise IPGeoError(f"the record for {ip}: {exc}", file=name, field="location") from None
+    if lat is None or lon is None:
+        return None
+    iso = city.country.iso_code or city.registered_country.iso_code
+    return lat, lon, iso if isinstance(iso, str) else None
 
 
 def order_by_prior(landmarks: Sequence[Landmark], prior: Position | None) -> list[Landmark]:
@@ -207,7 +274,7 @@ def cross_check(
             "database": None,
             "notes": ["no GeoLite2/DB-IP City database found; pass --mmdb FILE"],
         }
-    reader = _reader(str(path))
+    reader = open_database(str(path))
     checks = check_landmarks(path, cat.landmarks)
     bad = [c for c in checks if c.verdict == "disagrees"]
     for c in bad:
@@ -237,7 +304,7 @@ def cross_check(
             notes.append(cmp.note)
     return {
         "database": str(path),
-        "database_type": reader.database_type,
+        "database_type": reader.metadata().database_type,
         "landmarks_checked": sum(c.verdict != "unknown" for c in checks),
         "landmarks_disagreeing": [c.to_json() for c in bad],
         "vm": vm,
