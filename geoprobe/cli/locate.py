@@ -157,10 +157,17 @@ def locate_cmd(
 ) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
     cat = catalogue_from(landmarks_path)
+    # A database named with --mmdb must be usable (checked before probing); one found on the
+    # standard paths only adds a note when it is not.
+    mmdb_explicit = mmdb_path is not None
     if mmdb_path is None:
         from geoprobe.ipgeo import default_mmdb
 
         mmdb_path = default_mmdb()
+    else:
+        from geoprobe.ipgeo import open_database
+
+        open_database(str(mmdb_path))
     if replay_path is not None:
         measurements, _meta = load_measurements(replay_path)
         used_method = method or (measurements[0].method if measurements else "replay")
@@ -168,7 +175,11 @@ def locate_cmd(
         from geoprobe.probe import measure
 
         used_method = method or choose_method(cat)
-        order = _nearest_first(cat.landmarks, mmdb_path) if mmdb_path is not None else cat.landmarks
+        order = (
+            _nearest_first(cat.landmarks, mmdb_path, mmdb_explicit)
+            if mmdb_path is not None
+            else cat.landmarks
+        )
         with _progress(env, len(order), used_method) as progress:
             measured = measure(
                 order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress
@@ -191,9 +202,7 @@ def locate_cmd(
         "probe_method": used_method,
     }
     if mmdb_path is not None:
-        from geoprobe.ipgeo import cross_check
-
-        meta["ipgeo"] = cross_check(fix, cat, mmdb_path)
+        meta["ipgeo"] = _cross_check(fix, cat, mmdb_path, mmdb_explicit)
     if geojson_path is not None:
         from geoprobe.render.geojson import write_geojson
 
@@ -219,7 +228,7 @@ def locate_cmd(
             console.print(f"ip geolocation: {line}")
 
 
-def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
+def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path, explicit: bool) -> list[Landmark]:
     """Probe the landmarks nearest this VM's IP-geolocated place first (a coarse prior only)."""
     from geoprobe import ipgeo
 
@@ -227,7 +236,23 @@ def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
     ip = ipgeo.local_address_towards(target) if target else None
     if ip is None:
         return list(landmarks)
-    return ipgeo.nearest_first_hint(mmdb, ip, landmarks)
+    try:
+        return ipgeo.nearest_first_hint(mmdb, ip, landmarks)
+    except ipgeo.IPGeoError:
+        if explicit:
+            raise
+        return list(landmarks)  # the cross-check after the fix says what is wrong with it
+
+
+def _cross_check(fix: Fix, cat: Catalogue, mmdb: Path, explicit: bool) -> dict[str, Any]:
+    from geoprobe import ipgeo
+
+    try:
+        return ipgeo.cross_check(fix, cat, mmdb)
+    except ipgeo.IPGeoError as exc:
+        if explicit:
+            raise
+        return {"database": str(mmdb), "notes": [f"database not used: {exc}"]}
 
 
 def _load_for_audit(path: Path) -> list[Measurement]:

@@ -173,6 +173,11 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Prometheus textfile to write after every round (node_exporter textfile collector).",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="ADDR:PORT",
+    help="Also serve the metrics for Prometheus to scrape, e.g. 127.0.0.1:9464.",
+)
 @method_option()
 @click.option(
     "--samples",
@@ -241,6 +246,7 @@ def watch_cmd(
     interval: float,
     fast_interval: float | None,
     metrics_path: Path | None,
+    metrics_listen: str | None,
     method: str | None,
     samples: int,
     timeout: float,
@@ -270,6 +276,12 @@ def watch_cmd(
         )
     cat = catalogue_from(landmarks_path)
     used_method = method or choose_method(cat)
+    metrics = None
+    if metrics_path is not None or metrics_listen is not None:
+        from geoprobe.metrics import WatchMetrics, parse_listen
+
+        listen = parse_listen(metrics_listen) if metrics_listen is not None else None
+        metrics = WatchMetrics(textfile=metrics_path, listen=listen)
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
     store = WatchStore(store_path)
     stream: TextIO = env.stdout  # type: ignore[assignment]
@@ -347,7 +359,7 @@ def watch_cmd(
         on_event=hook.event if hook else None,
         on_clear=hook.cleared if hook else None,
         signals=sources,
-        metrics_path=metrics_path,
+        metrics=metrics,
         config=config,
     )
     stop = threading.Event()
@@ -373,6 +385,8 @@ def watch_cmd(
         for s, h in old.items():
             signal.signal(s, h)
         _stop_signals(sources)
+        if metrics is not None:
+            metrics.close()  # geoprobe_up 0: the watch is no longer running
         if hook is not None:
             hook.close()
         store.close()
