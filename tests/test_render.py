@@ -228,6 +228,6 @@ def test_map_without_matplotlib_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    with pytest.raises(GeoprobeError, match=r"geoprobe\[map\]"):
+    with pytest.raises(GeoprobeError, match=r"pip install 'geoprobe-vm\[map\]'"):
         draw_map(make_fix(), tmp_path / "m.png")
     assert not (tmp_path / "m.png").exists()

@@ -17,6 +17,7 @@ from geoprobe import paths
 
 @dataclass
 class Environment:
+    stdin: IO[str] = field(default_factory=lambda: sys.stdin)
     stdout: IO[str] = field(default_factory=lambda: sys.stdout)
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     stdout_isatty: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -13,6 +13,7 @@ from geoprobe.defend import ActionResult, respond
 from geoprobe.defend.audit import AuditStore
 from geoprobe.errors import InputError
 from geoprobe.policy import VERDICTS, Policy, load_policy
+from geoprobe.status import ExitStatus
 from geoprobe.store import default_path
 
 
@@ -47,9 +48,9 @@ def _print_results(env: Environment, results: list[ActionResult], as_json: bool)
             env.stdout.write(f"      warning: {w}\n")
 
 
-def _load_event(path: Path) -> dict[str, Any]:
+def _load_event(path: Path, stdin: IO[str]) -> dict[str, Any]:
     try:
-        text = path.read_text() if str(path) != "-" else click.get_text_stream("stdin").read()
+        text = path.read_text() if str(path) != "-" else stdin.read()
         lines = [ln for ln in text.splitlines() if ln.strip()]
         event = json.loads(lines[-1] if len(lines) > 1 else text)
     except (OSError, json.JSONDecodeError, IndexError) as exc:
@@ -103,9 +104,12 @@ def register(group: click.Group) -> None:
         dry_run: bool,
         as_json: bool,
     ) -> None:
-        """Run FILE's actions for one event, as the watch daemon would (once per event)."""
+        """Run FILE's actions for one event, as the watch daemon would (once per event).
+
+        Exit 1 when an action failed or timed out (the others still ran), 3 on bad input.
+        """
         policy = load_policy(file)
-        event = _load_event(event_file)
+        event = _load_event(event_file, env.stdin)
         store = default_path(state or env.state_dir)
 
         def log(message: str) -> None:
@@ -114,7 +118,7 @@ def register(group: click.Group) -> None:
         results = respond(event, policy, store_path=store, dry_run=dry_run, log=log)
         _print_results(env, results, as_json)
         if any(r.status in ("failed", "timeout") for r in results):
-            raise click.exceptions.Exit(1)
+            raise click.exceptions.Exit(int(ExitStatus.ACTION_FAILED))
 
     @policy_group.command("audit")
     @click.option("--state", "state", type=click.Path(path_type=Path), default=None)
