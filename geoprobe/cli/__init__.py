@@ -29,7 +29,7 @@ COMMANDS = {
     "demo": "testbed",
     "evaluate": "evaluate",
     "landmark": "landmark",  # landmark serve|keygen
-    "landmarks": "landmark",  # landmarks sync
+    "landmarks": "sync",  # landmarks sync
     "locate": "locate",
     "policy": "policy",
     "testbed": "testbed",  # testbed run|move|status

@@ -13,36 +13,15 @@ from typing import Any
 import click
 
 from geoprobe.cli.env import Environment
-from geoprobe.cli.options import PROBE_METHODS, landmarks_option, method_option
+from geoprobe.cli.options import landmarks_option, method_option
 from geoprobe.errors import InputError, MeasurementError
 from geoprobe.geo.fix import Fix
-from geoprobe.landmarks import Catalogue, Landmark, default_catalogue_path, load_catalogue
+from geoprobe.landmarks import Catalogue, Landmark, catalogue_or_default, preferred_method
 from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
 from geoprobe.measurement import Measurement, load_measurements, min_rtts, save_measurements
 from geoprobe.status import ExitStatus
 
 DEFAULT_PPS = 1000.0
-
-
-def catalogue_from(path: Path | None) -> Catalogue:
-    """The catalogue given, else the default one; a missing default says how to get one."""
-    if path is not None:
-        return load_catalogue(path)
-    default = default_catalogue_path()
-    if not default.exists():
-        raise InputError(
-            "no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
-            file=default,
-        )
-    return load_catalogue(default)
-
-
-def choose_method(cat: Catalogue) -> str:
-    """Signed echo where the catalogue offers it (it cannot be answered by a closer impostor), else TCP."""
-    for method in PROBE_METHODS:
-        if any(lm.supports(method) for lm in cat.landmarks):
-            return method
-    raise InputError("no landmark offers udp, tcp or icmp", file=cat.path, field="methods")
 
 
 @contextmanager
@@ -75,10 +54,10 @@ def _nothing_answered(measurements: Sequence[Measurement]) -> MeasurementError:
     return MeasurementError(f"no landmark answered ({len(measurements)} probed; {detail})")
 
 
-def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
+def _solve(cat: Catalogue, rtts: dict[str, float], cache_dir: Path) -> Fix:
     from geoprobe.locate import locate_from_catalogue
 
-    fix: Fix = locate_from_catalogue(cat, rtts)
+    fix: Fix = locate_from_catalogue(cat, rtts, cache_dir=cache_dir)
     return fix
 
 
@@ -156,7 +135,7 @@ def locate_cmd(
     mmdb_path: Path | None,
 ) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
-    cat = catalogue_from(landmarks_path)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
     # A database named with --mmdb must be usable (checked before probing); one found on the
     # standard paths only adds a note when it is not.
     mmdb_explicit = mmdb_path is not None
@@ -174,7 +153,7 @@ def locate_cmd(
     else:
         from geoprobe.probe import measure
 
-        used_method = method or choose_method(cat)
+        used_method = method or preferred_method(cat)
         order = (
             _nearest_first(cat.landmarks, mmdb_path, mmdb_explicit)
             if mmdb_path is not None
@@ -196,7 +175,7 @@ def locate_cmd(
     rtts = min_rtts(measurements)
     if not rtts:
         raise _nothing_answered(measurements)
-    fix = _solve(cat, rtts)
+    fix = _solve(cat, rtts, env.cache_dir)
     meta: dict[str, Any] = {
         "catalogue": str(cat.path) if cat.path else cat.name,
         "probe_method": used_method,
@@ -287,7 +266,7 @@ def verify_cmd(ctx: click.Context, file: Path, landmarks_path: Path | None) -> N
     from geoprobe.probe.evidence import verify_measurements
 
     env: Environment = ctx.obj
-    cat = catalogue_from(landmarks_path)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
     measurements = _load_for_audit(file)
     checked, bad = verify_measurements(measurements, cat.by_id())
     if checked == 0:

@@ -260,7 +260,7 @@ def watch_cmd(
     verbose: bool,
 ) -> None:
     """Watch for live migration across borders; emit CloudEvents and run the policy's response."""
-    from geoprobe.cli.locate import catalogue_from, choose_method
+    from geoprobe.landmarks import catalogue_or_default, preferred_method
 
     log = logging.getLogger("geoprobe")
     handler = logging.StreamHandler(env.stderr)
@@ -274,8 +274,8 @@ def watch_cmd(
         raise InputError(
             "directory does not exist", file=str(metrics_path.parent), field="--metrics"
         )
-    cat = catalogue_from(landmarks_path)
-    used_method = method or choose_method(cat)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
+    used_method = method or preferred_method(cat)
     metrics = None
     if metrics_path is not None or metrics_listen is not None:
         from geoprobe.metrics import WatchMetrics, parse_listen
@@ -330,12 +330,12 @@ def watch_cmd(
         catalogue."""
         from geoprobe.locate import fit_catalogue
 
-        return fit_catalogue(cat)
+        return fit_catalogue(cat, cache_dir=env.cache_dir)
 
     def solve(rtts: Any) -> Fix:
         from geoprobe.locate import solve as solve_fix
 
-        return solve_fix(cat.landmarks, rtts, model())
+        return solve_fix(cat.landmarks, rtts, model(), cache_dir=env.cache_dir)
 
     def emit(ev: dict[str, Any]) -> None:
         from geoprobe.events import write_event

@@ -214,7 +214,7 @@ class Broken:
 
 
 class StepSignal:
-    """A SIGNALS-style signal (sample() -> Reading) that reports a clock step once."""
+    """A timing signal (sample() -> Reading) that reports a clock step once."""
 
     name = "clock_offset"
     decisive = True
