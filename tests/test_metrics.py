@@ -171,3 +171,24 @@ def test_listen_address_parses(spec: str, want: tuple[str, int]) -> None:
 def test_bad_listen_address_names_the_option(spec: str) -> None:
     with pytest.raises(InputError, match="--metrics-listen"):
         parse_listen(spec)
+
+
+def test_watch_with_a_bad_listen_address_is_one_line_exit_3(tmp_path: Path) -> None:
+    import io
+
+    from geoprobe.cli import main
+    from geoprobe.cli.env import Environment
+
+    catalogue = Path(__file__).resolve().parents[1] / "landmarks" / "example.json"
+    err = io.StringIO()
+    env = Environment(
+        stdout=io.StringIO(), stderr=err, state_dir=tmp_path, cache_dir=tmp_path / "cache"
+    )
+    argv = ["watch", "--landmarks", str(catalogue), "--allow", "DE", "--metrics-listen", "9464"]
+    assert main(argv, env=env) == 3
+    assert err.getvalue().splitlines() == [
+        (
+            "geoprobe: error: field '--metrics-listen': '9464' is not ADDR:PORT "
+            "(e.g. 127.0.0.1:9464 or [::1]:9464)"
+        )
+    ]

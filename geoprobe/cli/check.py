@@ -150,9 +150,7 @@ def _measure(cat: Catalogue, method: str | None, samples: int, timeout: float) -
     from geoprobe.landmarks import preferred_method
     from geoprobe.probe import measure
 
-    return measure(
-        cat.landmarks, method or preferred_method(cat), samples=samples, timeout=timeout
-    )
+    return measure(cat.landmarks, method or preferred_method(cat), samples=samples, timeout=timeout)
 
 
 def _solve(cat: Catalogue, rtts: dict[str, float], cache_dir: Path) -> Fix:

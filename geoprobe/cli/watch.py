@@ -276,12 +276,9 @@ def watch_cmd(
         )
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
     used_method = method or preferred_method(cat)
-    metrics = None
-    if metrics_path is not None or metrics_listen is not None:
-        from geoprobe.metrics import WatchMetrics, parse_listen
+    from geoprobe.metrics import parse_listen
 
-        listen = parse_listen(metrics_listen) if metrics_listen is not None else None
-        metrics = WatchMetrics(textfile=metrics_path, listen=listen)
+    listen = parse_listen(metrics_listen) if metrics_listen is not None else None
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
     store = WatchStore(store_path)
     stream: TextIO = env.stdout  # type: ignore[assignment]
@@ -359,7 +356,8 @@ def watch_cmd(
         on_event=hook.event if hook else None,
         on_clear=hook.cleared if hook else None,
         signals=sources,
-        metrics=metrics,
+        metrics_path=metrics_path,
+        metrics_listen=listen,
         config=config,
     )
     stop = threading.Event()
@@ -385,8 +383,6 @@ def watch_cmd(
         for s, h in old.items():
             signal.signal(s, h)
         _stop_signals(sources)
-        if metrics is not None:
-            metrics.close()  # geoprobe_up 0: the watch is no longer running
         if hook is not None:
             hook.close()
         store.close()

@@ -207,7 +207,7 @@ class Watcher:
         on_clear: Callable[[], None] | None = None,
         signals: Sequence[AnomalySource] = (),
         metrics_path: str | Path | None = None,
-        metrics: WatchMetrics | None = None,
+        metrics_listen: tuple[str, int] | None = None,
         config: WatchConfig | None = None,
         shift_test: ShiftTest | None = None,
         clock: Callable[[], float] = time.time,
@@ -221,9 +221,15 @@ class Watcher:
         self.on_event = on_event
         self.on_clear = on_clear
         self.signals = list(signals)
-        if metrics is None and metrics_path is not None:
-            metrics = WatchMetrics(textfile=Path(metrics_path))
-        self.metrics = metrics
+        # The textfile and/or the scrape endpoint (a port in use fails here, before any round).
+        self.metrics = (
+            WatchMetrics(
+                textfile=Path(metrics_path) if metrics_path is not None else None,
+                listen=metrics_listen,
+            )
+            if metrics_path is not None or metrics_listen is not None
+            else None
+        )
         self.config = config or WatchConfig()
         self.test = shift_test or ShiftTest()
         self.clock = clock
@@ -479,7 +485,14 @@ class Watcher:
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
         """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are
-        interruptible."""
+        interruptible. However it ends, the metrics then say the watch is no longer up."""
+        try:
+            self._run(stop, max_rounds)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run(self, stop: threading.Event, max_rounds: int | None) -> None:
         n = 0
         while not stop.is_set():
             start = time.monotonic()
