@@ -30,7 +30,9 @@ _ATOMS = st.one_of(
 )
 VALUES: st.SearchStrategy[Any] = st.recursive(
     _ATOMS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
