@@ -23,7 +23,12 @@ def imports(path: Path) -> Iterator[str]:
             yield from (f"{node.module}.{a.name}" for a in node.names)
 
 
-LIBRARY = sorted(p for p in PACKAGE.rglob("*.py") if "cli" not in p.relative_to(PACKAGE).parts)
+#: The library: everything but the CLI and ``python -m geoprobe``, which runs it.
+LIBRARY = sorted(
+    p
+    for p in PACKAGE.rglob("*.py")
+    if "cli" not in p.relative_to(PACKAGE).parts and p.name != "__main__.py"
+)
 COMMANDS = sorted(p for p in (PACKAGE / "cli").glob("*.py") if p.name != "__init__.py")
 
 

@@ -14,17 +14,17 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import click
 
-from geoprobe.cli.check import resolve_settings
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Landmark
 from geoprobe.measurement import Measurement
+from geoprobe.settings import resolve_settings
 from geoprobe.store import default_path
 from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
 from geoprobe.watch.state import WatchStore
@@ -253,7 +253,7 @@ def watch_cmd(
     pps: float,
     warmup: int,
     signal_spec: str,
-    basis: str,
+    basis: Literal["sound", "calibrated"],
     ntp_servers: tuple[str, ...],
     dry_run: bool,
     max_rounds: int | None,
