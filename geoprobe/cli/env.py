@@ -25,6 +25,7 @@ class Environment:
     state_dir: Path = field(default_factory=paths.state_dir)
     cache_dir: Path = field(default_factory=paths.cache_dir)
     runtime_dir: Path = field(default_factory=paths.runtime_dir)
+    config_dirs: list[Path] = field(default_factory=paths.config_dirs)  # most specific first
     is_root: bool = False
 
     @classmethod

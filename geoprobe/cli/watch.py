@@ -49,14 +49,15 @@ def signal_names(spec: str) -> list[str]:
     return names
 
 
-def config_ntp_servers() -> list[str]:
+def config_ntp_servers(dirs: Sequence[Path] | None = None) -> list[str]:
     """NTP servers named in ``config.toml`` (``[watch] ntp = ["host[:port]", ...]``), first found
-    along the config path ($GEOPROBE_CONFIG_DIR, the XDG user dir, /etc/geoprobe)."""
+    along the config path ``dirs`` (default: $GEOPROBE_CONFIG_DIR, the XDG user dir,
+    /etc/geoprobe)."""
     import tomllib
 
     from geoprobe.paths import config_dirs
 
-    for d in config_dirs():
+    for d in dirs if dirs is not None else config_dirs():
         path = d / "config.toml"
         if not path.is_file():
             continue
@@ -284,7 +285,7 @@ def watch_cmd(
     stream: TextIO = env.stdout  # type: ignore[assignment]
     if events_path is not None:
         stream = open(events_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
-    ntp = list(ntp_servers) or config_ntp_servers()
+    ntp = list(ntp_servers) or config_ntp_servers(env.config_dirs)
     sources = build_signals(wanted, log, ntp_servers=ntp, realtime=env.is_root)
     hook: HookRunner | None = None
     watcher: Watcher
