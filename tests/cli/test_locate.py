@@ -353,3 +353,33 @@ def test_mmdb_cross_check_goes_into_the_record(
     # Loopback has no public address: nothing to compare, and the record says so.
     assert rec["ipgeo"]["vm"] is None and any("not public" in n for n in rec["ipgeo"]["notes"])
     assert [m["landmark_id"] for m in rec["measurements"]] == list(PLACES)  # catalogue order kept
+
+
+def test_a_corrupt_mmdb_named_with_the_option_is_one_line_exit_3(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any probing; no traceback, whatever the file holds."""
+    cat, _ = world
+    junk = tmp_path / "junk.mmdb"
+    junk.write_bytes(b"\xab\xcd\xefMaxMind.com" + b"\xff" * 300)
+    assert run("locate", "--landmarks", str(cat), "--mmdb", str(junk)) == 3
+    lines = _error_lines(run, capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"geoprobe: error: {junk}: not a valid MaxMind")
+    assert run.out.getvalue() == ""
+
+
+def test_a_corrupt_mmdb_found_by_default_is_a_note(
+    run: Run,
+    world: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cat, _ = world
+    junk = tmp_path / "GeoLite2-City.mmdb"
+    junk.write_bytes(b"not a database" * 20)
+    monkeypatch.setenv("GEOPROBE_MMDB", str(junk))
+    args = ["--timeout", "0.3", "--samples", "1", "--format", "json"]
+    assert run("locate", "--landmarks", str(cat), *args) == 0, run.err.getvalue()
+    rec = json.loads(run.out.getvalue())
+    (note,) = rec["ipgeo"]["notes"]
+    assert note.startswith(f"database not used: {junk}: not a valid MaxMind DB")
