@@ -10,9 +10,11 @@ Three uses:
 
 IP geolocation is never evidence of location here: it is a claim the measurement can contradict.
 
-The database is read through ``geoip2`` (over ``maxminddb``, whose C extension maps the file and
-refuses pointer loops, nesting and decoded sizes beyond its limits, so a corrupt or hostile file
-costs milliseconds, not gigabytes). This module turns what those libraries raise into
+The database is read through ``geoip2`` over ``maxminddb``. From maxminddb 3.2 (and the
+libmaxminddb 1.14 its wheels carry) both of its readers apply the format's resource limits: 65,536
+values, 512 levels of nesting and 2 MiB of strings per lookup, and pointer loops and sizes past the
+end are refused, so a corrupt or hostile file costs milliseconds, not gigabytes
+(benchmarks/ipgeo_hostile.py). This module turns what those libraries raise into
 :class:`IPGeoError`, one line naming the file:
 
 - the file cannot be opened (missing, unreadable): ``cannot read``;
