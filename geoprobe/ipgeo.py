@@ -69,6 +69,10 @@ LANDMARK_TOLERANCE_KM = 500.0
 Position = tuple[float, float, str | None]
 
 
+#: How maxminddb opens a file: its C extension over mmap where installed, else pure Python.
+READER_MODE = maxminddb.MODE_AUTO
+
+
 class IPGeoError(InputError):
     """The IP geolocation database cannot be used; the message names the file."""
 
@@ -95,7 +99,7 @@ def _invalid(path: str, exc: BaseException) -> IPGeoError:
 def open_database(path: str) -> geoip2.database.Reader:
     """A City reader for ``path`` (kept open: lookups for one catalogue reuse it)."""
     try:
-        reader = geoip2.database.Reader(path, mode=maxminddb.MODE_AUTO)
+        reader = geoip2.database.Reader(path, mode=READER_MODE)
     except OSError as exc:
         raise IPGeoError(f"cannot read: {exc.strerror or exc}", file=path) from None
     except (maxminddb.InvalidDatabaseError, ValueError, TypeError, KeyError) as exc:

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import maxminddb
 import mmdb_files
 import numpy as np
 import pytest
@@ -79,9 +80,18 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize("reader", ["extension", "pure Python"])
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_database_is_one_line_in_bounded_time(tmp_path: Path, name: str) -> None:
-    """Files of a few hundred bytes that a naive decoder follows forever or into gigabytes."""
+def test_hostile_database_is_one_line_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, reader: str
+) -> None:
+    """Files of a few hundred bytes that a naive decoder follows forever or into gigabytes, read
+    by maxminddb's C extension and by its pure-Python reader (where the extension is missing)."""
+    if reader == "pure Python":
+        monkeypatch.setattr(ipgeo, "READER_MODE", maxminddb.MODE_FILE)
+    valid = tmp_path / "valid.mmdb"
+    valid.write_bytes(mmdb_files.database(mmdb_files.city("SE", 59.33, 18.07)))
+    assert ipgeo.lookup(valid, "200.1.2.3") == (59.33, 18.07, "SE")  # the reader works
     path = tmp_path / "hostile.mmdb"
     path.write_bytes(HOSTILE[name]())
     assert path.stat().st_size < 5000
