@@ -1,9 +1,9 @@
-"""What a hostile IP geolocation database costs ``geoprobe locate --mmdb``: time and memory per file.
+"""What a hostile IP geolocation database costs ``geoprobe locate --mmdb``: time and memory.
 
 Each file (the hand-made ones of tests/mmdb_files.py, a few hundred bytes each) is looked up in a
 fresh process, so the peak resident set is that lookup's own, by maxminddb's C extension (``ext``)
-and by its pure-Python reader (``pure``, what runs where the extension is not installed). Target: every one is a one-line
-error within a second and well under 100 MiB.
+and by its pure-Python reader (``pure``, what runs where the extension is not installed).
+Target: every one is a one-line error within a second and well under 100 MiB.
 
     python benchmarks/ipgeo_hostile.py
 """

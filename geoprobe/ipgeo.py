@@ -4,7 +4,8 @@ Three uses:
 
 - a coarse prior: probe the landmarks nearest the IP-geolocated position first (``order_by_prior``);
 - a check of each landmark's claimed location against where its address geolocates
-  (``check_landmarks``): a big disagreement flags a catalogue entry to look at (or a stale database);
+  (``check_landmarks``): a big disagreement flags a catalogue entry to look at (or a stale
+  database);
 - a report when the VM's own public address geolocates outside the measured region
   (``compare_with_fix``): the provider's registration says one thing, the RTTs another.
 
@@ -163,7 +164,7 @@ def lookup(path: str | Path, ip: str) -> Position | None:
 
 
 def order_by_prior(landmarks: Sequence[Landmark], prior: Position | None) -> list[Landmark]:
-    """Nearest landmarks to the prior first (so a partial or rate-capped probe run starts where it counts)."""
+    """Nearest landmarks to the prior first: a partial or rate-capped run starts where it counts."""
     if prior is None:
         return list(landmarks)
     lat, lon, _ = prior
@@ -195,7 +196,8 @@ def _public(address: str | None) -> bool:
 def check_landmarks(
     path: str | Path, landmarks: Iterable[Landmark], *, tolerance_km: float = LANDMARK_TOLERANCE_KM
 ) -> list[LandmarkCheck]:
-    """Each landmark's claimed place against where its address geolocates (public addresses only)."""
+    """Each landmark's claimed place against where its address geolocates (public addresses
+    only)."""
     out: list[LandmarkCheck] = []
     for lm in landmarks:
         geo = lookup(path, lm.address) if _public(lm.address) and lm.address else None
@@ -250,11 +252,15 @@ def compare_with_fix(ip: str, geo: Position, fix: Fix) -> Comparison:
             else f"in a country the RTTs give {p:.0%}"
         )
         note = (
-            f"the VM's address {ip} geolocates to {where}, {km:.0f} km from the measured position and "
+            f"the VM's address {ip} geolocates to {where}, {km:.0f} km from the measured "
+            "position and "
             f"{why}: the registration claims one place, physics says another"
         )
     else:
-        note = f"the VM's address {ip} geolocates to {where}, consistent with the measurement ({km:.0f} km off)"
+        note = (
+            f"the VM's address {ip} geolocates to {where}, consistent with the measurement "
+            f"({km:.0f} km off)"
+        )
     return Comparison(ip, geo, round(km, 1), in_region, in_sound, p, disagrees, note)
 
 
@@ -272,7 +278,8 @@ def local_address_towards(target: str) -> str | None:
 def cross_check(
     fix: Fix, cat: Catalogue, mmdb: str | Path | None = None, *, public_ip: str | None = None
 ) -> dict[str, Any]:
-    """What ``geoprobe locate --mmdb`` reports: landmark checks and the VM's own address, with notes."""
+    """What ``geoprobe locate --mmdb`` reports: landmark checks and the VM's own address, with
+    notes."""
     path = Path(mmdb) if mmdb is not None else default_mmdb()
     notes: list[str] = []
     if path is None:
@@ -287,8 +294,9 @@ def cross_check(
         g = c.geolocated
         assert g is not None
         notes.append(
-            f"landmark {c.landmark_id} ({c.address}) claims ({c.claimed[0]:.2f}, {c.claimed[1]:.2f}) "
-            f"but geolocates to {g[2] or '??'} ({g[0]:.2f}, {g[1]:.2f}), {c.distance_km:.0f} km away"
+            f"landmark {c.landmark_id} ({c.address}) claims "
+            f"({c.claimed[0]:.2f}, {c.claimed[1]:.2f}) but geolocates to {g[2] or '??'} "
+            f"({g[0]:.2f}, {g[1]:.2f}), {c.distance_km:.0f} km away"
         )
     ip = public_ip
     if ip is None:

@@ -44,7 +44,8 @@ def cache_dir() -> Path:
 
 
 def config_dirs() -> list[Path]:
-    """Config search path, most specific first: $GEOPROBE_CONFIG_DIR, XDG user dir, /etc/geoprobe."""
+    """Config search path, most specific first: $GEOPROBE_CONFIG_DIR, the XDG user dir,
+    /etc/geoprobe."""
     dirs: list[Path] = []
     env = os.environ.get("GEOPROBE_CONFIG_DIR")
     if env:

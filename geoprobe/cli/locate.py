@@ -31,7 +31,8 @@ def _progress(
     if not env.stderr_isatty or total == 0:
         yield None
         return
-    # rich is imported here, not at the top: ``geoprobe`` starts faster and locate's wall time counts.
+    # rich is imported here, not at the top: ``geoprobe`` starts faster, and locate's wall time
+    # counts.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -235,7 +236,8 @@ def _cross_check(fix: Fix, cat: Catalogue, mmdb: Path, explicit: bool) -> dict[s
 
 
 def _load_for_audit(path: Path) -> list[Measurement]:
-    """A saved measurement file, or a ``locate --format json`` record (it embeds the measurements)."""
+    """A saved measurement file, or a ``locate --format json`` record (which embeds the
+    measurements)."""
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:

@@ -1,4 +1,5 @@
-"""CLI: ``geoprobe policy check|fire|audit`` — validate a policy, run it on an event, show the trail."""
+"""CLI: ``geoprobe policy check|fire|audit``: validate a policy, run it on an event, show the
+trail."""
 
 from __future__ import annotations
 

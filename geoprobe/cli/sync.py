@@ -33,7 +33,8 @@ def add_landmarks_command(command: click.Command) -> None:
     "--mesh/--no-mesh",
     default=False,
     show_default=True,
-    help="Bring in the anchoring-mesh ping results as calibration RTTs (one request per measurement).",
+    help="Bring in the anchoring-mesh ping results as calibration RTTs "
+    "(one request per measurement).",
 )
 @click.option(
     "--tcp-port",
@@ -58,7 +59,8 @@ def sync_cmd(env: Environment, api: str, out_path: Path | None, mesh: bool, tcp_
         env.stderr.write("\n")
     dropped = ", ".join(f"{why}: {n}" for why, n in result.dropped.most_common()) or "none"
     cal = (
-        f"{len(result.catalogue.rtts)} calibration RTTs from {result.mesh_measurements} mesh measurements"
+        f"{len(result.catalogue.rtts)} calibration RTTs from {result.mesh_measurements} "
+        "mesh measurements"
         if mesh
         else "no calibration (use --mesh); locate will use the sound bound"
     )
