@@ -7,7 +7,7 @@ loopback. Landmark S itself is not probed in that run (as if it were silent), so
 by a landmark in the VM's own data centre. The catalogue (and so the fitted calibration, which the
 engine caches per catalogue) stays whole: landmark<->landmark RTTs are data an operator has anyway.
 
-The verdict is taken IN-PROCESS with the library functions behind ``geoprobe check`` (WATCH's
+The verdict is taken IN-PROCESS with the library functions behind ``geoprobe check`` (
 ``geoprobe.cli.check.evaluate`` with ``resolve_settings(--allow CC)``, default sound basis), not by
 spawning 240 ``geoprobe check`` processes: same probing, same engine, same exit-code rule, without
 240 interpreter start-ups. Prints the exit-code histogram and every run that would exit 2.

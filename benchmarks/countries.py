@@ -1,6 +1,6 @@
 """Country index: build time, cached start-up time, lookup throughput, certify latency.
 
-Target (agreed between ENGINE and COUNTRIES): ``codes_at`` answers >= 1e6 points/s after the
+Target: ``codes_at`` answers >= 1e6 points/s after the
 one-time set-up, and a cached start-up stays well under a second. Each start-up figure comes from
 a fresh process (a cold build with an empty cache, then a warm load from that cache); throughput
 is the median of several runs, because the machine is shared.

@@ -1,6 +1,6 @@
 """Benchmark of `geoprobe delay`: dirty rate against a plain numpy page-stride loop, and peak RSS.
 
-Targets (issue 5): the dirtier's page-write rate is at least 50 % of a bare
+Targets: the dirtier's page-write rate is at least 50 % of a bare
 ``buf[::4096] = v`` loop over the same buffer on this machine, and its peak RSS (VmHWM) never
 exceeds the configured cap. The rate comparison alternates the bare loop and the dirtier in
 short slices over one pre-faulted buffer inside one process, so that load from other processes

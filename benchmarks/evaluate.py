@@ -1,4 +1,4 @@
-"""Engine figures on the real WonderProxy data (../shared/data), against the issue's targets.
+"""Engine figures on the real WonderProxy data (../shared/data), against the targets.
 
     python benchmarks/evaluate.py [--targets N] [--seed S]
 

@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     j = bench_jitter(args.jitter, rtt_ms=6.0, jitter_ms=2.0, bound_ms=5.0)
     ok = j["released"] == 0 and j["server_releases"] == 0
     print(
-        f"jitter: {args.jitter} attempts at 6 ms (+0-2 ms jitter) against a 5 ms bound, {j['where']}:"
+        f"jitter: {args.jitter} attempts at 6 ms (+0-2 ms jitter) against a 5 ms bound, "
+        f"{j['where']}:"
         f" {j['released']} released, {j['refused']} refused, {j['silent']} unanswered;"
         f" server log {j['server_releases']} releases, {j['server_refusals']} refusals;"
         f" measured RTT min {j['min_rtt_ms']} ms, median {j['median_rtt_ms']} ms"

@@ -1,4 +1,4 @@
-"""UDP signed-echo accuracy and wall time on loopback (issue 3 targets).
+"""UDP signed-echo accuracy and wall time on loopback, against its targets.
 
 Runs N signed responders in a child process (as the testbed does), spread over the globe, each
 holding its reply for 1.5x the fibre-light RTT from an emulated VM in Frankfurt. Probes them from

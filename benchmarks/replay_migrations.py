@@ -93,7 +93,7 @@ class RunResult:
     seconds: float | None = None
     to: str | None = None
     # Whether the sound rule can prove this crossing at all: the sound region of B's noise-free
-    # floor RTTs leaves A's country. No watch that keeps the issue's sound rule can do better.
+    # floor RTTs leaves A's country. No watch that keeps the sound rule can do better.
     provable: bool | None = None
 
 
@@ -397,7 +397,7 @@ def report(s: dict[str, Any], basis: str) -> None:
 
 
 def verdicts(s: dict[str, Any], basis: str) -> list[tuple[str, bool, str]]:
-    """The issue's two targets for one basis: (name, passed, figure)."""
+    """The two targets for one basis: (name, passed, figure)."""
     k = s.get(basis, {})
     out = []
     far, st = k.get("cross-border-far"), k.get("stationary")

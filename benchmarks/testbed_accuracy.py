@@ -1,4 +1,4 @@
-"""Testbed timing accuracy and ``geoprobe locate`` wall time (issue 3 targets), on a real testbed.
+"""Testbed timing accuracy and ``geoprobe locate`` wall time against its targets, on a real testbed.
 
 Starts ``geoprobe testbed run`` (a child process, WonderProxy data, the VM at --at-server, 200
 landmarks, jitter off so every sample's injected delay is the pair's floor), asks it for the

@@ -1,4 +1,4 @@
-"""The watch acceptance run (issue 4), full length, on a loopback testbed; prints timings.
+"""The watch acceptance run, full length, on a loopback testbed; prints timings.
 
 Three scenarios, each with its own testbed and `geoprobe watch --allow <A's country>`:
 

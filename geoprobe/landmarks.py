@@ -363,15 +363,41 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def default_catalogue_path() -> Path:
-    """The RIPE Atlas anchors as ``geoprobe landmarks sync`` cached them.
+def default_catalogue_path(cache_dir: Path | None = None) -> Path:
+    """The RIPE Atlas anchors as ``geoprobe landmarks sync`` cached them in ``cache_dir``.
 
     Nothing ships in the package: a catalogue of real addresses goes stale, and its calibration
     must come from the mesh measurements of the day.
     """
-    from geoprobe.paths import cache_dir
+    from geoprobe.paths import cache_dir as default_cache_dir
 
-    return cache_dir() / "anchors.json"
+    return (cache_dir if cache_dir is not None else default_cache_dir()) / "anchors.json"
+
+
+def catalogue_or_default(path: Path | None, cache_dir: Path) -> Catalogue:
+    """The catalogue given, else the synced one in ``cache_dir``; a missing one says how to get it."""
+    if path is not None:
+        return load_catalogue(path)
+    default = default_catalogue_path(cache_dir)
+    if not default.exists():
+        raise InputError(
+            "no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
+            file=default,
+        )
+    return load_catalogue(default)
+
+
+#: The probe methods, most preferred first: the signed echo cannot be answered by a closer
+#: impostor; TCP connect and ICMP echo can.
+PROBE_METHODS = ("udp", "tcp", "icmp")
+
+
+def preferred_method(cat: Catalogue) -> str:
+    """The most preferred method that at least one landmark of ``cat`` offers."""
+    for method in PROBE_METHODS:
+        if any(lm.supports(method) for lm in cat.landmarks):
+            return method
+    raise InputError("no landmark offers udp, tcp or icmp", file=cat.path, field="methods")
 
 
 def rtt_matrix(cat: Catalogue, ids: Iterable[str] | None = None) -> tuple[list[str], Any]:

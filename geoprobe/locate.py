@@ -46,10 +46,11 @@ def method(name: str) -> Method:
         ) from None
 
 
-def default_countries() -> CountryLookup:
+def default_countries(cache_dir: Path | None = None) -> CountryLookup:
+    """The process-wide country index; its raster is cached in ``cache_dir`` on first use."""
     from geoprobe.geo.countries import default_index
 
-    return default_index()
+    return default_index(cache_dir)
 
 
 def solve(
@@ -57,12 +58,14 @@ def solve(
     rtts: Mapping[str, float],
     model: Model | None,
     countries: CountryLookup | None = None,
+    *,
+    cache_dir: Path | None = None,
 ) -> Fix:
     """Locate from measured minimum RTTs (landmark id -> ms).
 
     Without a model only the sound bound is used, and the Fix says so (``bound == "sound"``).
     """
-    countries = countries if countries is not None else default_countries()
+    countries = countries if countries is not None else default_countries(cache_dir)
     ids = [lm.id for lm in landmarks]
     lat = np.array([lm.lat for lm in landmarks], dtype=float)
     lon = np.array([lm.lon for lm in landmarks], dtype=float)
@@ -141,7 +144,7 @@ def fit_catalogue(
     path = modelcache.cache_path(cache_dir if cache_dir is not None else paths.cache_dir(), key)
     model = modelcache.load(path) if countries_key is not None else None
     if model is None:
-        lookup = countries if countries is not None else default_countries()
+        lookup = countries if countries is not None else default_countries(cache_dir)
         model = fit(cat)
         solver.self_tempering(model, lookup, [lm.country for lm in cat.landmarks]).apply(model)
         if countries_key is not None:
@@ -154,13 +157,16 @@ def fit_catalogue(
 
 
 def locate_from_catalogue(
-    cat: Catalogue, rtts: Mapping[str, float], countries: CountryLookup | None = None
+    cat: Catalogue,
+    rtts: Mapping[str, float],
+    countries: CountryLookup | None = None,
+    *,
+    cache_dir: Path | None = None,
 ) -> Fix:
-    """Fit the catalogue's calibration (cached) and solve; sound bound only if it has no RTTs."""
-    model = fit_catalogue(cat, countries)
-    return solve(
-        cat.landmarks, rtts, model, countries if countries is not None else default_countries()
-    )
+    """Fit the catalogue's calibration (cached in ``cache_dir``) and solve; sound bound only if it
+    has no RTTs."""
+    model = fit_catalogue(cat, countries, cache_dir=cache_dir)
+    return solve(cat.landmarks, rtts, model, countries, cache_dir=cache_dir)
 
 
 __all__ = [

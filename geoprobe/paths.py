@@ -1,4 +1,5 @@
-"""Where config, state and cache live: /etc and /var/lib for root, XDG dirs for everyone else."""
+"""Where config, state and cache live: /etc, /var/lib and /var/cache for root, XDG dirs for
+everyone else; ``$GEOPROBE_*_DIR`` overrides each."""
 
 from __future__ import annotations
 
@@ -25,14 +26,26 @@ def state_dir() -> Path:
 
 
 def cache_dir() -> Path:
+    """``$GEOPROBE_CACHE_DIR``, else systemd's ``$CACHE_DIRECTORY`` (a unit's ``CacheDirectory=``),
+    else /var/cache/geoprobe for root, else the user's cache dir.
+
+    One system cache for root and for system services, so the catalogue ``landmarks sync`` writes
+    as root is the one a service finds, even one that runs as a dynamic user with ``ProtectHome``.
+    """
     env = os.environ.get("GEOPROBE_CACHE_DIR")
     if env:
         return Path(env)
+    systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if _is_root():
+        return Path("/var/cache/geoprobe")
     return Path(platformdirs.user_cache_dir(APP))
 
 
 def config_dirs() -> list[Path]:
-    """Config search path, most specific first: $GEOPROBE_CONFIG_DIR, XDG user dir, /etc/geoprobe."""
+    """Config search path, most specific first: $GEOPROBE_CONFIG_DIR, the XDG user dir,
+    /etc/geoprobe."""
     dirs: list[Path] = []
     env = os.environ.get("GEOPROBE_CONFIG_DIR")
     if env:

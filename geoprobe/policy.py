@@ -360,7 +360,7 @@ def _parse_action(
 
 
 def _expand(codes: Iterable[str]) -> set[str]:
-    from geoprobe.geo.groups import expand  # COUNTRIES' module: groups such as EU and EEA
+    from geoprobe.geo.groups import expand  # groups such as EU and EEA
 
     return set(expand(codes))
 

@@ -1,13 +1,17 @@
-"""Our MMDB reader against files written by mmdb_writer (and by hand), and the IP-geolocation checks."""
+"""IP geolocation through geoip2: files written by mmdb_writer, by hand, hostile and mutated."""
 
 from __future__ import annotations
 
-import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import maxminddb
+import mmdb_files
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
@@ -15,7 +19,6 @@ from geoprobe import ipgeo
 from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Catalogue, Landmark
-from geoprobe.mmdb import METADATA_MARKER, MMDBError, Reader
 
 # Public-looking ranges, only ever looked up in the file, never contacted.
 FRANKFURT = {
@@ -45,83 +48,126 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return write_db(tmp_path / f"city{request.param}.mmdb", request.param)
 
 
-def test_reader_finds_records_and_misses(db: Path) -> None:
-    with Reader(db) as r:
-        assert r.database_type == "GeoLite2-City"
-        assert r.get("81.2.69.1") == FRANKFURT
-        assert r.get("81.2.69.255") == FRANKFURT
-        assert r.get("81.2.70.1") is None
-        assert r.get("126.127.255.255") == TOKYO and r.get("126.128.0.0") is None
-        assert r.get("89.160.20.129") == ODD and r.get("89.160.20.127") is None
-        if r.ip_version == 6:
-            assert r.get("2a02:ffaa::1") == {"country": {"iso_code": "FR"}}
-        else:
-            assert r.get("2a02:ffaa::1") is None
-    with pytest.raises(InputError):
-        Reader(db).get("not-an-ip")
-
-
-def _enc(v: Any) -> bytes:
-    """Minimal MMDB encoder (map, utf-8 string, uint16/uint32) for hand-made files."""
-
-    def head(kind: int, size: int) -> bytes:
-        assert size < 29
-        return bytes([(kind << 5) | size]) if kind <= 7 else bytes([size, kind - 7])
-
-    if isinstance(v, str):
-        return head(2, len(v.encode())) + v.encode()
-    if isinstance(v, int):
-        raw = v.to_bytes(4, "big").lstrip(b"\0")
-        return head(6, len(raw)) + raw
-    if isinstance(v, dict):
-        return head(7, len(v)) + b"".join(_enc(k) + _enc(x) for k, x in v.items())
-    raise TypeError(v)
+def test_lookup_finds_records_and_misses(db: Path) -> None:
+    assert ipgeo.lookup(db, "81.2.69.1") == (50.11, 8.68, "DE")
+    assert ipgeo.lookup(db, "81.2.69.255") == (50.11, 8.68, "DE")
+    assert ipgeo.lookup(db, "81.2.70.1") is None
+    assert ipgeo.lookup(db, "126.127.255.255") == (35.68, 139.69, "JP")
+    assert ipgeo.lookup(db, "126.128.0.0") is None
+    assert ipgeo.lookup(db, "89.160.20.127") is None
+    # a v6 range with a country but no coordinates; an IPv4 database holds no IPv6 claim
+    assert ipgeo.lookup(db, "2a02:ffaa::1") is None
+    with pytest.raises(InputError, match="not an IP address"):
+        ipgeo.lookup(db, "not-an-ip")
 
 
 @pytest.mark.parametrize("record_size", [24, 28, 32])
-def test_reader_handles_every_record_size(tmp_path: Path, record_size: int) -> None:
-    """One node: addresses with the top bit 0 are empty, with the top bit 1 point to one record."""
-    node_count = 1
-    empty, data = node_count, node_count + 16  # data pointer to offset 0 of the data section
-    if record_size == 24:
-        node = empty.to_bytes(3, "big") + data.to_bytes(3, "big")
-    elif record_size == 28:
-        node = (
-            empty.to_bytes(3, "big")
-            + bytes([((empty >> 24) << 4) | (data >> 24)])
-            + data.to_bytes(3, "big")
-        )
-    else:
-        node = struct.pack(">II", empty, data)
-    meta = {
-        "node_count": node_count,
-        "record_size": record_size,
-        "ip_version": 4,
-        "database_type": "Hand-City",
-        "binary_format_major_version": 2,
-    }
+def test_every_record_size(tmp_path: Path, record_size: int) -> None:
+    """One search node: the lower half of IPv4 is empty, the upper half holds one record."""
     path = tmp_path / "hand.mmdb"
     path.write_bytes(
-        node + bytes(16) + _enc({"country": {"iso_code": "SE"}}) + METADATA_MARKER + _enc(meta)
+        mmdb_files.database(mmdb_files.city("SE", 59.33, 18.07), record_size=record_size)
     )
-    with Reader(path) as r:
-        assert r.get("200.1.2.3") == {"country": {"iso_code": "SE"}}
-        assert r.get("100.1.2.3") is None
+    assert ipgeo.lookup(path, "200.1.2.3") == (59.33, 18.07, "SE")
+    assert ipgeo.lookup(path, "100.1.2.3") is None
 
 
-def test_not_a_database_is_a_one_line_input_error(tmp_path: Path) -> None:
-    bad = tmp_path / "x.mmdb"
-    bad.write_bytes(b"hello" * 100)
-    with pytest.raises(MMDBError, match="no metadata marker"):
-        Reader(bad)
-    with pytest.raises(InputError, match="cannot read"):
-        Reader(tmp_path / "missing.mmdb")
+HOSTILE = {
+    "pointer loop": mmdb_files.pointer_loop,
+    "nesting 2000 deep": mmdb_files.nested,
+    "string past the end": mmdb_files.oversized_string,
+    "pointer amplification 16^7": mmdb_files.amplification,
+}
+
+
+@pytest.mark.parametrize("reader", ["extension", "pure Python"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_database_is_one_line_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, reader: str
+) -> None:
+    """Files of a few hundred bytes that a naive decoder follows forever or into gigabytes, read
+    by maxminddb's C extension and by its pure-Python reader (where the extension is missing)."""
+    if reader == "pure Python":
+        monkeypatch.setattr(ipgeo, "READER_MODE", maxminddb.MODE_FILE)
+    valid = tmp_path / "valid.mmdb"
+    valid.write_bytes(mmdb_files.database(mmdb_files.city("SE", 59.33, 18.07)))
+    assert ipgeo.lookup(valid, "200.1.2.3") == (59.33, 18.07, "SE")  # the reader works
+    path = tmp_path / "hostile.mmdb"
+    path.write_bytes(HOSTILE[name]())
+    assert path.stat().st_size < 5000
+    with pytest.raises(ipgeo.IPGeoError) as err:
+        ipgeo.lookup(path, "200.1.2.3")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not a valid MaxMind DB") and "\n" not in msg
+
+
+def test_not_a_database_or_not_a_city_database(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mmdb"
+    junk.write_bytes(b"hello" * 100)
+    with pytest.raises(ipgeo.IPGeoError, match=r"junk\.mmdb: not a valid MaxMind DB"):
+        ipgeo.lookup(junk, "200.1.2.3")
+    with pytest.raises(ipgeo.IPGeoError, match="missing.mmdb: cannot read"):
+        ipgeo.lookup(tmp_path / "missing.mmdb", "200.1.2.3")
+    asn = tmp_path / "asn.mmdb"
+    asn.write_bytes(
+        mmdb_files.database(
+            mmdb_files.encode({"autonomous_system_number": 64500}),
+            meta={"database_type": "GeoLite2-ASN"},
+        )
+    )
+    with pytest.raises(ipgeo.IPGeoError, match="field 'database_type'.*City database"):
+        ipgeo.lookup(asn, "200.1.2.3")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"location": {"latitude": "north", "longitude": 8.0}},
+        {"location": {"latitude": 95.0, "longitude": 8.0}},
+        {"location": ["not", "a", "map"]},
+        {"ip_address": "clash", "location": {"latitude": 1.0, "longitude": 2.0}},
+    ],
+)
+def test_record_without_the_city_layout_names_the_field(
+    tmp_path: Path, record: dict[str, Any]
+) -> None:
+    path = tmp_path / "odd.mmdb"
+    path.write_bytes(mmdb_files.database(mmdb_files.encode(record)))
+    with pytest.raises(ipgeo.IPGeoError, match=r"odd\.mmdb: field 'location'"):
+        ipgeo.lookup(path, "200.1.2.3")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_databases_never_escape_as_a_traceback(data: st.DataObject) -> None:
+    """Random byte changes to a valid file: a position, a one-line IPGeoError, or nothing."""
+    raw = bytearray(MUTABLE)
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(len(raw) // 2, len(raw)))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.mmdb"
+        path.write_bytes(bytes(raw[:cut]))
+        ipgeo.open_database.cache_clear()
+        try:
+            got = ipgeo.lookup(path, data.draw(st.sampled_from(["200.1.2.3", "81.2.69.7"])))
+        except ipgeo.IPGeoError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(path))
+        else:
+            assert got is None or (abs(got[0]) <= 90 and abs(got[1]) <= 180)
+        finally:
+            ipgeo.open_database.cache_clear()
+
+
+MUTABLE = mmdb_files.database(mmdb_files.city("SE", 59.33, 18.07))
 
 
 def test_lookup_gives_position_and_country(db: Path) -> None:
     assert ipgeo.lookup(db, "81.2.69.7") == (50.11, 8.68, "DE")
     assert ipgeo.lookup(db, "89.160.20.200") is None  # a record without coordinates
     assert ipgeo.lookup(db, "10.0.0.1") is None
+    if ipgeo.open_database(str(db)).metadata().ip_version == 6:
+        assert ipgeo.lookup(db, "2a02:ff00::1") is None  # a country, no coordinates
 
 
 def lm(lid: str, lat: float, lon: float, country: str, address: str) -> Landmark:

@@ -154,7 +154,10 @@ def test_landmark_count_is_capped_before_anything_is_fitted(tmp_path: Path) -> N
         (b'{"landmarks": [{"id": "a", "lat": 0, "lon": {"e": 1}}]}', "'lon'"),
         (b'{"landmarks": [{"id": "a", "lat": 0, "lon": 0, "address": ["::1"]}]}', "'address'"),
         (
-            b'{"landmarks": [{"id": "a", "lat": 0, "lon": 0, "host": "h", "methods": {"udp": [1]}}]}',
+            (
+                b'{"landmarks": [{"id": "a", "lat": 0, "lon": 0, "host": "h", '
+                b'"methods": {"udp": [1]}}]}'
+            ),
             "'methods.udp'",
         ),
         (b'{"landmarks": {"a": 1}}', "'landmarks'"),

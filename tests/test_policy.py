@@ -1,4 +1,4 @@
-"""The policy model: the issue's file loads as written; every malformed field is named."""
+"""The policy model: the acceptance policy loads as written; every malformed field is named."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from geoprobe.errors import InputError
 from geoprobe.geo.groups import expand
 from geoprobe.policy import DEFAULT_TIMEOUTS, load_policy, parse_policy, parse_size
 
-ISSUE_POLICY = (Path(__file__).parent / "data" / "issue5-policy.toml").read_text()
+ACCEPTANCE_POLICY = (Path(__file__).parent / "data" / "acceptance-policy.toml").read_text()
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -19,8 +19,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_issue_policy_loads_as_written(tmp_path: Path) -> None:
-    pol = load_policy(write(tmp_path, ISSUE_POLICY))
+def test_acceptance_policy_loads_as_written(tmp_path: Path) -> None:
+    pol = load_policy(write(tmp_path, ACCEPTANCE_POLICY))
     assert pol.allow == {"DE"}
     specs = pol.actions_for("confirmed_crossing")
     assert [s.action for s in specs] == ["wipe", "hook", "webhook"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from geoprobe.geo.fix import CountryShare, Fix
 from geoprobe.geo.regions import SampledRegion, sample_cap
 from geoprobe.landmarks import Landmark
 from geoprobe.render import draw_map, region_geojson
-from geoprobe.render.geojson import write_geojson
+from geoprobe.render.geojson import rfc7946_polygons, write_geojson
 from geoprobe.render.mapplot import CERTIFIED_LAND, LAND, SEA
 
 LANDMARKS = [
@@ -116,6 +117,42 @@ def test_error_circle_is_cut_at_the_antimeridian() -> None:
     assert circle.geom_type == "MultiPolygon"
 
 
+def _rings(geometry: dict[str, Any]) -> list[tuple[bool, shapely.LinearRing]]:
+    """(is_exterior, ring) for every ring of a GeoJSON (multi)polygon, as written."""
+    polys = (
+        geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+    )
+    return [(i == 0, shapely.LinearRing(ring)) for poly in polys for i, ring in enumerate(poly)]
+
+
+@pytest.mark.parametrize("where", [(50.0, 8.6), (-17.0, 179.9), (64.0, -179.5)])
+def test_rings_follow_the_right_hand_rule(where: tuple[float, float]) -> None:
+    """RFC 7946 §3.1.6: exterior rings counter-clockwise, holes clockwise, positions [lon, lat]."""
+    fc = region_geojson(make_fix(*where), [], None)
+    polygons = [f for f in fc["features"] if f["geometry"]["type"] != "Point"]
+    assert len(polygons) == 3  # region, sound region, error circle
+    for f in polygons:
+        rings = _rings(f["geometry"])
+        assert rings, f["properties"]["kind"]
+        for exterior, ring in rings:
+            assert ring.is_ccw == exterior, f["properties"]["kind"]
+            lon, lat = np.asarray(ring.coords).T
+            assert (np.abs(lon) <= 180).all() and (np.abs(lat) <= 90).all()
+
+
+def test_holes_are_wound_clockwise() -> None:
+    """A region with a hole (an annulus: near one landmark's cap but outside another's)."""
+    outer = shapely.Point(8.6, 50.0).buffer(2.0)
+    hole = shapely.Point(8.6, 50.0).buffer(0.5)
+    ring = outer.difference(hole)
+    assert len(ring.interiors) == 1 and not ring.exterior.is_ccw  # GEOS' own winding
+    geometry = rfc7946_polygons(shapely.orient_polygons(ring, exterior_cw=True))
+    rings = _rings(geometry)
+    assert [e for e, _ in rings] == [True, False]
+    assert rings[0][1].is_ccw and not rings[1][1].is_ccw
+    assert shape(geometry).equals(ring)
+
+
 def test_one_region_when_the_bound_is_sound() -> None:
     fix = make_fix()
     fix.region = fix.sound_region
@@ -191,6 +228,6 @@ def test_map_without_matplotlib_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    with pytest.raises(GeoprobeError, match=r"geoprobe\[map\]"):
+    with pytest.raises(GeoprobeError, match=r"pip install 'geoprobe-vm\[map\]'"):
         draw_map(make_fix(), tmp_path / "m.png")
     assert not (tmp_path / "m.png").exists()

@@ -201,7 +201,7 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
 
 
 def targets(summary: dict[str, Any], timing: bool = True) -> list[str]:
-    """Issue 6's targets; returns what was missed."""
+    """The lab's targets (docs/lab.md); returns what was missed."""
     missed: list[str] = []
     cross = summary.get("cross")
     if cross:

@@ -236,7 +236,7 @@ def _rel(t: float | None, t0: float) -> float | None:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per kind of run, the figures issue 6 asks for."""
+    """Per kind of run, the figures the lab's targets are about."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r)

@@ -1,4 +1,4 @@
-"""The lab's two sites: a namespace each, with its own landmark testbed and helper services.
+"""The lab's two sites: a namespace each, with its own landmark testbed and its support services.
 
 A site is placed at a WonderProxy server: its testbed answers the guest's probes with the RTTs measured from
 that server, so a guest moved from site A to site B sees its landmarks' RTTs jump as if the VM had crossed

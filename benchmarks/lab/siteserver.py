@@ -1,4 +1,4 @@
-"""Per-site helper services, run inside a site's namespace on its loopback.
+"""Per-site support services, run inside a site's namespace on its loopback.
 
 - a UDP clock: answers each datagram with the site's name and the host time, so a guest program can see
   which site it is in and the step in its clock offset at the switchover (the lab's ground-truth probe,

@@ -4,7 +4,7 @@ Each subcommand lives in its own module and exposes ``register(group)``. Command
 arguments, call the core, and render; errors from the core (``GeoprobeError``) become one
 line on stderr and exit 3; anything unexpected becomes one ``internal error`` line and exit 3
 (``GEOPROBE UNKNOWN`` on stdout for ``check``), never a traceback unless ``GEOPROBE_DEBUG`` is
-set; Ctrl-C exits 130.
+set; Ctrl-C exits 130. Every exit code is an ``ExitStatus`` (geoprobe.status).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "keyserver": "keyserver",  # keyserver serve|check|keygen|split
     "landmark": "landmark",  # landmark serve|keygen
-    "landmarks": "landmark",  # landmarks sync
+    "landmarks": "sync",  # landmarks sync
     "locate": "locate",
     "policy": "policy",
     "testbed": "testbed",  # testbed run|move|status
@@ -68,7 +68,7 @@ class GeoprobeGroup(click.Group):
             ctx.exit(int(ExitStatus.ERROR))
         except KeyboardInterrupt:
             _say(ctx, "geoprobe: interrupted")
-            ctx.exit(130)
+            ctx.exit(int(ExitStatus.INTERRUPTED))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a crash must still be one line and a defined exit
@@ -90,7 +90,7 @@ def one_line(exc: BaseException) -> str:
     """An exception's message flattened and bounded: a hostile file cannot flood the terminal."""
     try:
         text = " ".join(str(exc).split())
-    except Exception:  # a str() that itself fails (huge int, broken __str__)
+    except Exception:  # noqa: BLE001  (a str() that itself fails: huge int, broken __str__)
         text = ""
     if len(text) > _MAX_LINE:
         text = text[: _MAX_LINE - 3] + "..."
@@ -107,7 +107,7 @@ def _say(ctx: click.Context, line: str, *, out: bool = False) -> None:
 
 
 @click.group(cls=GeoprobeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="geoprobe")
+@click.version_option(package_name="geoprobe-vm")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Locate this VM by RTTs to landmarks, watch for live migration across borders, and defend."""
@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
     try:
         cli.main(args=argv, obj=env, standalone_mode=True)
     except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        if isinstance(exc.code, str):  # sys.exit("message"): Python prints it and exits 1
+            return int(ExitStatus.ERROR)
+        return int(exc.code or ExitStatus.OK)
     except KeyboardInterrupt:
-        return 130
+        return int(ExitStatus.INTERRUPTED)
     except Exception as exc:  # raised outside a command (while loading or parsing)
         if os.environ.get(DEBUG_VAR):
             raise
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
         except OSError:
             pass
         return int(ExitStatus.UNKNOWN)
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -147,16 +147,16 @@ def perfdata(fix: Fix, v: JurisdictionVerdict, settings: Settings) -> dict[str, 
 
 
 def _measure(cat: Catalogue, method: str | None, samples: int, timeout: float) -> list[Measurement]:
-    from geoprobe.cli.locate import choose_method
+    from geoprobe.landmarks import preferred_method
     from geoprobe.probe import measure
 
-    return measure(cat.landmarks, method or choose_method(cat), samples=samples, timeout=timeout)
+    return measure(cat.landmarks, method or preferred_method(cat), samples=samples, timeout=timeout)
 
 
-def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
+def _solve(cat: Catalogue, rtts: dict[str, float], cache_dir: Path) -> Fix:
     from geoprobe.locate import locate_from_catalogue
 
-    fix: Fix = locate_from_catalogue(cat, rtts)
+    fix: Fix = locate_from_catalogue(cat, rtts, cache_dir=cache_dir)
     return fix
 
 
@@ -199,7 +199,7 @@ def run_check(
     rtts = min_rtts(ms)
     if not rtts:
         raise MeasurementError(f"no landmark answered ({len(ms)} probed)")
-    fix = _solve(cat, rtts)
+    fix = _solve(cat, rtts, env.cache_dir)
     status, v, text = evaluate(fix, settings)
     perf = perfdata(fix, v, settings)
     notes: list[str] = []
@@ -269,7 +269,7 @@ def run_check(
 
 
 def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool) -> list[str]:
-    """Run the policy's response to a migration found since the last run (DEFEND), once per event.
+    """Run the policy's response to a migration found since the last run, once per event.
 
     A failing action is reported, never turned into UNKNOWN: the migration is the news.
     """
@@ -350,10 +350,10 @@ def check_cmd(
     policy's response to it runs (each action once per event, audited in the state store).
     """
     try:
-        from geoprobe.cli.locate import catalogue_from
+        from geoprobe.landmarks import catalogue_or_default
 
         settings = resolve_settings(allow, policy_path, basis, min_probability, min_landmarks)
-        cat = catalogue_from(landmarks_path)
+        cat = catalogue_or_default(landmarks_path, env.cache_dir)
         result = run_check(
             env,
             cat,

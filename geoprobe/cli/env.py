@@ -17,6 +17,7 @@ from geoprobe import paths
 
 @dataclass
 class Environment:
+    stdin: IO[str] = field(default_factory=lambda: sys.stdin)
     stdout: IO[str] = field(default_factory=lambda: sys.stdout)
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     stdout_isatty: bool = False
@@ -24,6 +25,7 @@ class Environment:
     state_dir: Path = field(default_factory=paths.state_dir)
     cache_dir: Path = field(default_factory=paths.cache_dir)
     runtime_dir: Path = field(default_factory=paths.runtime_dir)
+    config_dirs: list[Path] = field(default_factory=paths.config_dirs)  # most specific first
     is_root: bool = False
 
     @classmethod

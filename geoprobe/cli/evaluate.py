@@ -92,6 +92,7 @@ def register(group: click.Group) -> None:
         """Leave-one-out on DATASET (WonderProxy dir, or landmarks.csv + rtts.csv dir)."""
         from geoprobe.datasets import load_dataset
         from geoprobe.evaluate import evaluate
+        from geoprobe.locate import default_countries
 
         names = _methods(methods)
         ds = load_dataset(dataset)
@@ -106,6 +107,7 @@ def register(group: click.Group) -> None:
                 targets=targets,
                 seed=seed,
                 progress=progress,
+                countries=default_countries(env.cache_dir),
             ),
         )
         if fmt == "jsonl":

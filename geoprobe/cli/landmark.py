@@ -27,16 +27,6 @@ def landmark_group() -> None:
     """Run a signed landmark of your own."""
 
 
-@click.group("landmarks")
-def landmarks_group() -> None:
-    """Manage the landmark catalogue."""
-
-
-def add_landmarks_command(command: click.Command) -> None:
-    """The hook: add ``command`` under ``geoprobe landmarks``."""
-    landmarks_group.add_command(command)
-
-
 @landmark_group.command("keygen")
 @click.option(
     "--out",
@@ -196,8 +186,4 @@ async def _serve(
 
 
 def register(group: click.Group) -> None:
-    from geoprobe.cli.sync import register_sync
-
-    register_sync(landmarks_group)
     group.add_command(landmark_group)
-    group.add_command(landmarks_group)

@@ -12,16 +12,11 @@ from typing import Any
 import click
 
 from geoprobe.cli.env import Environment
-from geoprobe.cli.options import PROBE_METHODS, landmarks_option, method_option
-from geoprobe.errors import InputError, MeasurementError
+from geoprobe.cli.options import landmarks_option, method_option
+from geoprobe.errors import MeasurementError
 from geoprobe.geo.fix import Fix
 from geoprobe.jsonfile import read_json
-from geoprobe.landmarks import (
-    Catalogue,
-    Landmark,
-    default_catalogue_path,
-    load_catalogue,
-)
+from geoprobe.landmarks import Catalogue, Landmark, catalogue_or_default, preferred_method
 from geoprobe.measurement import FORMAT as MEASUREMENTS_FORMAT
 from geoprobe.measurement import (
     Measurement,
@@ -38,27 +33,6 @@ from geoprobe.status import ExitStatus
 DEFAULT_PPS = 1000.0
 
 
-def catalogue_from(path: Path | None) -> Catalogue:
-    """The catalogue given, else the default one; a missing default says how to get one."""
-    if path is not None:
-        return load_catalogue(path)
-    default = default_catalogue_path()
-    if not default.exists():
-        raise InputError(
-            "no landmark catalogue: run `geoprobe landmarks sync` or pass --landmarks FILE",
-            file=default,
-        )
-    return load_catalogue(default)
-
-
-def choose_method(cat: Catalogue) -> str:
-    """Signed echo where the catalogue offers it (it cannot be answered by a closer impostor), else TCP."""
-    for method in PROBE_METHODS:
-        if any(lm.supports(method) for lm in cat.landmarks):
-            return method
-    raise InputError("no landmark offers udp, tcp or icmp", file=cat.path, field="methods")
-
-
 @contextmanager
 def _progress(
     env: Environment, total: int, method: str
@@ -66,7 +40,8 @@ def _progress(
     if not env.stderr_isatty or total == 0:
         yield None
         return
-    # rich is imported here, not at the top: ``geoprobe`` starts faster and locate's wall time counts.
+    # rich is imported here, not at the top: ``geoprobe`` starts faster, and locate's wall time
+    # counts.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -89,10 +64,10 @@ def _nothing_answered(measurements: Sequence[Measurement]) -> MeasurementError:
     return MeasurementError(f"no landmark answered ({len(measurements)} probed; {detail})")
 
 
-def _solve(cat: Catalogue, rtts: dict[str, float]) -> Fix:
+def _solve(cat: Catalogue, rtts: dict[str, float], cache_dir: Path) -> Fix:
     from geoprobe.locate import locate_from_catalogue
 
-    fix: Fix = locate_from_catalogue(cat, rtts)
+    fix: Fix = locate_from_catalogue(cat, rtts, cache_dir=cache_dir)
     return fix
 
 
@@ -170,19 +145,30 @@ def locate_cmd(
     mmdb_path: Path | None,
 ) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
-    cat = catalogue_from(landmarks_path)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
+    # A database named with --mmdb must be usable (checked before probing); one found on the
+    # standard paths only adds a note when it is not.
+    mmdb_explicit = mmdb_path is not None
     if mmdb_path is None:
         from geoprobe.ipgeo import default_mmdb
 
         mmdb_path = default_mmdb()
+    else:
+        from geoprobe.ipgeo import open_database
+
+        open_database(str(mmdb_path))
     if replay_path is not None:
         measurements, _meta = load_measurements(replay_path)
         used_method = method or (measurements[0].method if measurements else "replay")
     else:
         from geoprobe.probe import measure
 
-        used_method = method or choose_method(cat)
-        order = _nearest_first(cat.landmarks, mmdb_path) if mmdb_path is not None else cat.landmarks
+        used_method = method or preferred_method(cat)
+        order = (
+            _nearest_first(cat.landmarks, mmdb_path, mmdb_explicit)
+            if mmdb_path is not None
+            else cat.landmarks
+        )
         with _progress(env, len(order), used_method) as progress:
             measured = measure(
                 order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress
@@ -199,16 +185,14 @@ def locate_cmd(
     rtts = min_rtts(measurements)
     if not rtts:
         raise _nothing_answered(measurements)
-    fix = _solve(cat, rtts)
+    fix = _solve(cat, rtts, env.cache_dir)
     fix.rejected_replies = rejected_totals(measurements)
     meta: dict[str, Any] = {
         "catalogue": str(cat.path) if cat.path else cat.name,
         "probe_method": used_method,
     }
     if mmdb_path is not None:
-        from geoprobe.ipgeo import cross_check
-
-        meta["ipgeo"] = cross_check(fix, cat, mmdb_path)
+        meta["ipgeo"] = _cross_check(fix, cat, mmdb_path, mmdb_explicit)
     if geojson_path is not None:
         from geoprobe.render.geojson import write_geojson
 
@@ -234,7 +218,7 @@ def locate_cmd(
             console.print(f"ip geolocation: {line}")
 
 
-def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
+def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path, explicit: bool) -> list[Landmark]:
     """Probe the landmarks nearest this VM's IP-geolocated place first (a coarse prior only)."""
     from geoprobe import ipgeo
 
@@ -242,11 +226,27 @@ def _nearest_first(landmarks: Sequence[Landmark], mmdb: Path) -> list[Landmark]:
     ip = ipgeo.local_address_towards(target) if target else None
     if ip is None:
         return list(landmarks)
-    return ipgeo.nearest_first_hint(mmdb, ip, landmarks)
+    try:
+        return ipgeo.nearest_first_hint(mmdb, ip, landmarks)
+    except ipgeo.IPGeoError:
+        if explicit:
+            raise
+        return list(landmarks)  # the cross-check after the fix says what is wrong with it
+
+
+def _cross_check(fix: Fix, cat: Catalogue, mmdb: Path, explicit: bool) -> dict[str, Any]:
+    from geoprobe import ipgeo
+
+    try:
+        return ipgeo.cross_check(fix, cat, mmdb)
+    except ipgeo.IPGeoError as exc:
+        if explicit:
+            raise
+        return {"database": str(mmdb), "notes": [f"database not used: {exc}"]}
 
 
 def _load_for_audit(path: Path) -> list[Measurement]:
-    """A saved measurement file, or a ``locate --format json`` record (it embeds the measurements)."""
+    """A saved measurement file, or a ``locate --format json`` record (it embeds them)."""
     raw = read_json(path)
     if (
         isinstance(raw, dict)
@@ -282,7 +282,7 @@ def verify_cmd(
     from geoprobe.probe.evidence import verify_measurements
 
     env: Environment = ctx.obj
-    cat = catalogue_from(landmarks_path)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
     measurements = _load_for_audit(file)
     checked, bad = verify_measurements(
         measurements, cat.by_id(), max_clock_offset_s=max_clock_offset

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 from click.decorators import FC
 
-#: What ``geoprobe.probe.measure`` can do, in the order a catalogue's offer is preferred.
-PROBE_METHODS = ("udp", "tcp", "icmp")
+from geoprobe.landmarks import PROBE_METHODS
 
 
 def landmarks_option(

@@ -1,11 +1,11 @@
-"""CLI: ``geoprobe policy check|fire|audit`` — validate a policy, run it on an event, show the trail."""
+"""CLI: ``geoprobe policy check|fire|audit``: validate a policy, run it on an event, show the
+trail."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -15,6 +15,7 @@ from geoprobe.defend.audit import AuditStore
 from geoprobe.errors import InputError
 from geoprobe.events import MAX_EVENT_BYTES, parse_event, read_event
 from geoprobe.policy import VERDICTS, Policy, load_policy
+from geoprobe.status import ExitStatus
 from geoprobe.store import default_path
 
 
@@ -49,10 +50,10 @@ def _print_results(env: Environment, results: list[ActionResult], as_json: bool)
             env.stdout.write(f"      warning: {w}\n")
 
 
-def _load_event(path: Path) -> dict[str, Any]:
+def _load_event(path: Path, stdin: IO[str]) -> dict[str, Any]:
     if str(path) != "-":
         return read_event(path)
-    text = sys.stdin.read(MAX_EVENT_BYTES + 1)
+    text = stdin.read(MAX_EVENT_BYTES + 1)
     if len(text) > MAX_EVENT_BYTES:
         raise InputError(f"larger than {MAX_EVENT_BYTES >> 20} MiB: refused", file="<stdin>")
     return parse_event(text, file="<stdin>")
@@ -102,9 +103,12 @@ def register(group: click.Group) -> None:
         dry_run: bool,
         as_json: bool,
     ) -> None:
-        """Run FILE's actions for one event, as the watch daemon would (once per event)."""
+        """Run FILE's actions for one event, as the watch daemon would (once per event).
+
+        Exit 1 when an action failed or timed out (the others still ran), 3 on bad input.
+        """
         policy = load_policy(file)
-        event = _load_event(event_file)
+        event = _load_event(event_file, env.stdin)
         store = default_path(state or env.state_dir)
 
         def log(message: str) -> None:
@@ -113,7 +117,7 @@ def register(group: click.Group) -> None:
         results = respond(event, policy, store_path=store, dry_run=dry_run, log=log)
         _print_results(env, results, as_json)
         if any(r.status in ("failed", "timeout") for r in results):
-            raise click.exceptions.Exit(1)
+            raise click.exceptions.Exit(int(ExitStatus.ACTION_FAILED))
 
     @policy_group.command("audit")
     @click.option("--state", "state", type=click.Path(path_type=Path), default=None)

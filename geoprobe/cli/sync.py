@@ -1,4 +1,5 @@
-"""CLI: ``geoprobe landmarks sync`` (the RIPE Atlas anchors as a catalogue, cached in the user's cache dir)."""
+"""CLI: ``geoprobe landmarks`` and its ``sync`` (the RIPE Atlas anchors as a catalogue, cached in
+the cache dir)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from geoprobe.cli.env import Environment
 from geoprobe.sync import CACHE_NAME, DEFAULT_API, check_api, sync
 
 
-@click.command("sync")
+@click.group("landmarks")
+def landmarks_group() -> None:
+    """Manage the landmark catalogue."""
+
+
+def add_landmarks_command(command: click.Command) -> None:
+    """Add ``command`` under ``geoprobe landmarks`` (for commands defined outside geoprobe)."""
+    landmarks_group.add_command(command)
+
+
+@landmarks_group.command("sync")
 @click.option("--api", default=DEFAULT_API, show_default=True, help="RIPE Atlas API root.")
 @click.option(
     "--out",
@@ -22,7 +33,8 @@ from geoprobe.sync import CACHE_NAME, DEFAULT_API, check_api, sync
     "--mesh/--no-mesh",
     default=False,
     show_default=True,
-    help="Bring in the anchoring-mesh ping results as calibration RTTs (one request per measurement).",
+    help="Bring in the anchoring-mesh ping results as calibration RTTs "
+    "(one request per measurement).",
 )
 @click.option(
     "--tcp-port",
@@ -47,7 +59,8 @@ def sync_cmd(env: Environment, api: str, out_path: Path | None, mesh: bool, tcp_
         env.stderr.write("\n")
     dropped = ", ".join(f"{why}: {n}" for why, n in result.dropped.most_common()) or "none"
     cal = (
-        f"{len(result.catalogue.rtts)} calibration RTTs from {result.mesh_measurements} mesh measurements"
+        f"{len(result.catalogue.rtts)} calibration RTTs from {result.mesh_measurements} "
+        "mesh measurements"
         if mesh
         else "no calibration (use --mesh); locate will use the sound bound"
     )
@@ -58,6 +71,5 @@ def sync_cmd(env: Environment, api: str, out_path: Path | None, mesh: bool, tcp_
     )
 
 
-def register_sync(landmarks_group: click.Group) -> None:
-    """Add ``sync`` to the ``geoprobe landmarks`` group (called from ``cli/landmark.py``)."""
-    landmarks_group.add_command(sync_cmd)
+def register(group: click.Group) -> None:
+    group.add_command(landmarks_group)

@@ -272,7 +272,7 @@ def demo_cmd(
     from geoprobe.geo.sphere import haversine_km
     from geoprobe.locate import locate_from_catalogue
 
-    fix = locate_from_catalogue(cat, rtts)
+    fix = locate_from_catalogue(cat, rtts, cache_dir=env.cache_dir)
     err_km = float(haversine_km(fix.lat, fix.lon, p.lat, p.lon))
     truth = {
         "lat": p.lat,

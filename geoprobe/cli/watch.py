@@ -14,17 +14,17 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import click
 
-from geoprobe.cli.check import resolve_settings
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Landmark
 from geoprobe.measurement import Measurement
+from geoprobe.settings import resolve_settings
 from geoprobe.store import default_path
 from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
 from geoprobe.watch.state import WatchStore
@@ -49,14 +49,15 @@ def signal_names(spec: str) -> list[str]:
     return names
 
 
-def config_ntp_servers() -> list[str]:
+def config_ntp_servers(dirs: Sequence[Path] | None = None) -> list[str]:
     """NTP servers named in ``config.toml`` (``[watch] ntp = ["host[:port]", ...]``), first found
-    along the config path ($GEOPROBE_CONFIG_DIR, the XDG user dir, /etc/geoprobe)."""
+    along the config path ``dirs`` (default: $GEOPROBE_CONFIG_DIR, the XDG user dir,
+    /etc/geoprobe)."""
     import tomllib
 
     from geoprobe.paths import config_dirs
 
-    for d in config_dirs():
+    for d in dirs if dirs is not None else config_dirs():
         path = d / "config.toml"
         if not path.is_file():
             continue
@@ -173,6 +174,11 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Prometheus textfile to write after every round (node_exporter textfile collector).",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="ADDR:PORT",
+    help="Also serve the metrics for Prometheus to scrape, e.g. 127.0.0.1:9464.",
+)
 @method_option()
 @click.option(
     "--samples",
@@ -241,20 +247,21 @@ def watch_cmd(
     interval: float,
     fast_interval: float | None,
     metrics_path: Path | None,
+    metrics_listen: str | None,
     method: str | None,
     samples: int,
     timeout: float,
     pps: float,
     warmup: int,
     signal_spec: str,
-    basis: str,
+    basis: Literal["sound", "calibrated"],
     ntp_servers: tuple[str, ...],
     dry_run: bool,
     max_rounds: int | None,
     verbose: bool,
 ) -> None:
     """Watch for live migration across borders; emit CloudEvents and run the policy's response."""
-    from geoprobe.cli.locate import catalogue_from, choose_method
+    from geoprobe.landmarks import catalogue_or_default, preferred_method
 
     log = logging.getLogger("geoprobe")
     handler = logging.StreamHandler(env.stderr)
@@ -268,14 +275,17 @@ def watch_cmd(
         raise InputError(
             "directory does not exist", file=str(metrics_path.parent), field="--metrics"
         )
-    cat = catalogue_from(landmarks_path)
-    used_method = method or choose_method(cat)
+    cat = catalogue_or_default(landmarks_path, env.cache_dir)
+    used_method = method or preferred_method(cat)
+    from geoprobe.metrics import parse_listen
+
+    listen = parse_listen(metrics_listen) if metrics_listen is not None else None
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
     store = WatchStore(store_path)
     stream: TextIO = env.stdout  # type: ignore[assignment]
     if events_path is not None:
         stream = open(events_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
-    ntp = list(ntp_servers) or config_ntp_servers()
+    ntp = list(ntp_servers) or config_ntp_servers(env.config_dirs)
     sources = build_signals(wanted, log, ntp_servers=ntp, realtime=env.is_root)
     hook: HookRunner | None = None
     watcher: Watcher
@@ -318,12 +328,12 @@ def watch_cmd(
         catalogue."""
         from geoprobe.locate import fit_catalogue
 
-        return fit_catalogue(cat)
+        return fit_catalogue(cat, cache_dir=env.cache_dir)
 
     def solve(rtts: Any) -> Fix:
         from geoprobe.locate import solve as solve_fix
 
-        return solve_fix(cat.landmarks, rtts, model())
+        return solve_fix(cat.landmarks, rtts, model(), cache_dir=env.cache_dir)
 
     def emit(ev: dict[str, Any]) -> None:
         from geoprobe.events import write_event
@@ -348,6 +358,7 @@ def watch_cmd(
         on_clear=hook.cleared if hook else None,
         signals=sources,
         metrics_path=metrics_path,
+        metrics_listen=listen,
         config=config,
     )
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""What every action shares: its context (event, deadline), its result, and the subprocess helper.
+"""What every action shares: its context (event, deadline), its result, and running a subprocess.
 
 Each action family lives in its own module and exposes ``run(spec, ctx) -> Outcome`` and
 ``plan(spec, ctx) -> str`` (what ``--dry-run`` prints; planning never touches anything).

@@ -31,6 +31,7 @@ import numpy as np
 from geoprobe.defend.base import ActionContext, ActionFailed, Outcome
 from geoprobe.errors import InputError
 from geoprobe.policy import ActionSpec
+from geoprobe.status import ExitStatus
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 HEADROOM = 8 << 20  # bytes of RSS kept free for the interpreter's own growth while running
@@ -240,7 +241,7 @@ def child_main(argv: list[str] | None = None) -> int:
         d = Dirtier(int(cfg["memory"]))
     except InputError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
-        return 3
+        return int(ExitStatus.ERROR)
     print(
         json.dumps(
             {
@@ -263,7 +264,7 @@ def child_main(argv: list[str] | None = None) -> int:
         progress=lambda p: print(json.dumps(p.to_json()), flush=True),
     )
     print(json.dumps({"summary": summary.to_json()}), flush=True)
-    return 0
+    return int(ExitStatus.OK)
 
 
 def _config(spec: ActionSpec, ctx: ActionContext) -> dict[str, Any]:

@@ -587,11 +587,12 @@ _default: CountryIndex | None = None
 _default_lock = threading.Lock()
 
 
-def default_index() -> CountryIndex:
-    """The process-wide index (``$GEOPROBE_COUNTRIES`` or the packaged polygons)."""
+def default_index(cache_dir: Path | None = None) -> CountryIndex:
+    """The process-wide index (``$GEOPROBE_COUNTRIES`` or the packaged polygons), its raster
+    cached in ``cache_dir`` (default: the user's cache dir) when it is first built."""
     global _default
     with _default_lock:
         if _default is None:
             env = os.environ.get(ENV)
-            _default = load_index(Path(env) if env else None)
+            _default = load_index(Path(env) if env else None, cache_dir=cache_dir)
         return _default

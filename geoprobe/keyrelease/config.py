@@ -192,7 +192,10 @@ class _Table:
 def parse_address(
     text: str, default_port: int = wire.DEFAULT_PORT, *, any_port: bool = False
 ) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or ``[v6]`` -> (host, port); port 0 if ``any_port``."""
+    """``host``, ``host:port``, ``[v6]:port`` or ``[v6]`` -> (host, port).
+
+    The port is 0 if ``any_port``.
+    """
     text = text.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")

@@ -330,7 +330,10 @@ class ReleaseServer:
         send(msg)
 
     def purge(self, now_ns: int) -> None:
-        """Forget challenges older than twice their lifetime (until then a late answer is told so)."""
+        """Forget challenges older than twice their lifetime.
+
+        Until then a late answer is told that it is late.
+        """
         if now_ns - self._last_purge < PURGE_EVERY_NS:
             return
         self._last_purge = now_ns
@@ -344,7 +347,10 @@ class ReleaseServer:
     # --- the socket loop -------------------------------------------------------------------
 
     def serve(self, sock: socket.socket, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set. One thread: the timer never waits on another request's lock."""
+        """Serve until ``stop`` is set.
+
+        One thread, so the timer never waits on another request's lock.
+        """
         sock.settimeout(0.1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)

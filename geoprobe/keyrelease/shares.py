@@ -1,4 +1,6 @@
-"""Shamir secret sharing over GF(256): a secret split across n key servers, any k of which rebuild it.
+"""Shamir secret sharing over GF(256).
+
+A secret split across n key servers, any k of which rebuild it.
 
 Each byte of the secret is the constant term of its own random polynomial of degree k-1; share
 ``x`` holds the polynomials' values at ``x``. Fewer than k shares say nothing about the secret
@@ -47,7 +49,10 @@ def gf_div(a: int, b: int) -> int:
 
 
 def split(secret: bytes, k: int, n: int) -> list[bytes]:
-    """n shares of ``secret``; any k rebuild it. k = 1 gives n copies (each server alone releases)."""
+    """n shares of ``secret``; any k rebuild it.
+
+    k = 1 gives n copies (each server alone releases).
+    """
     if not 1 <= k <= n <= MAX_SHARES:
         raise ValueError(f"need 1 <= k <= n <= {MAX_SHARES}, got k={k} n={n}")
     if not secret:

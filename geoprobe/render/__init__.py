@@ -1,7 +1,7 @@
 """Fixes for people and for GIS tools: a GeoJSON FeatureCollection and a PNG map.
 
 ``draw_map`` is imported lazily: matplotlib costs half a second to import, most runs of
-``geoprobe locate`` never draw, and it is an optional extra (``pip install 'geoprobe[map]'``).
+``geoprobe locate`` never draw, and it is an optional extra (``pip install 'geoprobe-vm[map]'``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def draw_map(fix: Fix, path: str | Path, **kwargs: Any) -> Path:
         import matplotlib  # noqa: F401
     except ImportError:
         raise GeoprobeError(
-            "drawing a map needs matplotlib: pip install 'geoprobe[map]' (or use --geojson)"
+            "drawing a map needs matplotlib: pip install 'geoprobe-vm[map]' (or use --geojson)"
         ) from None
     from geoprobe.render.mapplot import draw_map as _draw
 

@@ -1,4 +1,8 @@
-"""A Fix as a GeoJSON FeatureCollection (RFC 7946: lon/lat, cut at the antimeridian).
+"""A Fix as a GeoJSON FeatureCollection (RFC 7946).
+
+RFC 7946 asks for ``[lon, lat]`` positions (§3.1.1), polygons cut at the antimeridian rather than
+crossing it (§3.1.9), and rings wound by the right-hand rule: exterior rings counter-clockwise,
+holes clockwise (§3.1.6). Every polygon goes through :func:`rfc7946_polygons`, which does all three.
 
 Every feature says what it is in ``properties.kind`` so a consumer can style or filter it, and
 carries simplestyle properties (``fill``, ``stroke``, ``marker-color``) so that viewers such as
@@ -14,6 +18,7 @@ from typing import Any
 
 import shapely
 from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
 
 from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix, Region
@@ -27,15 +32,22 @@ ESTIMATE_COLOUR = "#d62728"
 LANDMARK_COLOUR = "#555555"
 
 
+def rfc7946_polygons(geom: BaseGeometry) -> dict[str, Any]:
+    """A (multi)polygon cut at the antimeridian, exteriors counter-clockwise and holes clockwise.
+
+    shapely's own output follows GEOS, which winds exteriors clockwise; GIS tools that follow the
+    RFC (d3-geo among them) read a clockwise exterior as the whole globe minus the region.
+    """
+    wrapped = wrap_lon(geom)
+    return dict(mapping(shapely.orient_polygons(wrapped, exterior_cw=False)))
+
+
 def _region_feature(
     region: Region, kind: str, colour: str, props: dict[str, Any]
 ) -> dict[str, Any]:
-    geom = wrap_lon(
-        shape(region.to_geojson())
-    )  # RFC 7946: cut at the antimeridian, whatever we got
     return {
         "type": "Feature",
-        "geometry": dict(mapping(geom)),
+        "geometry": rfc7946_polygons(shape(region.to_geojson())),
         "properties": {
             "kind": kind,
             "area_km2": round(region.area_km2, 0),
@@ -62,7 +74,7 @@ def error_circle(fix: Fix) -> dict[str, Any] | None:
     geom = cap_polygon(
         fix.lat, fix.lon, fix.error_radius_km, samples=128, margin=0.0, margin_km=0.0
     )
-    return dict(mapping(shapely.set_precision(geom, 1e-6)))
+    return rfc7946_polygons(shapely.set_precision(geom, 1e-6))
 
 
 def region_geojson(

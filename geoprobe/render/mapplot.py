@@ -86,7 +86,8 @@ def _region_geom(region: Region | None, centre: float) -> BaseGeometry | None:
 def _view(
     fix: Fix, shapes: Sequence[BaseGeometry], aspect: float
 ) -> tuple[float, float, float, float]:
-    """Bounds around the shapes (plus padding), at least MIN_SPAN_DEG, matching the figure's aspect."""
+    """Bounds around the shapes (plus padding), at least MIN_SPAN_DEG, matching the figure's
+    aspect."""
     if shapes:
         minx, miny, maxx, maxy = shapely.union_all(list(shapes)).bounds
     else:
@@ -159,7 +160,8 @@ def draw_map(
     rtts = rtts or {}
     centre = fix.lon
     region = _region_geom(fix.region, centre)
-    # With a sound bound the region *is* the sound region (perhaps sampled differently): draw it once.
+    # With a sound bound the region *is* the sound region (perhaps sampled differently): draw it
+    # once.
     separate = fix.sound_region is not fix.region and fix.bound != "sound"
     sound = _region_geom(fix.sound_region, centre) if separate else None
     circle_json = error_circle(fix)

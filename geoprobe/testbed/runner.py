@@ -1,7 +1,7 @@
 """Run an emulated world: one signed-echo responder per landmark in one process, plus a control socket.
 
-Every responder holds each reply for a delay drawn from the world's current row (PROBE's
-``EchoResponder`` times the hold on a precise timer thread). ``Testbed`` lives in an asyncio loop;
+Every responder holds each reply for a delay drawn from the world's current row
+(``EchoResponder`` times the hold on a precise timer thread). ``Testbed`` lives in an asyncio loop;
 ``BackgroundTestbed`` runs one on a thread for the demo, tests and benchmarks.
 """
 

@@ -25,7 +25,7 @@ from geoprobe.errors import GeoprobeError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, min_rtts
-from geoprobe.metrics import Metrics
+from geoprobe.metrics import FixMetrics, RoundMetrics, WatchMetrics
 from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
 from geoprobe.watch.jurisdiction import Jurisdiction
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
@@ -207,6 +207,7 @@ class Watcher:
         on_clear: Callable[[], None] | None = None,
         signals: Sequence[AnomalySource] = (),
         metrics_path: str | Path | None = None,
+        metrics_listen: tuple[str, int] | None = None,
         config: WatchConfig | None = None,
         shift_test: ShiftTest | None = None,
         clock: Callable[[], float] = time.time,
@@ -220,7 +221,15 @@ class Watcher:
         self.on_event = on_event
         self.on_clear = on_clear
         self.signals = list(signals)
-        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        # The textfile and/or the scrape endpoint (a port in use fails here, before any round).
+        self.metrics = (
+            WatchMetrics(
+                textfile=Path(metrics_path) if metrics_path is not None else None,
+                listen=metrics_listen,
+            )
+            if metrics_path is not None or metrics_listen is not None
+            else None
+        )
         self.config = config or WatchConfig()
         self.test = shift_test or ShiftTest()
         self.clock = clock
@@ -325,6 +334,7 @@ class Watcher:
         t0 = time.monotonic()
         now = self.clock()
         out: list[Event] = []
+        fix_before = self.last_fix
         ms = self.measure(self.catalogue.landmarks)
         self.counters.rounds += 1
         anomalies = self._anomalies(ms, now)
@@ -344,7 +354,9 @@ class Watcher:
             and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
         )
         self.last_round_s = time.monotonic() - t0
-        self.write_metrics(len(rtts), now)
+        self.write_metrics(
+            ms, rtts, now, self.last_fix if self.last_fix is not fix_before else None
+        )
         return RoundResult(
             rtts, shift, transitions, out, shift.fix if shift else None, self.last_round_s
         )
@@ -473,7 +485,14 @@ class Watcher:
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
         """Round after round until ``stop`` is set (SIGTERM/SIGINT in the CLI); sleeps are
-        interruptible."""
+        interruptible. However it ends, the metrics then say the watch is no longer up."""
+        try:
+            self._run(stop, max_rounds)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _run(self, stop: threading.Event, max_rounds: int | None) -> None:
         n = 0
         while not stop.is_set():
             start = time.monotonic()
@@ -487,72 +506,49 @@ class Watcher:
                 return
             stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
 
-    def write_metrics(self, answered: int, now: float) -> None:
-        if self.metrics_path is None:
+    def write_metrics(
+        self,
+        ms: Sequence[Measurement],
+        rtts: Mapping[str, float],
+        now: float,
+        fix: Fix | None,
+    ) -> None:
+        """The round's values; a round that solved no fix is solved here, so the fix gauges
+        describe this round and never an older one."""
+        if self.metrics is None:
             return
-        m = Metrics()
+        if fix is None and len(rtts) >= self.config.min_landmarks:
+            try:
+                fix = self.solve(rtts)
+            except GeoprobeError:
+                fix = None
         c = self.counters
-        m.gauge("geoprobe_up", "1 while the watch runs.", 1)
-        m.counter("geoprobe_watch_rounds_total", "Probe rounds run.", c.rounds)
-        m.counter(
-            "geoprobe_watch_failed_rounds_total",
-            "Rounds with too few landmarks answering.",
-            c.failed_rounds,
+        r = RoundMetrics(
+            timestamp_s=now,
+            duration_s=self.last_round_s,
+            interval_s=self.interval,
+            landmarks_answered=len(rtts),
+            state=self.fusion.state.value,
+            states=[s.value for s in State],
+            changed_landmarks=len(self.last_shift.changed) if self.last_shift else None,
+            fix=None
+            if fix is None
+            else FixMetrics(
+                lat=fix.lat,
+                lon=fix.lon,
+                error_radius_m=fix.error_radius_km * 1000,
+                allowed_probability=fix.probability_in(set(self.jurisdiction.allowed)),
+                certified=fix.certified,
+            ),
+            rounds=c.rounds,
+            failed_rounds=c.failed_rounds,
+            suspected=c.suspected,
+            confirmed=dict(c.confirmed),
+            events=c.events,
+            hook_errors=c.hook_errors,
+            rejected=self.metrics.count_rejected(m.rejected for m in ms),
         )
-        m.counter("geoprobe_migrations_suspected_total", "Migrations suspected.", c.suspected)
-        for crossing, n in c.confirmed.items():
-            m.counter(
-                "geoprobe_migrations_confirmed_total",
-                "Migrations confirmed, by border crossing.",
-                n,
-                crossing=crossing,
-            )
-        m.counter("geoprobe_events_total", "CloudEvents emitted.", c.events)
-        m.counter("geoprobe_hook_errors_total", "Policy hook calls that raised.", c.hook_errors)
-        for s in State:
-            m.gauge(
-                "geoprobe_watch_state",
-                "Current state of the migration state machine.",
-                1 if self.fusion.state == s else 0,
-                state=s.value,
-            )
-        m.gauge(
-            "geoprobe_landmarks_answered", "Landmarks that answered in the last round.", answered
-        )
-        m.gauge(
-            "geoprobe_probe_interval_seconds",
-            "Current probing interval (shorter while suspicious).",
-            self.interval,
-        )
-        m.gauge("geoprobe_round_duration_seconds", "Duration of the last round.", self.last_round_s)
-        m.gauge("geoprobe_last_round_timestamp_seconds", "UNIX time of the last round.", now)
-        if self.last_shift is not None:
-            m.gauge(
-                "geoprobe_fingerprint_changed_landmarks",
-                "Landmarks whose min RTT moved beyond noise.",
-                len(self.last_shift.changed),
-            )
-        fix = self.last_fix
-        if fix is not None:
-            m.gauge("geoprobe_fix_latitude_degrees", "Latitude of the last fix.", fix.lat)
-            m.gauge("geoprobe_fix_longitude_degrees", "Longitude of the last fix.", fix.lon)
-            m.gauge(
-                "geoprobe_fix_error_radius_meters",
-                "Error radius of the last fix.",
-                fix.error_radius_km * 1000,
-            )
-            m.gauge(
-                "geoprobe_allowed_probability_ratio",
-                "Probability that the VM is in the allowed set.",
-                fix.probability_in(set(self.jurisdiction.allowed)),
-            )
-            m.gauge(
-                "geoprobe_fix_certified",
-                "1 when the last fix is certified in a country.",
-                1 if fix.certified else 0,
-                country=fix.certified or "",
-            )
         try:
-            m.write(self.metrics_path)
+            self.metrics.observe(r)
         except OSError as exc:  # a full disk or a vanished directory must not stop the watch
-            log.warning("cannot write metrics to %s: %s", self.metrics_path, exc)
+            log.warning("cannot write metrics to %s: %s", self.metrics.textfile, exc)

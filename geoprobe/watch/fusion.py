@@ -134,8 +134,10 @@ def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[boo
             return False, f"fixes {d:.0f} km apart (> {tol:.0f} km)"
         return (
             True,
-            f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, "
-            f"fixes {d:.0f} km apart",
+            (
+                f"re-measurement agrees: {overlap:.0%} of changed landmarks shared, "
+                f"fixes {d:.0f} km apart"
+            ),
         )
     return True, f"re-measurement agrees: {overlap:.0%} of changed landmarks shared"
 

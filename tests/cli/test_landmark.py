@@ -15,7 +15,7 @@ import click
 
 from geoprobe.cli import cli, main
 from geoprobe.cli.env import Environment
-from geoprobe.cli.landmark import add_landmarks_command
+from geoprobe.cli.sync import add_landmarks_command
 from geoprobe.landmarks import parse_landmark
 from geoprobe.probe import keys, measure
 

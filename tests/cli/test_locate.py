@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
 
 from geoprobe.cli import main
 from geoprobe.cli.env import Environment
@@ -142,14 +144,13 @@ def _error_lines(run: Run, capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 
 def test_no_catalogue_is_one_line_exit_3(
-    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(
-        "geoprobe.cli.locate.default_catalogue_path", lambda: tmp_path / "absent.json"
-    )
+    """The default catalogue is looked for in the injected cache dir, not the process's."""
     assert run("locate") == 3
     lines = _error_lines(run, capsys)
     assert len(lines) == 1 and "geoprobe landmarks sync" in lines[0] and "--landmarks" in lines[0]
+    assert lines[0].startswith(f"geoprobe: error: {tmp_path / 'cache' / 'anchors.json'}: ")
 
 
 def test_nothing_answers_is_one_line_exit_3(
@@ -182,7 +183,6 @@ def test_nothing_answers_is_one_line_exit_3(
 def test_locate_json_with_silent_landmarks_then_replay_and_verify(
     run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    pytest.importorskip("geoprobe.locate")
     cat, info = world
     saved, geojson = tmp_path / "m.json", tmp_path / "region.geojson"
     rc = run(
@@ -227,8 +227,6 @@ def test_locate_json_with_silent_landmarks_then_replay_and_verify(
 def test_table_lists_failed_landmarks(
     run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    pytest.importorskip("geoprobe.locate")
-    pytest.importorskip("geoprobe.render.mapplot")
     cat, info = world
     png = tmp_path / "where.png"
     assert (
@@ -292,7 +290,6 @@ def test_verify_file_without_evidence_is_an_error(
 
 
 def test_progress_on_a_terminal_stderr(tmp_path: Path, world: tuple[Path, dict[str, Any]]) -> None:
-    pytest.importorskip("geoprobe.locate")
     cat, _ = world
     out, err = io.StringIO(), io.StringIO()
     env = Environment(
@@ -327,13 +324,10 @@ def test_progress_on_a_terminal_stderr(tmp_path: Path, world: tuple[Path, dict[s
 def test_mmdb_cross_check_goes_into_the_record(
     run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    pytest.importorskip("geoprobe.locate")
-    mmdb_writer = pytest.importorskip("mmdb_writer")
-    netaddr = pytest.importorskip("netaddr")
     db = tmp_path / "city.mmdb"
-    w = mmdb_writer.MMDBWriter(ip_version=4, database_type="GeoLite2-City")
+    w = MMDBWriter(ip_version=4, database_type="GeoLite2-City")
     w.insert_network(
-        netaddr.IPSet(["81.2.69.0/24"]),
+        IPSet(["81.2.69.0/24"]),
         {"country": {"iso_code": "DE"}, "location": {"latitude": 50.11, "longitude": 8.68}},
     )
     w.to_db_file(str(db))
@@ -423,7 +417,6 @@ def test_replies_refused_while_probing_are_in_the_fix(
     run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """Forged and replayed replies leave a trace in the record of the fix they were refused for."""
-    pytest.importorskip("geoprobe.locate")
     from geoprobe.landmarks import load_catalogue
     from geoprobe.measurement import save_measurements
     from geoprobe.probe import measure
@@ -437,3 +430,33 @@ def test_replies_refused_while_probing_are_in_the_fix(
     assert run("locate", "--landmarks", str(cat), "--replay", str(f), "--format", "json") == 0
     rec = json.loads(run.out.getvalue())
     assert rec["rejected_replies"] == {"bad signature": 4, "replayed": 2}
+
+
+def test_a_corrupt_mmdb_named_with_the_option_is_one_line_exit_3(
+    run: Run, world: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any probing; no traceback, whatever the file holds."""
+    cat, _ = world
+    junk = tmp_path / "junk.mmdb"
+    junk.write_bytes(b"\xab\xcd\xefMaxMind.com" + b"\xff" * 300)
+    assert run("locate", "--landmarks", str(cat), "--mmdb", str(junk)) == 3
+    lines = _error_lines(run, capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"geoprobe: error: {junk}: not a valid MaxMind")
+    assert run.out.getvalue() == ""
+
+
+def test_a_corrupt_mmdb_found_by_default_is_a_note(
+    run: Run,
+    world: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cat, _ = world
+    junk = tmp_path / "GeoLite2-City.mmdb"
+    junk.write_bytes(b"not a database" * 20)
+    monkeypatch.setenv("GEOPROBE_MMDB", str(junk))
+    args = ["--timeout", "0.3", "--samples", "1", "--format", "json"]
+    assert run("locate", "--landmarks", str(cat), *args) == 0, run.err.getvalue()
+    rec = json.loads(run.out.getvalue())
+    (note,) = rec["ipgeo"]["notes"]
+    assert note.startswith(f"database not used: {junk}: not a valid MaxMind DB")

@@ -141,7 +141,7 @@ def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
     )
     try:
         wait_for(
-            lambda: prom.exists() and "geoprobe_watch_rounds_total 8" in prom.read_text(),
+            lambda: prom.exists() and "geoprobe_watch_rounds_total 8.0" in prom.read_text(),
             120,
             "8 rounds of the watch",
         )
@@ -157,7 +157,7 @@ def test_watch_sees_no_move_then_a_same_country_move_then_a_crossing(
         assert [d["crossing"] for d in same] == [False] and same[0]["from"] == "DE"
 
         wait_for(
-            lambda: 'geoprobe_watch_state{state="settled"} 1' in prom.read_text(),
+            lambda: 'geoprobe_watch_state{state="settled"} 1.0' in prom.read_text(),
             60,
             "settling in Munich",
         )
@@ -233,7 +233,7 @@ def test_kill_9_leaves_a_whole_store_and_a_restart_sees_the_move_made_while_down
     watch = geoprobe(*args, env=env)
     try:
         wait_for(
-            lambda: prom.exists() and "geoprobe_watch_rounds_total 6" in prom.read_text(),
+            lambda: prom.exists() and "geoprobe_watch_rounds_total 6.0" in prom.read_text(),
             120,
             "6 rounds",
         )

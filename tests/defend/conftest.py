@@ -1,4 +1,4 @@
-"""Helpers for the defence tests: real events, specs built through the real policy parser."""
+"""Shared by the defence tests: real events, specs built through the real policy parser."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The path rule shared by the policy loader and the actions, and the descriptor-walking resolver."""
+"""The path rule shared by the policy loader and the actions; the descriptor-walking resolver."""
 
 from __future__ import annotations
 

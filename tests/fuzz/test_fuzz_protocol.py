@@ -115,7 +115,10 @@ def test_reply_parser_never_accepts_an_altered_reply(data: bytes) -> None:
 @FUZZ
 @given(st.lists(_mutations(GOOD_REPLY), max_size=6), st.booleans())
 def test_prober_reply_handler(datagrams: list[bytes], genuine_last: bool) -> None:
-    """Hostile datagrams are counted, never raised; the sample resolves only with the genuine reply."""
+    """Hostile datagrams are counted, never raised.
+
+    The sample resolves only with the genuine reply.
+    """
     for result in _drive(datagrams + ([GOOD_REPLY] if genuine_last else [])):
         accepted, rejected = result
         assert accepted == (genuine_last or GOOD_REPLY in datagrams)

@@ -70,7 +70,8 @@ def _fake_cryptsetup(bin_dir: Path, calls: Path) -> None:
             if [ "$2" = "luksResume" ] || [ "$1" = "luksResume" ]; then
                 {REAL} open --test-passphrase --key-file="$key" "$header" >/dev/null 2>&1 || rc=2
             fi
-            printf '%s\\n' "{{\\"argv\\": \\"$*\\", \\"key_bytes\\": $(wc -c < "$key"), \\"rc\\": $rc}}" >> {calls}
+            n=$(wc -c < "$key")
+            printf '%s\\n' "{{\\"argv\\": \\"$*\\", \\"key_bytes\\": $n, \\"rc\\": $rc}}" >> {calls}
             rm -f "$key"
             [ $rc -eq 0 ] || echo "No key available with this passphrase." >&2
             exit $rc

@@ -1,4 +1,4 @@
-"""`geoprobe keyserver serve` and `geoprobe unlock` as processes on loopback, k of n, and a relay."""
+"""`geoprobe keyserver serve` and `geoprobe unlock` as processes on loopback: k of n, a relay."""
 
 from __future__ import annotations
 

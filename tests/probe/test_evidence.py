@@ -123,7 +123,10 @@ def test_unsigned_rtts_beside_signed_ones_fail(
     tcp = Measurement(landmark_id="mad", method="tcp", rtts_ms=[7.5], sent=1)
     _, problems = verify_measurements([m_fra, tcp], cat)
     assert [str(p) for p in problems] == [
-        "mad: measurement: RTT 7.500 ms is not backed by a signed reply (method 'tcp' is not signed)"
+        (
+            "mad: measurement: RTT 7.500 ms is not backed by a signed reply "
+            "(method 'tcp' is not signed)"
+        )
     ]
 
 

@@ -6,7 +6,9 @@ import os
 import stat
 import struct
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from geoprobe.errors import InputError
 from geoprobe.probe import keys, protocol
@@ -125,8 +127,6 @@ def test_key_ids_differ_between_keys() -> None:
 
 
 def test_parsers_raise_only_protocol_errors_on_arbitrary_bytes() -> None:
-    hypothesis = pytest.importorskip("hypothesis")
-    st = hypothesis.strategies
     valid = protocol.build_reply(keys.generate(), os.urandom(32), 1, 2, "lm", 1.0, 2.0, "k")
 
     @hypothesis.settings(max_examples=300, deadline=None)

@@ -113,9 +113,9 @@ def test_stationary_watch_emits_fixes_only(catalogue: Catalogue, tmp_path: Path)
     assert emitted[0]["data"]["jurisdiction"]["verdict"] == "inside"
     assert w.fusion.state == State.NORMAL
     prom = (tmp_path / "m.prom").read_text()
-    assert "geoprobe_watch_rounds_total 15" in prom
-    assert 'geoprobe_watch_state{state="normal"} 1' in prom
-    assert "geoprobe_migrations_suspected_total 0" in prom
+    assert "geoprobe_watch_rounds_total 15.0" in prom
+    assert 'geoprobe_watch_state{state="normal"} 1.0' in prom
+    assert "geoprobe_migrations_suspected_total 0.0" in prom
     assert w.store is not None and w.store.count_fixes() >= 3
 
 
@@ -161,7 +161,7 @@ def test_cross_border_move_is_confirmed_within_two_rounds(
         "settled",
     ]
     assert (
-        'geoprobe_migrations_confirmed_total{crossing="true"} 1'
+        'geoprobe_migrations_confirmed_total{crossing="true"} 1.0'
         in (tmp_path / "m.prom").read_text()
     )
 
@@ -214,7 +214,7 @@ class Broken:
 
 
 class StepSignal:
-    """A SIGNALS-style signal (sample() -> Reading) that reports a clock step once."""
+    """A timing signal (sample() -> Reading) that reports a clock step once."""
 
     name = "clock_offset"
     decisive = True

@@ -69,17 +69,17 @@ while time.monotonic() < end:
 
 
 def _throttle(pid: int, stop_s: float, run_s: float, duration: float) -> None:
-    """Stop and continue ``pid`` like a vCPU throttle, from a helper process (real-time when root,
+    """Stop and continue ``pid`` like a vCPU throttle, from another process (real-time when root,
     so that the emulation stays regular on a loaded box)."""
-    helper = subprocess.Popen(
+    stopper = subprocess.Popen(
         [sys.executable, "-c", THROTTLER, str(pid), str(stop_s), str(run_s), str(duration)]
     )
     if ROOT:
         try:
-            os.sched_setscheduler(helper.pid, os.SCHED_FIFO, os.sched_param(2))
+            os.sched_setscheduler(stopper.pid, os.SCHED_FIFO, os.sched_param(2))
         except OSError:
             pass
-    assert helper.wait(duration + 30) == 0
+    assert stopper.wait(duration + 30) == 0
     os.kill(pid, signal.SIGCONT)
 
 

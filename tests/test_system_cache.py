@@ -1,0 +1,79 @@
+"""One cache dir for root and for system services, and the systemd units that use it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geoprobe import paths
+
+REPO = Path(__file__).resolve().parents[1]
+UNITS = REPO / "contrib" / "systemd"
+
+
+@pytest.fixture
+def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No override: what a command sees outside the tests."""
+    monkeypatch.delenv("GEOPROBE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.mark.usefixtures("bare")
+def test_root_and_users_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(paths, "_is_root", lambda: True)
+    assert paths.cache_dir() == Path("/var/cache/geoprobe")
+    monkeypatch.setattr(paths, "_is_root", lambda: False)
+    assert paths.cache_dir() == tmp_path / "xdg" / "geoprobe"
+
+
+@pytest.mark.usefixtures("bare")
+def test_a_units_cache_directory_comes_first_then_the_explicit_override(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(paths, "_is_root", lambda: False)  # a DynamicUser service
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/geoprobe:/var/cache/other")
+    assert paths.cache_dir() == Path("/var/cache/geoprobe")
+    monkeypatch.setenv("GEOPROBE_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.cache_dir() == tmp_path / "mine"
+
+
+def test_every_system_unit_has_the_system_cache_dir() -> None:
+    for unit in ("geoprobe-watch.service", "geoprobe-check.service"):
+        text = (UNITS / unit).read_text()
+        assert "\nCacheDirectory=geoprobe\n" in text, unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify on the units as installed, the report-only drop-in applied to the
+    watch (ExecStart pointed at this environment's geoprobe, which verify requires to exist)."""
+    exe = Path(sys.executable).parent / "geoprobe"
+    assert exe.exists()
+
+    def installed(text: str) -> str:
+        return text.replace("/usr/local/bin/geoprobe", str(exe))
+
+    for unit in ("geoprobe-watch.service", "geoprobe-check.service", "geoprobe-check.timer"):
+        (tmp_path / unit).write_text(installed((UNITS / unit).read_text()))
+    (tmp_path / "geoprobe-report-only.service").write_text(
+        installed(
+            (UNITS / "geoprobe-watch.service").read_text()
+            + (UNITS / "geoprobe-watch-report-only.conf").read_text()
+        )
+    )
+    units = sorted(str(p) for p in tmp_path.iterdir())
+    res = subprocess.run(
+        ["systemd-analyze", "verify", *units],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "geoprobe" not in res.stderr, res.stderr  # no warning about any of our units
