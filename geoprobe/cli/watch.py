@@ -229,6 +229,12 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     "--dry-run", is_flag=True, help="With --policy: print the actions instead of running them."
 )
 @click.option("--rounds", "max_rounds", type=click.IntRange(1), help="Stop after this many rounds.")
+@click.option(
+    "--attest",
+    is_flag=True,
+    help="Offer landmark-timed echoes with the VM's identity key and journal every round for "
+    "`geoprobe attest run`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every transition and round to stderr.")
 @click.pass_obj
 def watch_cmd(
@@ -252,6 +258,7 @@ def watch_cmd(
     dry_run: bool,
     max_rounds: int | None,
     verbose: bool,
+    attest: bool,
 ) -> None:
     """Watch for live migration across borders; emit CloudEvents and run the policy's response."""
     from geoprobe.cli.locate import catalogue_from, choose_method
@@ -349,6 +356,9 @@ def watch_cmd(
         signals=sources,
         metrics_path=metrics_path,
         config=config,
+        journal=_attest_journal(state_dir if state_dir is not None else env.state_dir)
+        if attest
+        else None,
     )
     stop = threading.Event()
 
@@ -379,6 +389,14 @@ def watch_cmd(
         if stream is not env.stdout:
             stream.close()
         log.removeHandler(handler)
+
+
+def _attest_journal(state: Path) -> Any:
+    from geoprobe.attest import identity, rounds
+    from geoprobe.probe import timed
+
+    timed.use_identity(identity.load_or_create(state))
+    return rounds.Journal(rounds.journal_path(state))
 
 
 def register(group: click.Group) -> None:

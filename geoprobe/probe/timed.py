@@ -40,7 +40,6 @@ from geoprobe.probe.protocol import (
     MAX_ID_LEN,
     MAX_KEY_ID_LEN,
     NONCE_LEN,
-    REQUEST_LEN,
     SIG_LEN,
     ProtocolError,
     make_request,
@@ -540,4 +539,3 @@ def use_identity(key: Ed25519PrivateKey | None) -> None:
 
 def current_identity() -> Ed25519PrivateKey | None:
     return _identity
-

@@ -1,0 +1,129 @@
+"""The residency statement for one period: what the VM signs, and the rules that derive its
+verdict, so the auditor can recompute every derived field from the landmark-signed evidence."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+import geoprobe
+from geoprobe.attest import dsse
+from geoprobe.attest.region import BASIS, Certificate
+from geoprobe.attest.rounds import Round
+from geoprobe.probe import keys
+
+PREDICATE_TYPE = "https://geoprobe.dev/attestation/residency/v1"
+
+
+def utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hour_label(start: float, end: float) -> str:
+    """How every report names a period: its UTC bounds."""
+    return f"{utc(start)}..{utc(end)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: int
+    end: int
+
+    @property
+    def label(self) -> str:
+        return hour_label(self.start, self.end)
+
+
+def summarize(certs: Sequence[Certificate], allowed: Sequence[str]) -> tuple[str, str | None, str]:
+    """(verdict, certified country, reason) of a period from its rounds' certificates.
+
+    ``inside``: every round certified in the allowed set; ``outside``: some round certified in a
+    country outside it; ``unproven``: anything else (no rounds, or a round without certificate).
+    """
+    if not certs:
+        return "unproven", None, "no rounds in this period"
+    outside = [c.country for c in certs if c.country is not None and c.country not in allowed]
+    if outside:
+        return "outside", None, f"a round is certified in {outside[0]}, outside the allowed set"
+    missing = [c for c in certs if c.country is None]
+    if missing:
+        return (
+            "unproven",
+            None,
+            f"{len(missing)} of {len(certs)} rounds not certified: {missing[0].reason}",
+        )
+    countries = sorted({c.country for c in certs if c.country})
+    if len(countries) == 1:
+        return "inside", countries[0], f"every round certified in {countries[0]}"
+    return "inside", None, f"every round certified in the allowed set ({', '.join(countries)})"
+
+
+def round_json(r: Round, cert: Certificate) -> dict[str, Any]:
+    lids = sorted(set(r.timed) | set(r.vm_timed))
+    return {
+        "time": r.time,
+        "rtts": {
+            lid: {
+                "landmark_timed_ms": r.timed[lid][0] if lid in r.timed else None,
+                "vm_timed_ms": r.vm_timed.get(lid),
+            }
+            for lid in lids
+        },
+        "statements": [
+            base64.b64encode(r.timed[lid][1]).decode("ascii") for lid in sorted(r.timed)
+        ],
+        "certificate": {"country": cert.country, "reason": cert.reason},
+    }
+
+
+def event_json(ev: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ev[k] for k in ("id", "type", "time", "subject", "data") if k in ev}
+
+
+def build(
+    *,
+    vm_pub: Ed25519PublicKey,
+    sequence: int,
+    previous: str | None,
+    period: Period,
+    allowed: Sequence[str],
+    rounds: Sequence[tuple[Round, Certificate]],
+    events: Sequence[Mapping[str, Any]],
+    catalogue: str,
+) -> dict[str, Any]:
+    raw = keys.public_raw(vm_pub)
+    verdict, country, reason = summarize([c for _, c in rounds], allowed)
+    return {
+        "_type": dsse.STATEMENT_TYPE,
+        "subject": [
+            {
+                "name": f"vm:{keys.key_id(raw)}",
+                "digest": {"sha256": hashlib.sha256(raw).hexdigest()},
+            }
+        ],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "vm": {"key_id": keys.key_id(raw), "pubkey": base64.b64encode(raw).decode("ascii")},
+            "sequence": sequence,
+            "previous": previous,
+            "period": {
+                "start": period.start,
+                "end": period.end,
+                "start_utc": utc(period.start),
+                "end_utc": utc(period.end),
+            },
+            "allowed": sorted(allowed),
+            "verdict": verdict,
+            "certificate": {"country": country, "reason": reason, "basis": BASIS},
+            "rounds": [round_json(r, c) for r, c in rounds],
+            "events": [event_json(e) for e in events],
+            "catalogue": catalogue,
+            "generator": f"geoprobe {geoprobe.__version__}",
+        },
+    }
