@@ -6,6 +6,7 @@ certificate verifies exactly when the landmark-signed RTTs support it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,17 +33,27 @@ def certify(
     landmarks: Mapping[str, Landmark], rtts: Mapping[str, float], countries: CountryLookup
 ) -> Certificate:
     """Certify from ``rtts`` (landmark id -> landmark-timed minimum RTT, ms)."""
-    use = sorted(
-        (lid, float(r))
-        for lid, r in rtts.items()
-        if lid in landmarks and not landmarks[lid].anycast and math.isfinite(r) and r >= 0
+    use = tuple(
+        sorted(
+            (lid, landmarks[lid].lat, landmarks[lid].lon, float(r))
+            for lid, r in rtts.items()
+            if lid in landmarks and not landmarks[lid].anycast and math.isfinite(r) and r >= 0
+        )
     )
     if not use:
         return Certificate(None, "no landmark-timed RTT to a catalogue landmark")
-    ids = tuple(lid for lid, _ in use)
-    lat = np.array([landmarks[lid].lat for lid in ids], dtype=float)
-    lon = np.array([landmarks[lid].lon for lid in ids], dtype=float)
-    radius = np.array([r for _, r in use], dtype=float) * SOUND_KM_PER_MS
+    return _certify(use, countries)
+
+
+@functools.lru_cache(maxsize=4096)
+def _certify(
+    use: tuple[tuple[str, float, float, float], ...], countries: CountryLookup
+) -> Certificate:
+    """Deterministic in its inputs: an auditor re-checking a chain pays for each round once."""
+    ids = tuple(u[0] for u in use)
+    lat = np.array([u[1] for u in use], dtype=float)
+    lon = np.array([u[2] for u in use], dtype=float)
+    radius = np.array([u[3] for u in use], dtype=float) * SOUND_KM_PER_MS
     i = int(np.argmin(radius))
     sample = sample_cap(float(lat[i]), float(lon[i]), float(radius[i]), points=3000)
     cos_r = np.cos(np.minimum(radius / EARTH_RADIUS_KM, math.pi))
