@@ -429,6 +429,7 @@ class VmLeg:
         self, key: Ed25519PrivateKey, loop: asyncio.AbstractEventLoop, grace_s: float = 0.25
     ) -> None:
         self.key = key
+        key.sign(b"warm-up")  # the first signature of a process is slow; not on a timed leg
         self.pub = keys.public_raw(key)
         self.key_id = keys.key_id(self.pub)
         self.loop = loop

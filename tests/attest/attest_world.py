@@ -63,7 +63,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def running_testbed(tmp: Path, at: str) -> Iterator[Path]:
     """``geoprobe testbed run`` in its own process, the VM placed at server ``at``; yields the
-    catalogue path. Only the landmarks of LANDMARKS are served."""
+    catalogue path. Every server but the VM's own is a landmark."""
     runtime, catalogue = tmp / f"rt-{at}", tmp / f"cat-{at}.json"
     dataset = write_dataset(tmp / "world")
     proc = subprocess.Popen(
