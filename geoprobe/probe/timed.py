@@ -64,6 +64,7 @@ STATEMENT_CONTEXT = b"geoprobe-timed/1\x00"
 EVIDENCE_VERSION = 1
 PENDING_TTL_NS = 5_000_000_000  # a challenge left unanswered this long is forgotten
 MAX_PENDING = 65_536
+MAX_VM_KEYS = 4096
 
 _HEADER = struct.Struct("!4sBBH")  # magic, version, type, reserved
 _OFFER = struct.Struct(f"!4sBBH{PUBKEY_LEN}s")  # marker, version, flags, reserved, VM public key
@@ -310,6 +311,7 @@ class LandmarkLeg:
         self._lock = threading.Lock()
         self._by_echo: dict[bytes, _Challenge] = {}
         self._by_challenge: OrderedDict[bytes, _Challenge] = OrderedDict()
+        self._vm_keys: dict[bytes, tuple[Ed25519PublicKey, str]] = {}  # VMs come back each round
         self.challenged = 0
         self.stated = 0
         self.refused = 0
@@ -323,12 +325,17 @@ class LandmarkLeg:
         if reply_len + SIG_LEN + CHALLENGE_LEN > len(request):
             self.refused += 1  # would send more than the request: no leg, the plain echo stands
             return
-        try:
-            vm_pub = keys.public_from_raw(pub)
-        except ValueError:
-            self.refused += 1
-            return
-        entry = _Challenge(echo_nonce, vm_pub, keys.key_id(pub), addr, int(held * 1e9))
+        known = self._vm_keys.get(pub)
+        if known is None:
+            try:
+                known = (keys.public_from_raw(pub), keys.key_id(pub))
+            except ValueError:
+                self.refused += 1
+                return
+            if len(self._vm_keys) >= MAX_VM_KEYS:
+                self._vm_keys.clear()
+            self._vm_keys[pub] = known
+        entry = _Challenge(echo_nonce, known[0], known[1], addr, int(held * 1e9))
         with self._lock:
             self._expire(time.monotonic_ns())
             if len(self._by_echo) >= MAX_PENDING:
