@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -92,13 +93,17 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self.skipped = 0  # unreadable lines met by the last read (reported, never fatal)
 
     def _append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line  # a crash tore the last line: do not glue onto it
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
@@ -113,7 +118,8 @@ class Journal:
     def read(
         self, since: float, landmarks: Mapping[str, Landmark], vm_key_id: str
     ) -> tuple[list[Round], list[dict[str, Any]]]:
-        """Rounds and events at or after ``since``; a torn last line (a crash) is skipped."""
+        """Rounds and events at or after ``since``; a torn or damaged line is skipped and counted."""
+        self.skipped = 0
         rounds: list[Round] = []
         evs: list[dict[str, Any]] = []
         try:
@@ -126,18 +132,22 @@ class Journal:
             for n, line in enumerate(f, 1):
                 try:
                     rec = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(rec, dict):
-                    continue
-                if isinstance(rec.get("round"), (int, float)) and rec["round"] >= since:
-                    ms = [
-                        Measurement.from_json(x, file=str(self.path), index=n)
-                        for x in rec.get("measurements", [])
-                    ]
-                    rounds.append(round_from(ms, float(rec["round"]), landmarks, vm_key_id))
-                elif isinstance(rec.get("event"), dict):
-                    evs.append(rec["event"])
+                    if not isinstance(rec, dict):
+                        raise TypeError("not an object")
+                    t = rec.get("round")
+                    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+                        if t >= since:
+                            ms = [
+                                Measurement.from_json(x, file=str(self.path), index=n)
+                                for x in rec.get("measurements", [])
+                            ]
+                            rounds.append(round_from(ms, float(t), landmarks, vm_key_id))
+                    elif isinstance(rec.get("event"), dict):
+                        evs.append(rec["event"])
+                    else:
+                        raise TypeError("neither a round nor an event")
+                except (ValueError, TypeError, RecursionError, InputError):
+                    self.skipped += 1
         return rounds, evs
 
 

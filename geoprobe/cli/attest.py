@@ -130,7 +130,10 @@ def run_cmd(
         else:
             top = chain.head(out)
             since = top[2] if top else 0.0
-            rs, evs = rounds.Journal(rounds.journal_path(state)).read(since, by_id, kid)
+            journal = rounds.Journal(rounds.journal_path(state))
+            rs, evs = journal.read(since, by_id, kid)
+            if journal.skipped:
+                env.stderr.write(f"{journal.path}: {journal.skipped} unreadable line(s) skipped\n")
         chain.issue(
             out,
             key,

@@ -297,3 +297,41 @@ def test_pae_matches_the_dsse_specification() -> None:
     assert dsse.pae("http://example.com/HelloWorld", b"hello world") == (
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
     )
+
+
+def test_an_independent_dsse_implementation_accepts_our_envelopes(
+    kit: Kit, issued: list[chain.Issued]
+) -> None:
+    sslib = pytest.importorskip("securesystemslib.dsse")
+    signer = pytest.importorskip("securesystemslib.signer")
+    key = signer.SSlibKey.from_crypto(
+        kit.vm.public_key(), keyid=keys.key_id(keys.public_raw(kit.vm))
+    )
+    env = sslib.Envelope.from_dict(issued[0].envelope.to_json())
+    assert key.keyid in env.verify([key], 1)
+    tampered = dict(issued[0].envelope.to_json(), payloadType="application/json")
+    with pytest.raises(Exception, match="(?i)threshold|verif"):
+        sslib.Envelope.from_dict(tampered).verify([key], 1)
+
+
+@pytest.fixture(scope="module")
+def one_statement(issued: list[chain.Issued]) -> dict:  # type: ignore[type-arg]
+    return json.loads(issued[0].envelope.payload)
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_statements_signed_by_the_vm_give_a_report_not_a_crash(
+    kit: Kit,
+    one_statement: dict,
+    data: st.DataObject,  # type: ignore[type-arg]
+) -> None:
+    from tests.fuzz.hostile import mutate_json
+
+    hostile = data.draw(mutate_json(one_statement))
+    try:
+        env = dsse.sign(kit.vm, hostile)
+    except (ValueError, TypeError, RecursionError):
+        return  # not even JSON-serialisable: nothing a VM could sign
+    rep = _verify(kit, [Entry("x", env)])
+    assert isinstance(rep.problems, list)

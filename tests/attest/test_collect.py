@@ -167,3 +167,17 @@ def test_root_refuses_a_key_another_user_owns(tmp_path: Path) -> None:
     os.chown(tmp_path / "identity.key", nobody.pw_uid, nobody.pw_gid)
     code, _, err = cli("attest", "key", "--state", str(tmp_path))
     assert code == 3 and "another user" in err
+
+
+def test_a_damaged_journal_line_is_skipped_and_counted(tmp_path: Path) -> None:
+    from geoprobe.attest import rounds
+    from geoprobe.measurement import Measurement
+
+    j = rounds.Journal(tmp_path / "rounds.jsonl")
+    j.round(100.0, [Measurement("a", "udp", rtts_ms=[5.0])])
+    with open(j.path, "a") as f:
+        f.write('{"round": 101, "measurements": [{"landmark_id": 7}]}\n{"round": NaN}\n{"rou')
+    j.event({"type": "io.geoprobe.migration.suspected", "id": "e1", "time": "x"})
+    got, evs = j.read(0.0, {}, "0" * 16)
+    assert [r.time for r in got] == [100.0] and got[0].vm_timed == {"a": 5.0}
+    assert j.skipped == 3 and [e["id"] for e in evs] == ["e1"]
