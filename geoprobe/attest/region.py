@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -42,14 +43,13 @@ def certify(
     )
     if not use:
         return Certificate(None, "no landmark-timed RTT to a catalogue landmark")
-    return _certify(use, countries)
+    return _certify(use, cast(Hashable, countries))
 
 
 @functools.lru_cache(maxsize=4096)
-def _certify(
-    use: tuple[tuple[str, float, float, float], ...], countries: CountryLookup
-) -> Certificate:
+def _certify(use: tuple[tuple[str, float, float, float], ...], lookup: Hashable) -> Certificate:
     """Deterministic in its inputs: an auditor re-checking a chain pays for each round once."""
+    countries = cast(CountryLookup, lookup)
     ids = tuple(u[0] for u in use)
     lat = np.array([u[1] for u in use], dtype=float)
     lon = np.array([u[2] for u in use], dtype=float)

@@ -88,6 +88,10 @@ def run_cmd(
     follow: bool,
 ) -> None:
     """Sign one statement per closed period since the chain's last one."""
+    stop = threading.Event()
+    if follow and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())  # finish the period in hand, then exit
     from geoprobe.attest import chain, identity, publish, rounds
     from geoprobe.cli.locate import catalogue_from
     from geoprobe.geo.countries import default_index
@@ -104,10 +108,6 @@ def run_cmd(
     by_id = cat.by_id()
     out = out_dir if out_dir is not None else state / "attest" / "chain"
     countries = default_index()
-    stop = threading.Event()
-    if follow and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
 
     def on_issued(issued: chain.Issued) -> None:
         env.stdout.write(

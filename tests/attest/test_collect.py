@@ -181,3 +181,70 @@ def test_a_damaged_journal_line_is_skipped_and_counted(tmp_path: Path) -> None:
     got, evs = j.read(0.0, {}, "0" * 16)
     assert [r.time for r in got] == [100.0] and got[0].vm_timed == {"a": 5.0}
     assert j.skipped == 3 and [e["id"] for e in evs] == ["e1"]
+
+
+def test_follow_attests_as_periods_close_until_sigterm(
+    landmarks: Landmarks, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from geoprobe.attest import rounds
+
+    from .attest_world import subprocess_env
+
+    state = tmp_path / "state"
+    lm, _ = landmarks.add("Denver", 39.74, -104.99, 0.004)
+    cat = tmp_path / "cat.json"
+    cat.write_text(json.dumps(Catalogue(landmarks=[lm], name="loop").to_json()))
+    timed.use_identity(identity.load_or_create(state))
+    try:
+        ms = asyncio.run(measure_async([lm], "udp", samples=2, timeout=2.0))
+    finally:
+        timed.use_identity(None)
+    rounds.Journal(rounds.journal_path(state)).round(time.time(), ms)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geoprobe",
+            "attest",
+            "run",
+            "--follow",
+            "--state",
+            str(state),
+            "--landmarks",
+            str(cat),
+            "--allow",
+            "US",
+            "--period",
+            "1",
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    chain_dir = state / "attest" / "chain"
+    deadline = time.monotonic() + 60
+    while not list(chain_dir.glob("*.dsse.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.5)  # at least two more periods close while it follows
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    chain = sorted((state / "attest" / "chain").glob("*.dsse.json"))
+    # The round's period and the empty ones after it, each once, while it ran.
+    assert len(chain) >= 2 and len(out.splitlines()) == len(chain)
+    code, vout, _ = cli(
+        "attest",
+        "verify",
+        str(state / "attest" / "chain"),
+        "--vm-key",
+        str(state / "identity.pub"),
+        "--landmarks",
+        str(cat),
+    )
+    assert code == 0, vout
+    assert "inside 1" in vout or "unproven" in vout

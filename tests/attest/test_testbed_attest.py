@@ -69,6 +69,13 @@ def test_a_real_watch_run_gives_24_attestations_that_verify(tmp_path: Path) -> N
             watch.send_signal(signal.SIGTERM)
             out, _ = watch.communicate(timeout=30)
         assert watch.returncode == 0, out
+        fixes = [
+            ev["data"]
+            for line in (tmp_path / "events.jsonl").read_text().splitlines()
+            if (ev := json.loads(line))["type"] == "io.geoprobe.location.fix"
+        ]
+        assert fixes and all(f["timing"]["fix_rtts"] == "vm" for f in fixes)
+        assert all(len(f["timing"]["landmark_timed"]) == 7 for f in fixes)
         key = (state / "identity.key").stat()
         assert key.st_mode & 0o777 == 0o600
         code, out, err = cli(
