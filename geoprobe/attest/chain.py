@@ -85,6 +85,7 @@ def issue(
     now: float,
     period_s: int = DEFAULT_PERIOD_S,
     on_issued: Callable[[Issued], None] | None = None,
+    actions: Sequence[Mapping[str, Any]] = (),
 ) -> list[Issued]:
     """Attest every period that closed before ``now`` and follows the chain's head."""
     if period_s < 1:
@@ -106,6 +107,7 @@ def issue(
             (r, certify(landmarks, r.landmark_timed_rtts(), countries)) for r in inside
         ]
         evs = [e for e in events if period.start <= _event_time(e) < period.end]
+        acts = [a for a in actions if period.start <= float(a.get("ts") or -1) < period.end]
         st = statement.build(
             vm_pub=key.public_key(),
             sequence=seq,
@@ -114,6 +116,7 @@ def issue(
             allowed=allowed,
             rounds=certs,
             events=evs,
+            actions=acts,
             catalogue=catalogue,
         )
         env = dsse.sign(key, st)

@@ -96,6 +96,7 @@ def build(
     rounds: Sequence[tuple[Round, Certificate]],
     events: Sequence[Mapping[str, Any]],
     catalogue: str,
+    actions: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     raw = keys.public_raw(vm_pub)
     verdict, country, reason = summarize([c for _, c in rounds], allowed)
@@ -123,6 +124,7 @@ def build(
             "certificate": {"country": country, "reason": reason, "basis": BASIS},
             "rounds": [round_json(r, c) for r, c in rounds],
             "events": [event_json(e) for e in events],
+            "actions": [dict(a) for a in actions],
             "catalogue": catalogue,
             "generator": f"geoprobe {geoprobe.__version__}",
         },

@@ -358,10 +358,17 @@ def _contents(
     )
     if shaped:
         worst = ", ".join(f"{lid} {v:.3f} ms vs {t:.3f} ms" for lid, v, t in shaped[:3])
-        bad(
-            f"{label}: the VM-timed RTTs to {len(shaped)} landmark(s) are far below what the "
-            f"landmarks timed themselves ({worst}): the VM shaped its own timing"
-        )
+        if 2 * len(shaped) >= len(best_vm):
+            bad(
+                f"{label}: the VM-timed RTTs to {len(shaped)} of {len(best_vm)} landmark(s) are "
+                f"far below what the landmarks timed themselves ({worst}): "
+                "the VM shaped its own timing"
+            )
+        else:  # a VM that answered a few challenges late (a busy CPU) looks like this too
+            rep.notes.append(
+                f"{label}: the VM-timed RTTs to {len(shaped)} of {len(best_vm)} landmark(s) are "
+                f"far below the landmark-timed ones ({worst})"
+            )
     verdict, country, reason = summarize(certs, allowed)
     got = pred.get("verdict")
     claim = pred.get("certificate")

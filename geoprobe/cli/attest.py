@@ -93,10 +93,12 @@ def run_cmd(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())  # finish the period in hand, then exit
     from geoprobe.attest import chain, identity, publish, rounds
+    from geoprobe.attest.actions import actions_since
     from geoprobe.cli.locate import catalogue_from
     from geoprobe.geo.countries import default_index
     from geoprobe.geo.groups import expand
     from geoprobe.probe import keys
+    from geoprobe.store import default_path
 
     if not allow:
         raise InputError("give the allowed jurisdictions, e.g. --allow EU", field="allow")
@@ -127,6 +129,7 @@ def run_cmd(
         if measurements_dir is not None:
             rs = list(rounds.measurement_rounds(measurements_dir, by_id, kid))
             evs: list[dict[str, Any]] = []
+            acts: list[dict[str, Any]] = []
         else:
             top = chain.head(out)
             since = top[2] if top else 0.0
@@ -134,6 +137,7 @@ def run_cmd(
             rs, evs = journal.read(since, by_id, kid)
             if journal.skipped:
                 env.stderr.write(f"{journal.path}: {journal.skipped} unreadable line(s) skipped\n")
+            acts = actions_since(default_path(state), since)
         chain.issue(
             out,
             key,
@@ -146,6 +150,7 @@ def run_cmd(
             now=time.time(),
             period_s=period,
             on_issued=on_issued,
+            actions=acts,
         )
         if not follow or stop.wait(min(period, 60) / 4):
             return

@@ -248,3 +248,20 @@ def test_follow_attests_as_periods_close_until_sigterm(
     )
     assert code == 0, vout
     assert "inside 1" in vout or "unproven" in vout
+
+
+def test_the_policys_actions_are_read_from_the_audit_trail(tmp_path: Path) -> None:
+    from geoprobe.attest.actions import actions_since
+    from geoprobe.defend.audit import AuditStore
+    from geoprobe.defend.base import ActionResult
+    from geoprobe.store import default_path
+
+    path = default_path(tmp_path)
+    assert actions_since(path, 0.0) == []  # no store yet: nothing, and nothing created
+    assert not path.exists()
+    store = AuditStore.open(path)
+    store.audit_result("ev-1", ActionResult(0, "webhook", "confirmed", "ok", "POST -> 200"))
+    store.close()
+    (act,) = actions_since(path, 0.0)
+    assert (act["event_id"], act["action"], act["status"]) == ("ev-1", "webhook", "ok")
+    assert actions_since(path, time.time() + 60) == []
