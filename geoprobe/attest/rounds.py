@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import os
 import threading
@@ -27,6 +28,7 @@ from geoprobe.probe.protocol import ProtocolError
 from geoprobe.probe.timed import Statement, check_statement, parse_statement
 
 JOURNAL_NAME = "rounds.jsonl"
+log = logging.getLogger("geoprobe.attest")
 
 
 @dataclass(slots=True)
@@ -94,17 +96,27 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
         self.skipped = 0  # unreadable lines met by the last read (reported, never fatal)
+        self.write_errors = 0
 
     def _append(self, record: dict[str, Any]) -> None:
+        """Append one line; a full disk costs the attestation this round, never the watch."""
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError as exc:
+                self.write_errors += 1
+                log.warning("cannot journal for attestation: %s", exc)
+                return
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = "\n" + line  # a crash tore the last line: do not glue onto it
                 os.write(fd, line.encode())
+            except OSError as exc:
+                self.write_errors += 1
+                log.warning("cannot journal for attestation: %s", exc)
             finally:
                 os.close(fd)
 

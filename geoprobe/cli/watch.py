@@ -343,6 +343,8 @@ def watch_cmd(
         fast_interval_s=fast_interval,
         warmup_rounds=warmup,
         min_landmarks=settings.min_landmarks,
+        # A landmark-timed echo ends with the statement, about two round trips after sending.
+        timeout_factor=3.0 if attest else 2.0,
     )
     watcher = Watcher(
         cat,

@@ -265,3 +265,15 @@ def test_the_policys_actions_are_read_from_the_audit_trail(tmp_path: Path) -> No
     (act,) = actions_since(path, 0.0)
     assert (act["event_id"], act["action"], act["status"]) == ("ev-1", "webhook", "ok")
     assert actions_since(path, time.time() + 60) == []
+
+
+def test_a_journal_that_cannot_be_written_does_not_stop_the_caller(tmp_path: Path) -> None:
+    from geoprobe.attest import rounds
+    from geoprobe.measurement import Measurement
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    j = rounds.Journal(blocker / "attest" / "rounds.jsonl")
+    j.round(1.0, [Measurement("a", "udp", rtts_ms=[5.0])])
+    j.event({"type": "io.geoprobe.migration.suspected", "id": "e"})
+    assert j.write_errors == 2
