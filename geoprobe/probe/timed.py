@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -371,13 +372,15 @@ class LandmarkLeg:
             return False
         with self._lock:
             entry = self._by_challenge.get(challenge)
-            if entry is None or entry.echo_nonce != echo or entry.addr != addr:
-                return False
-            try:
-                entry.vm_pub.verify(sig, answer_signed(echo, challenge))
-            except InvalidSignature:
-                return False  # not the key holder: the challenge stays open for the real one
-            del self._by_challenge[challenge]
+        if entry is None or entry.echo_nonce != echo or entry.addr != addr:
+            return False
+        try:  # outside the lock: the timer thread sends challenges meanwhile
+            entry.vm_pub.verify(sig, answer_signed(echo, challenge))
+        except InvalidSignature:
+            return False  # not the key holder: the challenge stays open for the real one
+        with self._lock:
+            if self._by_challenge.pop(challenge, None) is None:
+                return False  # answered twice at once: one statement only
         rtt_ns = max(0, arrival_ns - entry.sent_ns) + entry.extra_ns
         body = statement_body(
             echo,
@@ -433,7 +436,11 @@ class VmLeg:
     """
 
     def __init__(
-        self, key: Ed25519PrivateKey, loop: asyncio.AbstractEventLoop, grace_s: float = 0.25
+        self,
+        key: Ed25519PrivateKey,
+        loop: asyncio.AbstractEventLoop,
+        grace_s: float = 0.25,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         self.key = key
         key.sign(b"warm-up")  # the first signature of a process is slow; not on a timed leg
@@ -443,6 +450,7 @@ class VmLeg:
         self.grace_s = grace_s
         self._sent: dict[bytes, _Sent] = {}
         self.rejected: list[tuple[str, str]] = []  # (landmark id, reason)
+        self.on_reject = on_reject
 
     def request(
         self, nonce: bytes, landmark: Landmark, pubkey: Ed25519PublicKey, addr: tuple[str, int]
@@ -464,7 +472,10 @@ class VmLeg:
             self._reject(None, "malformed timed message")
 
     def _reject(self, sent: _Sent | None, why: str) -> None:
-        self.rejected.append((sent.landmark.id if sent else "?", why))
+        lid = sent.landmark.id if sent else "?"
+        self.rejected.append((lid, why))
+        if self.on_reject is not None:
+            self.on_reject(lid, f"timed: {why}")
 
     def _challenge(
         self, echo: bytes, challenge: bytes, src: tuple[str, int], sock: socket.socket

@@ -44,7 +44,7 @@ class UdpProber:
         self._loop = asyncio.get_running_loop()
         # With a VM identity key, every request offers a landmark-timed leg (probe.timed).
         key = vm_key if vm_key is not None else timed.current_identity()
-        self._timed = timed.VmLeg(key, self._loop) if key is not None else None
+        self._timed = timed.VmLeg(key, self._loop, on_reject=self._count) if key else None
         self._socks: dict[int, socket.socket] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()

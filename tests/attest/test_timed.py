@@ -196,3 +196,14 @@ def test_statement_parser_survives_corruption(at: int, junk: bytes) -> None:
         timed.parse_statement(bytes(raw))
     except ProtocolError:
         pass
+
+
+def test_a_statement_that_never_comes_leaves_the_echo_vm_timed(landmarks: Landmarks) -> None:
+    lm, resp = landmarks.add("mute", 48.0, 11.0, delay_s=0.002)
+    assert resp.timed is not None
+    resp.timed.answer = lambda *a: True  # type: ignore[method-assign]  # challenges, never states
+    t = time.monotonic()
+    (m,) = _measure([lm], keys.generate(), samples=2)
+    assert m.ok and len(m.rtts_ms) == 2 and m.landmark_timed_rtts_ms == []
+    assert m.rejected == {"timed: no statement in time": 2}
+    assert time.monotonic() - t < 1.5  # the grace, not the sample timeout
