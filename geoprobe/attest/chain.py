@@ -149,7 +149,7 @@ def _issue(
     out: list[Issued] = []
     while start + period_s <= now:
         period = statement.Period(start, start + period_s)
-        inside = [r for r in all_rounds if period.start <= r.time < period.end]
+        inside = [_in_period(r, period) for r in all_rounds if period.start <= r.time < period.end]
         certs: list[tuple[Round, Certificate]] = [
             (r, certify(landmarks, r.landmark_timed_rtts(), countries)) for r in inside
         ]
@@ -174,6 +174,20 @@ def _issue(
             on_issued(issued)
         seq, prev, start = seq + 1, env.digest, period.end
     return out
+
+
+def _in_period(r: Round, period: statement.Period) -> Round:
+    """The round without statements a landmark signed outside the period (its clock is off):
+    the auditor would refuse them as evidence moved from another hour."""
+    from geoprobe.probe.timed import parse_statement
+
+    lo, hi = period.start - statement.CLOCK_TOLERANCE_S, period.end + statement.CLOCK_TOLERANCE_S
+    timed = {
+        lid: (ms, raw)
+        for lid, (ms, raw) in r.timed.items()
+        if lo <= parse_statement(raw).t_ns / 1e9 <= hi
+    }
+    return Round(r.time, timed, dict(r.vm_timed))
 
 
 def _event_time(ev: Mapping[str, Any]) -> float:

@@ -19,6 +19,8 @@ from geoprobe.attest.rounds import Round
 from geoprobe.probe import keys
 
 PREDICATE_TYPE = "https://geoprobe.dev/attestation/residency/v1"
+#: Landmark clocks may differ from the period's bounds (the VM's clock) by this much (s).
+CLOCK_TOLERANCE_S = 5.0
 
 
 def utc(t: float) -> str:

@@ -22,15 +22,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from geoprobe.attest import dsse
 from geoprobe.attest.region import Certificate, certify
 from geoprobe.attest.rounds import verified_statement
-from geoprobe.attest.statement import PREDICATE_TYPE, hour_label, summarize, utc
+from geoprobe.attest.statement import (
+    CLOCK_TOLERANCE_S,
+    PREDICATE_TYPE,
+    hour_label,
+    summarize,
+    utc,
+)
 from geoprobe.errors import InputError
 from geoprobe.geo.regions import CountryLookup
 from geoprobe.landmarks import Landmark
 from geoprobe.probe import keys
 
 MAX_LINES = 1_000_000
-#: Landmark clocks may differ from the period's bounds by this much (s).
-CLOCK_TOLERANCE_S = 5.0
 #: A VM-timed RTT this much below the landmark-timed one cannot be honest timing: the VM's
 #: answer adds its own processing to the landmark's timer, but not more than this.
 SHAPED_ABS_MS = 2.0

@@ -335,3 +335,26 @@ def test_hostile_statements_signed_by_the_vm_give_a_report_not_a_crash(
         return  # not even JSON-serialisable: nothing a VM could sign
     rep = _verify(kit, [Entry("x", env)])
     assert isinstance(rep.problems, list)
+
+
+def test_a_landmark_with_a_wrong_clock_is_left_out_not_a_failure(kit: Kit, tmp_path: Path) -> None:
+    t = 1_800_000_000 + 1800
+    r = kit.round(t)
+    ms, _ = r.timed["Denver"]
+    r.timed["Denver"] = (ms, kit.statement("Denver", ms, t + 7200))  # its clock is 2 h ahead
+    issued = chain.issue(
+        tmp_path,
+        kit.vm,
+        [r],
+        [],
+        landmarks=kit.by_id,
+        allowed=["US"],
+        countries=default_index(),
+        catalogue="t",
+        now=1_800_003_600,
+        period_s=3600,
+    )
+    (rnd,) = json.loads(issued[0].envelope.payload)["predicate"]["rounds"]
+    assert rnd["rtts"]["Denver"]["landmark_timed_ms"] is None
+    assert len(rnd["statements"]) == len(kit.by_id) - 1
+    assert _verify(kit, _entries(issued)).ok
