@@ -142,6 +142,8 @@ class Journal:
             raise InputError(f"cannot read the journal: {exc.strerror}", file=self.path) from None
         with f:
             for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     rec = json.loads(line)
                     if not isinstance(rec, dict):

@@ -9,9 +9,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cloudevents.v1.http import from_http
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geoprobe.attest import identity, publish
 from geoprobe.landmarks import Catalogue
@@ -19,6 +22,7 @@ from geoprobe.measurement import save_measurements
 from geoprobe.probe import timed
 from geoprobe.probe.scheduler import measure_async
 from tests.defend.receiver import receiver
+from tests.fuzz.hostile import FUZZ
 
 from .attest_world import cli
 from .conftest import Landmarks
@@ -277,3 +281,24 @@ def test_a_journal_that_cannot_be_written_does_not_stop_the_caller(tmp_path: Pat
     j.round(1.0, [Measurement("a", "udp", rtts_ms=[5.0])])
     j.event({"type": "io.geoprobe.migration.suspected", "id": "e"})
     assert j.write_errors == 2
+
+
+@FUZZ
+@given(lines=st.lists(st.binary(max_size=120), max_size=6))
+def test_the_journal_reader_survives_any_lines(tmp_path_factory: Any, lines: list[bytes]) -> None:
+    from geoprobe.attest import rounds
+
+    path = tmp_path_factory.mktemp("j") / "rounds.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    j = rounds.Journal(path)
+    got, evs = j.read(0.0, {}, "0" * 16)
+    assert len(got) + len(evs) + j.skipped <= len(path.read_text(errors="replace").splitlines())
+
+
+def test_a_damaged_chain_head_is_not_extended(tmp_path: Path) -> None:
+    from geoprobe.attest import chain
+    from geoprobe.errors import InputError
+
+    (tmp_path / "00000000-x.dsse.json").write_text('{"payloadType": "applic')
+    with pytest.raises(InputError, match="refusing to extend"):
+        chain.head(tmp_path)
