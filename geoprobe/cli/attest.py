@@ -4,6 +4,7 @@ and their offline verification (exit 0 verified, 1 failed verification, 3 unusab
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import threading
 import time
@@ -170,6 +171,7 @@ def run_cmd(
     type=float,
     help="UNIX time the chain must reach: a missing last period is then a gap too.",
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: problems, notes, periods.")
 @click.pass_context
 def verify_cmd(
     ctx: click.Context,
@@ -178,6 +180,7 @@ def verify_cmd(
     landmarks_path: Path | None,
     partial: bool,
     until: float | None,
+    as_json: bool,
 ) -> None:
     """Verify a chain offline: exit 0 verified, 1 failed verification, 3 unusable input."""
     from geoprobe.attest import identity
@@ -192,6 +195,18 @@ def verify_cmd(
     cat = catalogue_from(landmarks_path)
     entries = load_entries(chain_path)
     rep = verify_chain(entries, pub, cat.by_id(), default_index(), partial=partial, until=until)
+    if as_json:
+        doc = {
+            "ok": rep.ok,
+            "attestations": rep.envelopes,
+            "problems": rep.problems,
+            "notes": rep.notes,
+            "periods": [{"period": lbl, "verdict": v, "country": c} for lbl, v, c in rep.periods],
+        }
+        env.stdout.write(json.dumps(doc) + "\n")
+        if not rep.ok:
+            ctx.exit(FAILED)
+        return
     for p in rep.problems:
         env.stdout.write(f"FAIL {p}\n")
     for n in rep.notes:

@@ -358,3 +358,15 @@ def test_a_landmark_with_a_wrong_clock_is_left_out_not_a_failure(kit: Kit, tmp_p
     assert rnd["rtts"]["Denver"]["landmark_timed_ms"] is None
     assert len(rnd["statements"]) == len(kit.by_id) - 1
     assert _verify(kit, _entries(issued)).ok
+
+
+def test_cli_json_report_for_pipelines(files: dict[str, Path], issued: list[chain.Issued]) -> None:
+    code, out, _ = _run(files, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["ok"] and doc["attestations"] == N
+    assert [p["period"] for p in doc["periods"]] == [i.period.label for i in issued]
+    assert {p["verdict"] for p in doc["periods"]} == {"inside"}
+    (files["chain"] / issued[2].path.name).unlink()
+    code, out, _ = _run(files, "--json")
+    doc = json.loads(out)
+    assert code == 1 and not doc["ok"] and issued[2].period.label in doc["problems"][0]
