@@ -27,6 +27,8 @@ from geoprobe.landmarks import Landmark
 
 SUFFIX = ".dsse.json"
 DEFAULT_PERIOD_S = 3600
+#: An hour with a stretch this long (s) without landmark-signed evidence is not "inside".
+DEFAULT_MAX_GAP_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ def issue(
     period_s: int = DEFAULT_PERIOD_S,
     on_issued: Callable[[Issued], None] | None = None,
     actions: Sequence[Mapping[str, Any]] = (),
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
 ) -> list[Issued]:
     """Attest every period that closed before ``now`` and follows the chain's head."""
     if period_s < 1:
@@ -107,6 +110,7 @@ def issue(
             period_s=period_s,
             on_issued=on_issued,
             actions=actions,
+            max_gap_s=max_gap_s,
         )
 
 
@@ -136,6 +140,7 @@ def _issue(
     period_s: int,
     on_issued: Callable[[Issued], None] | None,
     actions: Sequence[Mapping[str, Any]],
+    max_gap_s: float,
 ) -> list[Issued]:
     top = head(directory)
     all_rounds = sorted(rounds, key=lambda r: r.time)
@@ -165,6 +170,7 @@ def _issue(
             events=evs,
             actions=acts,
             catalogue=catalogue,
+            max_gap_s=max_gap_s,
         )
         env = dsse.sign(key, st)
         path = _write(directory, file_name(seq, period), env)

@@ -40,6 +40,9 @@ class Round:
     def landmark_timed_rtts(self) -> dict[str, float]:
         return {lid: ms for lid, (ms, _) in self.timed.items()}
 
+    def statement_times_ns(self) -> list[int]:
+        return [parse_statement(raw).t_ns for _, raw in self.timed.values()]
+
 
 def verified_statement(
     raw: bytes, landmarks: Mapping[str, Landmark], vm_key_id: str

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,11 +44,29 @@ class Period:
         return hour_label(self.start, self.end)
 
 
-def summarize(certs: Sequence[Certificate], allowed: Sequence[str]) -> tuple[str, str | None, str]:
+def longest_gap(times: Sequence[float], start: float, end: float) -> float:
+    """The longest stretch of the period without a round, edges included (s)."""
+    edges = [start, *sorted(t for t in times if start <= t < end), end]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def evidence_time(statement_times_ns: Sequence[int]) -> float | None:
+    """When a round happened by the landmarks' clocks (the earliest statement), not the VM's."""
+    return min(statement_times_ns) / 1e9 if statement_times_ns else None
+
+
+def summarize(
+    certs: Sequence[Certificate],
+    allowed: Sequence[str],
+    gap_s: float = 0.0,
+    max_gap_s: float = math.inf,
+) -> tuple[str, str | None, str]:
     """(verdict, certified country, reason) of a period from its rounds' certificates.
 
-    ``inside``: every round certified in the allowed set; ``outside``: some round certified in a
-    country outside it; ``unproven``: anything else (no rounds, or a round without certificate).
+    ``inside``: every round certified in the allowed set, and no stretch longer than
+    ``max_gap_s`` without landmark-signed evidence; ``outside``: some round certified in a
+    country outside it; ``unproven``: anything else (no rounds, a round without certificate, a
+    gap: a VM that leaves rounds out of its statement gains nothing).
     """
     if not certs:
         return "unproven", None, "no rounds in this period"
@@ -59,6 +79,12 @@ def summarize(certs: Sequence[Certificate], allowed: Sequence[str]) -> tuple[str
             "unproven",
             None,
             f"{len(missing)} of {len(certs)} rounds not certified: {missing[0].reason}",
+        )
+    if gap_s > max_gap_s:
+        return (
+            "unproven",
+            None,
+            f"no landmark-signed evidence for {gap_s:.0f} s (max {max_gap_s:g} s)",
         )
     countries = sorted({c.country for c in certs if c.country})
     if len(countries) == 1:
@@ -99,9 +125,12 @@ def build(
     events: Sequence[Mapping[str, Any]],
     catalogue: str,
     actions: Sequence[Mapping[str, Any]] = (),
+    max_gap_s: float = math.inf,
 ) -> dict[str, Any]:
     raw = keys.public_raw(vm_pub)
-    verdict, country, reason = summarize([c for _, c in rounds], allowed)
+    times = [t for r, _ in rounds if (t := evidence_time(r.statement_times_ns())) is not None]
+    gap = longest_gap(times, period.start, period.end)
+    verdict, country, reason = summarize([c for _, c in rounds], allowed, gap, max_gap_s)
     return {
         "_type": dsse.STATEMENT_TYPE,
         "subject": [
@@ -124,6 +153,11 @@ def build(
             "allowed": sorted(allowed),
             "verdict": verdict,
             "certificate": {"country": country, "reason": reason, "basis": BASIS},
+            "coverage": {
+                "rounds": len(rounds),
+                "longest_gap_s": round(gap, 3),
+                "max_gap_s": max_gap_s if math.isfinite(max_gap_s) else None,
+            },
             "rounds": [round_json(r, c) for r, c in rounds],
             "events": [event_json(e) for e in events],
             "actions": [dict(a) for a in actions],

@@ -25,7 +25,9 @@ from geoprobe.attest.rounds import verified_statement
 from geoprobe.attest.statement import (
     CLOCK_TOLERANCE_S,
     PREDICATE_TYPE,
+    evidence_time,
     hour_label,
+    longest_gap,
     summarize,
     utc,
 )
@@ -139,6 +141,7 @@ def verify_chain(
     *,
     partial: bool = False,
     until: float | None = None,
+    max_gap: float | None = None,
 ) -> Report:
     rep = Report(envelopes=len(entries))
     vm_kid = keys.key_id(keys.public_raw(vm_pub))
@@ -182,7 +185,7 @@ def verify_chain(
             continue
         label = hour_label(h.start, h.end)
         _link(rep, prev, h, e.envelope.digest, present, partial, label)
-        _contents(rep, h, label, landmarks, countries, vm_kid, seen)
+        _contents(rep, h, label, landmarks, countries, vm_kid, seen, max_gap)
         prev = (h.sequence, e.envelope.digest, h.start, h.end)
     if unsigned == len(entries) and entries:
         signers = sorted(
@@ -274,6 +277,7 @@ def _contents(
     countries: CountryLookup,
     vm_kid: str,
     seen: dict[bytes, str],
+    max_gap: float | None,
 ) -> None:
     """Recompute every round and the period's verdict from the landmark-signed evidence."""
     pred = h.pred
@@ -292,6 +296,7 @@ def _contents(
     # landmark's minimum comes within its processing time of the VM's own honest minimum.
     best_vm: dict[str, float] = {}
     best_timed: dict[str, float] = {}
+    evidence_times: list[float] = []  # by the landmarks' clocks: the VM cannot spread rounds out
     for i, r in enumerate(rounds):
         where = f"{label}: round {i}"
         if not isinstance(r, dict) or _number(r.get("time")) is None:
@@ -302,6 +307,7 @@ def _contents(
         if not h.start <= t < h.end:
             bad(f"{where}: lies outside its period")
         timed: dict[str, float] = {}
+        signed_ns: list[int] = []
         for s in r.get("statements") or []:
             try:
                 raw = base64.b64decode(s if isinstance(s, str) else "?", validate=True)
@@ -323,6 +329,9 @@ def _contents(
                     "outside this period"
                 )
             timed[st.landmark_id] = min(st.rtt_ms, timed.get(st.landmark_id, math.inf))
+            signed_ns.append(st.t_ns)
+        if (at := evidence_time(signed_ns)) is not None:
+            evidence_times.append(at)
         rtts = r.get("rtts")
         if not isinstance(rtts, dict):
             bad(f"{where}: field 'rtts' is not an object")
@@ -373,7 +382,17 @@ def _contents(
                 f"{label}: the VM-timed RTTs to {len(shaped)} of {len(best_vm)} landmark(s) are "
                 f"far below the landmark-timed ones ({worst})"
             )
-    verdict, country, reason = summarize(certs, allowed)
+    coverage = pred.get("coverage")
+    declared = _number(coverage.get("max_gap_s")) if isinstance(coverage, dict) else None
+    gap = longest_gap(evidence_times, h.start, h.end)
+    verdict, country, reason = summarize(
+        certs, allowed, gap, declared if declared is not None else math.inf
+    )
+    if max_gap is not None and gap > max_gap and pred.get("verdict") == "inside":
+        bad(
+            f"{label}: no landmark-signed evidence for {gap:.0f} s, more than the {max_gap:g} s "
+            "allowed: the period is not proven inside"
+        )
     got = pred.get("verdict")
     claim = pred.get("certificate")
     got_cc = claim.get("country") if isinstance(claim, dict) else None

@@ -74,6 +74,13 @@ def key_cmd(env: Environment, state_dir: Path | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Prometheus textfile with the end of the last attested period.",
 )
+@click.option(
+    "--max-gap",
+    type=click.FloatRange(min=1.0),
+    default=600.0,
+    show_default=True,
+    help="Seconds without landmark-signed evidence after which a period is not proven inside.",
+)
 @click.option("--follow", is_flag=True, help="Keep attesting as periods close (until SIGTERM).")
 @click.pass_obj
 def run_cmd(
@@ -86,6 +93,7 @@ def run_cmd(
     period: int,
     webhook: str | None,
     metrics_path: Path | None,
+    max_gap: float,
     follow: bool,
 ) -> None:
     """Sign one statement per closed period since the chain's last one."""
@@ -152,6 +160,7 @@ def run_cmd(
             period_s=period,
             on_issued=on_issued,
             actions=acts,
+            max_gap_s=max_gap,
         )
         if not follow or stop.wait(min(period, 60) / 4):
             return
@@ -171,6 +180,11 @@ def run_cmd(
     type=float,
     help="UNIX time the chain must reach: a missing last period is then a gap too.",
 )
+@click.option(
+    "--max-gap",
+    type=click.FloatRange(min=1.0),
+    help="Fail a period claimed inside with a longer stretch (s) without landmark-signed evidence.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: problems, notes, periods.")
 @click.pass_context
 def verify_cmd(
@@ -180,6 +194,7 @@ def verify_cmd(
     landmarks_path: Path | None,
     partial: bool,
     until: float | None,
+    max_gap: float | None,
     as_json: bool,
 ) -> None:
     """Verify a chain offline: exit 0 verified, 1 failed verification, 3 unusable input."""
@@ -194,7 +209,9 @@ def verify_cmd(
     pub = identity.load_public(vm_key)
     cat = catalogue_from(landmarks_path)
     entries = load_entries(chain_path)
-    rep = verify_chain(entries, pub, cat.by_id(), default_index(), partial=partial, until=until)
+    rep = verify_chain(
+        entries, pub, cat.by_id(), default_index(), partial=partial, until=until, max_gap=max_gap
+    )
     if as_json:
         doc = {
             "ok": rep.ok,

@@ -97,7 +97,7 @@ def issue(
     *,
     start: int = 1_800_000_000,
     period: int = 3600,
-    rounds_per_period: int = 2,
+    rounds_per_period: int = 7,
     allowed: tuple[str, ...] = ("US",),
 ) -> list[chain.Issued]:
     rounds = [

@@ -370,3 +370,49 @@ def test_cli_json_report_for_pipelines(files: dict[str, Path], issued: list[chai
     code, out, _ = _run(files, "--json")
     doc = json.loads(out)
     assert code == 1 and not doc["ok"] and issued[2].period.label in doc["problems"][0]
+
+
+def test_rounds_left_out_of_a_statement_leave_the_period_unproven(
+    kit: Kit, issued: list[chain.Issued]
+) -> None:
+    """A VM that spent a stretch abroad cannot just drop those rounds and keep "inside"."""
+    pred = json.loads(issued[9].envelope.payload)["predicate"]
+    assert pred["coverage"]["rounds"] == 7 and pred["coverage"]["longest_gap_s"] < 600
+
+    def hide(p: dict) -> None:  # type: ignore[type-arg]
+        del p["rounds"][2:5]
+
+    rep = _verify(kit, _resigned(kit, issued, 9, hide))
+    assert any(
+        issued[9].period.label in p and "verdict inside" in p and "no landmark-signed evidence" in p
+        for p in rep.problems
+    ), rep.problems
+
+    def hide_and_relax(p: dict) -> None:  # type: ignore[type-arg]
+        del p["rounds"][2:5]
+        p["coverage"]["max_gap_s"] = 3600
+
+    entries = _resigned(kit, issued, 9, hide_and_relax)
+    assert not any("verdict inside" in p for p in _verify(kit, entries).problems)
+    rep = _verify(kit, entries, max_gap=600.0)  # the auditor's own bound
+    assert any(issued[9].period.label in p and "more than the 600 s" in p for p in rep.problems)
+
+
+def test_an_hour_with_a_long_silence_is_attested_unproven(kit: Kit, tmp_path: Path) -> None:
+    start = 1_800_000_000
+    rounds = [kit.round(start + t) for t in (60, 120, 180, 3000, 3300)]  # 47 min of silence
+    (issued,) = chain.issue(
+        tmp_path,
+        kit.vm,
+        rounds,
+        [],
+        landmarks=kit.by_id,
+        allowed=["US"],
+        countries=default_index(),
+        catalogue="t",
+        now=start + 3600,
+        period_s=3600,
+    )
+    pred = json.loads(issued.envelope.payload)["predicate"]
+    assert pred["verdict"] == "unproven" and "2820 s" in pred["certificate"]["reason"]
+    assert _verify(kit, _entries([issued])).ok
