@@ -166,7 +166,11 @@ class UdpProber:
             sample = Sample(
                 rtt_ms=rtt_ms,
                 clock_offset_ms=offset_ms,
-                evidence=make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
+                # rtt_ms is timed by this VM; a landmark-timed RTT, if any, joins under "timed".
+                evidence={
+                    **make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
+                    "timed_by": "vm",
+                },
                 sent_at=pending.t0_ns / 1e9,
             )
             if self._timed is None or not self._timed.hold(reply.nonce, sample, pending.future):

@@ -54,6 +54,7 @@ def test_landmark_times_the_round_trip_and_signs_it(landmarks: Landmarks) -> Non
     out = m.to_json()
     assert out["landmark_timed_rtts"] == m.landmark_timed_rtts_ms
     assert all(e["timed"]["timed_by"] == "landmark" for e in out["evidence"])
+    assert all(e["timed_by"] == "vm" for e in out["evidence"])
     # The records survive a round trip through the measurement file format.
     again = Measurement.from_json(out)
     assert again.landmark_timed_rtts_ms == m.landmark_timed_rtts_ms
