@@ -120,7 +120,8 @@ def run_cmd(
     out = out_dir if out_dir is not None else state / "attest" / "chain"
     countries = default_index()
 
-    def on_issued(issued: chain.Issued) -> None:
+    def published(issued: chain.Issued) -> None:
+        """After the chain's lock is released: a slow collector never holds up the next issuer."""
         env.stdout.write(
             f"{issued.period.label} #{issued.sequence} {issued.verdict} -> {issued.path}\n"
         )
@@ -147,7 +148,7 @@ def run_cmd(
             if journal.skipped:
                 env.stderr.write(f"{journal.path}: {journal.skipped} unreadable line(s) skipped\n")
             acts = actions_since(default_path(state), since)
-        chain.issue(
+        issued = chain.issue(
             out,
             key,
             rs,
@@ -158,10 +159,11 @@ def run_cmd(
             catalogue=str(cat.path) if cat.path else cat.name,
             now=time.time(),
             period_s=period,
-            on_issued=on_issued,
             actions=acts,
             max_gap_s=max_gap,
         )
+        for i in issued:
+            published(i)
         if not follow or stop.wait(min(period, 60) / 4):
             return
 
