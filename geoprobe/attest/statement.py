@@ -23,6 +23,9 @@ from geoprobe.probe import keys
 PREDICATE_TYPE = "https://geoprobe.dev/attestation/residency/v1"
 #: Landmark clocks may differ from the period's bounds (the VM's clock) by this much (s).
 CLOCK_TOLERANCE_S = 5.0
+#: All statements of one round are signed within this many seconds of each other: the region is
+#: an intersection, which holds only for bounds on one place at (nearly) one time.
+ROUND_WINDOW_S = 30.0
 
 
 def utc(t: float) -> str:

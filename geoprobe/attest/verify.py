@@ -25,6 +25,7 @@ from geoprobe.attest.rounds import verified_statement
 from geoprobe.attest.statement import (
     CLOCK_TOLERANCE_S,
     PREDICATE_TYPE,
+    ROUND_WINDOW_S,
     evidence_time,
     hour_label,
     longest_gap,
@@ -330,7 +331,13 @@ def _contents(
                 )
             timed[st.landmark_id] = min(st.rtt_ms, timed.get(st.landmark_id, math.inf))
             signed_ns.append(st.t_ns)
-        if (at := evidence_time(signed_ns)) is not None:
+        if signed_ns and max(signed_ns) - min(signed_ns) > ROUND_WINDOW_S * 1e9:
+            span = (max(signed_ns) - min(signed_ns)) / 1e9
+            bad(
+                f"{where}: its statements were signed {span:.0f} s apart, more than one round "
+                f"({ROUND_WINDOW_S:g} s): bounds from different times do not intersect"
+            )
+        elif (at := evidence_time(signed_ns)) is not None:
             evidence_times.append(at)
         rtts = r.get("rtts")
         if not isinstance(rtts, dict):

@@ -416,3 +416,18 @@ def test_an_hour_with_a_long_silence_is_attested_unproven(kit: Kit, tmp_path: Pa
     pred = json.loads(issued.envelope.payload)["predicate"]
     assert pred["verdict"] == "unproven" and "2820 s" in pred["certificate"]["reason"]
     assert _verify(kit, _entries([issued])).ok
+
+
+def test_a_round_stitched_from_statements_of_different_times_is_caught(
+    kit: Kit, issued: list[chain.Issued]
+) -> None:
+    """Close landmarks' bounds from later in the hour cannot certify an earlier round."""
+    later = json.loads(issued[12].envelope.payload)["predicate"]["rounds"][6]["statements"]
+
+    def stitch(p: dict) -> None:  # type: ignore[type-arg]
+        p["rounds"][0]["statements"] = p["rounds"][0]["statements"][:1] + later[1:]
+
+    rep = _verify(kit, _resigned(kit, issued, 12, stitch))
+    assert any(
+        issued[12].period.label in p and "signed" in p and "apart" in p for p in rep.problems
+    ), rep.problems
