@@ -234,6 +234,9 @@ def _link(
             (rep.notes if partial else rep.problems).append(msg)
         return
     pseq, pdigest, pstart, pend = prev
+    if h.sequence == pseq and digest == pdigest:
+        rep.problems.append(f"{label}: repeated: sequence {h.sequence} appears twice in a row")
+        return
     if h.sequence <= pseq:
         rep.problems.append(
             f"{label}: out of order: sequence {h.sequence} comes after sequence {pseq} "

@@ -431,3 +431,10 @@ def test_a_round_stitched_from_statements_of_different_times_is_caught(
     assert any(
         issued[12].period.label in p and "signed" in p and "apart" in p for p in rep.problems
     ), rep.problems
+
+
+def test_a_repeated_envelope_is_named(kit: Kit, issued: list[chain.Issued]) -> None:
+    entries = _entries(issued)
+    entries.insert(4, entries[3])
+    rep = _verify(kit, entries)
+    assert any(issued[3].period.label in p and "repeated" in p for p in rep.problems)
