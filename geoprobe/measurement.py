@@ -46,6 +46,17 @@ class Measurement:
         return bool(self.rtts_ms)
 
     @property
+    def landmark_timed_rtts_ms(self) -> list[float]:
+        """RTTs the landmark timed itself (``probe.timed``); ``rtts_ms`` are timed by this VM."""
+        return [
+            float(t["rtt_ms"])
+            for e in self.evidence
+            if isinstance(e, Mapping)
+            and isinstance(t := e.get("timed"), Mapping)
+            and isinstance(t.get("rtt_ms"), (int, float))
+        ]
+
+    @property
     def min_rtt(self) -> float | None:
         """Queueing only adds delay, so the minimum is the best estimate of the path's RTT."""
         return min(self.rtts_ms) if self.rtts_ms else None
@@ -75,6 +86,8 @@ class Measurement:
             out["path"] = self.path
         if self.evidence:
             out["evidence"] = self.evidence
+            if timed := self.landmark_timed_rtts_ms:
+                out["landmark_timed_rtts"] = timed  # ``result`` holds the VM-timed ones
         if self.clock_offsets_ms:
             out["clock_offsets_ms"] = self.clock_offsets_ms
         if self.rejected:

@@ -24,6 +24,7 @@ from geoprobe.status import ExitStatus
 # style). Modules are imported only when their command runs, so `geoprobe delay` does not carry
 # numpy, scipy and shapely in its resident set, and `geoprobe check` from cron starts quickly.
 COMMANDS = {
+    "attest": "attest",  # attest key|run|verify
     "check": "check",  # Nagios/Icinga plugin
     "delay": "delay",
     "demo": "testbed",

@@ -235,6 +235,12 @@ def _stop_signals(sources: Sequence[AnomalySource]) -> None:
     "--dry-run", is_flag=True, help="With --policy: print the actions instead of running them."
 )
 @click.option("--rounds", "max_rounds", type=click.IntRange(1), help="Stop after this many rounds.")
+@click.option(
+    "--attest",
+    is_flag=True,
+    help="Offer landmark-timed echoes with the VM's identity key and journal every round for "
+    "`geoprobe attest run`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every transition and round to stderr.")
 @click.pass_obj
 def watch_cmd(
@@ -259,6 +265,7 @@ def watch_cmd(
     dry_run: bool,
     max_rounds: int | None,
     verbose: bool,
+    attest: bool,
 ) -> None:
     """Watch for live migration across borders; emit CloudEvents and run the policy's response."""
     from geoprobe.landmarks import catalogue_or_default, preferred_method
@@ -346,6 +353,8 @@ def watch_cmd(
         fast_interval_s=fast_interval,
         warmup_rounds=warmup,
         min_landmarks=settings.min_landmarks,
+        # A landmark-timed echo ends with the statement, about two round trips after sending.
+        timeout_factor=3.0 if attest else 2.0,
     )
     watcher = Watcher(
         cat,
@@ -360,6 +369,9 @@ def watch_cmd(
         metrics_path=metrics_path,
         metrics_listen=listen,
         config=config,
+        journal=_attest_journal(state_dir if state_dir is not None else env.state_dir)
+        if attest
+        else None,
     )
     stop = threading.Event()
 
@@ -390,6 +402,14 @@ def watch_cmd(
         if stream is not env.stdout:
             stream.close()
         log.removeHandler(handler)
+
+
+def _attest_journal(state: Path) -> Any:
+    from geoprobe.attest import identity, rounds
+    from geoprobe.probe import timed
+
+    timed.use_identity(identity.load_or_create(state))
+    return rounds.Journal(rounds.journal_path(state))
 
 
 def register(group: click.Group) -> None:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from geoprobe.probe import keys
 from geoprobe.probe.protocol import ProtocolError, build_reply, parse_request
 from geoprobe.probe.ratelimit import RateLimit, SourceLimiter
+from geoprobe.probe.timed import LandmarkLeg
 from geoprobe.probe.timer import PreciseTimer, shared_timer
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ class EchoResponder(asyncio.DatagramProtocol):
         self.dropped = 0
         self.limited = 0
 
+        # Landmark-timed echoes (geoprobe.probe.timed); None answers plain echoes only.
+        self.timed: LandmarkLeg | None = LandmarkLeg(self)
+
     @property
     def timer(self) -> PreciseTimer:
         if self._timer is None:
@@ -112,12 +116,15 @@ class EchoResponder(asyncio.DatagramProtocol):
         try:
             nonce = parse_request(data)
         except ProtocolError:
-            self.dropped += 1
+            if self.timed is None or not self.timed.answer(data, addr, arrival):
+                self.dropped += 1
             return
         if self.limiter is not None and not self.limiter.allow(str(addr[0])):
             self.limited += 1
             return
         held = max(0.0, self.delay()) if self.delay is not None else 0.0
+        if self.timed is not None:
+            self.timed.offer(data, nonce, addr, held)
         if held <= 0.0:
             self._sendto(self._reply(nonce, age), addr)
             return
@@ -147,6 +154,8 @@ class EchoResponder(asyncio.DatagramProtocol):
         if sock is None:
             return
         self.answered += 1  # counted first, so whoever reads the reply also sees the count
+        if self.timed is not None:
+            self.timed.before_reply(reply, addr, sock)  # the challenge leaves just before
         try:
             sock.sendto(reply, addr)
         except OSError as exc:  # full buffer or closed: the prober sees a lost packet

@@ -17,10 +17,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from geoprobe.landmarks import Landmark
-from geoprobe.probe import keys, rx
+from geoprobe.probe import keys, rx, timed
 from geoprobe.probe.base import ProbeFailure, Sample, reason_for
 from geoprobe.probe.evidence import check_reply, make_evidence
 from geoprobe.probe.protocol import NONCE_LEN, ProtocolError, make_request, parse_reply
@@ -40,8 +40,11 @@ class UdpProber:
     method = "udp"
     path = "udp-signed-echo"
 
-    def __init__(self) -> None:
+    def __init__(self, vm_key: Ed25519PrivateKey | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        # With a VM identity key, every request offers a landmark-timed leg (probe.timed).
+        key = vm_key if vm_key is not None else timed.current_identity()
+        self._timed = timed.VmLeg(key, self._loop, on_reject=self._count) if key else None
         self._socks: dict[int, socket.socket] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._answered: set[bytes] = set()
@@ -82,7 +85,11 @@ class UdpProber:
         self._by_addr[(addr, landmark.udp_port)] = landmark.id
         nonce = os.urandom(NONCE_LEN)
         fut: asyncio.Future[Sample] = self._loop.create_future()
-        request = make_request(nonce)
+        request = (
+            make_request(nonce)
+            if self._timed is None
+            else self._timed.request(nonce, landmark, pub, (addr, landmark.udp_port))
+        )
         t0 = time.time_ns()
         try:
             sock.sendto(request, (addr, landmark.udp_port))
@@ -110,7 +117,7 @@ class UdpProber:
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue
                 return
-            self._reply(data, src, t1)
+            self._reply(data, src, t1, sock)
 
     def _error(self, err: rx.QueuedError) -> None:
         nonce = err.payload[8 : 8 + NONCE_LEN]
@@ -123,8 +130,11 @@ class UdpProber:
     def _count(self, landmark_id: str | None, reason: str) -> None:
         self.rejected[landmark_id or "?"][reason] += 1
 
-    def _reply(self, data: bytes, src: Any, t1: int) -> None:
+    def _reply(self, data: bytes, src: Any, t1: int, sock: socket.socket | None = None) -> None:
         src_key = (str(src[0]).removeprefix("::ffff:"), int(src[1]))
+        if self._timed is not None and sock is not None and self._timed.takes(data):
+            self._timed.handle(data, (str(src[0]), int(src[1])), sock)
+            return
         try:
             reply = parse_reply(data)
         except ProtocolError:
@@ -153,16 +163,22 @@ class UdpProber:
         rtt_ms = (total - reply.processing_ns) / 1e6
         offset_ms = ((reply.t_recv_ns - pending.t0_ns) + (reply.t_send_ns - t1)) / 2e6
         if not pending.future.done():
-            pending.future.set_result(
-                Sample(
-                    rtt_ms=rtt_ms,
-                    clock_offset_ms=offset_ms,
-                    evidence=make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
-                    sent_at=pending.t0_ns / 1e9,
-                )
+            sample = Sample(
+                rtt_ms=rtt_ms,
+                clock_offset_ms=offset_ms,
+                # rtt_ms is timed by this VM; a landmark-timed RTT, if any, joins under "timed".
+                evidence={
+                    **make_evidence(lm.id, reply.nonce, data, pending.t0_ns, t1, rtt_ms),
+                    "timed_by": "vm",
+                },
+                sent_at=pending.t0_ns / 1e9,
             )
+            if self._timed is None or not self._timed.hold(reply.nonce, sample, pending.future):
+                pending.future.set_result(sample)
 
     def close(self) -> None:
+        if self._timed is not None:
+            self._timed.close()
         for sock in self._socks.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()

@@ -38,6 +38,14 @@ MeasureFn = Callable[[Sequence[Landmark]], list[Measurement]]
 SolveFn = Callable[[Mapping[str, float]], Fix]
 
 
+class RoundJournal(Protocol):
+    """Where each round's measurements and each event go for attestation (geoprobe.attest)."""
+
+    def round(self, t: float, measurements: Sequence[Measurement]) -> None: ...
+
+    def event(self, event: Mapping[str, Any]) -> None: ...
+
+
 class AnomalySource(Protocol):
     """A timing, fingerprint or cloud signal, polled once per round with its measurements."""
 
@@ -211,6 +219,7 @@ class Watcher:
         config: WatchConfig | None = None,
         shift_test: ShiftTest | None = None,
         clock: Callable[[], float] = time.time,
+        journal: RoundJournal | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.jurisdiction = jurisdiction
@@ -233,6 +242,8 @@ class Watcher:
         self.config = config or WatchConfig()
         self.test = shift_test or ShiftTest()
         self.clock = clock
+        self.journal = journal  # every round and event, for signed attestations
+        self._landmark_timed: list[str] = []
         self.fusion = Fusion(jurisdiction)
         self.baseline = Baseline()
         self.counters = Counters()
@@ -278,6 +289,8 @@ class Watcher:
     def _publish(self, type_: str, data: dict[str, Any], out: list[Event]) -> None:
         ev = events.make_event(type_, data)
         self.emit(ev)
+        if self.journal is not None:
+            self.journal.event(ev)
         self.counters.events += 1
         out.append(ev)
         if self.on_event is not None and type_ != events.FIX:
@@ -292,6 +305,8 @@ class Watcher:
         data = fix.to_json()
         data["allowed"] = sorted(self.jurisdiction.allowed)
         data["jurisdiction"] = self.jurisdiction.judge(fix).to_json()
+        # The fix rests on RTTs this VM timed; these landmarks also signed RTTs they timed.
+        data["timing"] = {"fix_rtts": "vm", "landmark_timed": self._landmark_timed}
         self._publish(events.FIX, data, out)
         self._quiet_since_fix = 0
 
@@ -337,6 +352,9 @@ class Watcher:
         fix_before = self.last_fix
         ms = self.measure(self.catalogue.landmarks)
         self.counters.rounds += 1
+        self._landmark_timed = sorted(m.landmark_id for m in ms if m.landmark_timed_rtts_ms)
+        if self.journal is not None:
+            self.journal.round(now, ms)
         anomalies = self._anomalies(ms, now)
         rtts = self._after_clock_step(ms) or min_rtts(ms)
         shift, transitions = self._fuse(rtts, anomalies, now, out)
