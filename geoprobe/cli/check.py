@@ -20,17 +20,15 @@ import click
 from geoprobe import events
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
-from geoprobe.errors import GeoprobeError, InputError, MeasurementError
+from geoprobe.errors import GeoprobeError, MeasurementError
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
 from geoprobe.landmarks import Catalogue
 from geoprobe.measurement import Measurement, load_measurements, min_rtts
+from geoprobe.settings import Settings, resolve_settings
 from geoprobe.status import ExitStatus
-from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
+from geoprobe.watch.jurisdiction import Basis, JurisdictionVerdict
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
-
-DEFAULT_MIN_PROBABILITY = 0.9
-DEFAULT_MIN_LANDMARKS = 3
 
 
 class NagiosCommand(click.Command):
@@ -53,46 +51,6 @@ class NagiosCommand(click.Command):
             else:
                 click.echo(line)
             raise click.exceptions.Exit(int(ExitStatus.UNKNOWN)) from None
-
-
-@dataclass(slots=True)
-class Settings:
-    """The allowed set and thresholds, from --allow and/or --policy (the command line wins)."""
-
-    jurisdiction: Jurisdiction
-    min_landmarks: int
-    policy: Any = None
-
-
-def resolve_settings(
-    allow: str | None,
-    policy_path: Path | None,
-    basis: str,
-    min_probability: float | None = None,
-    min_landmarks: int | None = None,
-) -> Settings:
-    """Shared by check and watch: a policy gives defaults, explicit options override them."""
-    policy = None
-    codes: set[str] = set()
-    minp, minl = DEFAULT_MIN_PROBABILITY, DEFAULT_MIN_LANDMARKS
-    if policy_path is not None:
-        from geoprobe.policy import load_policy
-
-        policy = load_policy(policy_path)
-        codes = set(policy.allow)
-        minp, minl = policy.min_probability, policy.min_landmarks
-    if allow is not None:
-        from geoprobe.geo.groups import expand
-
-        codes = expand(c for c in allow.split(",") if c.strip())
-    if not codes:
-        raise InputError(
-            "no allowed jurisdictions: give --allow CODES or a --policy FILE", field="allow"
-        )
-    j = Jurisdiction.of(
-        codes, min_probability=min_probability if min_probability is not None else minp, basis=basis
-    )
-    return Settings(j, min_landmarks if min_landmarks is not None else minl, policy)
 
 
 @dataclass(slots=True)
@@ -341,7 +299,7 @@ def check_cmd(
     timeout: float,
     min_probability: float | None,
     min_landmarks: int | None,
-    basis: str,
+    basis: Basis,
     dry_run: bool,
 ) -> None:
     """Nagios/Icinga plugin: is this machine inside the allowed jurisdictions?
