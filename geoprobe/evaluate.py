@@ -76,6 +76,8 @@ class Evaluation:
     temperatures: list[solver.Tempering] = field(default_factory=list)
     vetted: dict[str, str] = field(default_factory=dict)  # landmarks left out in the full-data fit
     inconsistent_targets: list[str] = field(default_factory=list)
+    #: Servers with no RTT to any other: nothing to locate them by, so they are no targets.
+    unmeasured: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {m: summarise([r for r in self.records if r.method == m]) for m in self.methods}
@@ -98,6 +100,7 @@ class Evaluation:
             ],
             "vetted_landmarks": self.vetted,
             "inconsistent_targets": self.inconsistent_targets,
+            "unmeasured_servers": self.unmeasured,
         }
 
 
@@ -206,8 +209,10 @@ def evaluate(
         s.country or str(countries.codes_at(lat[i : i + 1], lon[i : i + 1])[0]) or None
         for i, s in enumerate(ds.servers)
     ]
+    measured = np.isfinite(ds.rtt_min).any(axis=0) | np.isfinite(ds.rtt_min).any(axis=1)
     order = rng.permutation(n)
-    chosen = np.sort(order[:targets]) if targets is not None else np.arange(n)
+    order = order[measured[order]]
+    chosen = np.sort(order[:targets]) if targets is not None else np.flatnonzero(measured)
     fold_of = {int(t): k % FOLDS for k, t in enumerate(rng.permutation(chosen))}
     folds = sorted(set(fold_of.values()))
     temps: dict[int, solver.Tempering] = {}
@@ -275,6 +280,7 @@ def evaluate(
         temperatures=[temps[f] for f in sorted(temps)],
         vetted=full.excluded,
         inconsistent_targets=[ds.ids[i] for i in np.flatnonzero(~consistent)],
+        unmeasured=[ds.ids[i] for i in np.flatnonzero(~measured)],
     )
 
 

@@ -100,3 +100,36 @@ def test_wonderproxy_real_data(wonderproxy_dir: Path) -> None:
     # Both directions are kept where both were measured.
     i, j = ds.index["0"], ds.index["1"]
     assert ds.rtt_min[i, j] == pytest.approx(288.454)
+
+
+def test_utf8_bom_header_is_read(tmp_path: Path) -> None:
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "landmarks.csv").write_bytes("\ufeffid,lat,lon\na,1,2\nb,3,4\n".encode())
+    (d / "rtts.csv").write_bytes("\ufeffsrc,dst,rtt_ms\na,b,5\n".encode())
+    ds = load_dataset(d)
+    assert ds.ids == ["a", "b"] and ds.rtt_min[0, 1] == 5.0
+
+
+def test_non_iso_country_drops_only_the_country(tmp_path: Path) -> None:
+    d = _write(
+        tmp_path / "ds",
+        "id,lat,lon,country\na,48.85,2.35,France\nb,52.52,13.40,DE\n",
+        "src,dst,rtt_ms\na,b,10\n",
+    )
+    ds = load_dataset(d)
+    assert ds.ids == ["a", "b"]
+    assert ds.find("a").country is None and ds.find("b").country == "DE"
+    assert ds.rtt_min[ds.index["a"], ds.index["b"]] == 10.0
+    assert any("without country" in w and "'FRANCE'" in w for w in ds.warnings)
+
+
+def test_servers_without_any_rtt_are_named_in_a_warning(tmp_path: Path) -> None:
+    d = _write(
+        tmp_path / "ds",
+        "id,lat,lon\na,48.85,2.35\nb,52.52,13.40\nlonely,40.0,-3.7\n",
+        "src,dst,rtt_ms\na,b,10\n",
+    )
+    ds = load_dataset(d)
+    assert any("no RTT at all" in w and "lonely" in w for w in ds.warnings)
+    assert not any("no RTT at all" in w and " a" in w.split(":")[-1] for w in ds.warnings)
