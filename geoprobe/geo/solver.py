@@ -20,12 +20,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import shapely
 
 from geoprobe.errors import MeasurementError
 from geoprobe.geo import calibration
 from geoprobe.geo.calibration import Model, measured_rtts, soft_loglik
 from geoprobe.geo.fix import CountryShare, Fix
-from geoprobe.geo.regions import CapIntersection, CountryLookup, Sample, SampledRegion, sample_cap
+from geoprobe.geo.regions import (
+    CapIntersection,
+    CountryLookup,
+    LandPartLike,
+    Sample,
+    SampledRegion,
+    sample_cap,
+)
 from geoprobe.geo.sphere import EARTH_RADIUS_KM, SOUND_KM_PER_MS, from_xyz, to_xyz
 
 FArray = npt.NDArray[np.float64]
@@ -58,6 +66,7 @@ class Posterior:
     used: IArray  # model indices of the measurements used
     rtt: FArray
     culprits: list[int]
+    land: CountryLand
 
     def weights(self, temperature: float) -> FArray:
         lp = self.loglik / temperature + self.logprior
@@ -66,34 +75,92 @@ class Posterior:
         return np.asarray(w / w.sum(), dtype=float)
 
 
-def country_probabilities(codes: npt.NDArray[np.str_], w: FArray) -> list[tuple[str, float]]:
-    """Posterior mass per country, renormalised over land (a VM sits on land)."""
-    land = codes != ""
-    total = float(w[land].sum())
-    if total <= 0:
-        return []
-    uniq, inv = np.unique(codes[land], return_inverse=True)
-    mass = np.bincount(inv, weights=w[land]) / total
-    order = np.argsort(-mass)
-    return [(str(uniq[k]), float(mass[k])) for k in order if mass[k] > 1e-6]
+#: Every country with land in the sound region keeps at least a share of this much mass, so none
+#: that is physically possible reads as impossible (or its rival as p = 1.0).
+FLOOR_MASS = 0.02
+FLOOR_EACH = 0.002
+NEAREST_POINTS = 4  # posterior density of land no sample point fell on: from this many neighbours
 
 
-def blended_probabilities(post: Posterior, w: FArray, blend: float) -> list[tuple[str, float]]:
-    """Posterior country mass, mixed with the land shares of the sound region.
+@dataclass(slots=True)
+class CountryLand:
+    """The countries with land in the sound region (from the polygons), and how to weigh them.
 
-    The mixture keeps probabilities honest when the likelihood is confidently wrong (correlated
-    landmark errors): no country the VM can physically be in is ever driven to zero.
+    ``matrix @ w`` is each country's posterior mass: its polygon land area times the posterior
+    density on it, read from its own sample points or, for land too small for any point (an
+    island), from the nearest points of the region, as if they were land.
     """
-    probs = dict(country_probabilities(post.codes, w))
-    if blend < 1.0:
-        inside = post.sound.inside if post.sound.inside.any() else np.ones(len(w), dtype=bool)
-        area = post.sample.weight * inside
-        shares = dict(country_probabilities(post.codes, area / max(float(area.sum()), 1e-300)))
-        probs = {
-            c: blend * probs.get(c, 0.0) + (1.0 - blend) * shares.get(c, 0.0)
-            for c in set(probs) | set(shares)
-        }
-    return sorted(probs.items(), key=lambda kv: -kv[1])
+
+    codes: list[str]
+    area_km2: FArray
+    matrix: FArray  # countries x sample points
+
+    @property
+    def shares(self) -> FArray:
+        total = float(self.area_km2.sum())
+        return self.area_km2 / total if total > 0 else self.area_km2
+
+    def probabilities(self, w: FArray, blend: float = 1.0) -> FArray:
+        """Posterior country probabilities, mixed with the land shares by ``blend``, floored."""
+        n = len(self.codes)
+        if n == 0:
+            return np.zeros(0)
+        mass = self.matrix @ w
+        total = float(mass.sum())
+        p = mass / total if total > 0 else self.shares.copy()
+        if blend < 1.0:
+            p = blend * p + (1.0 - blend) * self.shares
+        if n > 1:
+            eps = min(FLOOR_EACH * n, FLOOR_MASS)
+            p = (1.0 - eps) * p + eps / n
+        return np.asarray(p, dtype=float)
+
+
+def country_land(
+    sample: Sample,
+    codes: npt.NDArray[np.str_],
+    inside: npt.NDArray[np.bool_],
+    logprior: FArray,
+    parts: Sequence[LandPartLike],
+) -> CountryLand:
+    """Build the country-mass matrix (see ``CountryLand``) for one posterior."""
+    pts = inside if inside.any() else np.ones(len(codes), dtype=bool)
+    if not parts:
+        # No polygon land (or no region): fall back to the land the sample points fell on.
+        uniq, inv = np.unique(codes[pts], return_inverse=True)
+        rows = [(str(c), np.flatnonzero(pts)[inv == k]) for k, c in enumerate(uniq) if c]
+        matrix = np.zeros((len(rows), len(codes)))
+        for r, (_, ix) in enumerate(rows):
+            matrix[r, ix] = 1.0
+        area = np.array([float(sample.weight[ix].sum()) for _, ix in rows])
+        return CountryLand([c for c, _ in rows], area, matrix)
+    matrix = np.zeros((len(parts), len(codes)))
+    cand = np.flatnonzero(pts)
+    # Density as if on land: undo the sea prior where a neighbour is at sea.
+    sea_undo = np.where(codes[cand] == "", math.exp(-SEA_LOG_PRIOR), 1.0)
+    wt = sample.weight[cand]
+    uniq, inv = np.unique(codes[cand], return_inverse=True)
+    row_of = {str(c): k for k, c in enumerate(uniq)}
+    own_area = np.bincount(inv, weights=wt, minlength=len(uniq))
+    lonely = []
+    for r, part in enumerate(parts):
+        k = row_of.get(part.code, -1)
+        if k >= 0 and part.code:
+            own = inv == k
+            matrix[r, cand[own]] = part.area_km2 / own_area[k]
+        else:
+            lonely.append(r)
+    if lonely:
+        here = to_xyz(
+            np.array([parts[r].lat for r in lonely]), np.array([parts[r].lon for r in lonely])
+        ).reshape(-1, 3)
+        k = min(NEAREST_POINTS, len(cand))
+        near = np.argpartition(-(here @ sample.xyz[cand].T), k - 1, axis=1)[:, :k]
+        for j, r in enumerate(lonely):
+            ix = near[j]
+            matrix[r, cand[ix]] = parts[r].area_km2 / k / wt[ix] * sea_undo[ix]
+    area = np.array([p.area_km2 for p in parts], dtype=float)
+    return CountryLand([p.code for p in parts], area, matrix)
 
 
 def _cos_radius(radius_km: FArray) -> FArray:
@@ -207,7 +274,51 @@ def posterior(
     loglik = np.where(inside, loglik, -np.inf)
     if not inside.any():
         loglik = np.zeros(len(sample))
-    return Posterior(sample, loglik, logprior, codes, sound, used, r_used, culprits)
+    parts = _land_in(sound, codes, countries) if inside.any() else []
+    land_ = country_land(sample, codes, inside, logprior, parts)
+    return Posterior(sample, loglik, logprior, codes, sound, used, r_used, culprits, land_)
+
+
+#: Land closer than this to the sound region counts as in it (the cap polygons' own margin is
+#: larger: 1 % + 2 km); the outline is tested every ~2 km.
+LAND_SLACK_KM = 2.5
+
+
+def _land_in(
+    sound: CapIntersection, codes: npt.NDArray[np.str_], countries: CountryLookup
+) -> list[LandPartLike]:
+    """The countries with land in the sound region, from the polygons.
+
+    The lon/lat polygon of the caps is a slight superset, and the sample's inside test allows half
+    a cell; so a country is kept only when one of its sample points, or a point of its outline,
+    lies in every cap (to within ``LAND_SLACK_KM``) on the sphere.
+    """
+    parts = countries.land_parts(sound.polygon(max_caps=None))
+    s = sound.sample
+    exact = sound.within(s.lat, s.lon, LAND_SLACK_KM)
+    seen = set(codes[exact].tolist())
+    unseen = [k for k, p in enumerate(parts) if p.code not in seen]
+    found: set[int] = set()
+    if unseen:
+        rep = sound.within(
+            np.array([parts[k].lat for k in unseen]),
+            np.array([parts[k].lon for k in unseen]),
+            LAND_SLACK_KM,
+        )
+        found = {k for k, hit in zip(unseen, rep) if hit}
+        outlines = np.array([parts[k].outline for k in unseen], dtype=object)
+        for densify in (False, True):
+            todo = [j for j in range(len(unseen)) if unseen[j] not in found]
+            if not todo:
+                break
+            geoms = outlines[todo]
+            if densify:
+                geoms = shapely.segmentize(geoms, 0.02)
+            xy, which = shapely.get_coordinates(geoms, return_index=True)
+            if len(xy):
+                hit = sound.within(xy[:, 1], xy[:, 0], LAND_SLACK_KM)
+                found |= {unseen[todo[int(j)]] for j in np.unique(which[hit])}
+    return [p for k, p in enumerate(parts) if p.code in seen or k in found]
 
 
 def _kde_logprior(
@@ -347,9 +458,16 @@ def solve_model(
     region = (
         hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
     )
-    probs = blended_probabilities(post, w, model.blend if model is not None else 1.0)
-    shares = _shares(region.sample, countries)
-    countries_out = [CountryShare(c, p, shares.get(c, 0.0)) for c, p in probs]
+    probs = post.land.probabilities(w, model.blend if model is not None else 1.0)
+    shares = post.land.shares
+    countries_out = sorted(
+        (
+            CountryShare(c, float(p), float(a))
+            for c, p, a in zip(post.land.codes, probs, shares)
+            if p > 0.0
+        ),
+        key=lambda cs: -cs.probability,
+    )
     cert = certify(post, countries)
     return Fix(
         lat=lat_e,
@@ -366,20 +484,6 @@ def solve_model(
         method=method,
         notes=notes,
     )
-
-
-def _shares(sample: Sample, countries: CountryLookup) -> dict[str, float]:
-    if len(sample) == 0:
-        return {}
-    codes = countries.codes_at(sample.lat, sample.lon)
-    land = codes != ""
-    tot = float(sample.weight[land].sum())
-    if tot <= 0:
-        return {}
-    out: dict[str, float] = {}
-    for c, wt in zip(codes[land].tolist(), sample.weight[land].tolist()):
-        out[c] = out.get(c, 0.0) + wt / tot
-    return out
 
 
 TEMPERATURES = np.geomspace(0.5, 64.0, 29)
@@ -411,24 +515,16 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
         return Tempering()
     # The truth's share of each case, as a mask over points: a bincount per candidate reading would
     # be the same sum, thousands of times over (this fit runs on a fresh ``geoprobe locate``).
-    prepared = []
-    for post, truth, xyz in cases:
-        land = post.codes != ""
-        at_truth = land & (post.codes == truth)
-        inside = post.sound.inside if post.sound.inside.any() else np.ones(len(land), dtype=bool)
-        area = post.sample.weight * inside
-        share = _land_share(area, land, at_truth)
-        prepared.append((post, land, at_truth, share, xyz))
     best, best_nll = (1.0, 1.0), math.inf
     best_e, best_err = 4.0, math.inf
     for t in TEMPERATURES:
         errs = []
         nll = dict.fromkeys(BLENDS, 0.0)
-        for post, land, at_truth, share, xyz in prepared:
+        for post, truth, xyz in cases:
             w = post.weights(float(t))
-            mass = _land_share(w, land, at_truth)
+            row = post.land.codes.index(truth) if truth in post.land.codes else -1
             for b in BLENDS:
-                p = mass if b >= 1.0 else b * mass + (1.0 - b) * share
+                p = float(post.land.probabilities(w, b)[row]) if row >= 0 else 0.0
                 nll[b] -= math.log(min(max(p, 1e-3), 1.0))
             la, lo, _ = estimate(post, w)
             errs.append(
@@ -441,15 +537,6 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
         if med < best_err - 1e-9:
             best_e, best_err = float(t), med
     return Tempering(best[0], best[1], best_e)
-
-
-def _land_share(w: FArray, land: npt.NDArray[np.bool_], at: npt.NDArray[np.bool_]) -> float:
-    """The share of ``w``'s land mass at ``at``, as ``country_probabilities`` reports it."""
-    total = float(w[land].sum())
-    if total <= 0:
-        return 0.0
-    share = float(w[at].sum()) / total
-    return share if share > 1e-6 else 0.0
 
 
 def self_tempering(
