@@ -209,7 +209,8 @@ def evaluate(
         s.country or str(countries.codes_at(lat[i : i + 1], lon[i : i + 1])[0]) or None
         for i, s in enumerate(ds.servers)
     ]
-    measured = np.isfinite(ds.rtt_min).any(axis=0) | np.isfinite(ds.rtt_min).any(axis=1)
+    fin = np.isfinite(ds.rtt_min)
+    measured = np.asarray(fin.any(axis=0) | fin.any(axis=1), dtype=bool)
     order = rng.permutation(n)
     order = order[measured[order]]
     chosen = np.sort(order[:targets]) if targets is not None else np.flatnonzero(measured)
