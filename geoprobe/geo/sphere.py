@@ -142,7 +142,10 @@ def _polar_cap(lat: float, lon: float, r: float, samples: int, pole: float) -> B
     """
     bearings = np.linspace(0.0, 360.0, samples * 2, endpoint=False)
     blat, blon = destination(
-        np.full(len(bearings), lat), np.full(len(bearings), lon), bearings, np.full(len(bearings), r)
+        np.full(len(bearings), lat),
+        np.full(len(bearings), lon),
+        bearings,
+        np.full(len(bearings), r),
     )
     order = np.argsort(blon)
     x, y = np.asarray(blon)[order], np.asarray(blat)[order]
