@@ -143,7 +143,10 @@ def fit_catalogue(
     if model is None:
         lookup = countries if countries is not None else default_countries()
         model = fit(cat)
-        solver.self_tempering(model, lookup, [lm.country for lm in cat.landmarks]).apply(model)
+        # Tempered on cases that probe what ``locate`` probes by default (coarse-to-fine selection).
+        solver.self_tempering(
+            model, lookup, [lm.country for lm in cat.landmarks], select=selection.DEFAULT_LIMIT
+        ).apply(model)
         if countries_key is not None:
             try:
                 modelcache.save(path, model)

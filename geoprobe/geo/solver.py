@@ -23,7 +23,7 @@ import numpy.typing as npt
 import shapely
 
 from geoprobe.errors import MeasurementError
-from geoprobe.geo import calibration
+from geoprobe.geo import calibration, selection
 from geoprobe.geo.calibration import Model, measured_rtts, soft_loglik
 from geoprobe.geo.fix import CountryShare, Fix
 from geoprobe.geo.regions import (
@@ -583,17 +583,21 @@ def self_tempering(
     limit: int = 40,
     landmarks: int | None = None,
     seed: int = 0,
+    select: int | None = None,
 ) -> Tempering:
     """Fit the temperature by locating the model's own landmarks, each held out of its own fix.
 
     Only landmark<->landmark RTTs are used, so an evaluation target that is not in ``model`` never
-    influences it. ``landmarks`` limits each case to that many random others (as the evaluation does).
+    influences it. ``landmarks`` limits each case to that many random others (as the evaluation does);
+    ``select`` to what coarse-to-fine selection would probe (see ``held_out_case``).
     """
     rng = np.random.default_rng(seed)
     cand = [i for i, lid in enumerate(model.ids) if lid not in model.excluded]
     cases: list[tuple[Posterior, str, FArray]] = []
     for i in rng.permutation(cand)[:limit].tolist():
-        case = held_out_case(model, i, countries, claimed, landmarks=landmarks, rng=rng)
+        case = held_out_case(
+            model, i, countries, claimed, landmarks=landmarks, rng=rng, select=select
+        )
         if case is not None:
             cases.append(case)
     return fit_tempering(cases)
@@ -607,12 +611,15 @@ def held_out_case(
     *,
     landmarks: int | None = None,
     rng: np.random.Generator | None = None,
+    select: int | None = None,
 ) -> tuple[Posterior, str, FArray] | None:
     """Locate the model's landmark ``i`` as a target it never saw: the posterior and the truth.
 
     With ``landmarks``, the case has what such a target has: that many random others, and a
     calibration fitted from those alone (bestlines drawn through 25 landmarks are looser than
     through 250; tempering on the full model's would be overconfident for a small catalogue).
+    With ``select``, the case has what coarse-to-fine selection probes: the spread first round and
+    the lowest-RTT rest, ``select`` in all (no first fixes are solved: it is an approximation).
     """
     row = model.rtt[i] if model.rtt.size else np.full(len(model.ids), np.nan)
     others = [
@@ -638,6 +645,11 @@ def held_out_case(
         rtts = {model.ids[j]: float(row[j]) for j in others}
     else:
         held = calibration.hold_out(model, i)
+        if select is not None and len(others) > select:
+            sub = np.array(others)
+            first = set(sub[selection.spread(model.lat[sub], model.lon[sub], selection.COARSE)])
+            rest = [j for j in sub[np.argsort(row[sub])] if j not in first]
+            others = sorted(first | set(rest[: max(select - len(first), 0)]))
         rtts = {model.ids[j]: float(row[j]) for j in others}
     idx, r = measured_rtts(held, rtts)
     if len(idx) == 0:
