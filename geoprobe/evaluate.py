@@ -95,6 +95,7 @@ class Evaluation:
                     "temperature": round(t.temperature, 3),
                     "blend": t.blend,
                     "estimate_temperature": round(t.estimate_temperature, 3),
+                    "recalibration": [round(c, 3) for c in t.calibration],
                 }
                 for t in self.temperatures
             ],

@@ -495,6 +495,9 @@ def solve_model(
         hpd(post, w) if model is not None else SampledRegion(post.sample.subset(post.sound.inside))
     )
     probs = post.land.probabilities(w, model.blend if model is not None else 1.0)
+    if model is not None and len(post.rtt):
+        coef = (model.calibration_slope, model.calibration_rtt, model.calibration_bias)
+        probs = recalibrate(probs, float(post.rtt.min()), coef)
     shares = post.land.shares
     countries_out = sorted(
         (
@@ -533,10 +536,73 @@ class Tempering:
     temperature: float = 1.0
     blend: float = 1.0
     estimate_temperature: float = 4.0
+    #: Top-country recalibration (see ``recalibrate``): slope on its log-odds, the log-odds
+    #: added per unit of log lowest RTT, and the intercept.
+    calibration: tuple[float, float, float] = (1.0, 0.0, 0.0)
 
     def apply(self, model: Model) -> None:
         model.temperature, model.blend = self.temperature, self.blend
         model.estimate_temperature = self.estimate_temperature
+        model.calibration_slope, model.calibration_rtt, model.calibration_bias = self.calibration
+
+
+P_EDGE = 1e-4  # log-odds are taken of probabilities clipped to [P_EDGE, 1 - P_EDGE]
+RIDGE = 2.0  # pulls the recalibration toward the identity: ~100 cases fit three numbers
+
+
+def _top_features(p: float, lowest_rtt: float) -> FArray:
+    q = min(max(p, P_EDGE), 1.0 - P_EDGE)
+    return np.array([math.log(q / (1.0 - q)), math.log(max(lowest_rtt, 0.1)), 1.0])
+
+
+def recalibrate(
+    probs: FArray, lowest_rtt: float, coef: tuple[float, float, float] = (1.0, 0.0, 0.0)
+) -> FArray:
+    """Read the top country's probability through a logistic map fitted on held-out cases.
+
+    Tempering fits the whole distribution (the log-loss of the truth); what users read is the top
+    country's p, and with few landmarks it stayed overconfident. The map's log-odds are
+    ``slope * logit(p) + rtt * log(lowest RTT) + bias``: how far to trust the posterior depends
+    on how near the nearest landmark is. The other countries share the rest in their proportions.
+    Only one possible country: its p stays 1 (physics, not the model, decides that).
+    """
+    if len(probs) < 2 or coef == (1.0, 0.0, 0.0):
+        return probs
+    k = int(np.argmax(probs))
+    p = float(probs[k])
+    z = float(np.dot(np.asarray(coef), _top_features(p, lowest_rtt)))
+    q = 1.0 / (1.0 + math.exp(-min(max(z, -30.0), 30.0)))
+    q = min(max(q, P_EDGE), 1.0 - P_EDGE)
+    rest = 1.0 - p
+    out = (
+        probs * ((1.0 - q) / rest)
+        if rest > 0
+        else np.full(len(probs), (1.0 - q) / (len(probs) - 1))
+    )
+    out[k] = q
+    return np.asarray(out / out.sum(), dtype=float)
+
+
+def fit_recalibration(
+    tops: list[tuple[float, float, bool]],
+) -> tuple[float, float, float]:
+    """Logistic regression of "the top country is right" on its features, ridge toward identity."""
+    if len(tops) < 20:
+        return (1.0, 0.0, 0.0)
+    x = np.array([_top_features(p, r) for p, r, _ in tops])
+    y = np.array([float(ok) for _, _, ok in tops])
+    prior = np.array([1.0, 0.0, 0.0])
+    beta = prior.copy()
+    for _ in range(50):
+        z = np.clip(x @ beta, -30.0, 30.0)
+        mu = 1.0 / (1.0 + np.exp(-z))
+        grad = x.T @ (mu - y) + RIDGE * (beta - prior)
+        hess = (x * (mu * (1.0 - mu))[:, None]).T @ x + RIDGE * np.eye(3)
+        step = np.linalg.solve(hess, grad)
+        beta = beta - step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return (float(beta[0]), float(beta[1]), float(beta[2]))
 
 
 def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
@@ -572,7 +638,14 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
         med = float(np.median(errs))
         if med < best_err - 1e-9:
             best_e, best_err = float(t), med
-    return Tempering(best[0], best[1], best_e)
+    tops = []
+    for post, truth, _ in cases:
+        probs = post.land.probabilities(post.weights(best[0]), best[1])
+        if len(probs) < 2:
+            continue
+        k = int(np.argmax(probs))
+        tops.append((float(probs[k]), float(post.rtt.min()), post.land.codes[k] == truth))
+    return Tempering(best[0], best[1], best_e, fit_recalibration(tops))
 
 
 def self_tempering(
