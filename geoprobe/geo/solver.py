@@ -592,15 +592,24 @@ def fit_recalibration(
     x = np.array([_top_features(p, r) for p, r, _ in tops])
     y = np.array([float(ok) for _, _, ok in tops])
     prior = np.array([1.0, 0.0, 0.0])
+
+    def loss(b: FArray) -> float:
+        z = x @ b
+        return float(np.logaddexp(0.0, z).sum() - y @ z + 0.5 * RIDGE * ((b - prior) ** 2).sum())
+
     beta = prior.copy()
-    for _ in range(50):
+    for _ in range(100):
         z = np.clip(x @ beta, -30.0, 30.0)
         mu = 1.0 / (1.0 + np.exp(-z))
         grad = x.T @ (mu - y) + RIDGE * (beta - prior)
         hess = (x * (mu * (1.0 - mu))[:, None]).T @ x + RIDGE * np.eye(3)
         step = np.linalg.solve(hess, grad)
-        beta = beta - step
-        if float(np.abs(step).max()) < 1e-8:
+        # Damped Newton: near p = 1 the curvature is tiny and a full step overshoots.
+        t, base = 1.0, loss(beta)
+        while t > 1e-6 and loss(beta - t * step) > base - 1e-4 * t * float(grad @ step):
+            t *= 0.5
+        beta = beta - t * step
+        if float(np.abs(t * step).max()) < 1e-9:
             break
     return (float(beta[0]), float(beta[1]), float(beta[2]))
 
