@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_settings import SHARED, settings
 
-BINS_MS = ((0, 2), (2, 4), (4, 8), (8, 13), (13, 20), (20, 40), (40, 1000))
+#: engine_limits.py's bins, and the co-location bin (0-2 ms) on its own.
+BINS_MS = ((0, 2), (0, 4), (4, 8), (8, 13), (13, 20), (20, 40), (40, 1000))
 METHODS = ("geoprobe", "cbg", "shortest-ping")
 
 
@@ -155,7 +156,7 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
     ]
     print("  by lowest RTT (median km / country accuracy, mean over seeds)")
     print(f"  {'bin':<12} {'n':>4} " + " ".join(f"{m:>22}" for m in METHODS))
-    for (lo, hi), b in sorted(bins.items()):
+    for (lo, hi), b in sorted(bins.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = [
             f"{np.mean(b[f'{m} km']):7.0f} / {np.mean(b[f'{m} country']):.2f}" for m in METHODS
         ]

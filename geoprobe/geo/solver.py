@@ -563,7 +563,8 @@ def recalibrate(
     Tempering fits the whole distribution (the log-loss of the truth); what users read is the top
     country's p, and with few landmarks it stayed overconfident. The map's log-odds are
     ``slope * logit(p) + rtt * log(lowest RTT) + bias``: how far to trust the posterior depends
-    on how near the nearest landmark is. The other countries share the rest in their proportions.
+    on how near the nearest landmark is. The other countries share the rest in their proportions,
+    and the top country stays on top (the map changes how sure, never which).
     Only one possible country: its p stays 1 (physics, not the model, decides that).
     """
     if len(probs) < 2 or coef == (1.0, 0.0, 0.0):
@@ -574,6 +575,9 @@ def recalibrate(
     q = 1.0 / (1.0 + math.exp(-min(max(z, -30.0), 30.0)))
     q = min(max(q, P_EDGE), 1.0 - P_EDGE)
     rest = 1.0 - p
+    # Never reorder: the top country stays at least as likely as the runner-up, rescaled.
+    second = float(np.partition(probs, -2)[-2])
+    q = max(q, second / (rest + second)) if rest + second > 0 else q
     out = (
         probs * ((1.0 - q) / rest)
         if rest > 0

@@ -53,3 +53,10 @@ def test_a_sub_2ms_rtt_places_the_vm_at_that_landmark() -> None:
     rtts[lm.id] = 3.0
     far = solve_model(model, model.ids, model.lat, model.lon, rtts, countries())
     assert float(haversine_km(far.lat, far.lon, lm.lat, lm.lon)) > 0.5
+
+
+def test_recalibration_never_changes_the_top_country() -> None:
+    probs = np.array([0.55, 0.44, 0.01])
+    out = recalibrate(probs, 50.0, (0.2, -1.0, -3.0))  # a map that reads everything far lower
+    assert int(np.argmax(out)) == 0 and out[0] >= out[1]
+    assert out.sum() == pytest.approx(1.0)
