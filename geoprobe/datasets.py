@@ -229,7 +229,10 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
         raise InputError(f"cannot read: {exc.strerror}", file=path) from None
     with fh:
         reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(f"unreadable CSV header: {exc}", file=path) from None
         for col in required:
             if col not in header:
                 raise InputError(

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz.hostile import FUZZ
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geoprobe.datasets import COUNTRY_CODES, load_dataset
 from geoprobe.errors import InputError
@@ -133,3 +136,40 @@ def test_servers_without_any_rtt_are_named_in_a_warning(tmp_path: Path) -> None:
     ds = load_dataset(d)
     assert any("no RTT at all" in w and "lonely" in w for w in ds.warnings)
     assert not any("no RTT at all" in w and " a" in w.split(":")[-1] for w in ds.warnings)
+
+
+_CELL = st.one_of(
+    st.sampled_from(
+        ["", "a", "b", "1.5", "-3", "nan", "inf", "1e999", "95", "DE", "France", "\ufeff"]
+    ),
+    st.text(max_size=6),
+)
+
+
+@FUZZ
+@given(
+    lm_rows=st.lists(st.lists(_CELL, min_size=0, max_size=5), max_size=6),
+    rtt_rows=st.lists(st.lists(_CELL, min_size=0, max_size=4), max_size=6),
+    bom=st.booleans(),
+    raw=st.binary(max_size=40),
+)
+def test_generic_loader_survives_hostile_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    lm_rows: list[list[str]],
+    rtt_rows: list[list[str]],
+    bom: bool,
+    raw: bytes,
+) -> None:
+    """Any content: a Dataset, or an InputError naming the file; never another exception."""
+    d = tmp_path_factory.mktemp("fuzz")
+    head = "\ufeff" if bom else ""
+    lm = head + "id,lat,lon,country\n" + "\n".join(",".join(r) for r in lm_rows)
+    rt = head + "src,dst,rtt_ms\n" + "\n".join(",".join(r) for r in rtt_rows)
+    (d / "landmarks.csv").write_bytes(lm.encode("utf-8", "surrogatepass") + raw[:5])
+    (d / "rtts.csv").write_bytes(rt.encode("utf-8", "surrogatepass") + raw[5:])
+    try:
+        ds = load_dataset(d)
+    except InputError as exc:
+        assert "landmarks.csv" in str(exc) or "rtts.csv" in str(exc)
+    else:
+        assert len(ds) >= 1 and ds.rtt_min.shape == (len(ds), len(ds))
