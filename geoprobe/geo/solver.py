@@ -622,9 +622,9 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
     """Fit the posterior's reading on held-out landmarks whose truth is known.
 
     Country probabilities: temperature and blend minimise the negative log-probability of each
-    case's true country (clipped, so one hopeless case cannot dominate). Point estimate: the
-    temperature with the least median distance error. Landmark<->landmark RTTs are correlated,
-    so temperatures are usually above 1.
+    case's true country (clipped, so one hopeless case cannot dominate); then the top country's
+    recalibration. Point estimate: the temperature with the least geometric-mean distance error.
+    Landmark<->landmark RTTs are correlated, so temperatures are usually above 1.
     """
     if len(cases) < 5:
         return Tempering()
