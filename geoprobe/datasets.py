@@ -225,7 +225,7 @@ def load_dataset(path: str | Path) -> Dataset:
 
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        fh = path.open(newline="", encoding="utf-8-sig")  # a spreadsheet's BOM is no column name
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", file=path) from None
     with fh:
@@ -308,6 +308,16 @@ class _Builder:
             m[fill] = m.T[fill]
         for why, n in sorted(self.skipped.items()):
             warnings.append(f"skipped {n} RTT row(s): {why}")
+        silent = [
+            s.id
+            for i, s in enumerate(self.servers)
+            if not (np.isfinite(self.mn[i]).any() or np.isfinite(self.mn[:, i]).any())
+        ]
+        if silent:
+            shown = ", ".join(silent[:10]) + (", ..." if len(silent) > 10 else "")
+            warnings.append(
+                f"{len(silent)} server(s) have no RTT at all and cannot be located or used: {shown}"
+            )
         return Dataset(
             name=name,
             servers=self.servers,
@@ -379,6 +389,7 @@ def load_generic(landmarks_csv: str | Path, rtts_csv: str | Path) -> Dataset:
     servers: list[Server] = []
     seen: set[str] = set()
     bad: dict[str, int] = {}
+    nocountry: dict[str, int] = {}
     for _line, row in _rows(lp, ("id", "lat", "lon")):
         sid = (row.get("id") or "").strip()
         c = _coord(row, "lat", "lon")
@@ -387,15 +398,20 @@ def load_generic(landmarks_csv: str | Path, rtts_csv: str | Path) -> Dataset:
             why = "missing or duplicate id"
         elif isinstance(c, str):
             why = c
-        elif country is not None and not (len(country) == 2 and country.isalpha()):
-            why = f"country not an ISO alpha-2 code ({_clip(repr(country))})"
         else:
+            if country is not None and not (len(country) == 2 and country.isalpha()):
+                # As the WonderProxy adapter does: the position and RTTs still count.
+                key = f"country not an ISO alpha-2 code ({_clip(repr(country))})"
+                nocountry[key] = nocountry.get(key, 0) + 1
+                country = None
             seen.add(sid)
             servers.append(Server(id=sid, name=sid, lat=c[0], lon=c[1], country=country))
             continue
         bad[why] = bad.get(why, 0) + 1
     for why, n in bad.items():
         warnings.append(f"{lp.name}: skipped {n} landmark row(s): {why}")
+    for why, n in nocountry.items():
+        warnings.append(f"{lp.name}: kept {n} landmark row(s) without country: {why}")
     if not servers:
         raise InputError("no usable landmark rows", file=lp, field="id")
     b = _Builder(servers, lp)

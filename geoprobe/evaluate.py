@@ -76,6 +76,8 @@ class Evaluation:
     temperatures: list[solver.Tempering] = field(default_factory=list)
     vetted: dict[str, str] = field(default_factory=dict)  # landmarks left out in the full-data fit
     inconsistent_targets: list[str] = field(default_factory=list)
+    #: Servers with no RTT to any other: nothing to locate them by, so they are no targets.
+    unmeasured: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {m: summarise([r for r in self.records if r.method == m]) for m in self.methods}
@@ -93,11 +95,13 @@ class Evaluation:
                     "temperature": round(t.temperature, 3),
                     "blend": t.blend,
                     "estimate_temperature": round(t.estimate_temperature, 3),
+                    "recalibration": [round(c, 3) for c in t.calibration],
                 }
                 for t in self.temperatures
             ],
             "vetted_landmarks": self.vetted,
             "inconsistent_targets": self.inconsistent_targets,
+            "unmeasured_servers": self.unmeasured,
         }
 
 
@@ -206,8 +210,11 @@ def evaluate(
         s.country or str(countries.codes_at(lat[i : i + 1], lon[i : i + 1])[0]) or None
         for i, s in enumerate(ds.servers)
     ]
+    fin = np.isfinite(ds.rtt_min)
+    measured = np.asarray(fin.any(axis=0) | fin.any(axis=1), dtype=bool)
     order = rng.permutation(n)
-    chosen = np.sort(order[:targets]) if targets is not None else np.arange(n)
+    order = order[measured[order]]
+    chosen = np.sort(order[:targets]) if targets is not None else np.flatnonzero(measured)
     fold_of = {int(t): k % FOLDS for k, t in enumerate(rng.permutation(chosen))}
     folds = sorted(set(fold_of.values()))
     temps: dict[int, solver.Tempering] = {}
@@ -275,6 +282,7 @@ def evaluate(
         temperatures=[temps[f] for f in sorted(temps)],
         vetted=full.excluded,
         inconsistent_targets=[ds.ids[i] for i in np.flatnonzero(~consistent)],
+        unmeasured=[ds.ids[i] for i in np.flatnonzero(~measured)],
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from geoprobe import paths
 from geoprobe.errors import InputError
-from geoprobe.geo import baselines, modelcache, solver
+from geoprobe.geo import baselines, modelcache, selection, solver
 from geoprobe.geo.calibration import Model, fit, fit_arrays
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.regions import CountryLookup
@@ -146,7 +146,10 @@ def fit_catalogue(
     if model is None:
         lookup = countries if countries is not None else default_countries(cache_dir)
         model = fit(cat)
-        solver.self_tempering(model, lookup, [lm.country for lm in cat.landmarks]).apply(model)
+        # Tempered on cases that probe what ``locate`` probes by default (coarse-to-fine selection).
+        solver.self_tempering(
+            model, lookup, [lm.country for lm in cat.landmarks], select=selection.DEFAULT_LIMIT
+        ).apply(model)
         if countries_key is not None:
             try:
                 modelcache.save(path, model)
@@ -154,6 +157,38 @@ def fit_catalogue(
                 pass  # a read-only or full cache dir costs the next process a refit, nothing more
     _MODELS[key] = model
     return model
+
+
+def select_and_probe(
+    cat: Catalogue,
+    probe: Callable[[list[Landmark]], Mapping[str, float]],
+    *,
+    limit: int = selection.DEFAULT_LIMIT,
+    countries: CountryLookup | None = None,
+) -> dict[str, float]:
+    """Probe at most ``limit`` landmarks, coarse to fine (see ``geoprobe.geo.selection``).
+
+    ``probe(landmarks)`` measures them and returns id -> minimum RTT for those that answered.
+    Anycast landmarks are never chosen: they answer from the nearest site.
+    """
+    usable = [lm for lm in cat.landmarks if not lm.anycast]
+    lookup = countries if countries is not None else default_countries()
+    model = fit_catalogue(cat, countries)
+    lat = np.array([lm.lat for lm in usable], dtype=float)
+    lon = np.array([lm.lon for lm in usable], dtype=float)
+
+    def first_fix(rtts: Mapping[str, float]) -> tuple[float, float]:
+        fix = solve(cat.landmarks, rtts, model, lookup)
+        return fix.lat, fix.lon
+
+    return selection.coarse_to_fine(
+        [lm.id for lm in usable],
+        lat,
+        lon,
+        lambda ix: probe([usable[i] for i in ix]),
+        first_fix,
+        limit=limit,
+    )
 
 
 def locate_from_catalogue(
@@ -176,5 +211,6 @@ __all__ = [
     "fit_catalogue",
     "locate_from_catalogue",
     "method",
+    "select_and_probe",
     "solve",
 ]

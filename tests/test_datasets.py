@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz.hostile import FUZZ
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geoprobe.datasets import COUNTRY_CODES, load_dataset
 from geoprobe.errors import InputError
@@ -100,3 +103,73 @@ def test_wonderproxy_real_data(wonderproxy_dir: Path) -> None:
     # Both directions are kept where both were measured.
     i, j = ds.index["0"], ds.index["1"]
     assert ds.rtt_min[i, j] == pytest.approx(288.454)
+
+
+def test_utf8_bom_header_is_read(tmp_path: Path) -> None:
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "landmarks.csv").write_bytes("\ufeffid,lat,lon\na,1,2\nb,3,4\n".encode())
+    (d / "rtts.csv").write_bytes("\ufeffsrc,dst,rtt_ms\na,b,5\n".encode())
+    ds = load_dataset(d)
+    assert ds.ids == ["a", "b"] and ds.rtt_min[0, 1] == 5.0
+
+
+def test_non_iso_country_drops_only_the_country(tmp_path: Path) -> None:
+    d = _write(
+        tmp_path / "ds",
+        "id,lat,lon,country\na,48.85,2.35,France\nb,52.52,13.40,DE\n",
+        "src,dst,rtt_ms\na,b,10\n",
+    )
+    ds = load_dataset(d)
+    assert ds.ids == ["a", "b"]
+    assert ds.find("a").country is None and ds.find("b").country == "DE"
+    assert ds.rtt_min[ds.index["a"], ds.index["b"]] == 10.0
+    assert any("without country" in w and "'FRANCE'" in w for w in ds.warnings)
+
+
+def test_servers_without_any_rtt_are_named_in_a_warning(tmp_path: Path) -> None:
+    d = _write(
+        tmp_path / "ds",
+        "id,lat,lon\na,48.85,2.35\nb,52.52,13.40\nlonely,40.0,-3.7\n",
+        "src,dst,rtt_ms\na,b,10\n",
+    )
+    ds = load_dataset(d)
+    assert any("no RTT at all" in w and "lonely" in w for w in ds.warnings)
+    assert not any("no RTT at all" in w and " a" in w.split(":")[-1] for w in ds.warnings)
+
+
+_CELL = st.one_of(
+    st.sampled_from(
+        ["", "a", "b", "1.5", "-3", "nan", "inf", "1e999", "95", "DE", "France", "\ufeff"]
+    ),
+    st.text(max_size=6),
+)
+
+
+@FUZZ
+@given(
+    lm_rows=st.lists(st.lists(_CELL, min_size=0, max_size=5), max_size=6),
+    rtt_rows=st.lists(st.lists(_CELL, min_size=0, max_size=4), max_size=6),
+    bom=st.booleans(),
+    raw=st.binary(max_size=40),
+)
+def test_generic_loader_survives_hostile_files(
+    tmp_path_factory: pytest.TempPathFactory,
+    lm_rows: list[list[str]],
+    rtt_rows: list[list[str]],
+    bom: bool,
+    raw: bytes,
+) -> None:
+    """Any content: a Dataset, or an InputError naming the file; never another exception."""
+    d = tmp_path_factory.mktemp("fuzz")
+    head = "\ufeff" if bom else ""
+    lm = head + "id,lat,lon,country\n" + "\n".join(",".join(r) for r in lm_rows)
+    rt = head + "src,dst,rtt_ms\n" + "\n".join(",".join(r) for r in rtt_rows)
+    (d / "landmarks.csv").write_bytes(lm.encode("utf-8", "surrogatepass") + raw[:5])
+    (d / "rtts.csv").write_bytes(rt.encode("utf-8", "surrogatepass") + raw[5:])
+    try:
+        ds = load_dataset(d)
+    except InputError as exc:
+        assert "landmarks.csv" in str(exc) or "rtts.csv" in str(exc)
+    else:
+        assert len(ds) >= 1 and ds.rtt_min.shape == (len(ds), len(ds))

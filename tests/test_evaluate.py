@@ -147,3 +147,16 @@ def test_ece() -> None:
     assert expected_calibration_error(p, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(
         0.5 * 0.05 + 0.5 * 0.05
     )
+
+
+def test_servers_without_rtts_are_no_targets(dataset_dir: Path) -> None:
+    """A server nothing was measured to is named, not counted as an infinite error."""
+    ds = load_dataset(dataset_dir)
+    lonely = ds.ids[3]
+    ds.rtt_min[3, :] = np.nan
+    ds.rtt_min[:, 3] = np.nan
+    ev = evaluate(ds, methods=["cbg"], countries=countries())
+    assert ev.unmeasured == [lonely]
+    assert lonely not in {r.target for r in ev.records}
+    assert all(r.error_km is not None for r in ev.records)
+    assert ev.to_json()["unmeasured_servers"] == [lonely]

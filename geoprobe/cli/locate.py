@@ -123,6 +123,11 @@ def _solve(cat: Catalogue, rtts: dict[str, float], cache_dir: Path) -> Fix:
     help="Locate from saved measurements instead of probing.",
 )
 @click.option(
+    "--all-landmarks",
+    is_flag=True,
+    help="Probe every landmark, not a coarse-to-fine selection of at most 50.",
+)
+@click.option(
     "--mmdb",
     "mmdb_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -143,6 +148,7 @@ def locate_cmd(
     save_path: Path | None,
     replay_path: Path | None,
     mmdb_path: Path | None,
+    all_landmarks: bool,
 ) -> None:
     """Measure RTTs to the landmarks and report where this machine is."""
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
@@ -164,17 +170,31 @@ def locate_cmd(
         from geoprobe.probe import measure
 
         used_method = method or preferred_method(cat)
+        from geoprobe.geo.selection import DEFAULT_LIMIT
+        from geoprobe.locate import select_and_probe
+
         order = (
             _nearest_first(cat.landmarks, mmdb_path, mmdb_explicit)
             if mmdb_path is not None
             else cat.landmarks
         )
-        with _progress(env, len(order), used_method) as progress:
-            measured = measure(
-                order, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress
-            )
+        total = len(order) if all_landmarks else min(len(order), DEFAULT_LIMIT)
+        measured: list[Measurement] = []
+        with _progress(env, total, used_method) as progress:
+
+            def probe(lms: list[Landmark]) -> dict[str, float]:
+                got = measure(
+                    lms, used_method, samples=samples, timeout=timeout, pps=pps, progress=progress
+                )
+                measured.extend(got)
+                return min_rtts(got)
+
+            if all_landmarks or len(order) <= DEFAULT_LIMIT:
+                probe(list(order))
+            else:
+                select_and_probe(cat, probe)
         by_id = {m.landmark_id: m for m in measured}
-        measurements = [by_id[lm.id] for lm in cat.landmarks]  # back in catalogue order
+        measurements = [by_id[lm.id] for lm in cat.landmarks if lm.id in by_id]
     if save_path is not None:
         save_measurements(
             save_path,

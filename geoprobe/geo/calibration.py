@@ -251,6 +251,9 @@ class Model:
     blend: float = (
         1.0  # share of the posterior in country probabilities; the rest: sound-region land shares
     )
+    calibration_slope: float = 1.0  # top-country recalibration (solver.recalibrate)
+    calibration_rtt: float = 0.0
+    calibration_bias: float = 0.0
     prior_bandwidth_km: float = 60.0
     prior_floor: float = 0.3
     profile_width: float = 0.35  # log-RTT difference at which a peer's RTT profile stops matching

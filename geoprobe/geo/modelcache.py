@@ -30,7 +30,7 @@ import numpy as np
 from geoprobe.geo.calibration import R_EDGES, U_BINS, Model
 
 #: Bump whenever fitting or the Model's fields change meaning: old cache files then miss.
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 _META = "__meta__"
 
 

@@ -8,6 +8,7 @@ per cent; containment of a cap intersection is exact; polygons are built only wh
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from geoprobe.geo.sphere import (
 
 FArray = npt.NDArray[np.float64]
 BArray = npt.NDArray[np.bool_]
+IArray = npt.NDArray[np.intp]
 
 
 class CountryLookup(Protocol):
@@ -35,6 +37,27 @@ class CountryLookup(Protocol):
     def codes_at(self, lat: FArray, lon: FArray) -> npt.NDArray[np.str_]: ...
 
     def certify(self, region: BaseGeometry) -> str | None: ...
+
+    def land_parts(self, region: BaseGeometry) -> Sequence[LandPartLike]: ...
+
+
+class LandPartLike(Protocol):
+    """One country's land inside a region (``geoprobe.geo.countries.LandPart``)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def area_km2(self) -> float: ...
+
+    @property
+    def lat(self) -> float: ...
+
+    @property
+    def lon(self) -> float: ...
+
+    @property
+    def outline(self) -> BaseGeometry: ...
 
 
 @dataclass(slots=True)
@@ -107,9 +130,12 @@ class CapIntersection:
             (cosd >= np.cos(np.minimum(self.radius_km / EARTH_RADIUS_KM, math.pi)) - 1e-12).all()
         )
 
-    def polygon(self, max_caps: int = 8) -> BaseGeometry:
-        """A lon/lat superset of the region: the intersection of the ``max_caps`` smallest caps."""
-        order = np.argsort(self.radius_km)[:max_caps]
+    def polygon(self, max_caps: int | None = 8) -> BaseGeometry:
+        """A lon/lat superset of the region: the intersection of the ``max_caps`` smallest caps.
+
+        ``None``: every cap that cuts the smallest one (the others contain it whole).
+        """
+        order = self.cutting() if max_caps is None else np.argsort(self.radius_km)[:max_caps]
         geom: BaseGeometry | None = None
         for i in order:
             c = cap_polygon(float(self.lat[i]), float(self.lon[i]), float(self.radius_km[i]))
@@ -117,6 +143,26 @@ class CapIntersection:
             if geom.is_empty:
                 break
         return geom if geom is not None else shapely.Polygon()
+
+    def cutting(self) -> IArray:
+        """The caps that cut the smallest one (the others contain it whole), smallest first."""
+        order = np.argsort(self.radius_km)
+        if not len(order):
+            return order
+        s = int(order[0])
+        cent = to_xyz(self.lat, self.lon).reshape(-1, 3)
+        dcent = np.arccos(np.clip(cent @ cent[s], -1.0, 1.0)) * EARTH_RADIUS_KM
+        rest = order[(dcent[order] + self.radius_km[s]) > self.radius_km[order]]
+        return np.concatenate([[s], rest[rest != s]]).astype(np.intp)
+
+    def within(self, lat: FArray, lon: FArray, slack_km: float = 0.0) -> BArray:
+        """Which points lie in every cap grown by ``slack_km`` (exact on the sphere)."""
+        caps = self.cutting()
+        xyz = to_xyz(lat, lon).reshape(-1, 3)
+        cent = to_xyz(self.lat[caps], self.lon[caps]).reshape(-1, 3)
+        limit = np.cos(np.minimum((self.radius_km[caps] + slack_km) / EARTH_RADIUS_KM, math.pi))
+        out: BArray = np.asarray((xyz @ cent.T >= limit[None, :] - 1e-12).all(axis=1), dtype=bool)
+        return out
 
     def to_geojson(self) -> dict[str, Any]:
         return dict(mapping(self.polygon()))

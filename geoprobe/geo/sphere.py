@@ -105,11 +105,11 @@ def cap_polygon(
     if r >= HALF_CIRCUMFERENCE_KM * 0.999:
         return box(-180.0, -90.0, 180.0, 90.0)
     ang_deg = math.degrees(r / EARTH_RADIUS_KM)
-    if lat + ang_deg >= 90.0 - 1e-9 or lat - ang_deg <= -90.0 + 1e-9:
-        # Contains or touches a pole: bound by the latitude band the cap spans.
-        if lat + ang_deg >= 90.0:
-            return box(-180.0, max(lat - ang_deg, -90.0), 180.0, 90.0)
-        return box(-180.0, -90.0, 180.0, min(lat + ang_deg, 90.0))
+    north, south = lat + ang_deg >= 90.0 - 1e-9, lat - ang_deg <= -90.0 + 1e-9
+    if north and south:
+        return box(-180.0, -90.0, 180.0, 90.0)
+    if north or south:
+        return _polar_cap(lat, lon, r, samples, 90.0 if north else -90.0)
     bearings = np.linspace(0.0, 360.0, samples, endpoint=False)
     blat, blon = destination(
         np.full(samples, lat), np.full(samples, lon), bearings, np.full(samples, r)
@@ -132,6 +132,31 @@ def cap_polygon(
     if len(pieces) == 1:
         return pieces[0]
     return MultiPolygon(pieces)
+
+
+def _polar_cap(lat: float, lon: float, r: float, samples: int, pole: float) -> BaseGeometry:
+    """A cap holding a pole: its edge, as a function of longitude, closed along the pole.
+
+    The edge circles the pole once, so sorted by longitude it is a curve from -180 to 180; the
+    straight lon/lat edges between samples stay outside the circle thanks to the enlarged radius.
+    """
+    bearings = np.linspace(0.0, 360.0, samples * 2, endpoint=False)
+    blat, blon = destination(
+        np.full(len(bearings), lat),
+        np.full(len(bearings), lon),
+        bearings,
+        np.full(len(bearings), r),
+    )
+    order = np.argsort(blon)
+    x, y = np.asarray(blon)[order], np.asarray(blat)[order]
+    # The edge's latitude where it crosses the antimeridian, between the last and first samples.
+    span = x[0] + 360.0 - x[-1]
+    t = (180.0 - x[-1]) / span if span > 0 else 0.0
+    y180 = float(y[-1] + t * (y[0] - y[-1]))
+    xs = np.concatenate([[-180.0], x, [180.0, 180.0, -180.0]])
+    ys = np.concatenate([[y180], y, [y180, pole, pole]])
+    poly = Polygon(np.column_stack([xs, ys]))
+    return poly if poly.is_valid else poly.buffer(0)
 
 
 def _polygons(geom: BaseGeometry) -> list[Polygon]:
