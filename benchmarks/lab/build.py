@@ -39,9 +39,16 @@ PACKAGES = (
     "kmod",
     "procps",
 )
-# What bookworm lacks at the version geoprobe needs (it has shapely 1.8; geoprobe uses the 2.x API):
-# installed from PyPI wheels into the guest's /usr/local, which precedes Debian's dist-packages.
-PYPI_WHEELS = ("shapely>=2.0,<2.1",)
+# What bookworm lacks at the version geoprobe needs: shapely 1.8 (geoprobe uses the 2.x API),
+# maxminddb 2.2 (geoprobe needs the decoding limits of 3.2), geoip2 4.6 and prometheus_client 0.16.
+# Installed from PyPI wheels into the guest's /usr/local, which precedes Debian's dist-packages.
+# geoip2's web-service extras (aiohttp, requests) are left out: geoprobe reads local files only.
+PYPI_WHEELS = (
+    "shapely>=2.0,<2.1",
+    "maxminddb>=3.2",
+    "geoip2>=4.8",
+    "prometheus_client>=0.20",
+)
 # Load order for the cloud kernel, which builds virtio, virtio-blk and ext4 as modules.
 # Dependencies are resolved from modules.dep; these are the roots.
 MODULE_ROOTS = ("virtio_pci", "virtio_net", "virtio_blk", "ext4")
