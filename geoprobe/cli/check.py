@@ -206,11 +206,14 @@ def run_check(
     if state is None:
         return Result(status, text, perf)
 
-    from geoprobe.store import default_path
-    from geoprobe.watch.state import WatchStore
+    from geoprobe.watch.state import locked_store
 
-    with WatchStore(default_path(state)) as store:
+    # One check at a time per state dir: concurrent runs would each report the same move.
+    with locked_store(state, what="geoprobe check") as store:
+        if settings.policy is not None and not dry_run:
+            notes += redeliver(settings.policy, store.path)
         last = store.last_fix()
+        recorded = False
         if last is not None:
 
             def remeasure() -> dict[str, float]:
@@ -251,9 +254,18 @@ def run_check(
                         "remeasured": agrees is not None,
                     },
                 )
-                store.record_event(event)
+                # The fix, the event and its queue entry before any action: a kill during the
+                # response leaves the event queued (the next run resumes it), not a new move.
+                recorded = True
+                store.record_fix(
+                    fix,
+                    rtts,
+                    source="check",
+                    event=event,
+                    respond=settings.policy is not None and not dry_run,
+                )
                 if settings.policy is not None:
-                    notes = respond(event, settings.policy, store.path, dry_run)
+                    notes += respond(event, settings.policy, store.path, dry_run)
                 if crossing:
                     status, text = ExitStatus.CRITICAL, f"{move}: {text}"
                 else:
@@ -264,7 +276,8 @@ def run_check(
                 text = (
                     f"fingerprint changed since the last run but a re-measurement disagrees: {text}"
                 )
-        store.record_fix(fix, rtts, source="check")
+        if not recorded:
+            store.record_fix(fix, rtts, source="check")
     return Result(status, text, perf, notes)
 
 
@@ -280,6 +293,19 @@ def respond(event: dict[str, Any], policy: Any, store_path: Path, dry_run: bool)
         for r in defend.respond(
             event, policy, store_path=store_path, dry_run=dry_run, log=notes.append
         ):
+            notes.append(f"action {r.action} ({r.verdict}): {r.status}: {r.detail}")
+    except GeoprobeError as exc:
+        notes.append(f"policy response failed: {exc}")
+    return notes
+
+
+def redeliver(policy: Any, store_path: Path) -> list[str]:
+    """Finish the response to a move an earlier run reported but was killed while answering."""
+    from geoprobe import defend
+
+    notes: list[str] = []
+    try:
+        for r in defend.redeliver(policy, store_path=store_path, log=notes.append):
             notes.append(f"action {r.action} ({r.verdict}): {r.status}: {r.detail}")
     except GeoprobeError as exc:
         notes.append(f"policy response failed: {exc}")

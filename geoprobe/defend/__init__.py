@@ -1,6 +1,7 @@
 """Defence: map a migration event to the policy's verdict and run its actions.
 
-The watch daemon calls ``respond(event, policy, store_path=...)`` for every migration event and
+The watch daemon calls ``accept`` then ``respond(event, policy, store_path=...)`` for every
+migration event, ``pending`` at start to deliver again what a crash cut short, and
 ``clear(store_path)`` when a suspicion clears (that stops a background ``delay``).
 
 Verdicts from CloudEvents (``geoprobe.events``):
@@ -25,7 +26,7 @@ from geoprobe.errors import InputError
 from geoprobe.events import CONFIRMED, SUSPECTED
 from geoprobe.policy import VERDICTS, Policy
 
-__all__ = ["ActionResult", "clear", "respond", "verdict_of"]
+__all__ = ["ActionResult", "accept", "clear", "pending", "redeliver", "respond", "verdict_of"]
 
 
 def _landmark_count(value: Any) -> int | None:
@@ -84,16 +85,65 @@ def respond(
     if not isinstance(event, Mapping) or not event.get("id") or not event.get("type"):
         raise InputError("not a CloudEvent: needs 'id' and 'type'", entry="event", field="id")
     verdict = verdict_of(event, policy)
-    if verdict is None:
-        return []
-    specs = policy.actions_for(verdict)
-    if not specs:
-        log(f"event {event['id']}: verdict {verdict}: the policy has no actions for it")
-        return []
     path = Path(store_path)
+    specs = policy.actions_for(verdict) if verdict is not None else []
+    if verdict is None or not specs:
+        if verdict is not None:
+            log(f"event {event['id']}: verdict {verdict}: the policy has no actions for it")
+        if not dry_run:
+            runner.settle(str(event["id"]), path)  # nothing left to do for it
+        return []
     if dry_run:
         return runner.dry_run(event, verdict, specs, store_path=path, log=log)
     return runner.run_actions(event, verdict, specs, store_path=path, log=log)
+
+
+def accept(
+    event: Mapping[str, Any], policy: Policy, *, store_path: str | Path, log: Log = no_log
+) -> bool:
+    """Queue an event that calls for actions in the store's outbox, before handing it on.
+
+    Until its actions have all finished, ``pending`` returns it, so a crash in between is
+    followed by a redelivery instead of a lost response. Returns whether it was queued; a store
+    that fails is reported through ``log`` and the response still runs.
+    """
+    from geoprobe.defend import runner
+    from geoprobe.store import StoreError
+
+    verdict = verdict_of(event, policy)
+    if verdict is None or not policy.actions_for(verdict):
+        return False
+    try:
+        runner.queue(event, Path(store_path))
+    except StoreError as exc:
+        log(f"{exc}; event {event.get('id')} not queued: a crash now would lose its response")
+        return False
+    return True
+
+
+def pending(store_path: str | Path) -> list[dict[str, Any]]:
+    """Events whose actions did not all finish (the process died part-way): deliver them again.
+
+    Raises ``StoreError`` when the store cannot be read.
+    """
+    from geoprobe.defend import runner
+
+    return runner.pending(Path(store_path))
+
+
+def redeliver(policy: Policy, *, store_path: str | Path, log: Log = no_log) -> list[ActionResult]:
+    """Respond again to every queued event whose actions did not all finish.
+
+    Completed actions are skipped, interrupted ones re-run or reported (see ``runner``).
+    """
+    results: list[ActionResult] = []
+    for event in pending(store_path):
+        log(
+            f"event {event.get('id')} ({event.get('type')}): its actions did not all finish "
+            "before the last stop; delivering it again"
+        )
+        results += respond(event, policy, store_path=store_path, log=log)
+    return results
 
 
 def clear(store_path: str | Path | None = None) -> int:
