@@ -44,9 +44,26 @@ class StoreError(GeoprobeError):
         super().__init__(f"state store {self.path}: {problem}")
 
 
-def describe(exc: BaseException) -> str:
+def _read_only_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be written, when that is the cause SQLite's message hides."""
+    where = path if path.exists() else path.parent
+    try:
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            return "read-only (its filesystem is mounted read-only)"
+    except OSError:
+        return None
+    if not os.access(where, os.W_OK) or (path.exists() and not os.access(path.parent, os.W_OK)):
+        return "read-only (no write permission)"
+    return None
+
+
+def describe(exc: BaseException, path: Path | None = None) -> str:
     """What went wrong, in words an operator can act on."""
     text = str(exc).strip() or type(exc).__name__
+    if path is not None and ("unable to open" in text or "readonly" in text):
+        reason = _read_only_reason(path)
+        if reason is not None:
+            return reason
     low = text.lower()
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
@@ -75,7 +92,7 @@ def guarded(path: str | Path) -> Iterator[None]:
     except StoreError:
         raise
     except STORE_ERRORS as exc:
-        raise StoreError(path, describe(exc)) from None
+        raise StoreError(path, describe(exc, Path(path))) from None
 
 
 def default_path(directory: str | Path | None = None) -> Path:

@@ -31,6 +31,7 @@ from geoprobe.store import (
     StoreError,
     connect,
     connect_readonly,
+    describe,
     guarded,
     has_table,
     outbox_done,
@@ -143,10 +144,22 @@ class AuditStore:
 
     @classmethod
     def read(cls, path: str | Path) -> AuditStore:
-        """For ``policy audit``: an existing store, read-only; ``StoreError`` when it cannot be
-        read, so an unreadable audit is never shown as an empty one."""
+        """For ``policy audit``: an existing store, read-only and checked whole; ``StoreError``
+        when it cannot be read or is damaged, so an unreadable audit is never shown as empty."""
         p = Path(path)
-        return cls(connect_readonly(p), p)
+        conn = connect_readonly(p)
+        try:
+            with guarded(p):
+                problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
+        except StoreError:
+            conn.close()
+            raise
+        if problems != ["ok"]:
+            conn.close()
+            raise StoreError(
+                p, describe(sqlite3.DatabaseError("; ".join(problems) + " (malformed)"))
+            )
+        return cls(conn, p)
 
     def close(self) -> None:
         self.conn.close()

@@ -17,20 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from geoprobe.geo.countries import default_index
-from geoprobe.geo.sphere import haversine_km
-from geoprobe.landmarks import Catalogue, Landmark
-from geoprobe.measurement import Measurement, save_measurements
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "watch"))
-from watch_world import LANDMARKS, rtts_at
+from .synthetic import FRANKFURT, MADRID, make_catalogue, replay
 
 GEOPROBE = [sys.executable, "-m", "geoprobe"]
-FRANKFURT = (50.11, 8.68)
-MADRID = (40.42, -3.70)
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -47,30 +38,7 @@ def lines(path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    idx = default_index()
-    lms = [
-        Landmark(
-            id=lid, lat=lat, lon=lon, country=idx.code_at(lat, lon), address="127.0.0.1", udp_port=9
-        )
-        for lid, lat, lon in LANDMARKS
-    ]
-    rtts = [
-        (a, b, 1.5 * float(haversine_km(alat, alon, blat, blon)) / 100 + 0.8)
-        for a, alat, alon in LANDMARKS
-        for b, blat, blon in LANDMARKS
-        if a < b
-    ]
-    p = tmp_path_factory.mktemp("cat") / "catalogue.json"
-    Catalogue(landmarks=lms, rtts=rtts, name="synthetic-europe").save(p)
-    return p
-
-
-def replay(tmp: Path, at: tuple[float, float], seed: int) -> Path:
-    r = rtts_at(*at, np.random.default_rng(seed))
-    ms = [Measurement(landmark_id=k, method="udp", rtts_ms=[v], sent=1) for k, v in r.items()]
-    p = tmp / f"m-{at[0]}-{at[1]}-{seed}.json"
-    save_measurements(p, ms)
-    return p
+    return make_catalogue(tmp_path_factory.mktemp("cat") / "catalogue.json")
 
 
 def env_for(tmp: Path) -> dict[str, str]:
