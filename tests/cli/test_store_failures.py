@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,7 +74,7 @@ def read_only(path: Path) -> Iterator[None]:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
         yield
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def real_store(catalogue: Path, tmp_path: Path) -> Path:
@@ -181,7 +181,7 @@ def test_state_files_are_private(catalogue: Path, tmp_path: Path) -> None:
     os.chmod(db, 0o644)
     assert check(catalogue, state, replay(tmp_path, FRANKFURT, 2)).returncode == 0
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM watch_fixes").fetchone()[0] == 2
 
 
