@@ -11,14 +11,13 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from geoprobe import statelock
 from geoprobe.cli.check import resolve_settings
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
@@ -26,10 +25,9 @@ from geoprobe.errors import InputError
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Landmark
 from geoprobe.measurement import Measurement
-from geoprobe.statelock import StateLock
-from geoprobe.store import StoreError, default_path
+from geoprobe.store import default_path
 from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
-from geoprobe.watch.state import STORE_FAILED, EventFile, FailSafeWatchStore
+from geoprobe.watch.durable import WatchRecord, accepting, redeliver
 
 if TYPE_CHECKING:
     from geoprobe.geo.calibration import Model
@@ -127,74 +125,6 @@ def build_signals(
             sig.start()
         out.append(SignalAdapter(sig))
     return out
-
-
-def _lock_state(directory: Path, log: logging.Logger) -> StateLock | None:
-    """One watch per state dir; a dir whose lock file cannot be made (read-only) is watched
-    unlocked, with a warning, rather than not at all."""
-    try:
-        return statelock.hold(directory, what="geoprobe watch")
-    except statelock.StateLockError as exc:
-        log.error("%s; watching without the lock", exc)
-        return None
-
-
-def _event_stream(env: Environment, path: Path | None, log: logging.Logger) -> EventFile:
-    def failed(exc: OSError) -> None:
-        where = path if path is not None else "stdout"
-        log.error("cannot write events to %s: %s; watching on", where, exc.strerror or exc)
-
-    if path is None:
-        return EventFile(stream=env.stdout, on_failure=failed)
-    try:
-        return EventFile.open(path, on_failure=failed)
-    except OSError as exc:
-        raise InputError(
-            f"cannot open: {exc.strerror or exc}", file=path, field="--events"
-        ) from None
-
-
-def _store_failed(exc: StoreError, stream: EventFile, log: logging.Logger) -> None:
-    """Said once per run of failures: on stderr and as an event in the event stream."""
-    from geoprobe.events import make_event, write_event
-
-    log.error("%s; watching and acting on without recording", exc)
-    ev = make_event(STORE_FAILED, {"store": str(exc.path), "problem": exc.problem})
-    write_event(cast(TextIO, stream), ev)
-
-
-def _accepting(
-    hook: HookRunner, policy: Any, store_path: Path, log: logging.Logger
-) -> Callable[[dict[str, Any]], None]:
-    """Queue each event in the store's outbox, then hand it to the response thread."""
-    from geoprobe import defend
-
-    def on_event(ev: dict[str, Any]) -> None:
-        defend.accept(ev, policy, store_path=store_path, log=lambda m: log.error("%s", m))
-        hook.event(ev)
-
-    return on_event
-
-
-def _redeliver(hook: HookRunner, store_path: Path, dry_run: bool, log: logging.Logger) -> None:
-    """Events whose actions a crash cut short go to the response thread before anything new."""
-    if dry_run:
-        return
-    from geoprobe import defend
-
-    try:
-        again = defend.pending(store_path)
-    except StoreError as exc:
-        log.error("%s; cannot look for events to deliver again", exc)
-        return
-    for ev in again:
-        log.warning(
-            "event %s (%s): its actions did not all finish before the last stop; delivering it "
-            "again",
-            ev.get("id"),
-            ev.get("type"),
-        )
-        hook.event(ev)
 
 
 def _stop_signals(sources: Sequence[AnomalySource]) -> None:
@@ -342,17 +272,9 @@ def watch_cmd(
     used_method = method or choose_method(cat)
     store_path = default_path(state_dir if state_dir is not None else env.state_dir)
     ntp = list(ntp_servers) or config_ntp_servers()
-    stream = _event_stream(env, events_path, log)
-    try:
-        lock = _lock_state(store_path.parent, log)
-    except BaseException:
-        stream.close()
-        raise
-    store = FailSafeWatchStore(
-        store_path,
-        on_failure=lambda exc: _store_failed(exc, stream, log),
-        on_recovery=lambda: log.warning("state store %s: writable again", store_path),
-    )
+    # The lock (a second watch refuses), the events file and a store whose failure is no stop.
+    record = WatchRecord(store_path.parent, events_path, env.stdout, log)
+    store = record.store
     sources = build_signals(wanted, log, ntp_servers=ntp, realtime=env.is_root)
     hook: HookRunner | None = None
     watcher: Watcher
@@ -381,7 +303,8 @@ def watch_cmd(
                 defend.clear(store_path)  # stop a running delay: the suspicion is over
 
         hook = HookRunner(respond, clear=clear, on_error=on_error)
-        _redeliver(hook, store_path, dry_run, log)
+        if not dry_run:  # first what a crash cut short, then anything new
+            redeliver(hook.event, store_path, log)
 
     def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
         from geoprobe.probe import measure as probe
@@ -403,12 +326,6 @@ def watch_cmd(
 
         return solve_fix(cat.landmarks, rtts, model())
 
-    def emit(ev: dict[str, Any]) -> None:
-        from geoprobe.events import write_event
-
-        store.record_event(ev)
-        write_event(cast(TextIO, stream), ev)
-
     config = WatchConfig(
         interval_s=interval,
         fast_interval_s=fast_interval,
@@ -420,11 +337,13 @@ def watch_cmd(
         settings.jurisdiction,
         measure=measure,
         solve=solve,
-        emit=emit,
+        emit=record.emit,
         store=store,
-        on_event=_accepting(hook, settings.policy, store_path, log)
-        if hook and not dry_run
-        else (hook.event if hook else None),
+        on_event=(
+            hook.event if dry_run else accepting(hook.event, settings.policy, store_path, log)
+        )
+        if hook
+        else None,
         on_clear=hook.cleared if hook else None,
         signals=sources,
         metrics_path=metrics_path,
@@ -455,10 +374,7 @@ def watch_cmd(
         _stop_signals(sources)
         if hook is not None:
             hook.close()
-        store.close()
-        stream.close()
-        if lock is not None:
-            lock.release()
+        record.close()
         log.removeHandler(handler)
 
 

@@ -260,15 +260,16 @@ class WatchStore:
 
 @contextmanager
 def locked_store(
-    state_dir: str | Path, *, timeout: float = LOCK_WAIT_S, what: str = "geoprobe"
+    state_dir: str | Path, *, timeout: float | None = None, what: str = "geoprobe"
 ) -> Iterator[WatchStore]:
-    """The state dir's lock (waiting up to ``timeout``), then its store: for one-shot commands
-    that read the last fix and record the next, which must not interleave."""
+    """The state dir's lock (waiting up to ``timeout``, default ``LOCK_WAIT_S``), then its store:
+    for one-shot commands that read the last fix and record the next, which must not interleave."""
     from geoprobe import statelock
     from geoprobe.store import default_path
 
+    wait = LOCK_WAIT_S if timeout is None else timeout
     with (
-        statelock.hold(state_dir, timeout=timeout, what=what),
+        statelock.hold(state_dir, timeout=wait, what=what),
         WatchStore(default_path(state_dir)) as store,
     ):
         yield store

@@ -7,6 +7,7 @@ so no packet leaves the machine.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,6 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from geoprobe import statelock
+from geoprobe.cli import main
+from geoprobe.cli.env import Environment
 
 from .synthetic import FRANKFURT, MADRID, make_catalogue, replay
 
@@ -82,6 +87,28 @@ def test_a_second_watch_on_one_state_dir_refuses_and_a_killed_one_leaves_it_free
         [*argv, "--rounds", "1"], check=False, env=env, capture_output=True, text=True
     )
     assert third.returncode == 0, third.stderr
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def test_check_waiting_too_long_for_the_state_dir_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geoprobe.watch import state as watch_state
+
+    monkeypatch.setattr(watch_state, "LOCK_WAIT_S", 0.3)
+    cat = make_catalogue(tmp_path / "catalogue.json")
+    st = tmp_path / "state"
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdout=out, stderr=err, state_dir=tmp_path / "default")
+    args = ["check", "--landmarks", str(cat), "--allow", "DE", "--state", str(st)]
+    with statelock.hold(st, what="geoprobe watch"):
+        code = main([*args, "--replay", str(replay(tmp_path, FRANKFURT, 1))], env=env)
+    assert code == 3
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith(f"GEOPROBE UNKNOWN - state dir {st} is in use by another geoprobe")
+    assert "geoprobe watch" in line and "after waiting 0.3 s" in line
 
 
 # --- twenty checks --------------------------------------------------------------------------------
