@@ -125,8 +125,8 @@ def _run(
     from geoprobe.check import evaluate
     from geoprobe.locate import fit_catalogue, locate_from_catalogue
     from geoprobe.measurement import min_rtts
-    from geoprobe.settings import resolve_settings
     from geoprobe.probe import measure
+    from geoprobe.settings import resolve_settings
     from geoprobe.testbed.world import landmark_ids
 
     ids = landmark_ids(ds)

@@ -143,7 +143,7 @@ def test_too_few_landmarks_is_a_warning(catalogue_file: Path, tmp_path: Path) ->
 def test_policy_gives_the_allowed_set_and_thresholds(catalogue_file: Path, tmp_path: Path) -> None:
     pol = tmp_path / "policy.toml"
     pol.write_text('[jurisdiction]\nallow = ["ES", "PT"]\n\n[confidence]\nmin_probability = 0.8\n')
-    code, line = check(
+    code, _ = check(
         tmp_path,
         "--landmarks",
         str(catalogue_file),
