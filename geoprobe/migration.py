@@ -30,11 +30,14 @@ Verdict = str  # a policy verdict name (geoprobe.policy.VERDICTS)
 def crossing_of(verdict: str, *, outside_before: bool = False) -> bool | None:
     """What a move that ends at this jurisdiction verdict says about the border.
 
-    ``outside`` is a crossing unless the VM was already outside; ``inside`` is none; ``straddles``
-    is unknown: a region over the border is never a confirmed crossing, nor a proof of none.
+    From outside the allowed set no move is a new crossing. Otherwise ``outside`` is a crossing,
+    ``inside`` is none, and ``straddles`` is unknown: a region over the border is never a confirmed
+    crossing, nor a proof of none.
     """
+    if outside_before:
+        return False
     if verdict == "outside":
-        return not outside_before
+        return True
     if verdict == "inside":
         return False
     return None
