@@ -566,6 +566,11 @@ class Watcher:
         m = Metrics()
         c = self.counters
         m.gauge("geoprobe_up", "1 while the watch runs.", 1)
+        m.gauge(
+            "geoprobe_watch_warming_up",
+            "1 until the baseline is built (at start and after a move).",
+            1 if self.warming_up else 0,
+        )
         m.counter("geoprobe_watch_rounds_total", "Probe rounds run.", c.rounds)
         m.counter(
             "geoprobe_watch_failed_rounds_total",
