@@ -367,12 +367,18 @@ class Watcher:
         self.last_shift = shift
         # Never twice in a row: a fingerprint that keeps moving without agreeing must not turn the
         # watch into a back-to-back prober; every other round waits the fast interval.
+        # Likewise after a first round judged outside (or, outside, not): the next one decides.
         self._at_once = (
             self.config.remeasure_at_once
             and not self._at_once
-            and shift is not None
-            and shift.outcome == "moved"
-            and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
+            and (
+                (
+                    shift is not None
+                    and shift.outcome == "moved"
+                    and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
+                )
+                or self.fusion.judging
+            )
         )
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(len(rtts), now)

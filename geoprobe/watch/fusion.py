@@ -188,14 +188,14 @@ class Fusion:
         return self.state == State.OUTSIDE
 
     @property
+    def judging(self) -> bool:
+        """A round was judged outside (or, outside, not) and the next one decides."""
+        return self._outside_seen > 0 or self._back_seen > 0
+
+    @property
     def fast(self) -> bool:
         """Probe faster while a suspicion is open, or after an unsure fingerprint."""
-        return (
-            self._hurry
-            or self.state in (State.SUSPECT, State.CONFIRMING)
-            or self._outside_seen > 0
-            or self._back_seen > 0
-        )
+        return self._hurry or self.state in (State.SUSPECT, State.CONFIRMING) or self.judging
 
     def _go(
         self,

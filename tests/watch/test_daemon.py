@@ -499,7 +499,7 @@ def test_a_watch_started_outside_raises_a_crossing_from_nowhere(
 ) -> None:
     w, emitted, hooked = make_watcher(catalogue, World(MADRID, seed=11), tmp_path)
     w.round()
-    assert emitted == [] and w.interval == w.config.fast  # re-measure soon
+    assert emitted == [] and w.interval == 0.0  # the next round decides: at once
     w.round()
     (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     assert c["crossing"] is True and c["from"] is None and c["to"] == "ES"
@@ -574,3 +574,13 @@ def test_a_stored_baseline_outside_the_allowed_set_is_never_adopted(
     w.round()
     (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     assert c["crossing"] is True and c["from"] is None
+
+
+def test_the_metrics_say_when_the_baseline_is_built(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, _, _ = make_watcher(catalogue, World(FRANKFURT, seed=16), tmp_path)
+    prom = tmp_path / "m.prom"
+    w.round()
+    assert "\ngeoprobe_watch_warming_up 1\n" in prom.read_text()
+    while w.warming_up:
+        w.round()
+    assert "\ngeoprobe_watch_warming_up 0\n" in prom.read_text()
