@@ -59,7 +59,17 @@ def runtime_dir() -> Path:
         return Path(xdg) / APP
     if _is_root():
         return Path("/run/geoprobe")
-    return Path(platformdirs.user_runtime_dir(APP))
+    # Not platformdirs.user_runtime_dir: without XDG_RUNTIME_DIR (cron, su) it warns on stderr,
+    # which cron mails on every run, and its temp-dir fallback can raise.
+    uid = os.getuid()
+    run = Path(f"/run/user/{uid}")
+    try:
+        st = run.lstat()
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+        return run / APP
+    return cache_dir() / "run"
 
 
 def _tighten(st: os.stat_result, path: Path, mode: int) -> None:

@@ -7,9 +7,10 @@ migration event, ``pending`` at start to deliver again what a crash cut short, a
 Verdicts from CloudEvents (``geoprobe.events``):
 
 - ``io.geoprobe.migration.suspected`` -> ``suspected``
-- ``io.geoprobe.migration.confirmed`` with ``data.crossing`` true -> ``confirmed_crossing``,
-  unless the evidence is below the policy's ``[confidence]`` (``data.probability`` below
-  ``min_probability`` or fewer than ``min_landmarks`` in ``data.landmarks``): then ``unknown``;
+- ``io.geoprobe.migration.confirmed``: read as a ``geoprobe.migration.Migration``, whose
+  ``policy_verdict`` decides: ``data.crossing`` true -> ``confirmed_crossing``, unless the
+  evidence is below the policy's ``[confidence]`` (not a proof and ``1 - data.p_allowed`` below
+  ``min_probability``, or fewer than ``min_landmarks`` in ``data.landmarks``): then ``unknown``;
   ``data.crossing`` null -> ``unknown``; false (moved within the allowed set) -> no verdict.
 - any event whose ``data.verdict`` names a verdict (e.g. ``"unknown"`` when the location can no
   longer be measured) -> that verdict.
@@ -24,19 +25,10 @@ from typing import Any
 from geoprobe.defend.base import ActionResult, Log, no_log
 from geoprobe.errors import InputError
 from geoprobe.events import CONFIRMED, SUSPECTED
+from geoprobe.migration import Migration
 from geoprobe.policy import VERDICTS, Policy
 
 __all__ = ["ActionResult", "accept", "clear", "pending", "redeliver", "respond", "verdict_of"]
-
-
-def _landmark_count(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return None
 
 
 def verdict_of(event: Mapping[str, Any], policy: Policy | None = None) -> str | None:
@@ -52,19 +44,10 @@ def verdict_of(event: Mapping[str, Any], policy: Policy | None = None) -> str | 
         return "suspected"
     if etype != CONFIRMED:
         return None
-    crossing = data.get("crossing")
-    if crossing is None:
-        return "unknown"
-    if crossing is not True:
-        return None
-    if policy is not None:
-        p = data.get("probability")
-        if isinstance(p, (int, float)) and not isinstance(p, bool) and p < policy.min_probability:
-            return "unknown"
-        n = _landmark_count(data.get("landmarks", data.get("landmarks_used")))
-        if n is not None and n < policy.min_landmarks:
-            return "unknown"
-    return "confirmed_crossing"
+    migration = Migration.from_data(data)
+    if policy is None:
+        return migration.policy_verdict(0.0, 0)
+    return migration.policy_verdict(policy.min_probability, policy.min_landmarks)
 
 
 def respond(

@@ -265,9 +265,12 @@ def locked_store(
     """The state dir's lock (waiting up to ``timeout``, default ``LOCK_WAIT_S``), then its store:
     for one-shot commands that read the last fix and record the next, which must not interleave."""
     from geoprobe import statelock
+    from geoprobe.paths import private_dir
     from geoprobe.store import default_path
 
     wait = LOCK_WAIT_S if timeout is None else timeout
+    with guarded(default_path(state_dir)):  # a dir that cannot be made names the store
+        private_dir(state_dir)
     with (
         statelock.hold(state_dir, timeout=wait, what=what),
         WatchStore(default_path(state_dir)) as store,

@@ -55,9 +55,13 @@ def test_verdict_mapping(tmp_path: Path) -> None:
     assert verdict_of(crossing_event(), pol) == "confirmed_crossing"
     assert verdict_of(make_event(CONFIRMED, {"crossing": False}), pol) is None
     assert verdict_of(make_event(CONFIRMED, {"crossing": None}), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.5), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.95, landmarks=["a", "b"]), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.95, landmarks=6), pol) == "confirmed_crossing"
+    # Not a proof: how sure the crossing is, 1 - p_allowed, must reach min_probability.
+    assert verdict_of(crossing_event(p_allowed=0.5), pol) == "unknown"
+    assert verdict_of(crossing_event(p_allowed=0.05, landmarks=["a", "b"]), pol) == "unknown"
+    assert verdict_of(crossing_event(p_allowed=0.05, landmarks=6), pol) == "confirmed_crossing"
+    # A proof is sure whatever the calibrated probability says.
+    proof = {"verdict": "outside", "rule": "sound", "p_allowed": 0.5}
+    assert verdict_of(crossing_event(jurisdiction=proof), pol) == "confirmed_crossing"
     assert verdict_of(make_event(FIX, {"verdict": "unknown"}), pol) == "unknown"
     assert verdict_of(make_event(FIX, {}), pol) is None
 
@@ -180,7 +184,7 @@ command = ["{weak}"]
 """,
     )
     store = tmp_path / "geoprobe.sqlite"
-    respond(crossing_event(probability=0.6), pol, store_path=store)
+    respond(crossing_event(p_allowed=0.4), pol, store_path=store)
     assert lines(tmp_path / "weak.log") and not lines(tmp_path / "strong.log")
 
 
