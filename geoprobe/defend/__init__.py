@@ -61,7 +61,9 @@ def respond(
     """Run (or with ``dry_run`` only describe) the actions the event's verdict calls for.
 
     Each action fires at most once per event id, also across restarts; an action interrupted by
-    a crash is resumed on the next delivery. Returns one result per action of the verdict.
+    a crash is run again on the next delivery when its kind is safe to repeat
+    (``runner.RERUN_AFTER_CRASH``) and reported ``interrupted`` otherwise. Returns one result per
+    action of the verdict.
     """
     from geoprobe.defend import runner  # imports every action family; keep `verdict_of` light
 
