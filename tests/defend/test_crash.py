@@ -187,7 +187,7 @@ class Defence:
             for i, s in query(self.db, "SELECT action_index, status FROM defend_audit ORDER BY id")
         ]
 
-    def state(self) -> str:
+    def watch_state(self) -> str:
         """The state machine's state from the metrics file ('' before the first round)."""
         text = self.metrics.read_text() if self.metrics.exists() else ""
         for line in text.splitlines():
@@ -249,14 +249,14 @@ def test_kill_9_at_each_step_then_restart_completes_the_defence_exactly_once(
         states: list[str] = []
 
         def finished() -> bool:
-            states.append(w.state())
+            states.append(w.watch_state())
             return w.finished() or restart.poll() is not None
 
         wait_for(finished, "the defence to finish")
         assert restart.poll() is None, (w.d / "watch.err").read_text()
         end = time.monotonic() + 2.0  # a few more rounds: a restart must not report the move again
         while time.monotonic() < end:
-            states.append(w.state())
+            states.append(w.watch_state())
             time.sleep(0.1)
     finally:
         restart.send_signal(signal.SIGTERM)
