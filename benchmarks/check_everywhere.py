@@ -7,10 +7,10 @@ loopback. Landmark S itself is not probed in that run (as if it were silent), so
 by a landmark in the VM's own data centre. The catalogue (and so the fitted calibration, which the
 engine caches per catalogue) stays whole: landmark<->landmark RTTs are data an operator has anyway.
 
-The verdict is taken IN-PROCESS with the library functions behind ``geoprobe check`` (
-``geoprobe.cli.check.evaluate`` with ``resolve_settings(--allow CC)``, default sound basis), not by
-spawning 240 ``geoprobe check`` processes: same probing, same engine, same exit-code rule, without
-240 interpreter start-ups. Prints the exit-code histogram and every run that would exit 2.
+The verdict is taken IN-PROCESS with the library functions behind ``geoprobe check``
+(``geoprobe.check.evaluate`` with ``geoprobe.settings.resolve_settings(--allow CC)``, default sound
+basis), not by spawning 240 ``geoprobe check`` processes: same probing, same engine, same
+exit-code rule, without 240 interpreter start-ups. Prints the exit-code histogram and every run that would exit 2.
 
     python benchmarks/check_everywhere.py [--limit N] [--samples 3] [--basis sound|calibrated]
 """
@@ -122,10 +122,11 @@ def _run(
     cat: Catalogue,
     reg: control.Registration,
 ) -> int:
-    from geoprobe.cli.check import evaluate, resolve_settings
+    from geoprobe.check import evaluate
     from geoprobe.locate import fit_catalogue, locate_from_catalogue
     from geoprobe.measurement import min_rtts
     from geoprobe.probe import measure
+    from geoprobe.settings import resolve_settings
     from geoprobe.testbed.world import landmark_ids
 
     ids = landmark_ids(ds)

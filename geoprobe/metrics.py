@@ -53,6 +53,7 @@ class RoundMetrics:
     duration_s: float = 0.0
     interval_s: float = 0.0
     landmarks_answered: int = 0
+    warming_up: bool = False
     state: str = ""
     states: Sequence[str] = ()
     changed_landmarks: int | None = None
@@ -97,6 +98,11 @@ class _RoundCollector(Collector):
             "geoprobe_landmarks_answered",
             "Landmarks that answered in the last round.",
             r.landmarks_answered,
+        )
+        yield _gauge(
+            "geoprobe_watch_warming_up",
+            "1 until the baseline is built (at start and after a move).",
+            1 if r.warming_up else 0,
         )
         state = GaugeMetricFamily(
             "geoprobe_watch_state",

@@ -127,9 +127,10 @@ def register(group: click.Group) -> None:
     def audit(env: Environment, state: Path | None, event_id: str | None, as_json: bool) -> None:
         """Show the defence audit trail from the state store."""
         path = default_path(state or env.state_dir)
-        store = AuditStore.open_readonly(path)
-        rows = store.trail(event_id) if store is not None else []
-        if store is not None:
+        store = AuditStore.read(path)  # StoreError (one line, exit 3) rather than an empty audit
+        try:
+            rows = store.trail(event_id)
+        finally:
             store.close()
         if as_json:
             env.stdout.write(json.dumps(rows, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""CLI: ``geoprobe watch``, the migration watch daemon (a thin layer over geoprobe.watch.daemon).
+"""CLI: ``geoprobe watch``, the migration watch daemon (options over geoprobe.watch.service).
 
 Events go to stdout or ``--events FILE`` as CloudEvents JSON lines; logs go to stderr. SIGTERM and
 SIGINT stop it cleanly after the round in progress. With ``--policy`` the policy's response runs on
@@ -7,132 +7,24 @@ each migration event; without it the watch only reports (``--allow`` alone is en
 
 from __future__ import annotations
 
-import functools
 import logging
-import signal
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import click
 
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import InputError
-from geoprobe.geo.fix import Fix
-from geoprobe.landmarks import Landmark
-from geoprobe.measurement import Measurement
 from geoprobe.settings import resolve_settings
-from geoprobe.store import default_path
-from geoprobe.watch.daemon import AnomalySource, HookRunner, SignalAdapter, WatchConfig, Watcher
-from geoprobe.watch.state import WatchStore
-
-if TYPE_CHECKING:
-    from geoprobe.geo.calibration import Model
-
-# Passive signals are on by default. gaps/writes spend CPU, fingerprint sends ARP to the gateway,
-# and cloud polls the metadata server: turn them on where they belong (see contrib/).
-DEFAULT_SIGNALS = "clock,steal"
-KNOWN_SIGNALS = ("clock", "gaps", "writes", "steal", "fingerprint", "cloud")
-
-
-def signal_names(spec: str) -> list[str]:
-    names = [n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none"]
-    for name in names:
-        if name not in KNOWN_SIGNALS:
-            raise InputError(
-                f"unknown signal {name!r} (known: {', '.join(KNOWN_SIGNALS)}, none)",
-                field="signals",
-            )
-    return names
-
-
-def config_ntp_servers(dirs: Sequence[Path] | None = None) -> list[str]:
-    """NTP servers named in ``config.toml`` (``[watch] ntp = ["host[:port]", ...]``), first found
-    along the config path ``dirs`` (default: $GEOPROBE_CONFIG_DIR, the XDG user dir,
-    /etc/geoprobe)."""
-    import tomllib
-
-    from geoprobe.paths import config_dirs
-
-    for d in dirs if dirs is not None else config_dirs():
-        path = d / "config.toml"
-        if not path.is_file():
-            continue
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InputError(f"cannot read config: {exc}", file=str(path)) from None
-        ntp = raw.get("watch", {}).get("ntp", []) if isinstance(raw.get("watch"), dict) else []
-        if not isinstance(ntp, list) or not all(isinstance(x, str) and x for x in ntp):
-            raise InputError(
-                'must be a list of "host[:port]" strings', file=str(path), field="watch.ntp"
-            )
-        return list(ntp)
-    return []
-
-
-def build_signals(
-    names: list[str],
-    log: logging.Logger,
-    *,
-    ntp_servers: Sequence[str] = (),
-    realtime: bool = False,
-) -> list[AnomalySource]:
-    """Instantiate the timing signals by name; one that is missing here degrades with a warning.
-
-    ``ntp_servers`` adds the clock-offset test against NTP (with ``clock``); ``realtime`` runs the
-    gap sampler under SCHED_FIFO (root only: otherwise the scheduler's own preemptions look like
-    gaps).
-    """
-    out: list[AnomalySource] = []
-    if ntp_servers and "clock" in names:
-        from geoprobe.watch.signals.clock import NtpClockSignal
-
-        out.append(SignalAdapter(NtpClockSignal(list(ntp_servers), timeout=0.5)))
-    for name in names:
-        try:
-            sig: Any
-            if name == "clock":
-                from geoprobe.watch.signals.clock import ClockSignal
-
-                sig = ClockSignal()
-            elif name == "gaps":
-                from geoprobe.watch.signals.gaps import GapSignal
-
-                sig = GapSignal(realtime=realtime)
-            elif name == "writes":
-                from geoprobe.watch.signals.writes import WriteLatencySignal
-
-                sig = WriteLatencySignal()
-            elif name == "steal":
-                from geoprobe.watch.signals.steal import StealSignal
-
-                sig = StealSignal()
-            elif name == "fingerprint":
-                from geoprobe.watch.signals.fingerprint import FingerprintSignal
-
-                sig = FingerprintSignal()
-            else:
-                from geoprobe.watch.cloud import CloudNotices
-
-                sig = CloudNotices()
-        except ImportError as exc:
-            log.warning("signal %s is not available: %s", name, exc)
-            continue
-        if hasattr(sig, "start"):
-            sig.start()
-        out.append(SignalAdapter(sig))
-    return out
-
-
-def _stop_signals(sources: Sequence[AnomalySource]) -> None:
-    for s in sources:
-        stop = getattr(getattr(s, "signal", None), "stop", None)
-        if callable(stop):
-            stop()
+from geoprobe.watch.service import (
+    DEFAULT_SIGNALS,
+    KNOWN_SIGNALS,
+    WatchOptions,
+    config_ntp_servers,
+    serve,
+    signal_names,
+)
 
 
 @click.command("watch")
@@ -275,132 +167,43 @@ def watch_cmd(
     handler.setFormatter(logging.Formatter("geoprobe watch: %(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-
-    settings = resolve_settings(allow, policy_path, basis)
-    wanted = signal_names(signal_spec)
-    if metrics_path is not None and not metrics_path.parent.is_dir():
-        raise InputError(
-            "directory does not exist", file=str(metrics_path.parent), field="--metrics"
-        )
-    cat = catalogue_or_default(landmarks_path, env.cache_dir)
-    used_method = method or preferred_method(cat)
-    from geoprobe.metrics import parse_listen
-
-    listen = parse_listen(metrics_listen) if metrics_listen is not None else None
-    store_path = default_path(state_dir if state_dir is not None else env.state_dir)
-    store = WatchStore(store_path)
-    stream: TextIO = env.stdout  # type: ignore[assignment]
-    if events_path is not None:
-        stream = open(events_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in the finally below)
-    ntp = list(ntp_servers) or config_ntp_servers(env.config_dirs)
-    sources = build_signals(wanted, log, ntp_servers=ntp, realtime=env.is_root)
-    hook: HookRunner | None = None
-    watcher: Watcher
-
-    def on_error(exc: BaseException) -> None:
-        watcher.counters.hook_errors += 1
-        log.error("policy response failed: %s", exc)
-
-    if settings.policy is not None:
-        from geoprobe import defend
-
-        policy = settings.policy
-
-        def respond(ev: dict[str, Any]) -> None:
-            for r in defend.respond(
-                ev,
-                policy,
-                store_path=store_path,
-                dry_run=dry_run,
-                log=lambda msg: log.warning("%s", msg),
-            ):
-                log.info("action: %s", r)
-
-        def clear() -> None:
-            if not dry_run:
-                defend.clear(store_path)  # stop a running delay: the suspicion is over
-
-        hook = HookRunner(respond, clear=clear, on_error=on_error)
-
-    def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
-        from geoprobe.probe import measure as probe
-
-        return probe(
-            landmarks, used_method, samples=samples, timeout=watcher.probe_timeout(timeout), pps=pps
-        )
-
-    @functools.cache
-    def model() -> Model | None:
-        """Fitted on the first solve, then reused: every round would otherwise re-key the
-        catalogue."""
-        from geoprobe.locate import fit_catalogue
-
-        return fit_catalogue(cat, cache_dir=env.cache_dir)
-
-    def solve(rtts: Any) -> Fix:
-        from geoprobe.locate import solve as solve_fix
-
-        return solve_fix(cat.landmarks, rtts, model(), cache_dir=env.cache_dir)
-
-    def emit(ev: dict[str, Any]) -> None:
-        from geoprobe.events import write_event
-
-        store.record_event(ev)
-        write_event(stream, ev)
-
-    config = WatchConfig(
-        interval_s=interval,
-        fast_interval_s=fast_interval,
-        warmup_rounds=warmup,
-        min_landmarks=settings.min_landmarks,
-        # A landmark-timed echo ends with the statement, about two round trips after sending.
-        timeout_factor=3.0 if attest else 2.0,
-    )
-    watcher = Watcher(
-        cat,
-        settings.jurisdiction,
-        measure=measure,
-        solve=solve,
-        emit=emit,
-        store=store,
-        on_event=hook.event if hook else None,
-        on_clear=hook.cleared if hook else None,
-        signals=sources,
-        metrics_path=metrics_path,
-        metrics_listen=listen,
-        config=config,
-        journal=_attest_journal(state_dir if state_dir is not None else env.state_dir)
-        if attest
-        else None,
-    )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after this round", signum)
-        stop.set()
-
-    in_main = threading.current_thread() is threading.main_thread()
-    old = (
-        {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-    )
     try:
-        log.info(
-            "watching %d landmarks (%s), allowed %s, every %g s",
-            len(cat.landmarks),
-            used_method,
-            ",".join(sorted(settings.jurisdiction.allowed)),
-            interval,
+        settings = resolve_settings(allow, policy_path, basis)
+        wanted = signal_names(signal_spec)
+        if metrics_path is not None and not metrics_path.parent.is_dir():
+            raise InputError(
+                "directory does not exist", file=str(metrics_path.parent), field="--metrics"
+            )
+        from geoprobe.metrics import parse_listen
+
+        listen = parse_listen(metrics_listen) if metrics_listen is not None else None
+        cat = catalogue_or_default(landmarks_path, env.cache_dir)
+        state = state_dir if state_dir is not None else env.state_dir
+        options = WatchOptions(
+            catalogue=cat,
+            settings=settings,
+            method=method or preferred_method(cat),
+            state_dir=state,
+            cache_dir=env.cache_dir,
+            events_path=events_path,
+            metrics_path=metrics_path,
+            metrics_listen=listen,
+            journal=_attest_journal(state) if attest else None,
+            interval_s=interval,
+            fast_interval_s=fast_interval,
+            samples=samples,
+            timeout_s=timeout,
+            pps=pps,
+            warmup_rounds=warmup,
+            signals=tuple(wanted),
+            ntp_servers=tuple(ntp_servers) or tuple(config_ntp_servers(env.config_dirs)),
+            realtime=env.is_root,
+            dry_run=dry_run,
+            max_rounds=max_rounds,
         )
-        watcher.run(stop, max_rounds=max_rounds)
+        stdout: TextIO = env.stdout  # type: ignore[assignment]
+        serve(options, stdout, log)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        _stop_signals(sources)
-        if hook is not None:
-            hook.close()
-        store.close()
-        if stream is not env.stdout:
-            stream.close()
         log.removeHandler(handler)
 
 
@@ -416,4 +219,4 @@ def register(group: click.Group) -> None:
     group.add_command(watch_cmd)
 
 
-__all__ = ["build_signals", "config_ntp_servers", "register", "watch_cmd"]
+__all__ = ["register", "watch_cmd"]

@@ -26,12 +26,16 @@ from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, min_rtts
 from geoprobe.metrics import FixMetrics, RoundMetrics, WatchMetrics
+from geoprobe.migration import Migration
 from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
 from geoprobe.watch.jurisdiction import Jurisdiction
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
 from geoprobe.watch.state import WatchStore
 
 log = logging.getLogger("geoprobe.watch")
+# During warm-up the baseline may hold a single round, whose noise is unknown: a change must be
+# larger to count as a move (the thresholds ``check`` uses against its one stored run).
+WARMUP_TEST = ShiftTest(min_rounds=1, z=8.0, z_rise=12.0)
 
 Event = dict[str, Any]
 MeasureFn = Callable[[Sequence[Landmark]], list[Measurement]]
@@ -44,6 +48,15 @@ class RoundJournal(Protocol):
     def round(self, t: float, measurements: Sequence[Measurement]) -> None: ...
 
     def event(self, event: Mapping[str, Any]) -> None: ...
+
+
+def _last_migration(store: WatchStore) -> Migration | None:
+    """The last confirmed migration the store recorded (by this watch or a cron-mode check)."""
+    confirmed = store.events(events.CONFIRMED)
+    if not confirmed:
+        return None
+    data = confirmed[-1].get("data")
+    return Migration.from_data(data if isinstance(data, Mapping) else {})
 
 
 class AnomalySource(Protocol):
@@ -139,7 +152,8 @@ class Counters:
 
 
 class EventSink:
-    """Writes each event as one JSON line (stdout or --events FILE) and records it."""
+    """Writes each event as one JSON line (stdout or --events FILE), and records it when given a
+    store of its own (the watcher records its events in its store itself)."""
 
     def __init__(self, stream: Any, store: WatchStore | None) -> None:
         self.stream = stream
@@ -257,8 +271,19 @@ class Watcher:
 
     # -- persistence ---------------------------------------------------------------------------
     def _restore(self) -> None:
-        """Pick up the baseline where a previous run left it, so a move while we were down shows."""
+        """Pick up where a previous run left off, so a move while we were down shows.
+
+        A home is never taken outside the allowed set: after a crossing (the last migration event
+        in the store ended outside) the watch resumes in the ``outside`` state, and a stored
+        baseline whose fix is now judged outside is dropped (warm-up judges every round anew).
+        """
         if self.store is None:
+            return
+        last = _last_migration(self.store)
+        if last is not None and last.jurisdiction.get("verdict") == "outside":
+            log.info("resuming outside the allowed set (in %s at the last migration)", last.to)
+            self.fusion.enter_outside(None, self.clock())
+            self.baseline = Baseline()
             return
         raw = self.store.load_baseline("rtt")
         if raw is None:
@@ -277,6 +302,10 @@ class Watcher:
             log.warning("cannot re-solve the stored fix: %s; starting a new baseline", exc)
             self.baseline = Baseline()
             return
+        if self.jurisdiction.judge(fix).verdict == "outside":
+            log.warning("the stored baseline lies outside the allowed set; starting a new one")
+            self.baseline = Baseline()
+            return
         self.baseline.fix = fix
         self.fusion.rebaseline(fix)
         self.last_fix = fix
@@ -288,6 +317,8 @@ class Watcher:
     # -- one round -----------------------------------------------------------------------------
     def _publish(self, type_: str, data: dict[str, Any], out: list[Event]) -> None:
         ev = events.make_event(type_, data)
+        if self.store is not None:
+            self.store.record_event(ev)  # first: a restart reads what it last confirmed here
         self.emit(ev)
         if self.journal is not None:
             self.journal.event(ev)
@@ -364,12 +395,18 @@ class Watcher:
         self.last_shift = shift
         # Never twice in a row: a fingerprint that keeps moving without agreeing must not turn the
         # watch into a back-to-back prober; every other round waits the fast interval.
+        # Likewise after a first round judged outside (or, outside, not): the next one decides.
         self._at_once = (
             self.config.remeasure_at_once
             and not self._at_once
-            and shift is not None
-            and shift.outcome == "moved"
-            and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
+            and (
+                (
+                    shift is not None
+                    and shift.outcome == "moved"
+                    and self.fusion.state in (State.SUSPECT, State.CONFIRMING)
+                )
+                or self.fusion.judging
+            )
         )
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(
@@ -382,31 +419,60 @@ class Watcher:
     def _fuse(
         self, rtts: dict[str, float], anomalies: list[Anomaly], now: float, out: list[Event]
     ) -> tuple[ShiftResult | None, list[Transition]]:
+        """Test this round against the baseline and judge its fix; every round's verdict counts.
+
+        The baseline only grows with rounds that neither moved nor are judged outside, so a home
+        is never taken outside the allowed set, at start, during warm-up or later.
+        """
         if len(rtts) < self.config.min_landmarks:
             self.counters.failed_rounds += 1
             log.warning(
                 "only %d landmarks answered (need %d)", len(rtts), self.config.min_landmarks
             )
             return None, self.fusion.step(Observation(None, None, anomalies, now))
+        if self.fusion.outside:
+            fix = self.solve(rtts)
+            return None, self.fusion.step(Observation(None, fix, anomalies, now))
         if self.warming_up:
-            # Build the baseline (at start, or at the new place after a confirmed move): probe fast,
-            # test nothing yet; signals still reach fusion.
-            self.baseline.add(rtts)
-            if self.baseline.fix is None:
-                fix = self.solve(rtts)
-                self.baseline.fix = fix
-                self.fusion.rebaseline(fix)
-                self._record_fix(fix, rtts, now, out)
-            return None, self.fusion.step(Observation(None, None, anomalies, now))
+            return self._warm_up(rtts, anomalies, now, out)
         shift = self.test.assess(self.baseline, rtts, solve=self.solve)
-        transitions = self.fusion.step(Observation(shift, shift.fix, anomalies, now))
-        if shift.outcome == "not_moved" and self.fusion.state not in (
-            State.SUSPECT,
-            State.CONFIRMING,
+        fix = shift.fix or self.solve(rtts)
+        transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
+        if (
+            shift.outcome == "not_moved"
+            and self.fusion.state not in (State.SUSPECT, State.CONFIRMING, State.OUTSIDE)
+            and not self._outside_now()
         ):
             self.baseline.add(rtts)
             self._quiet_since_fix += 1
         return shift, transitions
+
+    def _warm_up(
+        self, rtts: dict[str, float], anomalies: list[Anomaly], now: float, out: list[Event]
+    ) -> tuple[ShiftResult | None, list[Transition]]:
+        """Build the baseline (at start, or at the new place after a move), probing fast.
+
+        A move during warm-up is a move: from its second round on, each round is tested against
+        what the baseline holds so far (with the thresholds of a one-round baseline), and a round
+        that moved or is judged outside is kept out of it.
+        """
+        fix = self.solve(rtts)
+        shift: ShiftResult | None = None
+        if self.baseline.rounds > 0:
+            tested = WARMUP_TEST.assess(self.baseline, rtts, solve=lambda _rtts: fix)
+            shift = tested if tested.outcome == "moved" else None
+        transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
+        if shift is None and not self._outside_now() and not self.fusion.outside:
+            self.baseline.add(rtts)
+            if self.baseline.fix is None:
+                self.baseline.fix = fix
+                self.fusion.rebaseline(fix)
+                self._record_fix(fix, rtts, now, out)
+        return shift, transitions
+
+    def _outside_now(self) -> bool:
+        v = self.fusion.verdict
+        return v is not None and v.verdict == "outside"
 
     def _announce(self, transitions: list[Transition], out: list[Event]) -> None:
         """Record every transition; publish the ones that carry an event; tell the policy hook."""
@@ -416,7 +482,11 @@ class Watcher:
             log.info("%s -> %s: %s", t.frm.value, t.to.value, "; ".join(t.reasons))
             if t.event_type is None:
                 continue
-            data = {**t.data, "state": t.to.value, "reasons": t.reasons}
+            data = (
+                t.migration.to_data()
+                if t.migration is not None
+                else {**t.data, "state": t.to.value, "reasons": t.reasons}
+            )
             if t.event_type == events.SUSPECTED:
                 self.counters.suspected += 1
             elif t.event_type == events.CONFIRMED:
@@ -444,18 +514,27 @@ class Watcher:
             and self.fusion.confirmed_fix is not None
         ):
             new = self.fusion.confirmed_fix
+            self._rebaseline_signals()
+            if self.fusion.outside:
+                # No home outside the allowed set: no baseline, every round judged instead.
+                self.baseline.reset([], fix=None)
+                self._record_fix(new, rtts, now, out)
+                return
             # Not seeded with this round: it may straddle the switchover or the new site's warm-up.
             self.baseline.reset([], fix=new)
             self._warmup_target = max(
                 self.config.warmup_rounds, self.config.post_move_warmup_rounds
             )
             self.fusion.rebaseline(new)
-            self._rebaseline_signals()
             self._record_fix(new, rtts, now, out)
         elif shift is not None and shift.fix is not None:
             self.last_fix = shift.fix
             if self.store is not None:
                 self.store.record_fix(shift.fix, rtts, source="watch", time=now)
+        elif self.fusion.outside and rtts:
+            self._quiet_since_fix += 1
+            if self._quiet_since_fix >= self.config.fix_every:
+                self._record_fix(self.solve(rtts), rtts, now, out)
         elif self._quiet_since_fix >= self.config.fix_every and rtts:
             self._record_fix(self.solve(rtts), rtts, now, out)
 
@@ -546,6 +625,7 @@ class Watcher:
             duration_s=self.last_round_s,
             interval_s=self.interval,
             landmarks_answered=len(rtts),
+            warming_up=self.warming_up,
             state=self.fusion.state.value,
             states=[s.value for s in State],
             changed_landmarks=len(self.last_shift.changed) if self.last_shift else None,

@@ -1,7 +1,9 @@
 """Fusion: one state machine turns fingerprint shifts, fixes and timing signals into a verdict.
 
 States: ``normal -> suspect -> confirming -> confirmed -> settled`` (and back to ``normal`` when a
-suspicion clears). Every transition carries its reasons, and the ones users act on carry an event.
+suspicion clears), and ``outside`` while the VM is outside the allowed set. Every transition carries
+its reasons, and the ones users act on carry an event. Every round's jurisdiction verdict counts:
+the daemon passes each round's fix (``Observation.fix``), and fusion judges it.
 
 * normal/settled -> suspect: the fingerprint moved, a decisive timing/fingerprint signal fired, or a
   signal saw a migration in progress (``Anomaly.precopy``: dirty-page tracking, a platform's
@@ -32,6 +34,16 @@ suspicion clears). Every transition carries its reasons, and the ones users act 
   rounds.
 * confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after the
   move.
+* any state -> confirmed, ``crossing=true`` (``from`` null when the VM was never seen inside):
+  ``outside_rounds`` rounds in a row judged outside by a proof, whether or not the fingerprint
+  showed a move (at start, during warm-up, or a change too gradual for the shift test). Two
+  independent measurements that each prove the VM outside corroborate each other. An outside
+  verdict from the calibrated probability alone gives ``crossing=null``: added delay could have
+  produced it.
+* confirmed -> outside: every confirmation whose new fix is judged outside. No baseline is taken
+  there; each round is judged instead.
+* outside -> confirmed, ``crossing=false``: ``outside_rounds`` rounds in a row not judged outside;
+  the daemon then takes a new baseline at the place it is judged to be.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from typing import Any
 from geoprobe import events
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
+from geoprobe.migration import PROOF_RULES, Migration, crossing_of
 from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
 from geoprobe.watch.shift import ShiftResult
 
@@ -55,6 +68,7 @@ class State(StrEnum):
     CONFIRMING = "confirming"
     CONFIRMED = "confirmed"
     SETTLED = "settled"
+    OUTSIDE = "outside"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +88,8 @@ class Anomaly:
 
 @dataclass(slots=True)
 class Observation:
-    """One round: the shift test's answer (with its fix, if solved) and the signals that fired."""
+    """One round: the shift test's answer, this round's fix (every round is judged) and the signals
+    that fired."""
 
     shift: ShiftResult | None
     fix: Fix | None = None
@@ -90,6 +105,7 @@ class Transition:
     time: float
     event_type: str | None = None  # a CloudEvent type when users should hear of it
     data: dict[str, Any] = field(default_factory=dict)
+    migration: Migration | None = None  # the confirmed migration ``data`` was built from
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +129,7 @@ class FusionConfig:
     settle_rounds: int = 3
     signal_window_s: float = 600.0
     min_decreased: int = 2  # a calibrated-only "outside" needs RTT to fall to this many landmarks
+    outside_rounds: int = 2  # rounds in a row judged outside (or back) that confirm it on their own
 
 
 def _agree_shift(a: ShiftResult, b: ShiftResult, cfg: FusionConfig) -> tuple[bool, str]:
@@ -160,11 +177,25 @@ class Fusion:
     _home_verdict: JurisdictionVerdict | None = None
     _hurry: bool = False
     _unsure: int = 0  # consecutive unsure rounds
+    verdict: JurisdictionVerdict | None = None  # this round's, when it had a fix
+    _outside_seen: int = 0  # rounds in a row judged outside, outside the ``outside`` state
+    _back_seen: int = 0  # rounds in a row not judged outside, in the ``outside`` state
+    _outside_fix: Fix | None = None  # the last fix judged outside (``from`` when coming back)
+
+    @property
+    def outside(self) -> bool:
+        """Outside the allowed set since a confirmation: no home, every round judged."""
+        return self.state == State.OUTSIDE
+
+    @property
+    def judging(self) -> bool:
+        """A round was judged outside (or, outside, not) and the next one decides."""
+        return self._outside_seen > 0 or self._back_seen > 0
 
     @property
     def fast(self) -> bool:
         """Probe faster while a suspicion is open, or after an unsure fingerprint."""
-        return self._hurry or self.state in (State.SUSPECT, State.CONFIRMING)
+        return self._hurry or self.state in (State.SUSPECT, State.CONFIRMING) or self.judging
 
     def _go(
         self,
@@ -174,8 +205,9 @@ class Fusion:
         now: float,
         event_type: str | None = None,
         data: dict[str, Any] | None = None,
+        migration: Migration | None = None,
     ) -> None:
-        out.append(Transition(self.state, to, reasons, now, event_type, data or {}))
+        out.append(Transition(self.state, to, reasons, now, event_type, data or {}, migration))
         self.state = to
 
     def _corroborating(self, now: float) -> list[Anomaly]:
@@ -187,20 +219,59 @@ class Fusion:
         """Feed one round; return the transitions it caused (each with its reasons)."""
         out: list[Transition] = []
         self._take_signals(obs)
+        self.verdict = self.jurisdiction.judge(obs.fix) if obs.fix is not None else None
+        if self.state == State.OUTSIDE:
+            self._on_outside(out, obs)
+            return out
         if obs.shift is not None:
             self._hurry = obs.shift.outcome == "unsure"
             self._unsure = self._unsure + 1 if self._hurry else 0
-        if self._persistent_rises(out, obs):
-            return out
-        handler = {
-            State.NORMAL: self._on_normal,
-            State.SETTLED: self._on_normal,
-            State.SUSPECT: self._on_suspect,
-            State.CONFIRMING: self._on_confirming,
-            State.CONFIRMED: self._on_confirmed,
-        }[self.state]
-        handler(out, obs)
+        if not self._persistent_rises(out, obs):
+            handler = {
+                State.NORMAL: self._on_normal,
+                State.SETTLED: self._on_normal,
+                State.SUSPECT: self._on_suspect,
+                State.CONFIRMING: self._on_confirming,
+                State.CONFIRMED: self._on_confirmed,
+            }[self.state]
+            handler(out, obs)
+        if not self.outside and not any(t.to == State.CONFIRMED for t in out):
+            self._outside_without_move(out, obs)
         return out
+
+    def _outside_without_move(self, out: list[Transition], obs: Observation) -> None:
+        """any -> confirmed -> outside: ``outside_rounds`` rounds in a row judged outside.
+
+        Whether or not the fingerprint showed a move: a watch started outside, a move during
+        warm-up, or one the shift test could not see must not leave the watch quiet.
+        """
+        v, fix = self.verdict, obs.fix
+        if v is None or fix is None:
+            return  # no fix this round: neither for nor against
+        if v.verdict != "outside" or self._home_outside():
+            self._outside_seen = 0
+            return
+        self._outside_seen += 1
+        if self._outside_seen == 1 and self.state not in (State.SUSPECT, State.CONFIRMING):
+            self._open(obs.time, None)
+        if self._outside_seen < self.config.outside_rounds:
+            return
+        proof = v.rule in PROOF_RULES
+        why = (
+            f"judged outside the allowed set {self._outside_seen} rounds in a row"
+            + (" (never seen inside)" if self.home_fix is None else "")
+            + ("" if proof else ": by the calibrated probability only, which added delay can forge")
+        )
+        self._verdicts = [v]
+        self._confirm(
+            out,
+            obs.shift,
+            fix,
+            True if proof else None,
+            [why, *v.reasons],
+            obs.time,
+            ["jurisdiction"],
+        )
 
     def _take_signals(self, obs: Observation) -> None:
         """Keep this round's anomalies (stamped with its time) and forget the ones too old."""
@@ -368,10 +439,15 @@ class Fusion:
         prev_v = self._verdicts[-1] if self._verdicts else None
         self._verdicts.append(verdict)
         signals = [a.signal for a in self._corroborating(now)]
-        if verdict.verdict == "outside" and self._home_outside():
-            why = "already outside the allowed set before this move: no new crossing"
+        crossing = crossing_of(verdict.verdict, outside_before=self._home_outside())
+        if crossing is False:
+            why = (
+                "already outside the allowed set before this move: no new crossing"
+                if self._home_outside()
+                else "a move within the allowed set"
+            )
             self._confirm(out, shift, fix, False, [*verdict.reasons, why], now, signals)
-        elif verdict.verdict == "outside":
+        elif crossing is True:
             corr = self._corroborating(now)
             if corr:
                 support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
@@ -380,9 +456,6 @@ class Fusion:
             else:
                 return  # one outside verdict: wait for the next round to agree
             self._confirm(out, shift, fix, True, verdict.reasons + support, now, signals)
-        elif verdict.verdict == "inside":
-            why = "a move within the allowed set"
-            self._confirm(out, shift, fix, False, [*verdict.reasons, why], now, signals)
         elif self._confirm_rounds >= self.config.max_confirm_rounds:
             # Moved, but neither provably out nor in: the policy's ``unknown`` verdict decides.
             why = (
@@ -390,6 +463,46 @@ class Fusion:
                 "a move, crossing unknown (never a confirmed crossing)"
             )
             self._confirm(out, shift, fix, None, [*verdict.reasons, why], now, signals)
+
+    def _on_outside(self, out: list[Transition], obs: Observation) -> None:
+        """outside -> confirmed (``crossing=false``): ``outside_rounds`` rounds in a row not judged
+        outside; the daemon takes a new baseline there."""
+        v, fix = self.verdict, obs.fix
+        if v is None or fix is None:
+            return
+        if v.verdict == "outside":
+            self._back_seen = 0
+            self._outside_fix = fix
+            return
+        self._back_seen += 1
+        if self._back_seen < self.config.outside_rounds:
+            return
+        why = f"judged {v.verdict} {self._back_seen} rounds in a row: no longer outside"
+        self._open(obs.time, None)
+        self._verdicts = [v]
+        self._confirm(
+            out,
+            obs.shift,
+            fix,
+            False,
+            [why, *v.reasons],
+            obs.time,
+            ["jurisdiction"],
+            frm=self._outside_fix,
+        )
+
+    def enter_outside(
+        self, fix: Fix | None, now: float, out: list[Transition] | None = None
+    ) -> None:
+        """Outside the allowed set: no home here. (Also how a restart resumes after a crossing.)"""
+        if out is not None:
+            why = "outside the allowed set: no baseline is taken here, every round is judged"
+            self._go(out, State.OUTSIDE, [why], now)
+        else:
+            self.state = State.OUTSIDE
+        self.home_fix, self._home_verdict = None, None
+        self._outside_fix = fix
+        self._outside_seen = self._back_seen = 0
 
     def _corroborated_at_once(self, out: list[Transition], shift: ShiftResult, now: float) -> None:
         """Confirm a crossing on the first moved measurement when it is already a proof and an
@@ -417,34 +530,49 @@ class Fusion:
     def _confirm(
         self,
         out: list[Transition],
-        shift: ShiftResult,
+        shift: ShiftResult | None,
         fix: Fix,
         crossing: bool | None,
         reasons: list[str],
         now: float,
         signals: list[str],
+        *,
+        frm: Fix | None = None,
     ) -> None:
-        data = self._data(shift, signals=["rtt_fingerprint", *signals])
+        """-> confirmed, with the typed migration event; -> outside when the new fix is."""
+        data = self._data(shift, signals=["rtt_fingerprint", *signals] if shift else signals)
         v = self._verdicts[-1]
-        # ``probability``: that the VM is where the event says (outside the allowed set for a
-        # crossing, inside for a move within it); a sound or certified verdict is a proof.
-        proof = v.rule in ("sound", "certified")
-        prob = 1.0 if proof else (1.0 - v.p_allowed if crossing else v.p_allowed)
-        data.update(
-            {
-                "crossing": crossing,
-                "to": self.jurisdiction.label(fix),
-                "jurisdiction": v.to_json(),
-                "probability": round(prob, 4),
-                "landmarks": len(fix.landmarks_used),
+        origin = frm if frm is not None else self.home_fix
+        dist = data["distance_km"]
+        if dist is None and origin is not None:
+            dist = float(haversine_km(origin.lat, origin.lon, fix.lat, fix.lon))
+        migration = Migration(
+            crossing=crossing,
+            frm=self.jurisdiction.label(origin),
+            to=self.jurisdiction.label(fix),
+            jurisdiction=v.to_json(),
+            landmarks=len(fix.landmarks_used),
+            source="watch",
+            signals=tuple(data["signals"]),
+            distance_km=dist,
+            reasons=tuple(reasons),
+            extra={
+                "state": State.CONFIRMED.value,
+                "shift": data["shift"],
+                "allowed": data["allowed"],
                 "rounds": len(self._moves),
                 "seconds": round(now - self._since, 3),
                 "fix": fix.to_json(),
-            }
+            },
         )
-        self._go(out, State.CONFIRMED, reasons, now, events.CONFIRMED, data)
+        self._go(
+            out, State.CONFIRMED, reasons, now, events.CONFIRMED, migration.to_data(), migration
+        )
         self.confirmed_fix = fix
         self._quiet = self._unsure = 0
+        self._outside_seen = self._back_seen = 0
+        if v.verdict == "outside":
+            self.enter_outside(fix, now, out)
 
     def _data(self, shift: ShiftResult | None, signals: Sequence[str] = ()) -> dict[str, Any]:
         """The event payload shared by suspected and confirmed (``from``, ``to``, distance,

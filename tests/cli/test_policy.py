@@ -101,7 +101,9 @@ def test_fire_dry_run_then_fire_then_again(setup: dict[str, Path], tmp_path: Pat
     code, out = run(["policy", "audit", "--json"], tmp_path)
     trail = json.loads(out)
     assert [(r["action"], r["status"]) for r in trail] == [
+        ("wipe", "started"),
         ("wipe", "ok"),
+        ("hook", "started"),
         ("hook", "ok"),
         ("wipe", "skipped"),
         ("hook", "skipped"),

@@ -7,6 +7,7 @@ benchmarks/watch_acceptance.py; here the phases are short and the waits generous
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -64,8 +65,8 @@ def stop(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
     return proc.returncode, err
 
 
-@pytest.fixture
-def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+@contextlib.contextmanager
+def running_testbed(tmp_path: Path, at: str) -> Iterator[tuple[Path, dict[str, str]]]:
     env = dict(
         os.environ,
         GEOPROBE_RUNTIME_DIR=str(tmp_path / "run"),
@@ -77,7 +78,7 @@ def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         "testbed",
         "run",
         "--at-server",
-        "Frankfurt",
+        at,
         "--catalogue",
         str(cat),
         "--name",
@@ -89,6 +90,12 @@ def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         yield cat, env
     finally:
         stop(tb)
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    with running_testbed(tmp_path, "Frankfurt") as tb:
+        yield tb
 
 
 def move(env: dict[str, str], to: str) -> None:
@@ -271,8 +278,8 @@ def test_ntp_servers_come_from_config_and_feed_a_clock_signal(
 ) -> None:
     import logging
 
-    from geoprobe.cli.watch import build_signals, config_ntp_servers
     from geoprobe.errors import InputError
+    from geoprobe.watch.service import build_signals, config_ntp_servers
     from geoprobe.watch.signals.ntp import SntpServer
 
     monkeypatch.setenv("GEOPROBE_CONFIG_DIR", str(tmp_path))
@@ -312,3 +319,70 @@ def test_metrics_into_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
     )
     err = env.stderr.getvalue()
     assert code == 3 and err.count("\n") == 1 and "nope" in err and "--metrics" in err
+
+
+def watch_args(cat: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "watch",
+        "--landmarks",
+        str(cat),
+        "--events",
+        str(tmp_path / "events.jsonl"),
+        "--state",
+        str(tmp_path / "state"),
+        "--interval",
+        "1",
+        "--warmup",
+        "3",
+        "--signals",
+        "none",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_a_watch_started_outside_the_allowed_set_raises_a_crossing_the_policy_acts_on(
+    tmp_path: Path, hook_policy: HookPolicy
+) -> None:
+    """Started in Madrid with DE allowed: never quiet, never a home there."""
+    with running_testbed(tmp_path, "Madrid") as (cat, env):
+        ev = tmp_path / "events.jsonl"
+        watch = geoprobe(*watch_args(cat, tmp_path, "--policy", str(hook_policy.policy)), env=env)
+        try:
+            wait_for(lambda: bool(hook_policy.events()), 90, "the policy's hook")
+        finally:
+            code, err = stop(watch)
+    assert code == 0 and "Traceback" not in err, err
+    (hooked,) = [json.loads(x) for x in hook_policy.events()]
+    assert hooked["type"] == events.CONFIRMED
+    d = hooked["data"]
+    assert d["crossing"] is True and d["from"] is None and d["to"] == "ES" and d["proof"] is True
+    assert [e["id"] for e in read_events(ev) if e["type"] == events.CONFIRMED] == [hooked["id"]]
+    from geoprobe.store import default_path
+    from geoprobe.watch.state import WatchStore
+
+    with WatchStore(default_path(tmp_path / "state")) as st:
+        states = [t[1] for t in st.transitions()]
+    assert states[-1] == "outside" and "normal" not in states and "settled" not in states
+
+
+@pytest.mark.slow
+def test_a_move_right_after_start_is_a_move(tmp_path: Path, hook_policy: HookPolicy) -> None:
+    """The tour's order pasted at once: the VM moves 0.2 s after the watch starts."""
+    with running_testbed(tmp_path, "Frankfurt") as (cat, env):
+        ev = tmp_path / "events.jsonl"
+        watch = geoprobe(*watch_args(cat, tmp_path, "--policy", str(hook_policy.policy)), env=env)
+        try:
+            time.sleep(0.2)
+            move(env, "Madrid")
+            wait_for(lambda: bool(hook_policy.events()), 90, "the policy's hook")
+        finally:
+            code, err = stop(watch)
+    assert code == 0 and "Traceback" not in err, err
+    (c,) = [e["data"] for e in read_events(ev) if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["to"] == "ES" and c["from"] in (None, "DE")
+    from geoprobe.store import default_path
+    from geoprobe.watch.state import WatchStore
+
+    with WatchStore(default_path(tmp_path / "state")) as st:
+        assert st.transitions()[-1][1] == "outside"  # no home was taken in Madrid

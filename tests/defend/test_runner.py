@@ -55,9 +55,13 @@ def test_verdict_mapping(tmp_path: Path) -> None:
     assert verdict_of(crossing_event(), pol) == "confirmed_crossing"
     assert verdict_of(make_event(CONFIRMED, {"crossing": False}), pol) is None
     assert verdict_of(make_event(CONFIRMED, {"crossing": None}), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.5), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.95, landmarks=["a", "b"]), pol) == "unknown"
-    assert verdict_of(crossing_event(probability=0.95, landmarks=6), pol) == "confirmed_crossing"
+    # Not a proof: how sure the crossing is, 1 - p_allowed, must reach min_probability.
+    assert verdict_of(crossing_event(p_allowed=0.5), pol) == "unknown"
+    assert verdict_of(crossing_event(p_allowed=0.05, landmarks=["a", "b"]), pol) == "unknown"
+    assert verdict_of(crossing_event(p_allowed=0.05, landmarks=6), pol) == "confirmed_crossing"
+    # A proof is sure whatever the calibrated probability says.
+    proof = {"verdict": "outside", "rule": "sound", "p_allowed": 0.5}
+    assert verdict_of(crossing_event(jurisdiction=proof), pol) == "confirmed_crossing"
     assert verdict_of(make_event(FIX, {"verdict": "unknown"}), pol) == "unknown"
     assert verdict_of(make_event(FIX, {}), pol) is None
 
@@ -91,9 +95,13 @@ command = ["{last}"]
     assert lines(order) == ["first", "last"]
     rows = audit_rows(store)
     assert [(r["action_index"], r["status"]) for r in rows] == [
+        (0, "started"),
         (0, "ok"),
+        (1, "started"),
         (1, "failed"),
+        (2, "started"),
         (2, "timeout"),
+        (3, "started"),
         (3, "ok"),
     ]
 
@@ -111,7 +119,7 @@ def test_same_event_fires_once_new_event_fires_again(tmp_path: Path) -> None:
     respond(other, pol, store_path=store)
     assert lines(tmp_path / "h.log") == [ev["id"], other["id"]]
     statuses = [r["status"] for r in audit_rows(store)]
-    assert statuses == ["ok", "skipped", "ok"]
+    assert statuses == ["started", "ok", "skipped", "started", "ok"]
 
 
 def test_dry_run_touches_nothing(tmp_path: Path) -> None:
@@ -176,7 +184,7 @@ command = ["{weak}"]
 """,
     )
     store = tmp_path / "geoprobe.sqlite"
-    respond(crossing_event(probability=0.6), pol, store_path=store)
+    respond(crossing_event(p_allowed=0.4), pol, store_path=store)
     assert lines(tmp_path / "weak.log") and not lines(tmp_path / "strong.log")
 
 
@@ -229,7 +237,7 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def test_kill_9_mid_action_resumes_only_the_interrupted_action(tmp_path: Path) -> None:
+def test_kill_9_mid_hook_reports_it_interrupted_and_runs_the_rest(tmp_path: Path) -> None:
     started = tmp_path / "started"
     a = counting_hook(tmp_path, "a")
     b = counting_hook(
@@ -252,10 +260,77 @@ def test_kill_9_mid_action_resumes_only_the_interrupted_action(tmp_path: Path) -
     assert (len(lines(tmp_path / "a.log")), len(lines(tmp_path / "c.log"))) == (1, 0)
     (tmp_path / "b.done").touch()
     second = subprocess.run(argv, capture_output=True, text=True, check=True)
-    assert json.loads(second.stdout) == ["skipped", "ok", "ok"]
-    assert [len(lines(tmp_path / f"{n}.log")) for n in "abc"] == [1, 2, 1]
+    # A hook may have done its work before the kill: it is reported, never run a second time.
+    assert json.loads(second.stdout) == ["skipped", "interrupted", "ok"]
+    assert [len(lines(tmp_path / f"{n}.log")) for n in "abc"] == [1, 1, 1]
     third = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert json.loads(third.stdout) == ["skipped", "skipped", "skipped"]
+    rows = [
+        (r["action_index"], r["status"])
+        for r in audit_rows(tmp_path / "geoprobe.sqlite")
+        if r["status"] != "skipped"
+    ]
+    assert rows[:5] == [
+        (0, "started"),
+        (0, "ok"),
+        (1, "started"),
+        (1, "interrupted"),
+        (2, "started"),
+    ]
+    assert rows[5] == (2, "ok")
+
+
+def fake_systemctl(tmp_path: Path) -> dict[str, str]:
+    """PATH with a `systemctl` that logs each call and, until `<tmp>/go` exists, waits."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "systemctl"
+    tool.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {tmp_path}/systemctl.log\n'
+        f"touch {tmp_path}/systemctl.started\n"
+        f"i=0; while [ ! -e {tmp_path}/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
+        f'echo "$*" >> {tmp_path}/systemctl.done\n'
+    )
+    tool.chmod(0o755)
+    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+
+
+def test_kill_9_mid_idempotent_action_runs_it_again(tmp_path: Path) -> None:
+    env = fake_systemctl(tmp_path)
+    a = counting_hook(tmp_path, "a")
+    policy(
+        tmp_path,
+        f'[[on.confirmed_crossing]]\naction = "hook"\ncommand = ["{a}"]\n'
+        '[[on.confirmed_crossing]]\naction = "stop_units"\nunits = ["vault.service"]\n',
+    )
+    argv = driver(tmp_path, crossing_event())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True, env=env)
+    try:
+        _wait_for(tmp_path / "systemctl.started")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (tmp_path / "systemctl.done").exists()
+    (tmp_path / "go").touch()
+    second = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+    assert json.loads(second.stdout) == ["skipped", "ok"]
+    # Two calls: the interrupted attempt's (its child outlives the kill) and the re-run's.
+    assert lines(tmp_path / "systemctl.log") == ["stop -- vault.service"] * 2
+    assert len(lines(tmp_path / "a.log")) == 1
+    rows = [
+        (r["action_index"], r["status"])
+        for r in audit_rows(tmp_path / "geoprobe.sqlite")
+        if r["status"] != "skipped"
+    ]
+    assert rows == [
+        (0, "started"),
+        (0, "ok"),
+        (1, "started"),
+        (1, "interrupted"),
+        (1, "started"),
+        (1, "ok"),
+    ]
 
 
 def test_two_processes_racing_on_one_event_fire_each_action_once(tmp_path: Path) -> None:

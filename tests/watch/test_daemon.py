@@ -133,15 +133,49 @@ def test_cross_border_move_is_confirmed_within_two_rounds(
     d = confirmed[0]["data"]
     assert d["crossing"] is True and d["from"] == "DE" and d["to"] in ("ES", None)
     assert d["distance_km"] > 1000 and "rtt_fingerprint" in d["signals"]
-    assert d["probability"] == 1.0 and d["jurisdiction"]["rule"] in ("sound", "certified")
+    assert d["proof"] is True and d["jurisdiction"]["rule"] in ("sound", "certified")
+    assert d["p_allowed"] == d["jurisdiction"]["p_allowed"] and d["source"] == "watch"
     assert types(hooked) == [
         events.SUSPECTED,
         events.CONFIRMED,
     ]  # the policy hook sees migrations only
-    # The watch re-baselines at the new place (warm-up, probing fast), then settles, with no further events.
+    # No home is taken outside the allowed set: no baseline, every round judged, nothing said.
     n = len(emitted)
-    # A fresh baseline at the new place, not seeded with the confirming round (it may straddle the
-    # switchover), and longer than the first: the new site's noise is unknown.
+    assert w.fusion.state == State.OUTSIDE and w.baseline.rounds == 0
+    for _ in range(12):
+        w.round()
+    assert w.fusion.state == State.OUTSIDE and w.baseline.rounds == 0
+    assert w.interval == w.config.interval_s
+    assert set(types(emitted[n:])) == {events.FIX}  # its fixes still say where it is
+    assert all(e["data"]["jurisdiction"]["verdict"] == "outside" for e in emitted[n:])
+    assert w.store is not None
+    assert [t[1] for t in w.store.transitions()] == [
+        "suspect",
+        "confirming",
+        "confirmed",
+        "outside",
+    ]
+    assert (
+        'geoprobe_migrations_confirmed_total{crossing="true"} 1'
+        in (tmp_path / "m.prom").read_text()
+    )
+    assert 'geoprobe_watch_state{state="outside"} 1' in (tmp_path / "m.prom").read_text()
+
+
+def test_back_inside_after_a_crossing_takes_a_new_home_there(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world, w, emitted, _ = watch_at_home(catalogue, tmp_path, 6)
+    world.at = MADRID
+    for _ in range(3):
+        w.round()
+    assert w.fusion.state == State.OUTSIDE
+    world.at = BERLIN
+    w.round()
+    w.round()
+    back = [e["data"] for e in emitted if e["type"] == events.CONFIRMED][-1]
+    assert back["crossing"] is False and (back["from"], back["to"]) == ("ES", "DE")
+    # A fresh baseline at the new place, longer than the first: the new site's noise is unknown.
     assert w.baseline.rounds == 0
     warm = 0
     while w.warming_up:
@@ -152,18 +186,7 @@ def test_cross_border_move_is_confirmed_within_two_rounds(
     for _ in range(3):
         w.round()
     assert w.fusion.state == State.SETTLED and w.interval == w.config.interval_s
-    assert set(types(emitted[n:])) <= {events.FIX}
-    assert w.store is not None
-    assert [t[1] for t in w.store.transitions()] == [
-        "suspect",
-        "confirming",
-        "confirmed",
-        "settled",
-    ]
-    assert (
-        'geoprobe_migrations_confirmed_total{crossing="true"} 1.0'
-        in (tmp_path / "m.prom").read_text()
-    )
+    assert w.jurisdiction.label(w.fusion.home_fix) == "DE"
 
 
 def test_same_country_move_is_no_crossing(catalogue: Catalogue, tmp_path: Path) -> None:
@@ -380,11 +403,16 @@ def test_a_clock_step_with_the_move_confirms_the_crossing_in_that_round(
     world, w, emitted, hooked = watch_at_home(catalogue, tmp_path, 6, signals=[SignalAdapter(step)])
     world.at = MADRID
     r = w.round()
-    assert [t.to for t in r.transitions] == [State.SUSPECT, State.CONFIRMING, State.CONFIRMED]
+    assert [t.to for t in r.transitions] == [
+        State.SUSPECT,
+        State.CONFIRMING,
+        State.CONFIRMED,
+        State.OUTSIDE,
+    ]
     (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     assert c["crossing"] is True and c["from"] == "DE" and "clock_offset" in c["signals"]
     assert types(hooked) == [events.SUSPECTED, events.CONFIRMED]
-    assert w.interval == w.config.fast  # re-baselining at the new place, not re-measuring at once
+    assert w.interval == w.config.interval_s  # outside: judged every round, not re-measured at once
 
 
 class SwitchingWorld(World):
@@ -458,9 +486,101 @@ def test_a_round_spanning_the_switchover_is_split_at_the_clock_step(
     assert State.SUSPECT in [t.to for t in r.transitions]
     confirmed = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     if split:
-        assert [t.to for t in r.transitions][-1] == State.CONFIRMED
+        assert [t.to for t in r.transitions][-2:] == [State.CONFIRMED, State.OUTSIDE]
         (c,) = confirmed
         assert c["crossing"] is True and (c["from"], c["to"]) == ("DE", "ES")
         assert set(r.rtts) == ALL_IDS - before
     else:
         assert confirmed == [] and set(r.rtts) == ALL_IDS
+
+
+def test_a_watch_started_outside_raises_a_crossing_from_nowhere(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    w, emitted, hooked = make_watcher(catalogue, World(MADRID, seed=11), tmp_path)
+    w.round()
+    assert emitted == [] and w.interval == 0.0  # the next round decides: at once
+    w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["from"] is None and c["to"] == "ES"
+    assert c["signals"] == ["jurisdiction"] and types(hooked) == [events.CONFIRMED]
+    assert w.fusion.state == State.OUTSIDE and w.baseline.rounds == 0
+    for _ in range(5):
+        w.round()
+    assert len([e for e in emitted if e["type"] == events.CONFIRMED]) == 1
+    assert w.fusion.home_fix is None and w.baseline.rounds == 0
+
+
+def test_a_move_during_warm_up_is_a_move(catalogue: Catalogue, tmp_path: Path) -> None:
+    world = World(FRANKFURT, seed=12)
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    w.round()  # the first warm-up round: home at Frankfurt
+    world.at = MADRID
+    for _ in range(3):
+        w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["from"] == "DE" and c["to"] == "ES"
+    assert w.fusion.state == State.OUTSIDE
+
+
+def test_a_move_within_the_allowed_set_during_warm_up_stays_out_of_the_baseline(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world = World(FRANKFURT, seed=13)
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    w.round()
+    world.at = BERLIN
+    r = w.round()
+    assert r.shift is not None and r.shift.outcome == "moved"
+    assert w.baseline.rounds == 1 and w.fusion.state == State.SUSPECT
+    for _ in range(3):
+        w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is False and c["from"] == "DE" and c["distance_km"] > 300
+
+
+def test_a_restart_after_a_crossing_resumes_outside_without_a_new_event(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    world, w, _, _ = watch_at_home(catalogue, tmp_path, 14)
+    world.at = MADRID
+    w.round()
+    w.round()
+    assert w.fusion.state == State.OUTSIDE
+    assert w.store is not None
+    w.store.close()  # as after kill -9 right after the crossing was recorded
+    w2, emitted2, hooked2 = make_watcher(catalogue, world, tmp_path)
+    assert w2.fusion.state == State.OUTSIDE and w2.fusion.home_fix is None
+    for _ in range(4):
+        w2.round()
+        assert w2.fusion.state == State.OUTSIDE  # never "normal" outside the allowed set
+    assert [e for e in emitted2 if e["type"] == events.CONFIRMED] == [] and hooked2 == []
+
+
+def test_a_stored_baseline_outside_the_allowed_set_is_never_adopted(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    from geoprobe.watch.shift import Baseline
+
+    rng = np.random.default_rng(15)
+    madrid = Baseline()
+    for _ in range(5):
+        madrid.add(rtts_at(*MADRID, rng))
+    with WatchStore(tmp_path / "geoprobe.sqlite") as st:
+        st.save_baseline("rtt", madrid.to_json())
+    w, emitted, _ = make_watcher(catalogue, World(MADRID, seed=15), tmp_path)
+    assert w.baseline.rounds == 0 and w.fusion.home_fix is None
+    w.round()
+    w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["from"] is None
+
+
+def test_the_metrics_say_when_the_baseline_is_built(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, _, _ = make_watcher(catalogue, World(FRANKFURT, seed=16), tmp_path)
+    prom = tmp_path / "m.prom"
+    w.round()
+    assert "\ngeoprobe_watch_warming_up 1.0\n" in prom.read_text()
+    while w.warming_up:
+        w.round()
+    assert "\ngeoprobe_watch_warming_up 0.0\n" in prom.read_text()

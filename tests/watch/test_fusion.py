@@ -88,7 +88,8 @@ def test_cross_border_move_is_confirmed_on_the_agreeing_remeasurement() -> None:
     assert [t.to for t in ts] == [State.SUSPECT]
     assert ts[0].event_type == events.SUSPECTED and f.fast
     ts = run(f, [Observation(moved(PARIS))])
-    assert [t.to for t in ts] == [State.CONFIRMING, State.CONFIRMED]
+    # Outside the allowed set no home is taken: the state says so.
+    assert [t.to for t in ts] == [State.CONFIRMING, State.CONFIRMED, State.OUTSIDE]
     (c,) = confirmed(ts)
     assert c.data["crossing"] is True
     assert c.data["from"] == "DE" and c.data["to"] == "FR"
@@ -193,14 +194,15 @@ def test_weak_signal_never_raises_a_suspicion() -> None:
 
 
 def test_confirmed_settles_after_quiet_rounds_and_a_second_move_opens_a_new_episode() -> None:
-    f = fusion()
+    f = fusion("DE,FR")
     run(f, [Observation(moved(PARIS)), Observation(moved(PARIS))])
+    assert f.state == State.CONFIRMED
     f.rebaseline(PARIS)
     ts = run(f, [Observation(quiet()) for _ in range(3)])
     assert [t.to for t in ts] == [State.SETTLED]
-    ts = run(f, [Observation(moved(FRANKFURT)), Observation(moved(FRANKFURT))])
+    ts = run(f, [Observation(moved(MADRID)), Observation(moved(MADRID))])
     (c,) = confirmed(ts)
-    assert c.data["from"] == "FR" and c.data["to"] == "DE" and c.data["crossing"] is False
+    assert c.data["from"] == "FR" and c.data["to"] == "ES" and c.data["crossing"] is True
 
 
 def test_calibrated_outside_needs_rtt_decreases() -> None:
@@ -245,7 +247,8 @@ def test_persistent_rises_suspect_then_confirm_an_unknown_crossing() -> None:
     ts = run(f, [Observation(unsure(PARIS)) for _ in range(5)])
     (c,) = confirmed(ts)
     assert c.data["crossing"] is None and "cannot be placed" in c.reasons[0]
-    assert run(f, [Observation(quiet()) for _ in range(3)])[-1].to == State.SETTLED
+    assert f.state == State.OUTSIDE  # its fix is judged outside: no home there
+    assert run(f, [Observation(quiet()) for _ in range(3)]) == []
 
 
 def test_a_passing_load_spike_clears() -> None:
@@ -262,7 +265,12 @@ def test_a_proof_backed_by_a_signal_confirms_in_the_first_round() -> None:
     clock = Anomaly("clock_landmarks", 9.0, "clock offset stepped +50.2 ms", decisive=True)
     f = fusion()
     ts = run(f, [Observation(moved(PARIS), anomalies=[clock])])
-    assert [t.to for t in ts] == [State.SUSPECT, State.CONFIRMING, State.CONFIRMED]
+    assert [t.to for t in ts] == [
+        State.SUSPECT,
+        State.CONFIRMING,
+        State.CONFIRMED,
+        State.OUTSIDE,
+    ]
     (c,) = confirmed(ts)
     assert c.data["crossing"] is True and c.data["from"] == "DE" and c.data["to"] == "FR"
     assert "clock_landmarks" in c.data["signals"] and c.data["rounds"] == 1
@@ -301,3 +309,46 @@ def test_a_migration_in_progress_raises_a_suspicion_on_its_own() -> None:
     f = fusion()
     weak = Anomaly("dirty_pages", 5.0, "pages re-dirtied", decisive=False)
     assert run(f, [Observation(quiet(), anomalies=[weak])]) == []
+
+
+def test_outside_without_a_move_is_a_crossing_from_nowhere_then_back_is_none() -> None:
+    f = Fusion(Jurisdiction.of(["DE"]))  # a watch that never saw the VM inside
+    ts = run(f, [Observation(None, MADRID)])
+    assert ts == [] and f.fast  # one outside verdict: re-measure soon, say nothing yet
+    ts = run(f, [Observation(None, MADRID)])
+    assert [t.to for t in ts] == [State.CONFIRMED, State.OUTSIDE]
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is True and c.data["from"] is None and c.data["to"] == "ES"
+    assert c.data["signals"] == ["jurisdiction"] and c.data["proof"] is True
+    assert "never seen inside" in c.reasons[0]
+    assert c.migration is not None and c.migration.to_data() == c.data
+    # Outside, every round is judged and nothing more is said until it is back.
+    assert run(f, [Observation(None, MADRID) for _ in range(5)]) == []
+    assert run(f, [Observation(None, FRANKFURT)]) == []
+    ts = run(f, [Observation(None, FRANKFURT)])
+    (back,) = confirmed(ts)
+    assert back.data["crossing"] is False and (back.data["from"], back.data["to"]) == ("ES", "DE")
+    assert f.state == State.CONFIRMED and f.confirmed_fix is FRANKFURT
+
+
+def test_a_quiet_fingerprint_outside_is_still_a_crossing() -> None:
+    """The shift test saw nothing, the verdict did: every round's verdict counts."""
+    f = fusion()
+    ts = run(f, [Observation(quiet(), PARIS), Observation(quiet(), PARIS)])
+    (c,) = confirmed(ts)
+    assert c.data["crossing"] is True and c.data["from"] == "DE"
+    # One outside round between inside ones is not enough.
+    f = fusion()
+    obs = [
+        Observation(quiet(), PARIS),
+        Observation(quiet(), FRANKFURT),
+        Observation(quiet(), PARIS),
+    ]
+    assert confirmed(run(f, obs)) == [] and f.state == State.NORMAL
+
+
+def test_outside_by_probability_alone_is_an_unknown_crossing() -> None:
+    f = Fusion(Jurisdiction.of(["DE"], basis="calibrated", min_probability=0.95))
+    (c,) = confirmed(run(f, [Observation(None, STRASBOURG_WIDE) for _ in range(2)]))
+    assert c.data["crossing"] is None and c.data["proof"] is False
+    assert c.data["p_allowed"] == c.data["jurisdiction"]["p_allowed"] == 0.03

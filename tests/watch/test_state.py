@@ -92,3 +92,60 @@ def test_store_survives_kill_9_with_no_half_recorded_fix(tmp_path: Path) -> None
     with WatchStore(db) as st:
         last = st.last_fix()
         assert last is not None and len(last.rtts) == 200
+
+
+def test_a_move_its_event_and_its_queue_entry_are_one_transaction(tmp_path: Path) -> None:
+    from geoprobe.defend.audit import AuditStore
+
+    db = tmp_path / "s.sqlite"
+    ev = events.make_event(events.CONFIRMED, {"crossing": True})
+    with WatchStore(db) as st:
+        st.record_fix(make_fix(40.4, -3.7), {"a": 9.0}, source="check", event=ev, respond=True)
+        assert [e["id"] for e in st.events()] == [ev["id"]]
+    store = AuditStore.open(db)
+    try:
+        assert [e["id"] for e in store.pending()] == [ev["id"]]
+        store.settle(ev["id"])
+        assert store.pending() == []
+    finally:
+        store.close()
+
+
+def test_a_corrupt_store_is_said_once_and_left_as_it_was(tmp_path: Path) -> None:
+    from geoprobe.store import StoreError
+    from geoprobe.watch.state import FailSafeWatchStore
+
+    db = tmp_path / "s.sqlite"
+    junk = os.urandom(4096)
+    db.write_bytes(junk)
+    with pytest.raises(StoreError, match="corrupt"):
+        WatchStore(db)
+    said: list[StoreError] = []
+    st = FailSafeWatchStore(db, on_failure=said.append)
+    st.record_fix(make_fix(50.1, 8.7), {"a": 1.0})
+    st.record_event(events.make_event(events.FIX, {}))
+    st.save_baseline("rtt", {"x": 1})
+    assert st.last_fix() is None and st.load_baseline("rtt") is None and st.events() == []
+    st.close()
+    assert len(said) == 1 and said[0].path == db and "corrupt" in said[0].problem
+    assert db.read_bytes() == junk
+
+
+def test_an_event_file_on_a_full_disk_is_said_once_and_never_raises(tmp_path: Path) -> None:
+    from geoprobe.watch.state import EventFile
+
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full (a device that is always full) is not present")
+    said: list[OSError] = []
+    f = EventFile.open("/dev/full", on_failure=said.append)
+    try:
+        for _ in range(3):
+            events.write_event(f, events.make_event(events.FIX, {}))  # type: ignore[arg-type]
+    finally:
+        f.close()
+    assert len(said) == 1 and "space" in (said[0].strerror or "")
+    ok = EventFile.open(tmp_path / "ev.jsonl", on_failure=said.append)
+    events.write_event(ok, events.make_event(events.FIX, {"n": 1}))  # type: ignore[arg-type]
+    ok.close()
+    assert (tmp_path / "ev.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "ev.jsonl").stat().st_mode & 0o777 == 0o600
