@@ -411,12 +411,11 @@ class Watcher:
             )
             return None, self.fusion.step(Observation(None, None, anomalies, now))
         if self.fusion.outside:
-            fix = self.solve(rtts)
-            return None, self.fusion.step(Observation(None, fix, anomalies, now))
+            return None, self.fusion.step(Observation(None, self._judged(rtts), anomalies, now))
         if self.warming_up:
             return self._warm_up(rtts, anomalies, now, out)
         shift = self.test.assess(self.baseline, rtts, solve=self.solve)
-        fix = shift.fix or self.solve(rtts)
+        fix = shift.fix or self._judged(rtts)
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if (
             shift.outcome == "not_moved"
@@ -449,6 +448,15 @@ class Watcher:
                 self.fusion.rebaseline(fix)
                 self._record_fix(fix, rtts, now, out)
         return shift, transitions
+
+    def _judged(self, rtts: Mapping[str, float]) -> Fix | None:
+        """This round's fix for its verdict; a round the engine cannot solve still counts for the
+        shift test (its verdict is then neither for nor against)."""
+        try:
+            return self.solve(rtts)
+        except GeoprobeError as exc:
+            log.warning("cannot solve this round's fix: %s", exc)
+            return None
 
     def _outside_now(self) -> bool:
         v = self.fusion.verdict
