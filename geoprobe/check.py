@@ -24,7 +24,7 @@ from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, load_measurements, min_rtts
-from geoprobe.migration import Migration, crossing_of
+from geoprobe.migration import PROOF_RULES, Migration, crossing_found_outside, crossing_of
 from geoprobe.settings import Settings
 from geoprobe.status import ExitStatus
 from geoprobe.watch.jurisdiction import JurisdictionVerdict
@@ -89,7 +89,7 @@ def evaluate(fix: Fix, settings: Settings) -> tuple[ExitStatus, JurisdictionVerd
 
 def is_outside(v: JurisdictionVerdict, landmarks: int, settings: Settings) -> bool:
     """Outside, on evidence the plugin acts on: a proof, or a probability from enough landmarks."""
-    proof = v.rule in ("certified", "sound")
+    proof = v.rule in PROOF_RULES
     return v.verdict == "outside" and (proof or landmarks >= settings.min_landmarks)
 
 
@@ -224,7 +224,6 @@ def _since_last_run(
     """
     j = settings.jurisdiction
     outside = is_outside(v, len(fix.landmarks_used), settings)
-    proof = v.rule in ("certified", "sound")
     common: dict[str, Any] = {
         "to": j.label(fix),
         "jurisdiction": v.to_json(),
@@ -237,7 +236,7 @@ def _since_last_run(
         why = "outside the allowed set at the first run: never seen inside"
         result.summary = f"{why}: {result.summary}"
         return Migration(
-            crossing=True if proof else None,
+            crossing=crossing_found_outside(v.rule),
             frm=None,
             signals=("jurisdiction",),
             reasons=(why, *v.reasons),
@@ -280,7 +279,7 @@ def _since_last_run(
         why = f"outside the allowed set, inside at the last run ({when}), with no move measured"
         result.summary = f"{why}: {result.summary}"
         return Migration(
-            crossing=True if proof else None,
+            crossing=crossing_found_outside(v.rule),
             frm=frm,
             distance_km=km,
             signals=("jurisdiction",),

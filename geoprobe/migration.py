@@ -43,6 +43,15 @@ def crossing_of(verdict: str, *, outside_before: bool = False) -> bool | None:
     return None
 
 
+def crossing_found_outside(rule: str) -> bool | None:
+    """A crossing found by the verdict alone (outside, with no move seen that led there).
+
+    A proof is a crossing; an outside verdict from the calibrated probability alone is unknown,
+    since added delay can push a calibrated estimate across a border.
+    """
+    return True if rule in PROOF_RULES else None
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

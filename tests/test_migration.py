@@ -88,3 +88,14 @@ def test_arbitrary_data_reads_without_a_traceback(data: dict[str, Any]) -> None:
     m = Migration.from_data(data)
     m.to_data()
     assert m.policy_verdict(0.9, 3) in (None, "unknown", "confirmed_crossing")
+
+
+@pytest.mark.parametrize(
+    ("rule", "crossing"), [("certified", True), ("sound", True), ("probability", None)]
+)
+def test_a_crossing_found_by_the_verdict_alone_needs_a_proof(
+    rule: str, crossing: bool | None
+) -> None:
+    from geoprobe.migration import crossing_found_outside
+
+    assert crossing_found_outside(rule) is crossing

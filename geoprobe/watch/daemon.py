@@ -34,8 +34,18 @@ from geoprobe.watch.state import WatchStore
 
 log = logging.getLogger("geoprobe.watch")
 # During warm-up the baseline may hold a single round, whose noise is unknown: a change must be
-# larger to count as a move (the thresholds ``check`` uses against its one stored run).
-WARMUP_TEST = ShiftTest(min_rounds=1, z=8.0, z_rise=12.0)
+# larger to count as a move, and two-sided (see ``_two_sided``).
+WARMUP_TEST = ShiftTest(min_rounds=1, z=8.0, z_rise=8.0)
+WARMUP_MIN_SIDE = 0.2  # share of the changed landmarks each direction needs during warm-up
+
+
+def _two_sided(shift: ShiftResult) -> bool:
+    """A move brings some landmarks closer and takes others away. A first round slowed by a cold
+    start only makes the next ones look faster, and load only makes them slower: one-sided changes
+    against a baseline of one or two rounds are not taken for a move."""
+    need = max(2, WARMUP_MIN_SIDE * len(shift.changed))
+    return len(shift.decreased) >= need and len(shift.increased) >= need
+
 
 Event = dict[str, Any]
 MeasureFn = Callable[[Sequence[Landmark]], list[Measurement]]
@@ -431,12 +441,11 @@ class Watcher:
             )
             return None, self.fusion.step(Observation(None, None, anomalies, now))
         if self.fusion.outside:
-            fix = self.solve(rtts)
-            return None, self.fusion.step(Observation(None, fix, anomalies, now))
+            return None, self.fusion.step(Observation(None, self._judged(rtts), anomalies, now))
         if self.warming_up:
             return self._warm_up(rtts, anomalies, now, out)
         shift = self.test.assess(self.baseline, rtts, solve=self.solve)
-        fix = shift.fix or self.solve(rtts)
+        fix = shift.fix or self._judged(rtts)
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if (
             shift.outcome == "not_moved"
@@ -453,14 +462,14 @@ class Watcher:
         """Build the baseline (at start, or at the new place after a move), probing fast.
 
         A move during warm-up is a move: from its second round on, each round is tested against
-        what the baseline holds so far (with the thresholds of a one-round baseline), and a round
-        that moved or is judged outside is kept out of it.
+        what the baseline holds so far (stricter thresholds, and RTT must both fall and rise), and
+        a round that moved or is judged outside is kept out of it.
         """
         fix = self.solve(rtts)
         shift: ShiftResult | None = None
         if self.baseline.rounds > 0:
             tested = WARMUP_TEST.assess(self.baseline, rtts, solve=lambda _rtts: fix)
-            shift = tested if tested.outcome == "moved" else None
+            shift = tested if tested.outcome == "moved" and _two_sided(tested) else None
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if shift is None and not self._outside_now() and not self.fusion.outside:
             self.baseline.add(rtts)
@@ -469,6 +478,15 @@ class Watcher:
                 self.fusion.rebaseline(fix)
                 self._record_fix(fix, rtts, now, out)
         return shift, transitions
+
+    def _judged(self, rtts: Mapping[str, float]) -> Fix | None:
+        """This round's fix for its verdict; a round the engine cannot solve still counts for the
+        shift test (its verdict is then neither for nor against)."""
+        try:
+            return self.solve(rtts)
+        except GeoprobeError as exc:
+            log.warning("cannot solve this round's fix: %s", exc)
+            return None
 
     def _outside_now(self) -> bool:
         v = self.fusion.verdict

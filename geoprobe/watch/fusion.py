@@ -57,7 +57,7 @@ from typing import Any
 from geoprobe import events
 from geoprobe.geo.fix import Fix
 from geoprobe.geo.sphere import haversine_km
-from geoprobe.migration import PROOF_RULES, Migration, crossing_of
+from geoprobe.migration import Migration, crossing_found_outside, crossing_of
 from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
 from geoprobe.watch.shift import ShiftResult
 
@@ -256,18 +256,22 @@ class Fusion:
             self._open(obs.time, None)
         if self._outside_seen < self.config.outside_rounds:
             return
-        proof = v.rule in PROOF_RULES
+        crossing = crossing_found_outside(v.rule)
         why = (
             f"judged outside the allowed set {self._outside_seen} rounds in a row"
             + (" (never seen inside)" if self.home_fix is None else "")
-            + ("" if proof else ": by the calibrated probability only, which added delay can forge")
+            + (
+                ""
+                if crossing
+                else ": by the calibrated probability only, which added delay can forge"
+            )
         )
         self._verdicts = [v]
         self._confirm(
             out,
             obs.shift,
             fix,
-            True if proof else None,
+            crossing,
             [why, *v.reasons],
             obs.time,
             ["jurisdiction"],

@@ -584,3 +584,26 @@ def test_the_metrics_say_when_the_baseline_is_built(catalogue: Catalogue, tmp_pa
     while w.warming_up:
         w.round()
     assert "\ngeoprobe_watch_warming_up 0.0\n" in prom.read_text()
+
+
+class ColdStartWorld(World):
+    """The first round answers slowly (cold caches, key setup): 10 ms more on half the landmarks."""
+
+    def __init__(self, at: tuple[float, float], seed: int) -> None:
+        super().__init__(at, seed)
+        self.first = True
+
+    def measure(self, landmarks: Sequence[Landmark]) -> list[Measurement]:
+        ms = super().measure(landmarks)
+        if self.first:
+            self.first = False
+            for m in ms[::2]:
+                m.rtts_ms = [r + 10.0 for r in m.rtts_ms]
+        return ms
+
+
+def test_a_slow_first_round_is_no_move_during_warm_up(catalogue: Catalogue, tmp_path: Path) -> None:
+    w, emitted, _ = make_watcher(catalogue, ColdStartWorld(FRANKFURT, seed=17), tmp_path)
+    for _ in range(10):
+        w.round()
+    assert set(types(emitted)) == {events.FIX} and w.fusion.state == State.NORMAL
