@@ -8,7 +8,8 @@ power-off) is valid but almost never meant, so it is reported too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from geoprobe.policy import ActionSpec, Policy
@@ -58,3 +59,25 @@ def policy_warnings(policy: Policy) -> list[str]:
                 "on.cleared is for giving back what on.suspected took"
             )
     return out
+
+
+def open_suspicion(history: Iterable[Mapping[str, Any]]) -> str | None:
+    """The suspected event of an episode nothing has ended yet, from events in the order they
+    were recorded (a watch stopped mid-suspicion leaves one). A crossing (confirmed, ``crossing``
+    true or null) ends it with nothing to give back, a cleared event naming it ends it; a move
+    confirmed inside the allowed set does not, since its cleared event follows it. None when
+    every suspicion was answered."""
+    from geoprobe import events
+
+    open_id: str | None = None
+    for ev in history:
+        kind = ev.get("type")
+        raw = ev.get("data")
+        data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        if kind == events.SUSPECTED:
+            open_id = str(ev.get("id"))
+        elif (kind == events.CONFIRMED and data.get("crossing") is not False) or (
+            kind == events.CLEARED and data.get("suspected_id") == open_id
+        ):
+            open_id = None
+    return open_id
