@@ -52,6 +52,16 @@ def policy_warnings(policy: Policy) -> list[str]:
                 f"{spec.where} {spec.action}: no {back} in on.cleared for {', '.join(missing)}: "
                 "it stays taken after a harmless move"
             )
+    held = _names(suspected, "luks_suspend", "luks")
+    for verdict in ("confirmed_crossing", "unknown"):
+        for spec in policy.actions.get(verdict, []):
+            both = [n for n in spec.options.get("luks", []) if n in held]
+            if spec.action == "unmount" and both and spec.options.get("paths"):
+                out.append(
+                    f"{spec.where} unmount: {', '.join(both)} may be suspended by on.suspected; "
+                    "unmounting its filesystem waits on the blocked I/O until the timeout "
+                    "(a suspended volume's key is already out of memory: leave it suspended)"
+                )
     for spec in cleared:
         if spec.action in NOT_ON_CLEARED:
             out.append(

@@ -155,6 +155,23 @@ def test_policy_check_warns_of_measures_nothing_gives_back() -> None:
     assert paired.warnings() == [] and paired.summary()["warnings"] == []
 
 
+def test_policy_check_warns_that_unmounting_a_suspended_volume_blocks() -> None:
+    pol = parse_policy(
+        {
+            "on": {
+                "suspected": [{"action": "luks_suspend", "luks": ["data"]}],
+                "cleared": [{"action": "luks_resume", "luks": ["data"], "secret": "s"}],
+                "confirmed_crossing": [
+                    {"action": "unmount", "paths": ["/srv/other"], "luks": ["other"]},
+                    {"action": "unmount", "paths": ["/srv/data"], "luks": ["data"]},
+                ],
+            }
+        }
+    )
+    (w,) = pol.warnings()
+    assert w.startswith("on.confirmed_crossing[1] unmount: data may be suspended")
+
+
 # -- the actions -----------------------------------------------------------------------------
 
 
