@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from geoprobe import defend, events
 from geoprobe.defend import luks, runner, system
 from geoprobe.defend.base import ActionContext, ActionFailed
+from geoprobe.defend.reversible import open_suspicion
 from geoprobe.errors import InputError
 from geoprobe.policy import parse_policy
 
@@ -279,3 +280,29 @@ def test_a_cleared_event_queued_before_a_crash_is_delivered_again(
     results = defend.redeliver(pol, store_path=db)
     assert [(r.action, r.status) for r in results] == [("start_units", "ok")]
     assert calls(shims) == [f"systemctl start -- {UNIT}"] and defend.pending(db) == []
+
+
+_event = st.fixed_dictionaries(
+    {
+        "id": st.one_of(st.text(max_size=5), st.integers(), st.none()),
+        "type": st.sampled_from([events.SUSPECTED, events.CONFIRMED, events.CLEARED, "x"]),
+        "data": st.one_of(
+            st.none(),
+            st.text(max_size=5),
+            st.dictionaries(
+                st.sampled_from(["crossing", "suspected_id", "reason"]),
+                st.one_of(st.booleans(), st.none(), st.text(max_size=5)),
+            ),
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_event, max_size=12))
+def test_open_suspicion_reads_any_stored_history(history: list[dict[str, Any]]) -> None:
+    found = open_suspicion(history)
+    suspected = [str(e["id"]) for e in history if e["type"] == events.SUSPECTED]
+    assert found is None or found == suspected[-1]
+    answered = [*history, {"type": events.CLEARED, "data": {"suspected_id": found}}]
+    assert open_suspicion(answered) is None
