@@ -204,10 +204,12 @@ def run_check(
             if settings.policy is not None:
                 result.notes += respond(event, settings.policy, store.path, dry_run)
         # Inside and unmoved, or moved inside the allowed set: a watch's open suspicion ended.
+        # (``crossing`` false alone is not enough: a move between two places outside is none.)
         unmoved_inside = migration is None and result.status == ExitStatus.OK
-        if settings.policy is not None and (
-            unmoved_inside or (migration is not None and migration.crossing is False)
-        ):
+        moved_inside = (
+            migration is not None and migration.crossing is False and v.verdict == "inside"
+        )
+        if settings.policy is not None and (unmoved_inside or moved_inside):
             reason = "suspicion_cleared" if migration is None else "moved_inside"
             result.notes += answer_suspicion(store, settings.policy, reason, dry_run)
     return result

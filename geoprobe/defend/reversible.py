@@ -73,10 +73,9 @@ def policy_warnings(policy: Policy) -> list[str]:
 
 def open_suspicion(history: Iterable[Mapping[str, Any]]) -> str | None:
     """The suspected event of an episode nothing has ended yet, from events in the order they
-    were recorded (a watch stopped mid-suspicion leaves one). A crossing (confirmed, ``crossing``
-    true or null) ends it with nothing to give back, a cleared event naming it ends it; a move
-    confirmed inside the allowed set does not, since its cleared event follows it. None when
-    every suspicion was answered."""
+    were recorded (a watch stopped mid-suspicion leaves one). A confirmed move ends it with
+    nothing to give back, unless it crossed nothing and ended judged inside (its cleared event
+    follows it); a cleared event naming it ends it. None when every suspicion was answered."""
     from geoprobe import events
 
     open_id: str | None = None
@@ -84,9 +83,11 @@ def open_suspicion(history: Iterable[Mapping[str, Any]]) -> str | None:
         kind = ev.get("type")
         raw = ev.get("data")
         data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        judged = data.get("jurisdiction")
+        inside = isinstance(judged, Mapping) and judged.get("verdict") == "inside"
         if kind == events.SUSPECTED:
             open_id = str(ev.get("id"))
-        elif (kind == events.CONFIRMED and data.get("crossing") is not False) or (
+        elif (kind == events.CONFIRMED and not (data.get("crossing") is False and inside)) or (
             kind == events.CLEARED and data.get("suspected_id") == open_id
         ):
             open_id = None

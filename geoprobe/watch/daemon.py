@@ -520,7 +520,7 @@ class Watcher:
         """Stop what a suspicion started once it is over, and give back what it took.
 
         Any end but a crossing stops the hold (``on_clear``). An end without a crossing (back at
-        the baseline, or a move judged inside: ``crossing`` false) also publishes one
+        the baseline, or a move that crossed nothing and ends judged inside) also publishes one
         ``io.geoprobe.migration.cleared`` naming the suspected event it answers, on which the
         policy runs ``on.cleared``; a crossing, or one that cannot be told, publishes none.
         """
@@ -534,7 +534,9 @@ class Watcher:
             elif t.to == State.NORMAL or (t.to == State.CONFIRMED and crossing is not True):
                 stop = True
                 reason = "suspicion_cleared" if t.to == State.NORMAL else None
-                reason = "moved_inside" if crossing is False else reason
+                judged = t.data.get("jurisdiction") or {}
+                inside = crossing is False and judged.get("verdict") == "inside"
+                reason = "moved_inside" if inside else reason
                 answered, self._suspected_id = self._suspected_id, None
             elif t.to == State.CONFIRMED:
                 self._suspected_id = None  # a crossing: nothing is given back
