@@ -60,6 +60,7 @@ class Link:
 
     index: int
     flags: int = 0
+    family: int = 0  # AF_UNSPEC for the link itself; the bridge module adds AF_BRIDGE copies
     name: str = ""
     master: int | None = None
     address: bytes = b""
@@ -113,7 +114,7 @@ def parse_link(payload: bytes) -> Link:
     """The ifinfomsg and the attributes the listeners need."""
     if len(payload) < IFINFOMSG.size:
         raise NetlinkError(f"ifinfomsg is {len(payload)} bytes, not {IFINFOMSG.size}")
-    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
+    family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
     attrs = parse_attrs(payload[IFINFOMSG.size :])
     kind = ""
     if IFLA_LINKINFO in attrs:
@@ -122,6 +123,7 @@ def parse_link(payload: bytes) -> Link:
     return Link(
         index=index,
         flags=flags,
+        family=family,
         name=_cstr(attrs.get(IFLA_IFNAME, b"")),
         master=_u32(attrs[IFLA_MASTER], "IFLA_MASTER") if IFLA_MASTER in attrs else None,
         address=attrs.get(IFLA_ADDRESS, b""),

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -154,37 +154,55 @@ class LinkTracker:
 
     def __init__(self) -> None:
         self.links: dict[int, Link] = {}
+        self.reported: set[int] = set()  # one event per unplugged link
 
     def feed(self, typ: int, link: Link) -> tuple[str, str] | None:
-        """(kind, description) when this message is a migration event, else None."""
+        """(kind, description) when this message is a migration event, else None.
+
+        Only the link's own messages count (``family`` AF_UNSPEC): the bridge module's AF_BRIDGE
+        copies carry no link kind.
+        """
+        if link.family != socket.AF_UNSPEC:
+            return None
+        old = self.links.get(link.index)
         if typ == RTM_NEWLINK:
-            old = self.links.get(link.index)
-            merged = link
-            if old is not None and not link.name:
-                merged = Link(link.index, link.flags, old.name, link.master, old.address, old.kind)
-            self.links[link.index] = merged
-            if link.event == IFLA_EVENT_NOTIFY_PEERS and merged.kind not in self.BONDS:
-                return "announce", f"{merged.name or link.index}: peers notified (self-announce)"
+            if old is not None and not link.kind and old.kind:
+                link = replace(link, kind=old.kind)
+            self.links[link.index] = link
+            if link.master is not None:
+                self.reported.discard(link.index)  # plugged back: the next unplug counts again
+            if link.event == IFLA_EVENT_NOTIFY_PEERS and link.kind not in self.BONDS:
+                return "announce", f"{link.name or link.index}: peers notified (self-announce)"
+            if old is not None and old.master is not None and link.master is None:
+                return self._left_failover(link, old.master)  # released before it goes
             return None
         if typ != RTM_DELLINK:
             return None
-        old = self.links.pop(link.index, None)
-        master_idx = link.master if link.master is not None else (old.master if old else None)
-        address = link.address or (old.address if old else b"")
-        name = link.name or (old.name if old else str(link.index))
-        master = self.links.get(master_idx) if master_idx is not None else None
-        if master is None or master.kind or not address or master.address != address:
+        self.links.pop(link.index, None)
+        master = link.master if link.master is not None else (old.master if old else None)
+        if master is None:
             return None
-        siblings = [
+        return self._left_failover(link if link.address else (old or link), master)
+
+    def _left_failover(self, link: Link, master_idx: int) -> tuple[str, str] | None:
+        """A failover master (no link kind, unlike bond/team/bridge) lost a slave with its MAC
+        while another slave with that MAC (the standby) stays."""
+        master = self.links.get(master_idx)
+        if link.index in self.reported:
+            return None
+        if master is None or master.kind or not link.address or master.address != link.address:
+            return None
+        standby = [
             s
             for s in self.links.values()
-            if s.master == master.index and s.address == address and s.index != link.index
+            if s.master == master.index and s.address == link.address and s.index != link.index
         ]
-        if not siblings:
+        if not standby:
             return None
+        self.reported.add(link.index)
         why = (
-            f"{name} left failover master {master.name} (standby {siblings[0].name} stays): "
-            "primary NIC unplugged for a migration"
+            f"{link.name or link.index} left failover master {master.name} "
+            f"(standby {standby[0].name} stays): primary NIC unplugged for a migration"
         )
         return "failover_unplug", why
 
@@ -282,7 +300,14 @@ class VmGenIdSignal(EventListener):
             ev = parse_uevent(datagram)
         except NetlinkError:
             return
-        if ev.action == "change" and ev.env.get("NEW_VMGENID") == "1":
+        # A uevent written to a sysfs ``uevent`` file (root) carries SYNTH_UUID: not the driver's.
+        device = ev.devpath.lower()
+        if (
+            ev.action == "change"
+            and ev.env.get("NEW_VMGENID") == "1"
+            and "SYNTH_UUID" not in ev.env
+            and ("vmgen" in device or "qemuvgid" in device)
+        ):
             self.record(
                 "vmgenid",
                 f"VM generation ID changed ({ev.devpath}): resumed as a new VM",
