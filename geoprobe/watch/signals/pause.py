@@ -173,7 +173,7 @@ class PauseSignal:
         self,
         name: str = "vm_pause",
         *,
-        period_s: float = 0.01,
+        period_s: float = 0.02,
         min_gap_ms: float = 40.0,
         hold_s: float = 300.0,
     ) -> None:
@@ -297,7 +297,7 @@ class PauseSignal:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m geoprobe.watch.signals.pause")
-    ap.add_argument("--period", type=float, default=0.01)
+    ap.add_argument("--period", type=float, default=0.02)
     ap.add_argument("--min-gap-ms", type=float, default=20.0)
     ap.add_argument("--cpus", default="0")
     args = ap.parse_args(argv)
