@@ -49,8 +49,9 @@ for l in (1, 3, 19):
 sizes = [xbzrle_size(b, a) for b, a in zip(before, after)]
 whole = sum(x is None for x in sizes)
 sent = [PAGE if x is None else x for x in sizes]
-print(json.dumps({**s, "memory_cap": cap, "content": content, "ratios": ratios, "xbzrle_whole_share": whole / n,
-                  "xbzrle_mean_bytes": sum(sent) / n, "sampled_pages": n}))
+out = {**s, "memory_cap": cap, "content": content, "ratios": ratios, "sampled_pages": n}
+out.update(xbzrle_whole_share=whole / n, xbzrle_mean_bytes=sum(sent) / n)
+print(json.dumps(out))
 """
 
 
