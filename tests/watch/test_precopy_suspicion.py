@@ -99,3 +99,33 @@ def test_the_watch_wakes_when_a_signal_fires_between_rounds(
     finally:
         stop.set()
         t.join(timeout=30)
+
+
+def test_default_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
+    import logging
+
+    from geoprobe.watch.service import DEFAULT_SIGNALS, build_signals, signal_names, stop_signals
+
+    names = signal_names(DEFAULT_SIGNALS)
+    assert {"precopy", "platform", "pause"} <= set(names)
+    sources = build_signals(["precopy", "platform", "pause"], logging.getLogger("test"))
+    try:
+        built = [s.name for s in sources]
+        assert built == [
+            "dirty_sync",
+            "link_events",
+            "vmgenid",
+            "balloon_hint",
+            "clock_set",
+            "vm_pause",
+        ]
+        children = [
+            s.signal.proc
+            for s in sources
+            if getattr(s, "signal", None) is not None
+            and getattr(s.signal, "proc", None) is not None
+        ]
+        assert len(children) == 2 and all(p.poll() is None for p in children)
+    finally:
+        stop_signals(sources)
+    assert all(p.poll() is not None for p in children)
