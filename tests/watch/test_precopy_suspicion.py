@@ -101,13 +101,14 @@ def test_the_watch_wakes_when_a_signal_fires_between_rounds(
         t.join(timeout=30)
 
 
-def test_default_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
+def test_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
     import logging
 
     from geoprobe.watch.service import DEFAULT_SIGNALS, build_signals, signal_names, stop_signals
 
     names = signal_names(DEFAULT_SIGNALS)
-    assert {"precopy", "platform", "pause"} <= set(names)
+    assert {"platform", "pause"} <= set(names) and "precopy" not in names
+    assert signal_names("precopy") == ["precopy"]
     sources = build_signals(["precopy", "platform", "pause"], logging.getLogger("test"))
     try:
         built = [s.name for s in sources]

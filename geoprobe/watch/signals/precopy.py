@@ -97,7 +97,7 @@ def parse_line(line: str) -> Cycle | None:
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     ratio: float = 2.0  # first write at least this many times the second
-    min_excess_ns: float = 50.0  # per page: TCG's notdirty path costs ~250 ns, a KVM trap ~1 us
+    min_excess_ns: float = 50.0  # per page: ~1 us measured under TCG, a KVM trap ~1 us
     quorum_missing: int = 1  # chunks that may stay fast in a sync (one sync can land mid-cycle)
 
 
