@@ -29,6 +29,7 @@ from geoprobe.metrics import FixMetrics, RoundMetrics, WatchMetrics
 from geoprobe.migration import Migration
 from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
 from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.sentinel import SentinelConfig, Trigger, select_sentinels
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
 from geoprobe.watch.state import WatchStore
 
@@ -67,6 +68,14 @@ def _last_migration(store: WatchStore) -> Migration | None:
         return None
     data = confirmed[-1].get("data")
     return Migration.from_data(data if isinstance(data, Mapping) else {})
+
+
+class SentinelProbe(Protocol):
+    """The continuous sensing between full rounds (``geoprobe.watch.sentinel.Sentinel``)."""
+
+    config: SentinelConfig
+
+    def watch(self, landmarks: Sequence[Landmark]) -> None: ...
 
 
 class AnomalySource(Protocol):
@@ -113,6 +122,9 @@ class SignalAdapter:
 class WatchConfig:
     interval_s: float = 60.0
     fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
+    # Between warm-up rounds (default: the fast interval). The baseline is what every later test
+    # needs, so the service builds it in seconds rather than minutes.
+    warmup_interval_s: float | None = None
     warmup_rounds: int = (
         5  # rounds that build the baseline (at start and after a move) before testing
     )
@@ -159,6 +171,7 @@ class Counters:
     confirmed: dict[str, int] = field(default_factory=lambda: {"true": 0, "false": 0, "unknown": 0})
     events: int = 0
     hook_errors: int = 0
+    sentinel_triggers: int = 0  # full rounds the sentinels asked for
 
 
 class EventSink:
@@ -244,6 +257,7 @@ class Watcher:
         shift_test: ShiftTest | None = None,
         clock: Callable[[], float] = time.time,
         journal: RoundJournal | None = None,
+        sentinel: SentinelProbe | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.jurisdiction = jurisdiction
@@ -277,6 +291,9 @@ class Watcher:
         self._quiet_since_fix = 0
         self._at_once = False  # the last round asks for an immediate re-measurement
         self._warmup_target = self.config.warmup_rounds  # more after a confirmed move
+        self.sentinel = sentinel
+        self._sentinels: list[str] | None = None  # chosen set; None: choose after the next round
+        self._wake = threading.Event()  # a sentinel asks for a full round now
         self._restore()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -391,6 +408,7 @@ class Watcher:
         now = self.clock()
         out: list[Event] = []
         fix_before = self.last_fix
+        self._wake.clear()  # this round measures whatever the sentinels saw
         ms = self.measure(self.catalogue.landmarks)
         self.counters.rounds += 1
         self._landmark_timed = sorted(m.landmark_id for m in ms if m.landmark_timed_rtts_ms)
@@ -418,6 +436,7 @@ class Watcher:
                 or self.fusion.judging
             )
         )
+        self._update_sentinels(rtts)
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(
             ms, rtts, now, self.last_fix if self.last_fix is not fix_before else None
@@ -533,6 +552,7 @@ class Watcher:
         ):
             new = self.fusion.confirmed_fix
             self._rebaseline_signals()
+            self._sentinels = None  # chosen again at the new place
             if self.fusion.outside:
                 # No home outside the allowed set: no baseline, every round judged instead.
                 self.baseline.reset([], fix=None)
@@ -570,6 +590,58 @@ class Watcher:
                         log.warning("signal %s: cannot rebaseline: %s", getattr(s, "name", s), exc)
                     break
 
+    # -- sentinels ---------------------------------------------------------------------------
+    def trigger(self, why: Trigger) -> None:
+        """A sentinel saw a change: start the next full round now (called from its thread)."""
+        log.info("%s: full round now", why.describe())
+        self.counters.sentinel_triggers += 1
+        self._wake.set()
+
+    def _update_sentinels(self, rtts: Mapping[str, float]) -> None:
+        """Pause the sentinels while the baseline is built (rounds come fast then anyway); once
+        it is, choose them from its floors and noise, around the home fix. Outside the allowed
+        set there is no baseline: they are chosen from the round's RTTs."""
+        if self.sentinel is None:
+            return
+        if self.warming_up or len(rtts) < self.config.min_landmarks:
+            if self._sentinels:
+                self.sentinel.watch([])
+            self._sentinels = None
+            return
+        if self._sentinels is not None:
+            return
+        floors: dict[str, float] = dict(rtts)
+        noise: dict[str, float] = {}
+        if self.baseline.rounds > 0:
+            for lid in self.baseline.history:
+                r = self.baseline.rtt(lid)
+                sc = self.baseline.scale(lid, floor_ms=0.0, rel_floor=0.0)
+                if r is not None and sc is not None:
+                    floors[lid], noise[lid] = r, sc
+        home = self.baseline.fix or self.last_fix
+        ids = select_sentinels(
+            floors,
+            self.catalogue.landmarks,
+            (home.lat, home.lon) if home is not None else None,
+            self.sentinel.config,
+            noise=noise,
+        )
+        by_id = {lm.id: lm for lm in self.catalogue.landmarks}
+        self._sentinels = ids
+        self.sentinel.watch([by_id[i] for i in ids])
+
+    def _wait(self, stop: threading.Event, seconds: float) -> None:
+        """Sleep until the next round is due, a sentinel asks for one, or ``stop``."""
+        if self.sentinel is None:
+            stop.wait(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not stop.is_set() and not self._wake.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, 0.25))
+
     def probe_timeout(self, limit: float) -> float:
         """The per-sample timeout for the next round (see ``WatchConfig.adaptive_timeout``)."""
         if not self.config.adaptive_timeout or self.baseline.rounds == 0:
@@ -596,6 +668,8 @@ class Watcher:
     def interval(self) -> float:
         if self._at_once:
             return 0.0
+        if self.warming_up and self.config.warmup_interval_s is not None:
+            return self.config.warmup_interval_s
         return self.config.fast if self.fusion.fast or self.warming_up else self.config.interval_s
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
@@ -619,7 +693,7 @@ class Watcher:
             n += 1
             if max_rounds is not None and n >= max_rounds:
                 return
-            stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+            self._wait(stop, max(0.0, self.interval - (time.monotonic() - start)))
 
     def write_metrics(
         self,
