@@ -77,6 +77,8 @@ class SentinelProbe(Protocol):
 
     def watch(self, landmarks: Sequence[Landmark]) -> None: ...
 
+    def hold(self, held: bool) -> None: ...
+
 
 class AnomalySource(Protocol):
     """A timing, fingerprint or cloud signal, polled once per round with its measurements."""
@@ -409,7 +411,13 @@ class Watcher:
         out: list[Event] = []
         fix_before = self.last_fix
         self._wake.clear()  # this round measures whatever the sentinels saw
-        ms = self.measure(self.catalogue.landmarks)
+        if self.sentinel is not None:
+            self.sentinel.hold(True)
+        try:
+            ms = self.measure(self.catalogue.landmarks)
+        finally:
+            if self.sentinel is not None:
+                self.sentinel.hold(False)
         self.counters.rounds += 1
         self._landmark_timed = sorted(m.landmark_id for m in ms if m.landmark_timed_rtts_ms)
         if self.journal is not None:

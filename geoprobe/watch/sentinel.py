@@ -17,7 +17,8 @@ What counts as a change, per sentinel, against a floor learnt over its first sam
 * a **fall**: a sample below the floor by the margin. Jitter only adds delay, so RTT cannot
   fall without the path getting shorter;
 * a **rise**: the last two samples above the floor by the margin (a lasting rise, not a
-  queueing spike);
+  queueing spike), beyond the rise every other sentinel shares (load on the VM or delay added
+  on its own link slows every path alike; a move changes them unequally);
 * a **clock step**: the offset against landmark time (signed echo) moved by the step threshold
   on at least two sentinels, the same way: a migration's pause leaves the guest clock behind.
 
@@ -232,12 +233,31 @@ class SentinelDetector:
         last = list(tr.recent)
         if len(last) >= c.fall_n and all(x < tr.floor - fall for x in last[-c.fall_n :]):
             return Trigger("fall", lid, max(last[-c.fall_n :]) - tr.floor, fall, t)
-        if len(last) >= c.rise_n and min(last[-c.rise_n :]) > tr.floor + rise:
-            return Trigger("rise", lid, min(last[-c.rise_n :]) - tr.floor, rise, t)
+        up = self._rise(tr)
+        if up is not None:
+            common = self._common_rise(lid)
+            if up - common > rise:
+                return Trigger("rise", lid, up - common, rise, t)
         if offset_ms is not None and math.isfinite(offset_ms) and tr.offset is not None:
             tr.recent_offsets.append(offset_ms)
             return self._clock_step(t)
         return None
+
+    def _rise(self, tr: _Track, n: int | None = None) -> float | None:
+        """How far the last ``n`` (``rise_n``) samples all sit above the floor (None: too few)."""
+        n = self.config.rise_n if n is None else n
+        if tr.floor is None or len(tr.recent) < n:
+            return None
+        return min(list(tr.recent)[-n:]) - tr.floor
+
+    def _common_rise(self, lid: str) -> float:
+        """The rise every other sentinel shares: load on this VM or delay added on its own link
+        slows every path alike, a move changes them unequally (and brings some closer). The
+        others' latest sample counts: theirs of this tick may not have come back yet."""
+        others = [
+            r for k, t in self._tracks.items() if k != lid and (r := self._rise(t, 1)) is not None
+        ]
+        return max(0.0, min(others)) if others else 0.0
 
     def _clock_step(self, t: float) -> Trigger | None:
         """The offsets of at least ``step_landmarks`` sentinels moved the same way, each by the
@@ -281,6 +301,7 @@ class Sentinel:
         self.triggers = 0
         self._landmarks: list[Landmark] = []
         self._generation = 0
+        self._held = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -297,6 +318,13 @@ class Sentinel:
             self.detector.reset()
         if landmarks:
             log.info("sentinels: %s", ", ".join(lm.id for lm in landmarks))
+
+    def hold(self, held: bool) -> None:
+        """No sentinel probes while a full round runs: its burst of packets loads this VM and
+        the path, and would show as a rise; the round measures the place itself anyway."""
+        with self._lock:
+            self._held = held
+            self._generation += 1  # replies to probes sent before or during it are not used
 
     def start(self) -> None:
         if self._thread is None:
@@ -344,7 +372,7 @@ class Sentinel:
             next_at = time.monotonic()
             while not self._stop.is_set():
                 with self._lock:
-                    lms, gen = list(self._landmarks), self._generation
+                    lms, gen = ([] if self._held else list(self._landmarks)), self._generation
                 for lm in lms:
                     if prober.supports(lm) is not None:
                         continue

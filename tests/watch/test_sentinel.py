@@ -174,9 +174,13 @@ class FakeSentinel:
     def __init__(self) -> None:
         self.config = SentinelConfig(near=1, far=2)
         self.sets: list[list[str]] = []
+        self.held: list[bool] = []
 
     def watch(self, landmarks: list[Landmark]) -> None:
         self.sets.append([x.id for x in landmarks])
+
+    def hold(self, held: bool) -> None:
+        self.held.append(held)
 
 
 def test_the_watcher_arms_sentinels_after_warm_up_and_a_trigger_cuts_the_wait(
@@ -192,6 +196,7 @@ def test_the_watcher_arms_sentinels_after_warm_up_and_a_trigger_cuts_the_wait(
     while w.warming_up:
         w.round()
     assert len(s.sets) == 1 and len(s.sets[0]) == 3
+    assert s.held[-2:] == [True, False]  # held while a round probes
     nearest = min(LANDMARKS, key=lambda x: abs(x[1] - 50.1) + abs(x[2] - 8.7))[0]
     assert nearest in s.sets[0]
     stop = threading.Event()
@@ -202,3 +207,18 @@ def test_the_watcher_arms_sentinels_after_warm_up_and_a_trigger_cuts_the_wait(
     thread.join(10.0)  # two rounds 30 s apart, unless the trigger starts the second one
     stop.set()
     assert not thread.is_alive() and w.counters.sentinel_triggers == 1
+
+
+def test_a_rise_every_sentinel_shares_is_load_not_a_move() -> None:
+    c = SentinelConfig()
+    floors = {"a": 2.0, "b": 3.0, "c": 20.0}
+    d = SentinelDetector(c)
+    for i in range(c.learn):
+        for lid, f in floors.items():
+            assert d.add(lid, f + 0.1 * (i % 2), None, float(i)) is None
+    # Every path 40 ms slower (the VM starved of CPU, or delay added on its link): no trigger.
+    got = [d.add(lid, f + 40.0, None, 10.0 + k) for k in range(3) for lid, f in floors.items()]
+    assert got == [None] * 9
+    # Unequal changes on top of it are a move: "c" rises 15 ms more than the others.
+    got = [d.add("c", floors["c"] + 55.0, None, 20.0 + k) for k in range(2)]
+    assert got[-1] is not None and got[-1].kind == "rise" and 10 < got[-1].change_ms < 20
