@@ -237,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             moves.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-            run.wait_baseline(time.monotonic(), limit=args.deadline * 2)
+            # The sentinels are armed again once the new place has its baseline (or, outside the
+            # allowed set, at once): only then is the watch back at rest.
+            armed = time.monotonic()
+            while run.since(t_move + (took or 0.0), "sentinels: ") is None:
+                if time.monotonic() - armed > args.deadline * 2:
+                    raise SystemExit("the watch did not re-arm its sentinels after a move")
+                time.sleep(0.2)
             time.sleep(args.settle)
         if moves:
             times = [m["confirmed_s"] for m in moves if m["confirmed_s"] is not None]

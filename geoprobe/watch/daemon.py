@@ -143,6 +143,11 @@ class WatchConfig:
     # falls silent (the new host's own server, one the move put out of reach) then costs a
     # fraction of a second per round instead of the full timeout.
     adaptive_timeout: bool = True
+    # Full rounds the sentinels may start: a bucket of trigger_burst, one more every
+    # trigger_refill_s. A real move needs one or two; a sentinel fooled again and again (a
+    # loaded host, a flapping route) must not turn the watch into a full-rate prober.
+    trigger_burst: int = 3
+    trigger_refill_s: float = 120.0
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -296,6 +301,9 @@ class Watcher:
         self.sentinel = sentinel
         self._sentinels: list[str] | None = None  # chosen set; None: choose after the next round
         self._wake = threading.Event()  # a sentinel asks for a full round now
+        self._tokens = float(self.config.trigger_burst)
+        self._tokens_at = time.monotonic()
+        self._trigger_lock = threading.Lock()
         self._restore()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -600,9 +608,22 @@ class Watcher:
 
     # -- sentinels ---------------------------------------------------------------------------
     def trigger(self, why: Trigger) -> None:
-        """A sentinel saw a change: start the next full round now (called from its thread)."""
+        """A sentinel saw a change: start the next full round now (called from its thread),
+        while the bucket of triggered rounds holds one."""
+        c = self.config
+        with self._trigger_lock:
+            now = time.monotonic()
+            refill = (now - self._tokens_at) / c.trigger_refill_s if c.trigger_refill_s > 0 else 1
+            self._tokens = min(float(c.trigger_burst), self._tokens + refill)
+            self._tokens_at = now
+            if self._wake.is_set() or self._tokens < 1.0:
+                log.info(
+                    "%s: a full round is due already or the trigger budget is spent", why.describe()
+                )
+                return
+            self._tokens -= 1.0
+            self.counters.sentinel_triggers += 1
         log.info("%s: full round now", why.describe())
-        self.counters.sentinel_triggers += 1
         self._wake.set()
 
     def _update_sentinels(self, rtts: Mapping[str, float]) -> None:

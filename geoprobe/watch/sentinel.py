@@ -14,13 +14,15 @@ sentinel must tell a move from.
 
 What counts as a change, per sentinel, against a floor learnt over its first samples:
 
-* a **fall**: a sample below the floor by the margin. Jitter only adds delay, so RTT cannot
-  fall without the path getting shorter;
-* a **rise**: the last two samples above the floor by the margin (a lasting rise, not a
+* a **fall**: two samples in a row below the floor by the margin. Jitter only adds delay, so
+  RTT cannot fall without the path getting shorter (two: a floor learnt while the VM was
+  loaded sits too high);
+* a **rise**: the last three samples above the floor by the margin (a lasting rise, not a
   queueing spike), beyond the rise every other sentinel shares (load on the VM or delay added
   on its own link slows every path alike; a move changes them unequally);
 * a **clock step**: the offset against landmark time (signed echo) moved by the step threshold
-  on at least two sentinels, the same way: a migration's pause leaves the guest clock behind.
+  on at least three sentinels (all of them when fewer), the same way: a migration's pause
+  leaves the guest clock behind.
 
 After a trigger the sentinel that fired learns its floor anew, so a lasting change (a move, or a
 route that changed for good) triggers once per sentinel, not again and again; the others keep
@@ -54,17 +56,17 @@ class SentinelConfig:
 
     near: int = 2  # the nearest landmarks
     far: int = 2  # far ones, spread in bearing from the home fix
-    period_s: float = 0.4  # one signed echo per sentinel per period
+    period_s: float = 0.5  # one signed echo per sentinel per period
     max_rtt_ms: float = 150.0  # farther landmarks are too slow and jittery to watch
     learn: int = 8  # samples per sentinel that set its floor
     fall_ms: float = 1.5  # a fall must exceed max(fall_ms, fall_rel x floor, the learnt spread)
     fall_rel: float = 0.05
-    fall_n: int = 1  # jitter cannot make a sample fall below the floor: one is enough
-    rise_ms: float = 4.0  # a rise must exceed max(rise_ms, rise_rel x floor, 3 x spread)
+    fall_n: int = 2
+    rise_ms: float = 5.0  # a rise must exceed max(rise_ms, rise_rel x floor, 3 x spread)
     rise_rel: float = 0.15
-    rise_n: int = 2
+    rise_n: int = 3
     step_ms: float = 20.0  # clock step threshold (and at least 4 x the offsets' own spread)
-    step_landmarks: int = 2
+    step_landmarks: int = 3
     timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
