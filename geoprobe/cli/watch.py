@@ -98,7 +98,7 @@ from geoprobe.watch.service import (
 @click.option(
     "--warmup",
     type=click.IntRange(1, 100),
-    default=3,
+    default=5,
     show_default=True,
     help="Rounds that build the baseline before the test starts.",
 )

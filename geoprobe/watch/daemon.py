@@ -143,11 +143,12 @@ class WatchConfig:
     # falls silent (the new host's own server, one the move put out of reach) then costs a
     # fraction of a second per round instead of the full timeout.
     adaptive_timeout: bool = True
-    # Full rounds the sentinels may start: a bucket of trigger_burst, one more every
-    # trigger_refill_s. A real move needs one or two; a sentinel fooled again and again (a
-    # loaded host, a flapping route) must not turn the watch into a full-rate prober.
+    # Full rounds the sentinels may start at rest: a bucket of trigger_burst, one more every
+    # trigger_refill_s, and the token back when the round found something (a transition). A
+    # sentinel fooled again and again (a loaded host, a flapping route) must not turn the watch
+    # into a full-rate prober; a right one costs nothing.
     trigger_burst: int = 3
-    trigger_refill_s: float = 120.0
+    trigger_refill_s: float = 180.0
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -303,6 +304,7 @@ class Watcher:
         self._wake = threading.Event()  # a sentinel asks for a full round now
         self._tokens = float(self.config.trigger_burst)
         self._tokens_at = time.monotonic()
+        self._spent = False  # the next round was started with a token
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -453,6 +455,10 @@ class Watcher:
             )
         )
         self._update_sentinels(rtts)
+        with self._trigger_lock:
+            if self._spent and transitions:  # the sentinel was right: its token comes back
+                self._tokens = min(float(self.config.trigger_burst), self._tokens + 1.0)
+            self._spent = False
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(
             ms, rtts, now, self.last_fix if self.last_fix is not fix_before else None
@@ -608,20 +614,24 @@ class Watcher:
 
     # -- sentinels ---------------------------------------------------------------------------
     def trigger(self, why: Trigger) -> None:
-        """A sentinel saw a change: start the next full round now (called from its thread),
-        while the bucket of triggered rounds holds one."""
+        """A sentinel saw a change: start the next full round now (called from its thread).
+        At rest it takes a token from the bucket, given back if the round finds something;
+        while a suspicion is open, or outside the allowed set, rounds are what is needed."""
         c = self.config
         with self._trigger_lock:
             now = time.monotonic()
             refill = (now - self._tokens_at) / c.trigger_refill_s if c.trigger_refill_s > 0 else 1
             self._tokens = min(float(c.trigger_burst), self._tokens + refill)
             self._tokens_at = now
-            if self._wake.is_set() or self._tokens < 1.0:
+            at_rest = self.fusion.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
+            if self._wake.is_set() or (at_rest and self._tokens < 1.0):
                 log.info(
                     "%s: a full round is due already or the trigger budget is spent", why.describe()
                 )
                 return
-            self._tokens -= 1.0
+            if at_rest:
+                self._tokens -= 1.0
+                self._spent = True
             self.counters.sentinel_triggers += 1
         log.info("%s: full round now", why.describe())
         self._wake.set()

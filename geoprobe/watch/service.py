@@ -159,7 +159,7 @@ class WatchOptions:
     samples: int = 3
     timeout_s: float = 2.0
     pps: float = 1000.0
-    warmup_rounds: int = 3
+    warmup_rounds: int = 5
     warmup_interval_s: float | None = 2.0  # None: the fast interval
     # Sentinel landmarks probed between full rounds (None: off); see geoprobe.watch.sentinel.
     sentinels: SentinelConfig | None = field(default_factory=SentinelConfig)

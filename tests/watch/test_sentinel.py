@@ -238,3 +238,27 @@ def test_triggered_rounds_come_from_a_bucket(catalogue: Catalogue, tmp_path: Pat
     assert w.counters.sentinel_triggers == 2  # the bucket is empty until it refills
     w.trigger(why)
     assert not w._wake.is_set()
+
+
+def test_a_trigger_whose_round_finds_a_move_gives_its_token_back(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    world = World((50.1, 8.7))
+    w, _evs, _hooked = make_watcher(catalogue, world, tmp_path)
+    w.config = WatchConfig(interval_s=30.0, warmup_rounds=3, trigger_refill_s=3600.0)
+    while w.warming_up:
+        w.round()
+    for _ in range(3):
+        w.round()
+    w._tokens = 1.0
+    why = Trigger("rise", "lm00", 9.0, 3.0, 0.0)
+    w.trigger(why)
+    w.round()  # nothing moved: the token is spent
+    w.trigger(why)
+    assert w.counters.sentinel_triggers == 1 and not w._wake.is_set()
+    w._tokens = 1.0
+    w.trigger(why)
+    world.at = (40.42, -3.70)  # Madrid
+    w.round()  # the move is seen: the token comes back
+    assert w._tokens == pytest.approx(1.0, abs=1e-3)
