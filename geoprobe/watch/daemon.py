@@ -149,6 +149,7 @@ class WatchConfig:
     # into a full-rate prober; a right one costs nothing.
     trigger_burst: int = 3
     trigger_refill_s: float = 180.0
+    trigger_agree_s: float = 3.0  # two sentinels firing this close need no token
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -305,6 +306,7 @@ class Watcher:
         self._tokens = float(self.config.trigger_burst)
         self._tokens_at = time.monotonic()
         self._spent = False  # the next round was started with a token
+        self._recent_triggers: dict[str, float] = {}  # landmark -> when it last fired
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -623,7 +625,14 @@ class Watcher:
             refill = (now - self._tokens_at) / c.trigger_refill_s if c.trigger_refill_s > 0 else 1
             self._tokens = min(float(c.trigger_burst), self._tokens + refill)
             self._tokens_at = now
+            self._recent_triggers[why.landmark] = now
+            # Two sentinels within a few seconds: a move changes several paths at once; what
+            # fools one sentinel (a route, one path's queue) seldom fools another just then.
+            agreed = (
+                sum(1 for t in self._recent_triggers.values() if now - t <= c.trigger_agree_s) >= 2
+            )
             at_rest = self.fusion.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
+            at_rest = at_rest and not agreed
             if self._wake.is_set() or (at_rest and self._tokens < 1.0):
                 log.info(
                     "%s: a full round is due already or the trigger budget is spent", why.describe()

@@ -238,6 +238,9 @@ def test_triggered_rounds_come_from_a_bucket(catalogue: Catalogue, tmp_path: Pat
     assert w.counters.sentinel_triggers == 2  # the bucket is empty until it refills
     w.trigger(why)
     assert not w._wake.is_set()
+    # A second sentinel firing within seconds of the first is a move's signature: no token needed.
+    w.trigger(Trigger("fall", "lm01", -9.0, 2.0, 0.0))
+    assert w._wake.is_set() and w.counters.sentinel_triggers == 3
 
 
 def test_a_trigger_whose_round_finds_a_move_gives_its_token_back(
