@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             # The sentinels are armed again once the new place has its baseline (or, outside the
             # allowed set, at once): only then is the watch back at rest.
             armed = time.monotonic()
-            while run.since(t_move + (took or 0.0), "sentinels: ") is None:
+            while run.since(t_move, "sentinels: ") is None:
                 if time.monotonic() - armed > args.deadline * 2:
                     raise SystemExit("the watch did not re-arm its sentinels after a move")
                 time.sleep(0.2)
