@@ -11,7 +11,6 @@ only) and the policy's response plugs in through ``on_event``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -134,8 +133,6 @@ class WatchConfig:
     # After a confirmed move the new place's noise is unknown (a congested site can jitter by tens
     # of ms), so its baseline takes at least this many fresh rounds, none from the move itself.
     post_move_warmup_rounds: int = 6
-    # Until the baseline holds this many rounds, a change must be two-sided to be a move.
-    young_rounds: int = 10
     fix_every: int = 10  # emit a location.fix event every N quiet rounds
     min_landmarks: int = 3
     # Right after a moved fingerprint, re-measure at once instead of after fast_interval_s: the
@@ -491,21 +488,6 @@ class Watcher:
         if self.warming_up:
             return self._warm_up(rtts, anomalies, now, out)
         shift = self.test.assess(self.baseline, rtts, solve=self.solve)
-        if (
-            shift.outcome == "moved"
-            and self.baseline.rounds < self.config.young_rounds
-            and not _two_sided(shift)
-        ):
-            # A young baseline taken while the host was loaded sits high: the next clean round
-            # looks like RTT fell everywhere. A move brings some landmarks closer and takes
-            # others away; until the baseline has seen enough rounds, a one-sided change only
-            # teaches it (the round joins the baseline) and is no move.
-            log.info("one-sided change against a young baseline: taken into the baseline")
-            shift = dataclasses.replace(
-                shift,
-                outcome="not_moved",
-                reasons=[*shift.reasons, "one-sided change against a young baseline"],
-            )
         fix = shift.fix or self._judged(rtts)
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if (
