@@ -38,6 +38,9 @@ log = logging.getLogger("geoprobe.watch")
 # larger to count as a move, and two-sided (see ``_two_sided``).
 WARMUP_TEST = ShiftTest(min_rounds=1, z=8.0, z_rise=8.0)
 WARMUP_MIN_SIDE = 0.2  # share of the changed landmarks each direction needs during warm-up
+# ... and the fix must have moved this far: against a baseline of a round or two, a far landmark's
+# heavy-tailed jitter can change many RTTs at once while the place stays the same.
+WARMUP_MIN_MOVE_KM = 100.0
 
 
 def _two_sided(shift: ShiftResult) -> bool:
@@ -512,7 +515,10 @@ class Watcher:
         shift: ShiftResult | None = None
         if self.baseline.rounds > 0:
             tested = WARMUP_TEST.assess(self.baseline, rtts, solve=lambda _rtts: fix)
-            shift = tested if tested.outcome == "moved" and _two_sided(tested) else None
+            moved = tested.outcome == "moved" and _two_sided(tested)
+            if moved and tested.distance_km is not None and tested.distance_km < WARMUP_MIN_MOVE_KM:
+                moved = False
+            shift = tested if moved else None
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if shift is None and not self._outside_now() and not self.fusion.outside:
             self.baseline.add(rtts)
