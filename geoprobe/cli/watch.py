@@ -17,6 +17,7 @@ from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option, method_option
 from geoprobe.errors import InputError
 from geoprobe.settings import resolve_settings
+from geoprobe.watch.sentinel import SentinelConfig
 from geoprobe.watch.service import (
     DEFAULT_SIGNALS,
     KNOWN_SIGNALS,
@@ -97,9 +98,31 @@ from geoprobe.watch.service import (
 @click.option(
     "--warmup",
     type=click.IntRange(1, 100),
-    default=3,
+    default=5,
     show_default=True,
     help="Rounds that build the baseline before the test starts.",
+)
+@click.option(
+    "--warmup-interval",
+    type=click.FloatRange(min=0.0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between the rounds that build the baseline.",
+)
+@click.option(
+    "--sentinels",
+    type=click.IntRange(0, 32),
+    default=SentinelConfig().count,
+    show_default=True,
+    help="Landmarks probed between full rounds (half the nearest, half far ones in other "
+    "directions); a change in their RTT or clock offset starts a full round at once. 0: off.",
+)
+@click.option(
+    "--sentinel-period",
+    type=click.FloatRange(min=0.05),
+    default=SentinelConfig().period_s,
+    show_default=True,
+    help="Seconds between two probes of each sentinel.",
 )
 @click.option(
     "--signals",
@@ -151,6 +174,9 @@ def watch_cmd(
     timeout: float,
     pps: float,
     warmup: int,
+    warmup_interval: float,
+    sentinels: int,
+    sentinel_period: float,
     signal_spec: str,
     basis: Literal["sound", "calibrated"],
     ntp_servers: tuple[str, ...],
@@ -195,6 +221,8 @@ def watch_cmd(
             timeout_s=timeout,
             pps=pps,
             warmup_rounds=warmup,
+            warmup_interval_s=warmup_interval,
+            sentinels=_sentinel_config(sentinels, sentinel_period),
             signals=tuple(wanted),
             ntp_servers=tuple(ntp_servers) or tuple(config_ntp_servers(env.config_dirs)),
             realtime=env.is_root,
@@ -205,6 +233,13 @@ def watch_cmd(
         serve(options, stdout, log)
     finally:
         log.removeHandler(handler)
+
+
+def _sentinel_config(count: int, period_s: float) -> SentinelConfig | None:
+    if count == 0:
+        return None
+    near = (count + 1) // 2
+    return SentinelConfig(near=near, far=count - near, period_s=period_s)
 
 
 def _attest_journal(state: Path) -> Any:

@@ -29,6 +29,7 @@ from geoprobe.metrics import FixMetrics, RoundMetrics, WatchMetrics
 from geoprobe.migration import Migration
 from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
 from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.sentinel import SentinelConfig, Trigger, select_sentinels
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
 from geoprobe.watch.state import WatchStore
 
@@ -37,6 +38,9 @@ log = logging.getLogger("geoprobe.watch")
 # larger to count as a move, and two-sided (see ``_two_sided``).
 WARMUP_TEST = ShiftTest(min_rounds=1, z=8.0, z_rise=8.0)
 WARMUP_MIN_SIDE = 0.2  # share of the changed landmarks each direction needs during warm-up
+# ... and the fix must have moved this far: against a baseline of a round or two, a far landmark's
+# heavy-tailed jitter can change many RTTs at once while the place stays the same.
+WARMUP_MIN_MOVE_KM = 100.0
 
 
 def _two_sided(shift: ShiftResult) -> bool:
@@ -67,6 +71,16 @@ def _last_migration(store: WatchStore) -> Migration | None:
         return None
     data = confirmed[-1].get("data")
     return Migration.from_data(data if isinstance(data, Mapping) else {})
+
+
+class SentinelProbe(Protocol):
+    """The continuous sensing between full rounds (``geoprobe.watch.sentinel.Sentinel``)."""
+
+    config: SentinelConfig
+
+    def watch(self, landmarks: Sequence[Landmark]) -> None: ...
+
+    def hold(self, held: bool) -> None: ...
 
 
 class AnomalySource(Protocol):
@@ -113,6 +127,9 @@ class SignalAdapter:
 class WatchConfig:
     interval_s: float = 60.0
     fast_interval_s: float | None = None  # default: a quarter of interval_s, at least 0.2 s
+    # Between warm-up rounds (default: the fast interval). The baseline is what every later test
+    # needs, so the service builds it in seconds rather than minutes.
+    warmup_interval_s: float | None = None
     warmup_rounds: int = (
         5  # rounds that build the baseline (at start and after a move) before testing
     )
@@ -129,6 +146,13 @@ class WatchConfig:
     # falls silent (the new host's own server, one the move put out of reach) then costs a
     # fraction of a second per round instead of the full timeout.
     adaptive_timeout: bool = True
+    # Full rounds the sentinels may start at rest: a bucket of trigger_burst, one more every
+    # trigger_refill_s, and the token back when the round found something (a transition). A
+    # sentinel fooled again and again (a loaded host, a flapping route) must not turn the watch
+    # into a full-rate prober; a right one costs nothing.
+    trigger_burst: int = 3
+    trigger_refill_s: float = 180.0
+    trigger_agree_s: float = 3.0  # two sentinels firing this close need no token
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -159,6 +183,7 @@ class Counters:
     confirmed: dict[str, int] = field(default_factory=lambda: {"true": 0, "false": 0, "unknown": 0})
     events: int = 0
     hook_errors: int = 0
+    sentinel_triggers: int = 0  # full rounds the sentinels asked for
 
 
 class EventSink:
@@ -244,6 +269,7 @@ class Watcher:
         shift_test: ShiftTest | None = None,
         clock: Callable[[], float] = time.time,
         journal: RoundJournal | None = None,
+        sentinel: SentinelProbe | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.jurisdiction = jurisdiction
@@ -277,6 +303,14 @@ class Watcher:
         self._quiet_since_fix = 0
         self._at_once = False  # the last round asks for an immediate re-measurement
         self._warmup_target = self.config.warmup_rounds  # more after a confirmed move
+        self.sentinel = sentinel
+        self._sentinels: list[str] | None = None  # chosen set; None: choose after the next round
+        self._wake = threading.Event()  # a sentinel asks for a full round now
+        self._tokens = float(self.config.trigger_burst)
+        self._tokens_at = time.monotonic()
+        self._spent = False  # the next round was started with a token
+        self._recent_triggers: dict[str, float] = {}  # landmark -> when it last fired
+        self._trigger_lock = threading.Lock()
         self._restore()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -391,7 +425,14 @@ class Watcher:
         now = self.clock()
         out: list[Event] = []
         fix_before = self.last_fix
-        ms = self.measure(self.catalogue.landmarks)
+        self._wake.clear()  # this round measures whatever the sentinels saw
+        if self.sentinel is not None:
+            self.sentinel.hold(True)
+        try:
+            ms = self.measure(self.catalogue.landmarks)
+        finally:
+            if self.sentinel is not None:
+                self.sentinel.hold(False)
         self.counters.rounds += 1
         self._landmark_timed = sorted(m.landmark_id for m in ms if m.landmark_timed_rtts_ms)
         if self.journal is not None:
@@ -418,6 +459,11 @@ class Watcher:
                 or self.fusion.judging
             )
         )
+        self._update_sentinels(rtts)
+        with self._trigger_lock:
+            if self._spent and transitions:  # the sentinel was right: its token comes back
+                self._tokens = min(float(self.config.trigger_burst), self._tokens + 1.0)
+            self._spent = False
         self.last_round_s = time.monotonic() - t0
         self.write_metrics(
             ms, rtts, now, self.last_fix if self.last_fix is not fix_before else None
@@ -469,7 +515,10 @@ class Watcher:
         shift: ShiftResult | None = None
         if self.baseline.rounds > 0:
             tested = WARMUP_TEST.assess(self.baseline, rtts, solve=lambda _rtts: fix)
-            shift = tested if tested.outcome == "moved" and _two_sided(tested) else None
+            moved = tested.outcome == "moved" and _two_sided(tested)
+            if moved and tested.distance_km is not None and tested.distance_km < WARMUP_MIN_MOVE_KM:
+                moved = False
+            shift = tested if moved else None
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if shift is None and not self._outside_now() and not self.fusion.outside:
             self.baseline.add(rtts)
@@ -560,6 +609,7 @@ class Watcher:
         ):
             new = self.fusion.confirmed_fix
             self._rebaseline_signals()
+            self._sentinels = None  # chosen again at the new place
             if self.fusion.outside:
                 # No home outside the allowed set: no baseline, every round judged instead.
                 self.baseline.reset([], fix=None)
@@ -597,6 +647,95 @@ class Watcher:
                         log.warning("signal %s: cannot rebaseline: %s", getattr(s, "name", s), exc)
                     break
 
+    # -- sentinels ---------------------------------------------------------------------------
+    def trigger(self, why: Trigger) -> None:
+        """A sentinel saw a change: start the next full round now (called from its thread).
+        At rest it takes a token from the bucket, given back if the round finds something;
+        while a suspicion is open, or outside the allowed set, rounds are what is needed."""
+        c = self.config
+        with self._trigger_lock:
+            now = time.monotonic()
+            refill = (now - self._tokens_at) / c.trigger_refill_s if c.trigger_refill_s > 0 else 1
+            self._tokens = min(float(c.trigger_burst), self._tokens + refill)
+            self._tokens_at = now
+            self._recent_triggers[why.landmark] = now
+            # Two sentinels within a few seconds: a move changes several paths at once; what
+            # fools one sentinel (a route, one path's queue) seldom fools another just then.
+            agreed = (
+                sum(1 for t in self._recent_triggers.values() if now - t <= c.trigger_agree_s) >= 2
+            )
+            at_rest = self.fusion.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
+            at_rest = at_rest and not agreed
+            if self._wake.is_set() or (at_rest and self._tokens < 1.0):
+                log.info(
+                    "%s: a full round is due already or the trigger budget is spent", why.describe()
+                )
+                return
+            if at_rest:
+                self._tokens -= 1.0
+                self._spent = True
+            self.counters.sentinel_triggers += 1
+        log.info("%s: full round now", why.describe())
+        self._wake.set()
+
+    def _update_sentinels(self, rtts: Mapping[str, float]) -> None:
+        """Pause the sentinels while the baseline is built (rounds come fast then anyway); once
+        it is, choose them from its floors and noise, around the home fix. Outside the allowed
+        set there is no baseline: they are chosen from the round's RTTs."""
+        if self.sentinel is None:
+            return
+        if self.warming_up or len(rtts) < self.config.min_landmarks:
+            if self._sentinels:
+                self.sentinel.watch([])
+            self._sentinels = None
+            return
+        if self._sentinels is not None:
+            return
+        floors: dict[str, float] = dict(rtts)
+        noise: dict[str, float] = {}
+        if self.baseline.rounds > 0:
+            for lid in self.baseline.history:
+                r = self.baseline.rtt(lid)
+                sc = self.baseline.scale(lid, floor_ms=0.0, rel_floor=0.0)
+                if r is not None and sc is not None:
+                    floors[lid], noise[lid] = r, sc
+        home = self.baseline.fix or self.last_fix
+        ids = select_sentinels(
+            floors,
+            self.catalogue.landmarks,
+            (home.lat, home.lon) if home is not None else None,
+            self.sentinel.config,
+            noise=noise,
+        )
+        by_id = {lm.id: lm for lm in self.catalogue.landmarks}
+        self._sentinels = ids
+        self.sentinel.watch([by_id[i] for i in ids])
+
+    def _wait(self, stop: threading.Event, seconds: float) -> None:
+        """Sleep until the next round is due, a sentinel asks for one, a signal reports an event
+        as it happens (its ``changed`` Event: a dirty sync, a platform notice), or ``stop``: a
+        pre-copy suspicion is worth something only before the switchover."""
+        wakers = [
+            e
+            for s in self.signals
+            if isinstance(
+                e := getattr(getattr(s, "signal", None), "changed", None), threading.Event
+            )
+        ]
+        if self.sentinel is None and not wakers:
+            stop.wait(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not stop.is_set() and not self._wake.is_set():
+            if any(e.is_set() for e in wakers):
+                for e in wakers:
+                    e.clear()
+                return
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, 0.1 if wakers else 0.25))
+
     def probe_timeout(self, limit: float) -> float:
         """The per-sample timeout for the next round (see ``WatchConfig.adaptive_timeout``)."""
         if not self.config.adaptive_timeout or self.baseline.rounds == 0:
@@ -623,6 +762,8 @@ class Watcher:
     def interval(self) -> float:
         if self._at_once:
             return 0.0
+        if self.warming_up and self.config.warmup_interval_s is not None:
+            return self.config.warmup_interval_s
         return self.config.fast if self.fusion.fast or self.warming_up else self.config.interval_s
 
     def run(self, stop: threading.Event, *, max_rounds: int | None = None) -> None:
@@ -647,25 +788,6 @@ class Watcher:
             if max_rounds is not None and n >= max_rounds:
                 return
             self._wait(stop, max(0.0, self.interval - (time.monotonic() - start)))
-
-    def _wait(self, stop: threading.Event, timeout: float) -> None:
-        """Sleep until the next round, or less when a signal reports an event as it happens (its
-        ``changed`` Event: a dirty sync, a platform notice): a pre-copy suspicion is worth
-        something only before the switchover."""
-        wakers = [
-            e
-            for s in self.signals
-            if isinstance(
-                e := getattr(getattr(s, "signal", None), "changed", None), threading.Event
-            )
-        ]
-        end = time.monotonic() + timeout
-        while not stop.is_set() and (left := end - time.monotonic()) > 0:
-            if any(e.is_set() for e in wakers):
-                for e in wakers:
-                    e.clear()
-                return
-            stop.wait(min(left, 0.1) if wakers else left)
 
     def write_metrics(
         self,

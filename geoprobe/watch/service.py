@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -33,6 +33,7 @@ from geoprobe.watch.daemon import (
     Watcher,
 )
 from geoprobe.watch.durable import WatchRecord, accepting, redeliver
+from geoprobe.watch.sentinel import Sentinel, SentinelConfig
 
 if TYPE_CHECKING:
     from geoprobe.geo.calibration import Model
@@ -199,7 +200,10 @@ class WatchOptions:
     samples: int = 3
     timeout_s: float = 2.0
     pps: float = 1000.0
-    warmup_rounds: int = 3
+    warmup_rounds: int = 5
+    warmup_interval_s: float | None = 2.0  # None: the fast interval
+    # Sentinel landmarks probed between full rounds (None: off); see geoprobe.watch.sentinel.
+    sentinels: SentinelConfig | None = field(default_factory=SentinelConfig)
     signals: tuple[str, ...] = ()
     ntp_servers: tuple[str, ...] = ()
     realtime: bool = False  # the gap sampler under SCHED_FIFO (root)
@@ -252,6 +256,7 @@ def serve(options: WatchOptions, stdout: TextIO, log: logging.Logger) -> Watcher
     sources: list[AnomalySource] = []
     cell: list[Watcher] = []
     hook: HookRunner | None = None
+    sentinel: Sentinel | None = None
 
     def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
         from geoprobe.probe import measure as probe
@@ -281,6 +286,12 @@ def serve(options: WatchOptions, stdout: TextIO, log: logging.Logger) -> Watcher
         hook = _policy_hook(options, store_path, log, cell)
         if hook is not None and not options.dry_run:  # first what a crash cut short
             redeliver(hook.event, store_path, log)
+        if options.sentinels is not None:
+            sentinel = Sentinel(
+                options.method,
+                lambda why: cell[0].trigger(why) if cell else None,
+                options.sentinels,
+            )
         watcher = Watcher(
             cat,
             options.settings.jurisdiction,
@@ -303,23 +314,32 @@ def serve(options: WatchOptions, stdout: TextIO, log: logging.Logger) -> Watcher
                 interval_s=options.interval_s,
                 fast_interval_s=options.fast_interval_s,
                 warmup_rounds=options.warmup_rounds,
+                warmup_interval_s=options.warmup_interval_s,
                 min_landmarks=options.settings.min_landmarks,
                 # A landmark-timed echo ends with the statement, about two round trips later.
                 timeout_factor=3.0 if options.journal is not None else 2.0,
             ),
             journal=options.journal,
+            sentinel=sentinel,
         )
         cell.append(watcher)
+        if sentinel is not None:
+            sentinel.start()
         log.info(
-            "watching %d landmarks (%s), allowed %s, every %g s",
+            "watching %d landmarks (%s), allowed %s, every %g s%s",
             len(cat.landmarks),
             options.method,
             ",".join(sorted(options.settings.jurisdiction.allowed)),
             options.interval_s,
+            ""
+            if options.sentinels is None
+            else f", {options.sentinels.count} sentinels every {options.sentinels.period_s:g} s",
         )
         _run_until_stopped(watcher, log, options.max_rounds)
         return watcher
     finally:
+        if sentinel is not None:
+            sentinel.stop()
         stop_signals(sources)
         if hook is not None:
             hook.close()
