@@ -132,6 +132,7 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
     cert_bad = [r for r in records if r.certified and r.certified_as != r.true_country]
     hi = prob >= 0.9
     honest = np.array([not r.vetted_out for r in records])
+    consistent = np.array([r.consistent for r in records], dtype=bool)
     return {
         "targets": len(records),
         "median_km": float(np.median(err)),
@@ -162,6 +163,15 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         if (hi & honest).any()
         else None,
         "ece_not_vetted": expected_calibration_error(prob[honest], correct[honest].astype(float)),
+        # The same on consistent targets: a target whose claimed position is faster than light
+        # from another server has a label its own RTTs can contradict (one end of the pair lies).
+        "accuracy_at_p90_consistent": float(correct[hi & consistent].mean())
+        if (hi & consistent).any()
+        else None,
+        "share_p90_consistent": float(hi[consistent].mean()) if consistent.any() else None,
+        "ece_consistent": expected_calibration_error(
+            prob[consistent], correct[consistent].astype(float)
+        ),
         "mean_solve_ms": float(np.mean([r.solve_ms for r in records])),
     }
 
