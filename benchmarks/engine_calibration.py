@@ -7,7 +7,9 @@ For every WonderProxy setting (all servers; thinned to >= 100 km apart; Europe; 
 landmark count (all others, or K random others per target), a leave-one-out of geoprobe, cbg and
 shortest-ping in one run per seed. Prints, as mean [min-max] over seeds:
 
-* right when p >= 0.9, ECE: the calibrated probabilities' targets (>= 0.90, <= 0.10);
+* right when p >= 0.9, ECE: the calibrated probabilities' targets (>= 0.90, <= 0.10), on all
+  targets and on consistent ones, with the band a perfectly calibrated predictor would stray to
+  by chance (``evaluate.calibration_noise``);
 * median and p90 error, country accuracy, against the better of cbg and shortest-ping;
 * truth in the sound region (consistent targets) and wrong certifications;
 * median error and country accuracy per lowest-RTT bin (as ``engine_limits.py``), geoprobe against
@@ -81,6 +83,10 @@ def run(name: str, ds: Any, k: int | None, seeds: range, targets: int | None) ->
                 "accuracy_at_p90_consistent",
                 "share_p90_consistent",
                 "ece_consistent",
+                "ece_noise_p95",
+                "accuracy_at_p90_noise_p5",
+                "ece_consistent_noise_p95",
+                "accuracy_at_p90_consistent_noise_p5",
                 "truth_in_region_consistent",
                 "certified_wrong",
                 "certified_wrong_consistent",
@@ -122,6 +128,10 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
         ("accuracy_at_p90_consistent", 3),
         ("share_p90_consistent", 3),
         ("ece_consistent", 3),
+        ("ece_noise_p95", 3),
+        ("accuracy_at_p90_noise_p5", 3),
+        ("ece_consistent_noise_p95", 3),
+        ("accuracy_at_p90_consistent_noise_p5", 3),
         ("truth_in_region_consistent", 3),
         ("certified_wrong", 3),
         ("certified_wrong_consistent", 3),
@@ -141,8 +151,10 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
 
         print(
             f"  seed {seed}: {f(g, 'accuracy_at_p90', '.3f')} ({f(g, 'share_p90', '.3f')}) "
-            f"{f(g, 'ece', '.3f')} | {f(g, 'accuracy_at_p90_consistent', '.3f')} "
-            f"{f(g, 'ece_consistent', '.3f')} | {f(g, 'median_km', '.0f')}/"
+            f"{f(g, 'ece', '.3f')} (noise {f(g, 'ece_noise_p95', '.3f')}) | "
+            f"{f(g, 'accuracy_at_p90_consistent', '.3f')} "
+            f"{f(g, 'ece_consistent', '.3f')} (noise {f(g, 'ece_consistent_noise_p95', '.3f')}) | "
+            f"{f(g, 'median_km', '.0f')}/"
             f"{f(c, 'median_km', '.0f')}/{f(p, 'median_km', '.0f')} | {f(g, 'p90_km', '.0f')}/"
             f"{f(c, 'p90_km', '.0f')} | {f(g, 'country_accuracy', '.3f')}/"
             f"{f(c, 'country_accuracy', '.3f')}/{f(p, 'country_accuracy', '.3f')}"
@@ -170,6 +182,10 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
         (
             f"{label}: consistent targets: ECE <= 0.10 (every seed)",
             worst(g["ece_consistent"], True) <= 0.10,
+        ),
+        (
+            f"{label}: ECE within a perfect predictor's chance band (every seed)",
+            bool((np.array(g["ece"]) <= np.array(g["ece_noise_p95"]) + 1e-9).all()),
         ),
         (
             f"{label}: median <= better baseline (every seed)",

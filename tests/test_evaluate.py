@@ -194,3 +194,16 @@ def test_calibration_on_consistent_targets_leaves_out_contradicted_labels() -> N
     assert s["share_p90_consistent"] == pytest.approx(0.9)
     expected = expected_calibration_error(np.array([0.95] * 9 + [0.3]), np.array([1.0] * 9 + [0.0]))
     assert s["ece_consistent"] == pytest.approx(expected)
+
+
+def test_calibration_noise_shrinks_with_more_targets() -> None:
+    """A perfect predictor's chance ECE is large on few targets and small on many."""
+    from geoprobe.evaluate import calibration_noise
+
+    few = calibration_noise(np.linspace(0.1, 0.95, 20))
+    many = calibration_noise(np.tile(np.linspace(0.1, 0.95, 20), 50))
+    assert few[0] > 2 * many[0]
+    assert many[0] < 0.05
+    assert few[1] is not None and many[1] is not None and few[1] < many[1] <= 0.95
+    assert calibration_noise(np.array([0.5, 0.6]))[1] is None
+    assert calibration_noise(np.linspace(0.1, 0.95, 20)) == few  # deterministic
