@@ -668,14 +668,14 @@ def fit_tempering(cases: list[tuple[Posterior, str, FArray]]) -> Tempering:
             nll -= math.log(1e-3)
         v = w @ post.sample.xyz
         norm = np.linalg.norm(v, axis=1)
-        for ti in np.flatnonzero(norm < MEAN_COHERENCE).tolist():
-            v[ti] = mean_direction(post, w[ti])
+        for k in np.flatnonzero(norm < MEAN_COHERENCE).tolist():
+            v[k] = mean_direction(post, w[k])
         v[norm >= MEAN_COHERENCE] /= norm[norm >= MEAN_COHERENCE, None]
         err = np.arccos(np.clip(v @ xyz, -1.0, 1.0)) * EARTH_RADIUS_KM
         log_err += np.log(np.maximum(err, 1.0))
     # First minimum in (temperature, blend) order, as a scan would find it.
-    ti, bi = np.unravel_index(int(np.argmin(nll)), nll.shape)
-    best = (float(TEMPERATURES[ti]), BLENDS[bi])
+    flat = int(np.argmin(nll))
+    best = (float(TEMPERATURES[flat // len(BLENDS)]), BLENDS[flat % len(BLENDS)])
     # The geometric mean error: the median alone, on ~100 cases, jumped between temperatures
     # that moved the error tail (p90) by 200 km from one fold draw to the next.
     best_e = float(TEMPERATURES[int(np.argmin(log_err))])
