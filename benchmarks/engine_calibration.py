@@ -7,7 +7,9 @@ For every WonderProxy setting (all servers; thinned to >= 100 km apart; Europe; 
 landmark count (all others, or K random others per target), a leave-one-out of geoprobe, cbg and
 shortest-ping in one run per seed. Prints, as mean [min-max] over seeds:
 
-* right when p >= 0.9, ECE: the calibrated probabilities' targets (>= 0.90, <= 0.10);
+* right when p >= 0.9, ECE: the calibrated probabilities' targets (>= 0.90, <= 0.10), on all
+  targets and on consistent ones, with the band a perfectly calibrated predictor would stray to
+  by chance (``evaluate.calibration_noise``);
 * median and p90 error, country accuracy, against the better of cbg and shortest-ping;
 * truth in the sound region (consistent targets) and wrong certifications;
 * median error and country accuracy per lowest-RTT bin (as ``engine_limits.py``), geoprobe against
@@ -78,12 +80,20 @@ def run(name: str, ds: Any, k: int | None, seeds: range, targets: int | None) ->
                 "accuracy_at_p90",
                 "share_p90",
                 "ece",
+                "accuracy_at_p90_consistent",
+                "share_p90_consistent",
+                "ece_consistent",
+                "ece_noise_p95",
+                "accuracy_at_p90_noise_p5",
+                "ece_consistent_noise_p95",
+                "accuracy_at_p90_consistent_noise_p5",
                 "truth_in_region_consistent",
                 "certified_wrong",
                 "certified_wrong_consistent",
             ):
                 per[m][key].append(s[m].get(key) if s[m].get(key) is not None else np.nan)
         per["geoprobe"]["seconds"].append(time.perf_counter() - t0)
+        per["geoprobe"]["seed"].append(seed)
         by_target: dict[str, dict[str, Any]] = defaultdict(dict)
         for r in ev.records:
             by_target[r.target][r.method] = r
@@ -115,6 +125,13 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
         ("accuracy_at_p90", 3),
         ("share_p90", 3),
         ("ece", 3),
+        ("accuracy_at_p90_consistent", 3),
+        ("share_p90_consistent", 3),
+        ("ece_consistent", 3),
+        ("ece_noise_p95", 3),
+        ("accuracy_at_p90_noise_p5", 3),
+        ("ece_consistent_noise_p95", 3),
+        ("accuracy_at_p90_consistent_noise_p5", 3),
         ("truth_in_region_consistent", 3),
         ("certified_wrong", 3),
         ("certified_wrong_consistent", 3),
@@ -122,6 +139,26 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
         cells = [_fmt(m[key], digits) if key in m else "-" for m in (g, c, p)]
         print(f"  {key:<34} " + " ".join(f"{x:>24}" for x in cells))
     print(f"  {'seconds per run':<34} {_fmt(g['seconds'], 0):>24}")
+    print(
+        "  per seed: right@0.9 (targets share) ECE | consistent: right@0.9 ECE | "
+        "median km g/cbg/sp | p90 km g/cbg | country g/cbg/sp"
+    )
+    for i, seed in enumerate(g["seed"]):
+
+        def f(m: dict[str, list[float]], key: str, fmt: str, i: int = i) -> str:
+            v = m[key][i]
+            return "-" if v is None or not np.isfinite(v) else format(v, fmt)
+
+        print(
+            f"  seed {seed}: {f(g, 'accuracy_at_p90', '.3f')} ({f(g, 'share_p90', '.3f')}) "
+            f"{f(g, 'ece', '.3f')} (noise {f(g, 'ece_noise_p95', '.3f')}) | "
+            f"{f(g, 'accuracy_at_p90_consistent', '.3f')} "
+            f"{f(g, 'ece_consistent', '.3f')} (noise {f(g, 'ece_consistent_noise_p95', '.3f')}) | "
+            f"{f(g, 'median_km', '.0f')}/"
+            f"{f(c, 'median_km', '.0f')}/{f(p, 'median_km', '.0f')} | {f(g, 'p90_km', '.0f')}/"
+            f"{f(c, 'p90_km', '.0f')} | {f(g, 'country_accuracy', '.3f')}/"
+            f"{f(c, 'country_accuracy', '.3f')}/{f(p, 'country_accuracy', '.3f')}"
+        )
     checks: list[tuple[str, bool]] = []
 
     def worst(v: list[float], low: bool) -> float:
@@ -138,6 +175,18 @@ def report(name: str, k: int | None, res: dict[str, Any]) -> list[tuple[str, boo
             worst(g["accuracy_at_p90"], False) >= 0.9,
         ),
         (f"{label}: ECE <= 0.10 (every seed)", worst(g["ece"], True) <= 0.10),
+        (
+            f"{label}: consistent targets: right when p >= 0.9 >= 0.90 (every seed)",
+            worst(g["accuracy_at_p90_consistent"], False) >= 0.9,
+        ),
+        (
+            f"{label}: consistent targets: ECE <= 0.10 (every seed)",
+            worst(g["ece_consistent"], True) <= 0.10,
+        ),
+        (
+            f"{label}: ECE within a perfect predictor's chance band (every seed)",
+            bool((np.array(g["ece"]) <= np.array(g["ece_noise_p95"]) + 1e-9).all()),
+        ),
         (
             f"{label}: median <= better baseline (every seed)",
             bool((med_g <= med_best + 1e-9).all()),

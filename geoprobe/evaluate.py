@@ -118,6 +118,30 @@ def expected_calibration_error(prob: np.ndarray, correct: np.ndarray, bins: int 
     return float(ece)
 
 
+NOISE_DRAWS = 400
+
+
+def calibration_noise(prob: np.ndarray, draws: int = NOISE_DRAWS) -> tuple[float, float | None]:
+    """How far a *perfectly* calibrated predictor with these probabilities strays by chance.
+
+    Outcomes are drawn as Bernoulli(p) for every target: the 95th percentile of their ECE, and
+    the 5th percentile of their accuracy where p >= 0.9 (None: no such target). With ~100
+    targets a perfect predictor's ECE is ~0.10 on its own, so a figure inside this band says
+    nothing about the engine, and one outside it is a real miscalibration.
+    """
+    if len(prob) == 0:
+        return math.nan, None
+    rng = np.random.default_rng(0)  # fixed: the same figures every run
+    hi = prob >= 0.9
+    eces, accs = [], []
+    for _ in range(draws):
+        y = (rng.random(len(prob)) < prob).astype(float)
+        eces.append(expected_calibration_error(prob, y))
+        if hi.any():
+            accs.append(float(y[hi].mean()))
+    return float(np.percentile(eces, 95)), float(np.percentile(accs, 5)) if accs else None
+
+
 def summarise(records: Sequence[Record]) -> dict[str, Any]:
     if not records:
         return {"targets": 0}
@@ -132,6 +156,9 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
     cert_bad = [r for r in records if r.certified and r.certified_as != r.true_country]
     hi = prob >= 0.9
     honest = np.array([not r.vetted_out for r in records])
+    consistent = np.array([r.consistent for r in records], dtype=bool)
+    noise_all = calibration_noise(prob)
+    noise_c = calibration_noise(prob[consistent])
     return {
         "targets": len(records),
         "median_km": float(np.median(err)),
@@ -162,6 +189,20 @@ def summarise(records: Sequence[Record]) -> dict[str, Any]:
         if (hi & honest).any()
         else None,
         "ece_not_vetted": expected_calibration_error(prob[honest], correct[honest].astype(float)),
+        # The same on consistent targets: a target whose claimed position is faster than light
+        # from another server has a label its own RTTs can contradict (one end of the pair lies).
+        "accuracy_at_p90_consistent": float(correct[hi & consistent].mean())
+        if (hi & consistent).any()
+        else None,
+        "share_p90_consistent": float(hi[consistent].mean()) if consistent.any() else None,
+        # What a perfectly calibrated predictor would show by chance (``calibration_noise``).
+        "ece_noise_p95": noise_all[0],
+        "accuracy_at_p90_noise_p5": noise_all[1],
+        "ece_consistent_noise_p95": noise_c[0],
+        "accuracy_at_p90_consistent_noise_p5": noise_c[1],
+        "ece_consistent": expected_calibration_error(
+            prob[consistent], correct[consistent].astype(float)
+        ),
         "mean_solve_ms": float(np.mean([r.solve_ms for r in records])),
     }
 

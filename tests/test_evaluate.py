@@ -160,3 +160,50 @@ def test_servers_without_rtts_are_no_targets(dataset_dir: Path) -> None:
     assert lonely not in {r.target for r in ev.records}
     assert all(r.error_km is not None for r in ev.records)
     assert ev.to_json()["unmeasured_servers"] == [lonely]
+
+
+def test_calibration_on_consistent_targets_leaves_out_contradicted_labels() -> None:
+    """A confident miss on a target whose label its RTTs contradict counts in the overall
+    figure, not in the consistent one."""
+    from geoprobe.evaluate import Record, summarise
+
+    def rec(target: str, country: str, p: float, consistent: bool) -> Record:
+        return Record(
+            target,
+            "geoprobe",
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            10.0,
+            None,
+            None,
+            country,
+            p,
+            False,
+            1.0,
+            true_country="AT",
+            consistent=consistent,
+        )
+
+    records = [rec(f"ok{i}", "AT", 0.95, True) for i in range(9)]
+    records += [rec("liar", "SK", 0.97, False), rec("far", "DE", 0.3, True)]
+    s = summarise(records)
+    assert s["accuracy_at_p90"] == pytest.approx(0.9)
+    assert s["accuracy_at_p90_consistent"] == pytest.approx(1.0)
+    assert s["share_p90_consistent"] == pytest.approx(0.9)
+    expected = expected_calibration_error(np.array([0.95] * 9 + [0.3]), np.array([1.0] * 9 + [0.0]))
+    assert s["ece_consistent"] == pytest.approx(expected)
+
+
+def test_calibration_noise_shrinks_with_more_targets() -> None:
+    """A perfect predictor's chance ECE is large on few targets and small on many."""
+    from geoprobe.evaluate import calibration_noise
+
+    few = calibration_noise(np.linspace(0.1, 0.95, 20))
+    many = calibration_noise(np.tile(np.linspace(0.1, 0.95, 20), 50))
+    assert few[0] > 2 * many[0]
+    assert many[0] < 0.05
+    assert few[1] is not None and many[1] is not None and few[1] < many[1] <= 0.95
+    assert calibration_noise(np.array([0.5, 0.6]))[1] is None
+    assert calibration_noise(np.linspace(0.1, 0.95, 20)) == few  # deterministic

@@ -60,3 +60,48 @@ def test_recalibration_never_changes_the_top_country() -> None:
     out = recalibrate(probs, 50.0, (0.2, -1.0, -3.0))  # a map that reads everything far lower
     assert int(np.argmax(out)) == 0 and out[0] >= out[1]
     assert out.sum() == pytest.approx(1.0)
+
+
+def test_tempering_fit_equals_a_scan_of_every_reading() -> None:
+    """The fit scores all temperatures of a case at once; a plain scan must pick the same."""
+    import math
+
+    from geoprobe.geo import solver
+
+    world = make_world(n=30, seed=4)
+    ds = world.dataset
+    model = fit_arrays(ds.ids, ds.lats, ds.lons, ds.rtt_min)
+    cases = [
+        c
+        for i in range(len(ds.ids))
+        if (c := solver.held_out_case(model, i, countries(), [s.country for s in ds.servers]))
+    ]
+    assert len(cases) >= 20
+    best, best_nll, best_e, best_err = (1.0, 1.0), math.inf, 4.0, math.inf
+    for t in solver.TEMPERATURES:
+        nll = dict.fromkeys(solver.BLENDS, 0.0)
+        errs = []
+        for post, truth, xyz in cases:
+            w = post.weights(float(t))
+            row = post.land.codes.index(truth) if truth in post.land.codes else -1
+            for b in solver.BLENDS:
+                p = float(post.land.probabilities(w, b)[row]) if row >= 0 else 0.0
+                nll[b] -= math.log(min(max(p, 1e-3), 1.0))
+            la, lo, _ = solver.estimate(post, w)
+            errs.append(max(float(haversine_km(la, lo, *_latlon(xyz))), 1.0))
+        for b, v in nll.items():
+            if v < best_nll - 1e-9:
+                best, best_nll = (float(t), b), v
+        gm = float(np.exp(np.mean(np.log(errs))))
+        if gm < best_err - 1e-9:
+            best_e, best_err = float(t), gm
+    fitted = solver.fit_tempering(cases)
+    assert (fitted.temperature, fitted.blend) == pytest.approx(best)
+    assert fitted.estimate_temperature == pytest.approx(best_e)
+
+
+def _latlon(xyz: np.ndarray) -> tuple[float, float]:
+    from geoprobe.geo.sphere import from_xyz
+
+    la, lo = from_xyz(xyz)
+    return float(la), float(lo)
