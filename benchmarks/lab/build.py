@@ -459,8 +459,10 @@ def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh:
                 p.write_bytes(content)
             else:
                 p.write_text(content)
-            if name.endswith((".sh", ".py")):
+            if name.endswith((".sh", ".py")) or name.startswith("bin/"):
                 p.chmod(0o755)
+            elif name.startswith("keys/"):  # private keys: geoprobe refuses them readable by others
+                p.chmod(0o600)
         # The guest's root is read-only: compile here (same Python 3.11) so imports don't recompile.
         subprocess.run(
             [sys.executable, "-m", "compileall", "-q", str(t)], check=False, capture_output=True
