@@ -98,6 +98,8 @@ class Volume:
 
     def create(self) -> bool:
         subprocess.run(["modprobe", "-a", "dm_mod", "dm_crypt", "loop"], check=False)
+        if not os.path.lexists("/dev/fd"):  # udev makes it on a full system; clevis's bash needs it
+            os.symlink("/proc/self/fd", "/dev/fd")
         say("modules", dm_control=Path("/dev/mapper/control").exists())
         with open(self.image, "wb") as f:
             f.truncate(int(self.cfg["size_mb"]) << 20)
@@ -257,6 +259,7 @@ def main() -> int:
     reader: threading.Thread | None = None
     crossing = False
     finish_at: float | None = None
+    forced_at: float | None = None
     give_up = float(cfg.get("give_up_s", 120))
     while watch.poll() is None:
         now = time.monotonic()
@@ -276,17 +279,19 @@ def main() -> int:
                 crossing = data.get("crossing") is True
                 say("watch_confirmed", crossing=data.get("crossing"))
                 if crossing:
-                    time.sleep(2.0)  # what an operator abroad would try once the move is done
-                    fire_resume("forced")
-                    done = subprocess.run(
-                        vol.unlock_argv(), capture_output=True, timeout=60, check=False
-                    )
-                    say("unlock_after_move", rc=done.returncode, stderr=tail(done.stderr, 600))
-                    finish_at = time.monotonic() + 5.0
+                    forced_at = now + 30.0  # or as soon as the suspension is seen
                 elif not cfg.get("cleared_stage"):
                     fire_resume("fallback")  # the policy has no on.cleared stage to do it
             elif etype.endswith("migration.cleared"):
                 say("watch_cleared", data=ev.get("data"))
+        if forced_at is not None and (state == "1" or now > forced_at):
+            # What an operator abroad would try once the move is done: the policy's own resume
+            # action, then the bare client.
+            forced_at = None
+            fire_resume("forced")
+            done = subprocess.run(vol.unlock_argv(), capture_output=True, timeout=120, check=False)
+            say("unlock_after_move", rc=done.returncode, stderr=tail(done.stderr, 600))
+            finish_at = time.monotonic() + 5.0
         resumed = suspended_at is not None and state == "0"
         if resumed and reader is not None and not reader.is_alive():
             say("done", outcome="resumed", data_readable=True)
