@@ -218,6 +218,78 @@ def fire_resume(kind: str) -> None:
     )
 
 
+def follow(
+    cfg: dict[str, Any], vol: Volume, state_file: str | None, events: queue.Queue[dict[str, Any]]
+) -> None:
+    """Follow the volume's state while the watch runs, until the scenario has its outcome.
+
+    Resumes and the attempts after a crossing run in a thread of their own, so every change of
+    state is seen (and stamped) as it happens.
+    """
+    state = "0"
+    suspended_at: float | None = None
+    reader: threading.Thread | None = None
+    worker: threading.Thread | None = None
+    forced_at: float | None = None
+    finish_at: float | None = None
+    resumed = False
+    give_up = float(cfg.get("give_up_s", 120))
+
+    def abroad() -> None:
+        # What an operator abroad would try once the move is done: the policy's own resume
+        # action, then the bare client.
+        nonlocal finish_at
+        fire_resume("forced")
+        done = subprocess.run(vol.unlock_argv(), capture_output=True, timeout=120, check=False)
+        say("unlock_after_move", rc=done.returncode, stderr=tail(done.stderr, 600))
+        finish_at = time.monotonic() + 5.0
+
+    def start(target: Any, *args: Any) -> threading.Thread:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        return t
+
+    while True:
+        now = time.monotonic()
+        new = Path(state_file).read_text().strip() if state_file else "?"
+        if new != state:
+            state = new
+            say("state", suspended=state == "1")
+            if state == "1":
+                suspended_at = now
+                if reader is None:  # the first suspension: this read can end only after a resume
+                    reader = start(vol.read_back, now)
+            elif suspended_at is not None:
+                resumed, suspended_at = True, None
+        while not events.empty():
+            ev = events.get()
+            etype = str(ev.get("type", ""))
+            if etype.endswith("migration.confirmed"):
+                data = ev.get("data") or {}
+                say("watch_confirmed", crossing=data.get("crossing"))
+                if data.get("crossing") is True:
+                    forced_at = now + 30.0  # or as soon as the suspension is seen
+                elif not cfg.get("cleared_stage") and (worker is None or not worker.is_alive()):
+                    worker = start(fire_resume, "fallback")  # no on.cleared stage to do it
+            elif etype.endswith("migration.cleared"):
+                say("watch_cleared", data=ev.get("data"))
+        if forced_at is not None and (state == "1" or now > forced_at):
+            forced_at = None
+            worker = start(abroad)
+        if resumed and reader is not None and not reader.is_alive():
+            say("done", outcome="resumed", data_readable=True)
+            return
+        if finish_at is not None and now > finish_at:
+            blocked = reader is not None and reader.is_alive()
+            outcome = "stays suspended" if state == "1" else "active"
+            say("done", outcome=outcome, reader_blocked=blocked)
+            return
+        if suspended_at is not None and now - suspended_at > give_up:
+            say("done", outcome=f"still suspended after {give_up:g} s")
+            return
+        time.sleep(0.1)
+
+
 def main() -> int:
     cfg: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text())
     vol = Volume(cfg)
@@ -254,60 +326,7 @@ def main() -> int:
                     events.put(ev)
 
     threading.Thread(target=relay, daemon=True).start()
-    state = "0"
-    suspended_at: float | None = None
-    reader: threading.Thread | None = None
-    crossing = False
-    finish_at: float | None = None
-    forced_at: float | None = None
-    give_up = float(cfg.get("give_up_s", 120))
-    while watch.poll() is None:
-        now = time.monotonic()
-        new = Path(state_file).read_text().strip() if state_file else "?"
-        if new != state:
-            state = new
-            say("state", suspended=state == "1")
-            if state == "1" and reader is None:
-                suspended_at = now
-                reader = threading.Thread(target=vol.read_back, args=(now,), daemon=True)
-                reader.start()
-        while not events.empty():
-            ev = events.get()
-            etype = str(ev.get("type", ""))
-            if etype.endswith("migration.confirmed"):
-                data = ev.get("data") or {}
-                crossing = data.get("crossing") is True
-                say("watch_confirmed", crossing=data.get("crossing"))
-                if crossing:
-                    forced_at = now + 30.0  # or as soon as the suspension is seen
-                elif not cfg.get("cleared_stage"):
-                    fire_resume("fallback")  # the policy has no on.cleared stage to do it
-            elif etype.endswith("migration.cleared"):
-                say("watch_cleared", data=ev.get("data"))
-        if forced_at is not None and (state == "1" or now > forced_at):
-            # What an operator abroad would try once the move is done: the policy's own resume
-            # action, then the bare client.
-            forced_at = None
-            fire_resume("forced")
-            done = subprocess.run(vol.unlock_argv(), capture_output=True, timeout=120, check=False)
-            say("unlock_after_move", rc=done.returncode, stderr=tail(done.stderr, 600))
-            finish_at = time.monotonic() + 5.0
-        resumed = suspended_at is not None and state == "0"
-        if resumed and reader is not None and not reader.is_alive():
-            say("done", outcome="resumed", data_readable=True)
-            break
-        if finish_at is not None and now > finish_at:
-            blocked = reader is not None and reader.is_alive()
-            say(
-                "done",
-                outcome="stays suspended" if state == "1" else "active",
-                reader_blocked=blocked,
-            )
-            break
-        if suspended_at is not None and now - suspended_at > give_up:
-            say("done", outcome=f"still suspended after {give_up:g} s")
-            break
-        time.sleep(0.1)
+    follow(cfg, vol, state_file, events)
     # keep the watch running (the host stops the guest); its output still reaches the console
     watch.wait()
     return 0
