@@ -37,7 +37,7 @@ from .console import ConsoleLine
 from .netns import Namespace
 from .programs import DEFAULT_WATCH, HOOK_SH, RUN_SH, SECRET, _is_fix
 from .scenarios import GuestProgram, Lab, RunPlan, RunRecord
-from .sites import REPO, Site, distance_km
+from .sites import REPO, Site, distance_km, find_place
 
 HERE = Path(__file__).resolve().parent
 ACTION_RESULT = re.compile(r"\] (luks_suspend|luks_resume): (ok|failed|timeout)\b")
@@ -54,7 +54,7 @@ def add_options(ap: argparse.ArgumentParser, mode: Any) -> None:
         "--luks",
         action="store_true",
         help="the LUKS scenario: suspend on suspicion, resume through the key server after a "
-        "same-country move (--same), refused after a cross-border one (--b)",
+        "harmless move (--luks-harmless), refused after a cross-border one (--b)",
     )
     ap.add_argument("--luks-near-ms", type=float, default=2.0, help="RTT added at allowed sites")
     ap.add_argument("--luks-far-ms", type=float, default=20.0, help="RTT added elsewhere")
@@ -63,6 +63,13 @@ def add_options(ap: argparse.ArgumentParser, mode: Any) -> None:
         type=float,
         default=1000.0,
         help="the key server's bound (the 2 ms path plus the emulated guest's own answer time)",
+    )
+    ap.add_argument(
+        "--luks-harmless",
+        default=None,
+        help="SERVER:CC the harmless move goes to (default: another host at site A's own "
+        "server: a same-country move the watch can clear; a destination whose region "
+        "straddles the border is confirmed with crossing unknown, and nothing is given back)",
     )
     ap.add_argument(
         "--luks-kinds", default="same,cross", help="comma list among same,cross (--luks only)"
@@ -504,8 +511,16 @@ def run(args: argparse.Namespace, lab: Lab, log: Callable[[str], None], digest: 
 
     kinds = args.luks_kinds.split(",")
     plan_args: dict[str, Any] = {"settle_s": args.settle, "after_s": max(args.after, 150.0)}
+    harmless = args.a
+    if args.luks_harmless:
+        server, _, country = args.luks_harmless.partition(":")
+        try:
+            harmless = find_place(server, country or args.a.country)
+        except ValueError as exc:
+            log(f"--luks-harmless: {exc}")
+            return 2
     todo = [
-        RunPlan(f"luks-{k}", args.a, args.same if k == "same" else args.b, **plan_args)
+        RunPlan(f"luks-{k}", args.a, harmless if k == "same" else args.b, **plan_args)
         for k in kinds
     ]
     rows: list[dict[str, Any]] = []
