@@ -439,6 +439,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return missed
 
 
+def first_event(row: dict[str, Any], kind: str) -> float | None:
+    return next((t for t, k, _ in row["watch_events_s"] if k == kind), None)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [
         "# LUKS lab run",
@@ -451,10 +455,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ),
         "",
         (
-            "| run | boot releases (ms) | format / open | suspended | resumed | data readable | "
-            "resume attempts | server log |"
+            "| run | boot releases (ms) | format / open | suspected | suspended | cleared / "
+            "confirmed | resumed | data readable | resume attempts | server log |"
         ),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rel = r["boot_releases_ms"] or []
@@ -474,9 +478,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"(min {min((x[1] or 0) for x in v['refused']):.2f} ms)"
             for p, v in r["server_log"].items()
         )
+        ends = ", ".join(
+            f"{k} {t} s" + (f" (crossing {c})" if k == "confirmed" else "")
+            for t, k, c in r["watch_events_s"]
+            if k in ("cleared", "confirmed")
+        )
         out.append(
             f"| {r['kind']} {r['a']} -> {r['b']} | {', '.join(f'{x:.2f}' for x in rel)} | {fo} | "
-            f"{r['suspended_s']} s | {r['resumed_s']} s | {r['readable_s']} s "
+            f"{first_event(r, 'suspected')} s | {r['suspended_s']} s | {ends or '-'} | "
+            f"{r['resumed_s']} s | {r['readable_s']} s "
             f"({r['readable_ok']}) | {attempts or '-'} | {log} |"
         )
     out += ["", "Times are seconds from the switchover (QMP STOP at the source).", ""]
