@@ -158,3 +158,14 @@ def test_run_disk_gives_keys_mode_0600_and_bin_mode_0755(tmp_path: Path) -> None
         "0755",
         "0644",
     )
+
+
+def test_luks_is_a_mode_of_the_lab_cli_with_its_own_knobs() -> None:
+    from benchmarks.lab.__main__ import parse_args
+
+    args = parse_args(["--luks", "--luks-kinds", "cross", "--luks-bound-km", "500"])
+    assert args.luks and not args.smoke and args.luks_kinds == "cross"
+    assert (args.luks_near_ms, args.luks_far_ms, args.luks_bound_km) == (2.0, 20.0, 500.0)
+    assert args.luks_clevis and args.luks_harmless is None
+    with pytest.raises(SystemExit):
+        parse_args(["--luks", "--smoke"])
