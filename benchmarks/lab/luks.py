@@ -224,16 +224,9 @@ def _await_line(path: Path, text: str, timeout: float, proc: subprocess.Popen[by
     raise RuntimeError(f"{path}: no {text!r} within {timeout:g} s: {path.read_text()[-500:]}")
 
 
-def cleared_stage() -> bool:
-    """Whether the policy has the `on.cleared` stage that undoes `on.suspected`."""
-    from geoprobe import policy
-
-    return "cleared" in policy.VERDICTS
-
-
-def policy_toml(allow: list[str], with_cleared: bool) -> str:
+def policy_toml(allow: list[str]) -> str:
     codes = ", ".join(json.dumps(c) for c in allow)
-    text = f"""[jurisdiction]
+    return f"""[jurisdiction]
 allow = [{codes}]
 
 [[on.suspected]]
@@ -243,16 +236,13 @@ luks = ["{SECRET_NAME}"]
 [[on.confirmed_crossing]]
 action = "hook"
 command = ["/lab/hook.sh"]
-"""
-    if with_cleared:
-        text += f"""
+
 [[on.cleared]]
 action = "luks_resume"
 luks = ["{SECRET_NAME}"]
 secret = "{SECRET_NAME}"
 config = "{GUEST_CLIENT_CONFIG}"
 """
-    return text
 
 
 def resume_toml(allow: list[str]) -> str:
@@ -290,7 +280,6 @@ def luks_program(
     clevis: bool,
     command: str = DEFAULT_WATCH,
 ) -> GuestProgram:
-    with_cleared = cleared_stage()
     settings = {
         "watch": command,
         "secret": SECRET_NAME,
@@ -301,12 +290,11 @@ def luks_program(
         "mount": "/mnt",
         "releases": 5,
         "clevis": clevis,
-        "cleared_stage": with_cleared,
         "give_up_s": 120,
     }
     pins = REPO / "contrib" / "clevis"
     files: dict[str, str | bytes] = {
-        "policy.toml": policy_toml(allow, with_cleared),
+        "policy.toml": policy_toml(allow),
         "resume.toml": resume_toml(allow),
         "hook.sh": HOOK_SH,
         "luks.json": json.dumps(settings),
@@ -450,8 +438,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         (
             f"{meta['started_utc']}, {meta['seconds']} s, QEMU {meta['qemu']}, "
             f"snapshot {meta['geoprobe_snapshot']}, relay {meta['near_ms']:g} ms near / "
-            f"{meta['far_ms']:g} ms far, bound {meta['bound_km']:g} km, on.cleared stage: "
-            f"{meta['cleared_stage']}"
+            f"{meta['far_ms']:g} ms far, bound {meta['bound_km']:g} km"
         ),
         "",
         (
@@ -556,7 +543,6 @@ def run(args: argparse.Namespace, lab: Lab, log: Callable[[str], None], digest: 
         "near_ms": args.luks_near_ms,
         "far_ms": args.luks_far_ms,
         "bound_km": args.luks_bound_km,
-        "cleared_stage": cleared_stage(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lab-luks.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))

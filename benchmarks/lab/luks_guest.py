@@ -229,7 +229,6 @@ def follow(
     state = "0"
     suspended_at: float | None = None
     reader: threading.Thread | None = None
-    worker: threading.Thread | None = None
     forced_at: float | None = None
     finish_at: float | None = None
     resumed = False
@@ -269,13 +268,11 @@ def follow(
                 say("watch_confirmed", crossing=data.get("crossing"))
                 if data.get("crossing") is True:
                     forced_at = now + 30.0  # or as soon as the suspension is seen
-                elif not cfg.get("cleared_stage") and (worker is None or not worker.is_alive()):
-                    worker = start(fire_resume, "fallback")  # no on.cleared stage to do it
             elif etype.endswith("migration.cleared"):
                 say("watch_cleared", data=ev.get("data"))
         if forced_at is not None and (state == "1" or now > forced_at):
             forced_at = None
-            worker = start(abroad)
+            start(abroad)
         if resumed and reader is not None and not reader.is_alive():
             say("done", outcome="resumed", data_readable=True)
             return

@@ -14,7 +14,6 @@ from benchmarks.lab.build import PACKAGES, build_run_disk, missing_packages
 from benchmarks.lab.luks import (
     KeyServer,
     analyse,
-    cleared_stage,
     policy_toml,
     resume_toml,
     targets,
@@ -36,21 +35,17 @@ def _toml(text: str) -> dict[str, Any]:
 
 
 def test_guest_policy_suspends_on_suspicion_and_resumes_through_the_key_server() -> None:
-    pol = parse_policy(_toml(policy_toml(["DE"], with_cleared=False)))
+    pol = parse_policy(_toml(policy_toml(["DE"])))
     (suspend,) = pol.actions_for("suspected")
     assert suspend.action == "luks_suspend" and suspend.options["luks"] == ["vault"]
     assert [a.action for a in pol.actions_for("confirmed_crossing")] == ["hook"]
+    (back,) = pol.actions_for("cleared")
+    assert back.action == "luks_resume" and back.options["luks"] == ["vault"]
+    assert back.options["config"] == "/lab/unlock.toml"
     fire = parse_policy(_toml(resume_toml(["DE"])))
     (resume,) = fire.actions_for("unknown")
     assert resume.action == "luks_resume"
     assert resume.options["secret"] == "vault" and resume.options["config"] == "/lab/unlock.toml"
-
-
-@pytest.mark.skipif(not cleared_stage(), reason="the policy has no on.cleared stage")
-def test_guest_policy_resumes_on_cleared() -> None:
-    pol = parse_policy(_toml(policy_toml(["DE"], with_cleared=True)))
-    (resume,) = pol.actions_for("cleared")
-    assert resume.action == "luks_resume" and resume.options["luks"] == ["vault"]
 
 
 def test_key_server_config_carries_the_bound_and_the_guest_config_points_at_it(
