@@ -138,7 +138,7 @@ class KeyServer:
                 f'box_key = "/lab/keys/{rkeys.CLIENT_BOX_KEY}"\n'
                 # Under TCG on a shared host the guest's own answer time varies by milliseconds;
                 # the fastest of several fresh challenges is the one that says where it is.
-                "timeout_ms = 1000\nattempts = 10\n"
+                "timeout_ms = 1000\nattempts = 20\n"
                 "[[servers]]\n"
                 f'id = "{SERVER_ID}"\n'
                 f'address = "10.0.2.2:{PORT}"\n'
