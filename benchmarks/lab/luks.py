@@ -19,6 +19,7 @@ luks_resume. Two runs:
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -112,7 +113,9 @@ class KeyServer:
         self.sign_pubkey, self.box_pubkey = ck.sign_pubkey, ck.box_pubkey
         fd = os.open(self.dir / "vault.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
+            # 256 random bits as base64 text: `clevis luks bind -k -` reads the existing
+            # passphrase in a shell, which drops NUL bytes and trailing newlines.
+            f.write(base64.b64encode(os.urandom(32)))
         (self.dir / "keyserver.toml").write_text(
             f'server_id = "{SERVER_ID}"\n'
             'key = "server/server.key"\n'
