@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import luks
 from .build import BuildError, build_guest, default_cache, need_tools, snapshot_source
 from .netns import remove_stale
 from .programs import DEFAULT_WATCH, clock_program, geoprobe_program
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full", action="store_true", help="cross-border, control, same-country and delay runs"
     )
     mode.add_argument("--build-only", action="store_true", help="build the cached guest and stop")
+    luks.add_options(ap, mode)
     ap.add_argument(
         "--kinds",
         default=None,
@@ -291,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         guest_landmarks=args.landmarks,
         source=workdir / "src",
     )
+    if args.luks:
+        rc = luks.run(args, lab, log, digest)
+        if not args.keep_work:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return rc
     todo = plans(args)
     records: list[RunRecord] = []
     loads: list[float] = []  # the host's 1-minute load average at each run's end: 2 shared cores

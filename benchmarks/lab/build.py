@@ -17,8 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("GEOPROBE_LAB_MIRROR", "http://deb.debian.org/debian")
@@ -38,6 +40,12 @@ PACKAGES = (
     "iproute2",
     "kmod",
     "procps",
+    # The LUKS scenario (benchmarks/lab/luks.py): cryptsetup and dmsetup drive dm-crypt on a loop
+    # file; clevis and clevis-luks bind the volume through geoprobe's clevis pin.
+    "cryptsetup-bin",
+    "dmsetup",
+    "clevis",
+    "clevis-luks",
 )
 # What bookworm lacks at the version geoprobe needs: shapely 1.8 (geoprobe uses the 2.x API),
 # maxminddb 2.2 (geoprobe needs the decoding limits of 3.2), geoip2 4.6 and prometheus_client 0.16.
@@ -178,10 +186,46 @@ def discard_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def missing_packages(installed: str) -> list[str]:
+    """PACKAGES not in a root's `.lab-complete` list (the packages it was built with)."""
+    have = set(installed.split())
+    return [p for p in PACKAGES if p not in have]
+
+
+def _apt_install(
+    root: Path, packages: Sequence[str], out: IO[bytes], deadline: float | None
+) -> None:
+    """apt-get install inside the chroot (with /proc mounted), then drop apt's lists and caches:
+    they are half the tree and the guest never installs anything."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", INITRD="No")
+    (root / "var" / "lib" / "apt" / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        for cmd in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+            ["apt-get", "clean"],
+        ):
+            _run(
+                ["chroot", str(root), *cmd], deadline, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+    finally:
+        subprocess.run(["umount", str(root / "proc")], check=False)
+    shutil.rmtree(root / "var" / "lib" / "apt" / "lists", ignore_errors=True)
+    shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+    (root / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+
+
 def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
     """Debootstrap the root once; a partial tree from an interrupted run is discarded."""
     rootfs = cache / "rootfs"
-    if (rootfs / "usr" / "bin" / "python3").exists() and (rootfs / ".lab-complete").exists():
+    marker = rootfs / ".lab-complete"
+    if (rootfs / "usr" / "bin" / "python3").exists() and marker.exists():
+        missing = missing_packages(marker.read_text())
+        if missing:  # a root from an older recipe: add what it lacks instead of starting over
+            with log.open("wb") as out:
+                _apt_install(rootfs, missing, out, deadline)
+            marker.write_text(" ".join(PACKAGES) + "\n")
         return rootfs
     partial = cache / "rootfs.partial"
     discard_tree(partial)
@@ -198,28 +242,9 @@ def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
             env=env,
         )
         (partial / "etc" / "apt" / "sources.list").write_text(f"deb {MIRROR} {SUITE} main\n")
-        subprocess.run(["mount", "-t", "proc", "proc", str(partial / "proc")], check=True)
-        try:
-            for cmd in (
-                ["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                ["apt-get", "clean"],
-            ):
-                _run(
-                    ["chroot", str(partial), *cmd],
-                    deadline,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-        finally:
-            subprocess.run(["umount", str(partial / "proc")], check=False)
+        _apt_install(partial, PACKAGES, out, deadline)
     for point in mounts_under(partial):  # debootstrap's own, if it was stopped before unmounting
         subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
-    shutil.rmtree(partial / "var" / "lib" / "apt" / "lists", ignore_errors=True)
-    # The package caches are half the tree and the guest never installs anything.
-    shutil.rmtree(partial / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-    (partial / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     (partial / ".lab-complete").write_text(" ".join(PACKAGES) + "\n")
     discard_tree(rootfs)
     partial.rename(rootfs)
@@ -434,8 +459,10 @@ def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh:
                 p.write_bytes(content)
             else:
                 p.write_text(content)
-            if name.endswith((".sh", ".py")):
+            if name.endswith((".sh", ".py")) or name.startswith("bin/"):
                 p.chmod(0o755)
+            elif name.startswith("keys/"):  # private keys: geoprobe refuses them readable by others
+                p.chmod(0o600)
         # The guest's root is read-only: compile here (same Python 3.11) so imports don't recompile.
         subprocess.run(
             [sys.executable, "-m", "compileall", "-q", str(t)], check=False, capture_output=True

@@ -44,6 +44,8 @@ class GuestProgram:
     confirmed: Callable[[ConsoleLine], bool] = lambda line: False
     suspected: Callable[[ConsoleLine], bool] = lambda line: False
     countermeasure: Callable[[ConsoleLine], bool] = lambda line: "LAB-HOOK" in line.text
+    # Called once both sites are up, before the guest boots: a scenario's own services there.
+    on_sites: Callable[[list[Site]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class Lab:
                 s.start(testbed=program.needs_testbed, keys=keys)
                 if program.needs_testbed:  # sequential: B reuses the keys A generated
                     wait_for_file(wd / f"catalogue-{s.label}.json", 120.0, s)
+            if program.on_sites is not None:
+                program.on_sites(sites)
             files = dict(program.files)
             if program.needs_testbed:
                 guest = json.dumps(
