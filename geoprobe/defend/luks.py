@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from geoprobe.defend.base import ActionContext, ActionFailed, ActionTimeout, Outcome, check_command
@@ -72,6 +73,20 @@ def plan_suspend(spec: ActionSpec, ctx: ActionContext) -> str:
     return "; ".join(steps)
 
 
+SYNC_WAIT_S = 5.0
+
+
+def _bounded_sync(seconds: float) -> str | None:
+    """``sync`` that gives up waiting after ``seconds``: a volume suspended earlier (by another
+    tool, or a crash between two suspends) blocks it, and the keys must leave memory regardless."""
+    t = threading.Thread(target=os.sync, name="geoprobe-sync", daemon=True)
+    t.start()
+    t.join(max(0.0, seconds))
+    if t.is_alive():
+        return f"sync did not finish within {seconds:.0f} s: suspending without it"
+    return None
+
+
 def _drop_caches() -> str | None:
     """Drop clean page cache, dentries and inodes: decrypted file contents leave memory too."""
     try:
@@ -84,13 +99,17 @@ def _drop_caches() -> str | None:
 
 def run_suspend(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     """sync, drop caches, then luksSuspend each volume; one failure does not stop the others."""
-    os.sync()
-    warnings = [w] if (w := _drop_caches()) else []
     done: list[dict[str, object]] = []
     errors: list[str] = []
     already = [n for n in spec.options["luks"] if suspended(n) is True]
     done += [{"volume": n, "skipped": "already suspended"} for n in already]
     todo = [n for n in spec.options["luks"] if n not in already]
+    if not todo:  # a sync would wait on the suspended volumes' dirty pages for ever
+        return Outcome(
+            f"nothing to suspend ({', '.join(already)} already suspended)", data={"steps": done}
+        )
+    warnings = [w] if (w := _bounded_sync(min(SYNC_WAIT_S, ctx.deadline.remaining()))) else []
+    warnings += [w] if (w := _drop_caches()) else []
     for argv in _suspend_argvs(spec, todo):
         try:
             res = check_command([_tool("cryptsetup"), *argv[1:]], ctx.deadline)

@@ -306,3 +306,42 @@ def test_open_suspicion_reads_any_stored_history(history: list[dict[str, Any]]) 
     assert found is None or found == suspected[-1]
     answered = [*history, {"type": events.CLEARED, "data": {"suspected_id": found}}]
     assert open_suspicion(answered) is None
+
+
+def test_suspending_only_suspended_volumes_does_not_sync(
+    shims: Path,
+    ctx: Callable[..., ActionContext],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sync waits on a suspended volume's dirty pages for ever: a repeat suspend must not."""
+    monkeypatch.setattr(luks, "SYS_BLOCK", fake_dm(tmp_path / "sys", data=True))
+
+    def blocked_sync() -> None:
+        raise AssertionError("sync called with every volume already suspended")
+
+    monkeypatch.setattr(luks.os, "sync", blocked_sync)
+    out = luks.run_suspend(spec("luks_suspend", "suspected", luks=["data"]), ctx())
+    assert calls(shims) == []
+    assert out.detail == "nothing to suspend (data already suspended)"
+
+
+def test_a_sync_that_hangs_delays_the_suspend_only_briefly(
+    shims: Path,
+    ctx: Callable[..., ActionContext],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.setattr(luks, "SYS_BLOCK", fake_dm(tmp_path / "sys", data=True, logs=False))
+    monkeypatch.setattr(luks, "DROP_CACHES", tmp_path / "drop_caches")
+    monkeypatch.setattr(luks, "SYNC_WAIT_S", 0.2)
+    never = threading.Event()
+    monkeypatch.setattr(luks.os, "sync", never.wait)
+    try:
+        out = luks.run_suspend(spec("luks_suspend", "suspected", luks=["data", "logs"]), ctx())
+    finally:
+        never.set()
+    assert calls(shims) == ["cryptsetup luksSuspend logs"]
+    assert any("sync did not finish" in w for w in out.warnings)
