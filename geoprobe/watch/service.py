@@ -38,14 +38,14 @@ from geoprobe.watch.sentinel import Sentinel, SentinelConfig
 if TYPE_CHECKING:
     from geoprobe.geo.calibration import Model
 
-# On by default: the passive signals, the platform's own migration events (free: they read what
-# the kernel already reports) and the pause sampler (~0.5 % of a core). The dirty-sync probe
-# (``precopy``) costs little (8 MiB/s dirtied, <0.2 % of a core) and raised no false sync in 0.4 h
-# of host controls, but in the QEMU lab's TCG guest it raised one pre-copy suspicion 10 s before
-# any migration began (docs/precopy.md): until that is understood it is opt-in, like gaps/writes.
-# fingerprint sends ARP to the gateway, and cloud polls the metadata server: turn them on where
-# they belong (see contrib/).
-DEFAULT_SIGNALS = "clock,steal,platform,pause"
+# On by default: the passive signals and the platform's own migration events (free: they read
+# what the kernel already reports). Opt-in, by measurement (docs/precopy.md): the dirty-sync probe
+# (``precopy``: no false sync in 0.73 h of host controls, but one false pre-copy suspicion in the
+# QEMU lab's TCG guest) and the pause sampler (``pause``: 5 false whole-VM pauses in 7 minutes on
+# the loaded 2-core build host, where both CPUs' sleepers are often late together). gaps/writes
+# spend CPU, fingerprint sends ARP to the gateway, and cloud polls the metadata server: turn them
+# on where they belong (see contrib/).
+DEFAULT_SIGNALS = "clock,steal,platform"
 KNOWN_SIGNALS = (
     "clock",
     "gaps",
