@@ -589,6 +589,10 @@ class Watcher:
                 answered, self._suspected_id = self._suspected_id, None
             elif t.to == State.CONFIRMED:
                 self._suspected_id = None  # a crossing: nothing is given back
+        if any(t.to == State.NORMAL for t in transitions):
+            # Judged no move: what the signals see now is this place (a same-site migration's
+            # clock step stays in their windows and would raise the same suspicion again).
+            self._rebaseline_signals()
         if stop and self.on_clear is not None:
             self.on_clear()  # the suspicion is over: stop what it started (e.g. a delay)
         if reason is not None:
@@ -634,8 +638,9 @@ class Watcher:
             self._record_fix(self.solve(rtts), rtts, now, out)
 
     def _rebaseline_signals(self) -> None:
-        """After a confirmed move, signals compare with the new place (the clock step of this move
-        and the new host's fingerprint must not raise the next suspicion)."""
+        """After a confirmed move, or a suspicion judged no move, signals compare with the place
+        as it is now (the clock step and the new host's fingerprint must not raise the next
+        suspicion)."""
         for s in self.signals:
             sig = getattr(s, "signal", s)
             for name in ("rebaseline", "reset"):

@@ -102,3 +102,34 @@ def test_a_watch_started_outside_raises_no_cleared(catalogue: Catalogue, tmp_pat
     for _ in range(5):
         w.round()
     assert cleared(emitted) == []
+
+
+class Rebaselines:
+    """A signal that counts how often the watch tells it to take the present as normal."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def poll(self, *_: Any) -> list[Any]:
+        return []
+
+
+def test_a_cleared_suspicion_rebaselines_the_signals(catalogue: Catalogue, tmp_path: Path) -> None:
+    """A same-site migration's clock step stays in the clock window; without a fresh baseline
+    the next round raises the same suspicion again."""
+    world, w, emitted, _ = watch_at_home(catalogue, tmp_path, 4)
+    sig = Rebaselines()
+    w.signals = [*w.signals, sig]
+    world.at = MADRID
+    w.round()
+    assert w.fusion.state == State.SUSPECT and sig.resets == 0
+    world.at = FRANKFURT
+    for _ in range(6):
+        w.round()
+    assert w.fusion.state == State.NORMAL and len(cleared(emitted)) == 1
+    assert sig.resets == 1
