@@ -27,6 +27,9 @@ class MachineSpec:
     smp: int = 1
     accel: str = "tcg"  # KVM hangs early in boot on this machine; keep it selectable for others
     append: str = "console=ttyS0 quiet panic=-1"
+    # Extra QEMU arguments (devices such as vmgenid or a balloon), the same at both ends: a
+    # migration needs identical devices on the source and the destination.
+    extra: tuple[str, ...] = ()
 
     def argv(self, qmp: Path, serial: Path, incoming: bool) -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
@@ -68,6 +71,7 @@ class MachineSpec:
             "-qmp",
             f"unix:{qmp},server=on,wait=off",
         ]
+        argv += list(self.extra)
         if incoming:
             argv += ["-incoming", "defer"]
         return argv
@@ -115,6 +119,19 @@ class QemuProcess:
             )
         self.qmp.set_capabilities(events=True)
         return self
+
+    def vcpu_threads(self) -> list[int]:
+        """Thread ids of the vCPUs (QEMU names them "CPU 0/TCG", "CPU 0/KVM", ...)."""
+        if self.proc is None:
+            return []
+        tids = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*")):
+            try:
+                if (task / "comm").read_text().startswith("CPU "):
+                    tids.append(int(task.name))
+            except (OSError, ValueError):
+                continue
+        return tids
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -98,7 +98,7 @@ def test_times_are_measured_from_the_source_stop_and_precopy_flags_are_found() -
 
 
 def test_targets_report_what_was_missed() -> None:
-    good, slow, silent = (analyse(record(t)) for t in (1080.0, 1090.0, None))
+    good, slow, silent = (analyse(record(t, suspect_at=1076.5)) for t in (1080.0, 1090.0, None))
     assert targets(summarise([good, good])) == []
     missed = targets(summarise([good, slow, slow]))
     assert len(missed) == 1 and "median switchover->confirmed 13.0 s" in missed[0]
@@ -107,7 +107,7 @@ def test_targets_report_what_was_missed() -> None:
     assert any("1/2 crossings confirmed" in m for m in missed) and any(
         "counter-measures" in m for m in missed
     )
-    no_crossing = record(1080.0)
+    no_crossing = record(1080.0, suspect_at=1076.5)
     no_crossing.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to="DE"))
     missed = targets(summarise([good, analyse(no_crossing)]), timing=False)
     assert any("1/2 crossings confirmed in the guest (2 migrations confirmed)" in m for m in missed)
