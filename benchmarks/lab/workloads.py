@@ -77,13 +77,12 @@ def parse_vmstat(text: str) -> dict[str, int] | None:
     fields = text.split()[1:]
     if not fields:
         return None
-    out: dict[str, int] = {}
-    try:
-        out["uptime_cs"] = round(float(fields[0]) * 100)
-    except ValueError:
-        return None
+    whole, _, frac = fields[0].partition(".")
+    if not (whole.isdecimal() and (frac == "" or frac.isdecimal())):
+        return None  # /proc/uptime is "seconds.centiseconds"
+    out: dict[str, int] = {"uptime_cs": int(whole) * 100 + int((frac + "00")[:2])}
     for f in fields[1:]:
         k, sep, v = f.partition("=")
-        if sep and v.isdigit():
+        if sep and v.isdecimal():
             out[k] = int(v)
     return out
