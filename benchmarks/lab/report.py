@@ -324,6 +324,11 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
                 "completed": _rel(t_done, rec.started),
             },
             "converged_while_delay_ran": converged_during_delay,
+            # a failover pair (--preset failover): QEMU waits for the guest to release the primary
+            "wait_unplug": _first(src, "MIGRATION", status="wait-unplug") is not None,
+            "unplug_primary_s": None
+            if t_start is None or (t_up := _first(src, "UNPLUG_PRIMARY")) is None
+            else round(t_up - t_start, 3),
         }
     return out
 
@@ -391,6 +396,14 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "suspected_events": sum(r["suspected"] for r in rs),
             "observed_hours": round(sum(r.get("observed_s") or 0.0 for r in rs) / 3600.0, 3),
             "max_run_median_dirty_rate_mb_s": max(
+                (
+                    r["guest_dirty_rate_mb_s"]["median"]
+                    for r in rs
+                    if r.get("guest_dirty_rate_mb_s")
+                ),
+                default=None,
+            ),
+            "min_run_median_dirty_rate_mb_s": min(
                 (
                     r["guest_dirty_rate_mb_s"]["median"]
                     for r in rs

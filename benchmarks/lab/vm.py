@@ -49,6 +49,9 @@ class MachineSpec:
             "-no-user-config",
             "-display",
             "none",
+            # threads named after their role ("CPU 0/TCG"), so the host log finds the vCPU's
+            "-name",
+            "geoprobe-lab,debug-threads=on",
             "-no-reboot",
             "-kernel",
             str(self.image.kernel),

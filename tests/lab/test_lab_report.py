@@ -239,8 +239,18 @@ def test_controls_count_hours_and_suspicions_per_kind_and_bound_the_probe_dirty_
     missed = targets(summary)
     assert missed == ["control-cpu: 1 of 1 runs suspected, 0 confirmed"]
     assert rows[1]["suspicions"][0]["before_switchover"] is None  # nothing migrated
-    noisy = summarise([analyse(_control("control", dirty=12.0))])
-    assert any("dirtied 12.0 MB/s" in m for m in targets(noisy))
+    noisy = [analyse(_control("control", dirty=12.0))]
+    assert any("dirtied 12 MB/s" in m and "whole guest" in m for m in targets(summarise(noisy)))
+    bare = _control("bare", dirty=4.0)
+    missed = targets(summarise([*noisy, analyse(bare)]))
+    assert missed == []  # 12 - 4: geoprobe's own 8 MB/s is within the bound
+    missed = targets(summarise([*noisy, analyse(_control("bare", dirty=1.0))]))
+    assert missed == [
+        (
+            "control: geoprobe dirtied 11 MB/s (QMP calc-dirty-rate, idle controls less the bare "
+            "guest) > 10 MB/s"
+        )
+    ]
 
 
 def test_precopy_target_counts_suspected_before_the_switchover_over_every_cross_kind() -> None:
