@@ -41,11 +41,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "capabilities": {"multifd": True},
         "parameters": {"multifd-compression": "zstd"},
     },
-    "vmgenid": {"qemu": ["-device", "vmgenid,guid=auto"]},
-    # A second NIC as a failover pair (virtio-net standby + emulated e1000 primary, one MAC): QEMU
-    # unplugs the primary when the migration sets up. The lab's own eth0 is left as it is.
+    "vmgenid": {"qemu": ["-device", "vmgenid,guid=auto"], "modules": ["vmgenid"]},
+    # A second NIC as a failover pair (virtio-net standby + emulated e1000e primary, one MAC): QEMU
+    # unplugs the primary when the migration sets up. The primary must sit on a PCI Express port,
+    # hence q35. The lab's own eth0 is left as it is.
     "failover": {
+        "machine": "q35",
+        "modules": ["e1000e"],
         "qemu": [
+            "-device",
+            "pcie-root-port,id=lab-fo-port,chassis=1",
             "-netdev",
             "user,id=lab-fo-standby",
             "-device",
@@ -57,18 +62,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             "user,id=lab-fo-primary",
             "-device",
             (
-                "e1000,netdev=lab-fo-primary,id=lab-fo-primary,mac=52:54:00:fa:11:00,"
-                "failover_pair_id=lab-fo,romfile="
+                "e1000e,netdev=lab-fo-primary,id=lab-fo-primary,mac=52:54:00:fa:11:00,"
+                "failover_pair_id=lab-fo,bus=lab-fo-port,romfile="
             ),
-        ]
+        ],
     },
     "balloon-hint": {
+        "modules": ["virtio_balloon"],
         "qemu": [
             "-object",
             "iothread,id=lab-balloon-io",
             "-device",
             "virtio-balloon-pci,free-page-hint=on,iothread=lab-balloon-io",
-        ]
+        ],
     },
 }
 
@@ -207,6 +213,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--memory", type=int, default=512, help="guest MiB")
     ap.add_argument("--accel", default="tcg", help="tcg (default here) or kvm")
+    ap.add_argument(
+        "--machine", default=None, help="QEMU machine type (default pc; the failover preset: q35)"
+    )
     ap.add_argument(
         "--cache", type=Path, default=None, help="guest image cache (~/.cache/geoprobe-lab)"
     )
@@ -415,6 +424,11 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
             f"(echo LAB-DELAY-START; {cmd} > /tmp/delay.log 2>&1; rc=$?; "
             f"echo LAB-DELAY-END rc=$rc; tail -c 1500 /tmp/delay.log) &"
         )
+    # The guest has no udev: the drivers the presets' devices need are loaded at boot.
+    modules = [m for p in args.preset for m in PRESETS[p].get("modules", [])]
+    if modules:
+        mods = " ".join(modules)
+        background += f"\nmodprobe -a {mods} && echo LAB-MODULES {mods} || echo LAB-MODULES-FAILED"
     background = "\n".join(x for x in (background, guest_background(plan.workload)) if x)
     if variant == "bare":
         run_sh = RUN_SH.format(secret=SECRET, extra=background, command="exec sleep infinity")
@@ -549,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"geoprobe snapshot {digest} in {workdir / 'src'} (every run uses this copy)")
     qemu_args, _, _ = migration_settings(args.preset, [], [])
     qemu_args += args.qemu_arg
+    machine = args.machine or next(
+        (m for p in args.preset if (m := PRESETS[p].get("machine"))), "pc"
+    )
     lab = Lab(
         image,
         workdir,
@@ -558,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         guest_landmarks=args.landmarks,
         source=workdir / "src",
         qemu_args=tuple(qemu_args),
+        machine=machine,
     )
     records: list[RunRecord] = []
     loads: list[float] = []  # the host's 1-minute load average at each run's end: 2 shared cores
@@ -592,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "guest_command": args.guest_command,
         "guest_landmarks": args.landmarks,
         "qemu_args": qemu_args,
+        "machine": machine,
         "presets": args.preset,
         "accel": args.accel,
         "memory_mb": args.memory,

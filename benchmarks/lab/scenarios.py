@@ -127,6 +127,7 @@ class Lab:
     guest_landmarks: int = 60  # 0: every landmark both sites serve
     source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
     qemu_args: tuple[str, ...] = ()  # extra QEMU arguments, the same at both ends
+    machine: str = "pc"
     _fitted: set[str] = field(
         default_factory=set, init=False, repr=False
     )  # guest catalogues already in the cache
@@ -173,6 +174,7 @@ class Lab:
                 memory_mb=self.memory_mb,
                 accel=self.accel,
                 extra=self.qemu_args,
+                machine=self.machine,
             )
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
             self._vms = [src]

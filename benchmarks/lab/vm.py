@@ -25,6 +25,7 @@ class MachineSpec:
     run_disk: Path
     memory_mb: int = 512
     smp: int = 1
+    machine: str = "pc"  # q35 for devices that need PCI Express (a failover primary)
     accel: str = "tcg"  # KVM hangs early in boot on this machine; keep it selectable for others
     append: str = "console=ttyS0 quiet panic=-1"
     # Extra QEMU arguments (devices such as vmgenid or a balloon), the same at both ends: a
@@ -36,7 +37,7 @@ class MachineSpec:
         argv = [
             QEMU,
             "-machine",
-            "pc",
+            self.machine,
             "-accel",
             self.accel,
             "-cpu",
