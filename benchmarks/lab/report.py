@@ -506,8 +506,10 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
     if meta.get("runs_not_started"):
         lines += [
             "",
-            f"Budget spent: {meta['runs_not_started']} of {meta.get('runs_planned')} planned runs "
-            "were not started.",
+            (
+                f"Budget spent: {meta['runs_not_started']} of {meta.get('runs_planned')} planned runs "
+                "were not started."
+            ),
         ]
     load = meta.get("load_average_1min")
     if load:
