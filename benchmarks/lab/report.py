@@ -77,20 +77,29 @@ def vcpu_wait_ms_per_s(
     for xs in per_tid.values():
         xs.sort(key=lambda x: float(x["t"]))
         if len(xs) >= 2 and xs[-1]["t"] > xs[0]["t"]:
-            rates.append((xs[-1]["wait_ns"] - xs[0]["wait_ns"]) / 1e6 / (xs[-1]["t"] - xs[0]["t"]))
+            rate = (xs[-1]["wait_ns"] - xs[0]["wait_ns"]) / 1e6 / (xs[-1]["t"] - xs[0]["t"])
+            rates.append(min(rate, 1000.0))
     return round(max(rates), 1) if rates else None
 
 
+# schedstat adds a wait when the thread next runs, so a long preemption lands whole in the window
+# where it ended: windows of at least a second, capped at the window's length.
+WAIT_WINDOW_S = 1.0
+
+
 def _wait_profile(schedstat: Sequence[dict[str, Any]]) -> dict[str, float] | None:
-    """Median and maximum vCPU run delay (ms/s) over consecutive samples of each thread."""
-    last: dict[tuple[str, int], dict[str, Any]] = {}
+    """Median and maximum vCPU run delay (ms/s) over windows of >= 1 s of each thread."""
+    start: dict[tuple[str, int], dict[str, Any]] = {}
     rates = []
     for x in sorted(schedstat, key=lambda x: float(x["t"])):
         key = (str(x["vm"]), int(x["tid"]))
-        prev = last.get(key)
-        if prev is not None and x["t"] - prev["t"] > 0.05:
-            rates.append((x["wait_ns"] - prev["wait_ns"]) / 1e6 / (x["t"] - prev["t"]))
-        last[key] = x
+        prev = start.get(key)
+        if prev is None:
+            start[key] = x
+        elif x["t"] - prev["t"] >= WAIT_WINDOW_S:
+            rate = (x["wait_ns"] - prev["wait_ns"]) / 1e6 / (x["t"] - prev["t"])
+            rates.append(min(rate, 1000.0))
+            start[key] = x
     if not rates:
         return None
     return {"median": round(statistics.median(rates), 1), "max": round(max(rates), 1)}

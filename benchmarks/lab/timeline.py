@@ -62,9 +62,14 @@ def host_lines(record: dict[str, Any]) -> list[tuple[float, str]]:
         last[key] = x
         if prev is None or x["t"] <= prev["t"]:
             continue
-        rate = (x["wait_ns"] - prev["wait_ns"]) / 1e6 / (x["t"] - prev["t"])
-        if rate >= WAIT_SHOWN_MS_PER_S:
-            out.append((float(x["t"]), f"host {key[0]} vCPU run delay {rate:.0f} ms/s"))
+        waited = (x["wait_ns"] - prev["wait_ns"]) / 1e6
+        if waited / (x["t"] - prev["t"]) >= WAIT_SHOWN_MS_PER_S:
+            out.append(
+                (
+                    float(x["t"]),
+                    f"host {key[0]} vCPU waited {waited:.0f} ms in {x['t'] - prev['t']:.2f} s",
+                )
+            )
     for x in (record.get("host") or {}).get("dirty_rates", []):
         out.append((float(x["t"]), f"QMP calc-dirty-rate {x.get('mb_s')} MB/s"))
     return out

@@ -290,6 +290,11 @@ def test_every_suspicion_carries_the_host_side() -> None:
     assert s["migration"]["dirty_sync_count"] == 2 and s["migration"]["status"] == "active"
     assert s["vmstat_delta"] == {"pgfault": 80, "nr_dirtied": 0, "over_s": 1.0}
     assert row["vcpu_wait_ms_per_s"] == {"median": 300.0, "max": 300.0}
+    rec.host["schedstat"] += [  # a 1.5 s preemption is counted when the thread runs again
+        {"t": 1077.0, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 300_000_000},
+        {"t": 1078.0, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 1_800_000_000},
+    ]
+    assert analyse(rec)["vcpu_wait_ms_per_s"] == {"median": 650.0, "max": 1000.0}
     text = markdown(summarise([row]), [row], {"mode": "full"})
     assert "pgfault=80" in text and "| 1/1 |" in text
 

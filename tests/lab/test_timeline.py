@@ -84,6 +84,6 @@ def test_the_timeline_shows_dirty_syncs_and_vcpu_run_delay() -> None:
     texts = [t for _, t in out]
     assert sum("dirty sync" in t for t in texts) == 2  # one line per new sync, not per sample
     assert any("dirty sync 2" in t and "remaining 4.0 MB" in t for t in texts)
-    assert [t for t in texts if "run delay" in t] == ["host src vCPU run delay 400 ms/s"]
+    assert [t for t in texts if "vCPU" in t] == ["host src vCPU waited 200 ms in 0.50 s"]
     assert not any("LAB-VMSTAT" in t for t in texts)
     assert any("LAB-VMSTAT" in t for _, t in lines(record, vmstat=True))
