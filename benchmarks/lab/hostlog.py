@@ -45,6 +45,7 @@ class HostMonitor:
     calc_time_s: int = 1
     schedstat: list[dict[str, Any]] = field(default_factory=list)  # t, vm, tid, run_ns, wait_ns
     dirty_rates: list[dict[str, Any]] = field(default_factory=list)  # t, vm, mb_s (calc-dirty-rate)
+    vmgenid: dict[str, str | None] = field(default_factory=dict)  # src/dst generation IDs
     _last: float = 0.0
     # vm name -> monotonic time its calc-dirty-rate started
     _measuring: dict[str, float] = field(default_factory=dict)
@@ -92,7 +93,11 @@ class HostMonitor:
         self._measuring.clear()
 
     def to_json(self) -> dict[str, Any]:
-        return {"schedstat": self.schedstat, "dirty_rates": self.dirty_rates}
+        return {
+            "schedstat": self.schedstat,
+            "dirty_rates": self.dirty_rates,
+            "vmgenid": self.vmgenid,
+        }
 
 
 @dataclass

@@ -333,7 +333,14 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
                 "completed": _rel(t_done, rec.started),
             },
             "converged_while_delay_ran": converged_during_delay,
+            # with -device vmgenid: did the destination give the guest a new generation ID?
+            "vmgenid_changed": None
+            if not (g := host.get("vmgenid"))
+            else g.get("src") != g.get("dst"),
             # a failover pair (--preset failover): QEMU waits for the guest to release the primary
+            "wait_unplug_s": None
+            if (t_wu := _first(src, "MIGRATION", status="wait-unplug")) is None or t_active is None
+            else round(t_active - t_wu, 2),
             "wait_unplug": _first(src, "MIGRATION", status="wait-unplug") is not None,
             "unplug_primary_s": None
             if t_start is None or (t_up := _first(src, "UNPLUG_PRIMARY")) is None

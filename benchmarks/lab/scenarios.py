@@ -21,6 +21,7 @@ from typing import Any
 from .build import GuestImage, build_run_disk
 from .console import ConsoleLine, GuestConsole
 from .hostlog import HostLoad, HostMonitor
+from .qmp import QMPError
 from .sites import REPO, Place, Site, distance_km, wait_for_file
 from .vm import MachineSpec, QemuProcess
 
@@ -282,6 +283,7 @@ class Lab:
         if plan.parameters:
             src.qmp.set_parameters(**plan.parameters)
             dst.qmp.set_parameters(**plan.parameters)
+        genid = {"src": _generation_id(src)}
         dst.qmp.migrate_incoming(f"unix:{sock}")
         rec.migrate_cmd = time.time()
         src.qmp.migrate(f"unix:{sock}")
@@ -303,6 +305,9 @@ class Lab:
                 deadline = float("inf")
             time.sleep(0.1)
         rec.final = src.qmp.query_migrate()
+        if genid["src"] is not None:  # with -device vmgenid: the destination's differs
+            genid["dst"] = _generation_id(dst)
+            self._monitor.vmgenid = genid
         ram = rec.final.get("ram", {})
         self.log(
             f"  migration {status}: total {rec.final.get('total-time')} ms, downtime "
@@ -332,6 +337,16 @@ class Lab:
             dst.qmp.poll_events(0.0)
             self._monitor.sample(self._vms)
             time.sleep(0.05)
+
+
+def _generation_id(vm: QemuProcess) -> str | None:
+    """The VM generation ID QEMU gives the guest, or None without a vmgenid device."""
+    if vm.qmp is None:
+        return None
+    try:
+        return str(vm.qmp.execute("query-vm-generation-id").get("guid"))
+    except QMPError:
+        return None
 
 
 def guest_catalogue(
