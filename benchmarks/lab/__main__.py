@@ -31,6 +31,11 @@ from .scenarios import GuestProgram, Lab, RunPlan, RunRecord
 from .sites import WONDERPROXY, Place, distance_km, find_place
 from .workloads import HOST_WORKLOADS, WORKLOADS, guest_background
 
+# The watch as an owner runs it: every sensing and signal setting at geoprobe's defaults.
+WATCH_AT_DEFAULTS = (
+    "python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
+    "--state /tmp/geoprobe-state -v"
+)
 DEFAULT_DELAY = "python3 -m geoprobe delay --memory 200M --cpu 1.0 --duration {duration} --json"
 
 # Named sets of QEMU arguments, migration capabilities and parameters (docs/lab.md, "Capabilities").
@@ -186,7 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--guest-command",
         default=DEFAULT_WATCH,
-        help="the geoprobe command the guest runs at boot (its stdout is the console)",
+        help="the geoprobe command the guest runs at boot (its stdout is the console); "
+        f"'defaults' stands for `{WATCH_AT_DEFAULTS}`; default: `{DEFAULT_WATCH}`",
     )
     ap.add_argument(
         "--delay-command",
@@ -241,6 +247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "reported unavailable; a run never waits past the budget",
     )
     args = ap.parse_args(argv)
+    if args.guest_command == "defaults":
+        args.guest_command = WATCH_AT_DEFAULTS
     if args.runs is None:
         args.runs = 10 if args.full else 1
     if args.busy_runs is None:
