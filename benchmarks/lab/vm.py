@@ -27,7 +27,9 @@ class MachineSpec:
     smp: int = 1
     machine: str = "pc"  # q35 for devices that need PCI Express (a failover primary)
     accel: str = "tcg"  # KVM hangs early in boot on this machine; keep it selectable for others
-    append: str = "console=ttyS0 quiet panic=-1"
+    # no_timer_check: on a loaded host the emulated 8254 can miss the kernel's early IO-APIC check,
+    # which then panics ("IO-APIC + timer doesn't work!", seen at load ~11 under TCG)
+    append: str = "console=ttyS0 quiet panic=-1 no_timer_check"
     # Extra QEMU arguments (devices such as vmgenid or a balloon), the same at both ends: a
     # migration needs identical devices on the source and the destination.
     extra: tuple[str, ...] = ()
