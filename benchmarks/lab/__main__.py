@@ -88,13 +88,13 @@ BUSY = [*WORKLOADS, *HOST_WORKLOADS]
 GROUPS = {
     "busy": [f"control-{w}" for w in BUSY],
     "cross-busy": [f"cross-{w}" for w in BUSY],
-    "hold": ["delay-off", "delay-xbzrle", "delay-multifd"],
+    "hold": ["delay-xbzrle", "delay-multifd", "delay-off"],
 }
 # The hold runs: the delay from boot, auto-converge off, under each way QEMU can shrink its pages.
 HOLD_CAPS: dict[str, str | None] = {
-    "delay-off": None,
     "delay-xbzrle": "xbzrle",
     "delay-multifd": "multifd-zstd",
+    "delay-off": None,
 }
 
 

@@ -43,9 +43,9 @@ def test_kinds_expand_groups_and_reject_unknown_ones() -> None:
     assert expand_kinds("busy") == ["control-cpu", "control-mem", "control-disk", "control-host"]
     assert expand_kinds("cross,hold,cross") == [
         "cross",
-        "delay-off",
         "delay-xbzrle",
         "delay-multifd",
+        "delay-off",
     ]
     for bad in ("control-gpu", "crossing", "delay-xyz"):
         with pytest.raises(ValueError, match="unknown kind"):
@@ -59,7 +59,7 @@ def test_plans_carry_workloads_capabilities_and_hold_settings() -> None:
     )  # fmt: skip
     todo = plans(args)  # type: ignore[arg-type]
     kinds = [p.kind for p, _ in todo]
-    assert kinds == ["cross", "control-cpu", "cross", "delay-off", "delay-xbzrle", "delay-multifd"]
+    assert kinds == ["cross", "control-cpu", "cross", "delay-xbzrle", "delay-multifd", "delay-off"]
     by = {p.kind: p for p, _ in todo}
     assert by["cross"].capabilities == {"xbzrle": True} and by["cross"].migrate
     assert by["control-cpu"].workload == "cpu" and not by["control-cpu"].migrate
