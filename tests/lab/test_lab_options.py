@@ -32,7 +32,7 @@ def test_presets_then_explicit_options_make_the_settings_of_both_ends() -> None:
     assert qemu == ["-device", "vmgenid,guid=auto"]
     assert caps == {"multifd": False}  # the explicit option overrides the preset
     assert params == {"multifd-compression": "zstd", "max-bandwidth": 1 << 20}
-    args = parse_args(["--capability", "xbzrle=on", "--parameter", "multifd-channels=4"])
+    args = parse_args(["--full", "--capability", "xbzrle=on", "--parameter", "multifd-channels=4"])
     assert args.capability == [("xbzrle", True)] and args.parameter == [("multifd-channels", 4)]
     for bad in (["--capability", "xbzrle"], ["--capability", "xbzrle=yes"], ["--parameter", "x"]):
         with pytest.raises(SystemExit):
@@ -105,3 +105,10 @@ def test_vmstat_parser_never_raises(text: str) -> None:
     out = parse_vmstat(text)
     assert out is None or (text.startswith("LAB-VMSTAT ") and "uptime_cs" in out)
     parse_vmstat("LAB-VMSTAT " + text)
+
+
+def test_the_smoke_slows_the_link_unless_told_otherwise() -> None:
+    assert parse_args([]).parameter == [("max-bandwidth", 32 << 20)]
+    assert parse_args(["--parameter", "max-bandwidth=1000"]).parameter == [("max-bandwidth", 1000)]
+    assert parse_args(["--full"]).parameter == []
+    assert parse_args(["--kinds", "cross"]).parameter == []
