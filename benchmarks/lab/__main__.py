@@ -170,6 +170,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "max-bandwidth=33554432",
     )
     ap.add_argument(
+        "--no-dirty-rate",
+        action="store_true",
+        help="no QMP calc-dirty-rate in runs without a migration (to rule out the measurement "
+        "as a cause of what the guest sees)",
+    )
+    ap.add_argument(
         "--host-burners", type=int, default=1, help="host CPU burners in control-host/cross-host"
     )
     ap.add_argument(
@@ -594,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         source=workdir / "src",
         qemu_args=tuple(qemu_args),
         machine=machine,
+        measure_dirty_rate=not args.no_dirty_rate,
     )
     records: list[RunRecord] = []
     loads: list[float] = []  # the host's 1-minute load average at each run's end: 2 shared cores

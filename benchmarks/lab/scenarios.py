@@ -129,6 +129,7 @@ class Lab:
     source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
     qemu_args: tuple[str, ...] = ()  # extra QEMU arguments, the same at both ends
     machine: str = "pc"
+    measure_dirty_rate: bool = True  # calc-dirty-rate in runs without a migration
     _fitted: set[str] = field(
         default_factory=set, init=False, repr=False
     )  # guest catalogues already in the cache
@@ -188,7 +189,8 @@ class Lab:
             rec.guest_ready = ready.received
             self.log(f"  guest ready after {ready.received - src.started:.1f} s")
             load.start()
-            self._idle(console, plan.settle_s, sites, measure_dirty=not plan.migrate)
+            measure = self.measure_dirty_rate and not plan.migrate
+            self._idle(console, plan.settle_s, sites, measure_dirty=measure)
             if plan.migrate:
                 dst = QemuProcess("dst", spec, sites[1].ns, wd, incoming=True).start()
                 self._vms = [src, dst]
@@ -197,7 +199,7 @@ class Lab:
                 self._migrate(rec, src, dst, console, wd / "migration.sock", sites)
                 self._await_confirmation(rec, console, program, plan.after_s, dst, sites)
             else:
-                self._idle(console, plan.after_s, sites, measure_dirty=True)
+                self._idle(console, plan.after_s, sites, measure_dirty=measure)
         except Exception as exc:  # noqa: BLE001 (a failed run is recorded, never silently dropped
             rec.error = f"{type(exc).__name__}: {exc}"
             self.log(f"  run failed: {rec.error[:500]}")
