@@ -290,6 +290,7 @@ ACTION_FIELDS: dict[str, dict[str, tuple[Checker, bool]]] = {
         "cpu": (_fraction, False),
         "duration": (_seconds, False),
         "rate": (_rate, False),
+        "content": (_choice(("random", "byte")), False),
     },
     # defend/luks.py: suspend takes the volume key out of the kernel; resume needs the key servers
     "luks_suspend": {"luks": (_luks, True), "header": (_abs_path, False)},

@@ -12,6 +12,8 @@ import click
 
 from geoprobe.cli.env import Environment
 from geoprobe.defend.delay import (
+    CONTENTS,
+    DEFAULT_CONTENT,
     DEFAULT_CPU,
     DEFAULT_DURATION,
     Dirtier,
@@ -58,6 +60,15 @@ def register(group: click.Group) -> None:
         help="Pages per second to dirty at most (default: as fast as --cpu allows).",
     )
     @click.option(
+        "--content",
+        type=click.Choice(CONTENTS),
+        default=DEFAULT_CONTENT,
+        show_default=True,
+        help="random: fresh random bytes in every page at every write (defeats XBZRLE and "
+        "multifd compression); byte: one byte per page over random pages (cheaper, defeats "
+        "multifd compression only).",
+    )
+    @click.option(
         "--until-clear",
         type=click.Path(path_type=Path),
         default=None,
@@ -77,12 +88,13 @@ def register(group: click.Group) -> None:
         cpu: float,
         duration: float,
         rate: float | None,
+        content: str,
         until_clear: Path | None,
         as_json: bool,
     ) -> None:
         """Dirty one byte per 4 KiB page, round after round, until DURATION, SIGTERM/SIGINT or
         the clear flag; report pages dirtied per second."""
-        dirtier = Dirtier(memory)
+        dirtier = Dirtier(memory, content=content)
         stop: list[str] = []
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -93,7 +105,7 @@ def register(group: click.Group) -> None:
         if not as_json:
             env.stderr.write(
                 f"geoprobe delay: buffer {dirtier.buffer_bytes >> 20} MiB under a "
-                f"{memory >> 20} MiB RSS cap, cpu {cpu:g}, up to {duration:g} s\n"
+                f"{memory >> 20} MiB RSS cap, {content} pages, cpu {cpu:g}, up to {duration:g} s\n"
             )
 
         def report(p: Progress) -> None:

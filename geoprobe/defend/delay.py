@@ -7,7 +7,15 @@ and stops the guest for the final copy only once the rest fits in the allowed do
 faster than the link copies pages, keeps the remainder above the threshold: the migration stays
 in pre-copy. Auto-converge counters it by throttling the guest's vCPUs (20 % up to 99 %), which
 slows this writer too; post-copy switches over anyway and is not delayed at all. See
-docs/defence.md.
+docs/defence.md and docs/precopy.md.
+
+What counts is the bytes the migration must send per page dirtied, so pages change
+incompressibly. The buffer starts as random bytes, distinct in every page, so multifd's zlib and
+zstd compression find nothing to shrink and no page is a zero page. ``content="random"`` (the
+default) then rewrites every page with fresh random bytes each time, so XBZRLE, which sends only
+the difference from the copy it sent before, finds the whole page changed and sends it in full.
+``content="byte"`` changes one byte per page: about a thousand times cheaper per page, as good
+against multifd compression, but XBZRLE shrinks such a page to a few bytes.
 
 Memory is allocated once, up front; the cap is on the *process's* peak RSS (VmHWM), so the buffer
 is the cap minus what the process already holds minus a small headroom.
@@ -37,6 +45,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 HEADROOM = 8 << 20  # bytes of RSS kept free for the interpreter's own growth while running
 MIN_BUFFER = 4 << 20
 CHUNK_PAGES = 16384  # pages per strided write: big enough to amortise Python, small enough to pace
+RANDOM_CHUNK_PAGES = 256  # pages per random rewrite: its 1 MiB of fresh bytes fits the headroom
+CONTENTS = ("random", "byte")
+DEFAULT_CONTENT = "random"
 POLL_S = 0.05  # how often stop conditions are checked
 DEFAULT_MEMORY = 256 << 20
 DEFAULT_CPU = 0.5
@@ -89,9 +100,14 @@ class DelaySummary:
 
 
 class Dirtier:
-    """Owns the buffer, allocated and faulted in once, here; ``run`` only rewrites it."""
+    """Owns the buffer, allocated, filled with random bytes and faulted in once, here; ``run``
+    only rewrites it."""
 
-    def __init__(self, memory_cap: int, *, headroom: int = HEADROOM) -> None:
+    def __init__(
+        self, memory_cap: int, *, headroom: int = HEADROOM, content: str = DEFAULT_CONTENT
+    ) -> None:
+        if content not in CONTENTS:
+            raise InputError(f"must be one of {', '.join(CONTENTS)}", field="content")
         st = proc_status()
         rss, hwm = st.get("VmRSS", 0), st.get("VmHWM", 0)
         budget = memory_cap - rss - headroom
@@ -102,10 +118,30 @@ class Dirtier:
                 field="memory",
             )
         self.memory_cap = memory_cap
+        self.content = content
         self.pages = budget // PAGE
-        self.buffer = np.zeros(self.pages * PAGE, dtype=np.uint8)
+        self._words_per_page = PAGE // 8
+        # SFC64: fresh bytes at over 1 GB/s; unpredictability is not needed, only entropy.
+        self._rng = np.random.SFC64(int.from_bytes(os.urandom(16), "little"))
+        self.buffer = np.empty(self.pages * PAGE, dtype=np.uint8)
+        self._words = self.buffer.view(np.uint64)
         self.view = self.buffer[::PAGE]  # one byte per page: the first byte of each
-        self.view[:] = 1  # fault it all in now: the memory is held from the start, not on the way
+        # Random from the start (which also faults it all in: the memory is held from the start,
+        # not on the way): no page is a zero page, and none compresses.
+        for pos in range(0, self.pages, RANDOM_CHUNK_PAGES):
+            self.rewrite(pos, min(pos + RANDOM_CHUNK_PAGES, self.pages))
+
+    def rewrite(self, start: int, end: int) -> None:
+        """Fresh random bytes in pages ``start`` to ``end``, in place (a bounded temporary)."""
+        w = self._words_per_page
+        self._words[start * w : end * w] = self._rng.random_raw((end - start) * w)
+
+    def write(self, start: int, end: int) -> None:
+        """Change pages ``start`` to ``end`` as ``content`` says: each page surely changes."""
+        if self.content == "random":
+            self.rewrite(start, end)
+        else:
+            self.view[start:end] += 1  # wraps modulo 256: always a new value
 
     @property
     def buffer_bytes(self) -> int:
@@ -133,9 +169,10 @@ class Dirtier:
         """
         if not 0 < cpu <= 1:
             raise InputError("must be in (0, 1]", field="cpu")
-        chunk = CHUNK_PAGES if rate is None else int(max(1, min(CHUNK_PAGES, rate * 0.02)))
+        most = RANDOM_CHUNK_PAGES if self.content == "random" else CHUNK_PAGES
+        chunk = most if rate is None else int(max(1, min(most, rate * 0.02)))
         n = len(self.view)
-        pos, value, passes, pages = 0, 1, 0, 0
+        pos, passes, pages = 0, 0, 0
         t0 = time.perf_counter()
         c0 = time.thread_time()
         last_t, last_pages, next_report, next_poll = t0, 0, t0 + report_every, t0
@@ -151,12 +188,11 @@ class Dirtier:
                     reason = why
                     break
             end = min(pos + chunk, n)
-            self.view[pos:end] = value
+            self.write(pos, end)
             pages += end - pos
             pos = end
             if pos >= n:
                 pos, passes = 0, passes + 1
-                value = value % 255 + 1  # never 0: an all-zero page is sent as a flag, not copied
             wake = t0
             if cpu < 1:
                 wake = max(wake, t0 + (time.thread_time() - c0) / cpu)
@@ -201,6 +237,31 @@ class Dirtier:
         )
 
 
+def xbzrle_size(old: bytes, new: bytes) -> int | None:
+    """Bytes XBZRLE would send for ``new`` given the copy ``old`` it sent before, or None when
+    the encoding outgrows the page and QEMU sends the page whole instead.
+
+    The encoding (QEMU ``migration/xbzrle.c``) is a list of (unchanged run length, changed run
+    length, changed bytes), lengths as ULEB128; a trailing unchanged run is left out.
+    """
+    a = np.frombuffer(old, dtype=np.uint8)
+    b = np.frombuffer(new, dtype=np.uint8)
+    if a.shape != b.shape:
+        raise ValueError("pages differ in size")
+    changed = np.flatnonzero(np.diff(np.concatenate(([0], (a != b).view(np.int8), [0]))))
+    size, prev_end = 0, 0
+    for start, end in zip(changed[::2].tolist(), changed[1::2].tolist(), strict=True):
+        size += _uleb_len(start - prev_end) + _uleb_len(end - start) + (end - start)
+        if size > len(a):
+            return None
+        prev_end = end
+    return size
+
+
+def _uleb_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
 def _sleep_until(wake: float, should_stop: Callable[[], str | None] | None) -> str | None:
     """Sleep in short slices so a stop request is seen within POLL_S."""
     while (now := time.perf_counter()) < wake:
@@ -238,7 +299,7 @@ def child_main(argv: list[str] | None = None) -> int:
     """Entry of the background child: JSON config in argv[1], JSON lines out on stdout."""
     cfg = json.loads((argv or sys.argv)[1])
     try:
-        d = Dirtier(int(cfg["memory"]))
+        d = Dirtier(int(cfg["memory"]), content=str(cfg.get("content", DEFAULT_CONTENT)))
     except InputError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return int(ExitStatus.ERROR)
@@ -273,6 +334,7 @@ def _config(spec: ActionSpec, ctx: ActionContext) -> dict[str, Any]:
         "cpu": float(spec.options.get("cpu", DEFAULT_CPU)),
         "duration": float(spec.options.get("duration", DEFAULT_DURATION)),
         "rate": spec.options.get("rate"),
+        "content": str(spec.options.get("content", DEFAULT_CONTENT)),
         "until_clear": str(clear_flag(ctx.store_path)),
         "parent_pid": os.getpid(),
     }
@@ -282,7 +344,8 @@ def plan(spec: ActionSpec, ctx: ActionContext) -> str:
     c = _config(spec, ctx)
     rate = f", {c['rate']:g} pages/s" if c["rate"] else ""
     return (
-        f"dirty memory in the background: cap {c['memory'] >> 20} MiB, cpu {c['cpu']:g}, "
+        f"dirty memory ({c['content']} pages) in the background: "
+        f"cap {c['memory'] >> 20} MiB, cpu {c['cpu']:g}, "
         f"up to {c['duration']:g} s{rate}, until the verdict clears"
     )
 

@@ -619,7 +619,26 @@ class Watcher:
             n += 1
             if max_rounds is not None and n >= max_rounds:
                 return
-            stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+            self._wait(stop, max(0.0, self.interval - (time.monotonic() - start)))
+
+    def _wait(self, stop: threading.Event, timeout: float) -> None:
+        """Sleep until the next round, or less when a signal reports an event as it happens (its
+        ``changed`` Event: a dirty sync, a platform notice): a pre-copy suspicion is worth
+        something only before the switchover."""
+        wakers = [
+            e
+            for s in self.signals
+            if isinstance(
+                e := getattr(getattr(s, "signal", None), "changed", None), threading.Event
+            )
+        ]
+        end = time.monotonic() + timeout
+        while not stop.is_set() and (left := end - time.monotonic()) > 0:
+            if any(e.is_set() for e in wakers):
+                for e in wakers:
+                    e.clear()
+                return
+            stop.wait(min(left, 0.1) if wakers else left)
 
     def write_metrics(
         self,

@@ -5,9 +5,10 @@ suspicion clears), and ``outside`` while the VM is outside the allowed set. Ever
 its reasons, and the ones users act on carry an event. Every round's jurisdiction verdict counts:
 the daemon passes each round's fix (``Observation.fix``), and fusion judges it.
 
-* normal/settled -> suspect: the fingerprint moved, a decisive timing/fingerprint signal fired, or a
-  signal saw a migration in progress (``Anomaly.precopy``: dirty-page tracking, a platform's
-  notice) before any RTT moved. Emits ``migration.suspected``; the daemon probes faster while
+* normal/settled -> suspect: the fingerprint moved, a decisive timing/fingerprint signal fired
+  (except ``LOAD_SENSITIVE`` ones, which host load alone sets off), or a signal saw a migration in
+  progress (``Anomaly.precopy``: a dirty sync, a failover unplug, a free-page hint) before any RTT
+  moved. Emits ``migration.suspected``; the daemon probes faster while
   suspicious.
 * normal/settled -> suspect -> confirming -> confirmed in one round: the first moved measurement
   is already judged outside by the sound or certified rule *and* a decisive independent signal
@@ -60,6 +61,11 @@ from geoprobe.geo.sphere import haversine_km
 from geoprobe.migration import Migration, crossing_found_outside, crossing_of
 from geoprobe.watch.jurisdiction import Jurisdiction, JurisdictionVerdict
 from geoprobe.watch.shift import ShiftResult
+
+# Signals that host load alone sets off (a host that preempts the vCPU makes a first-write pass
+# slow just as a dirty sync does): they corroborate a move, but never raise a suspicion alone. The
+# dirty-sync probe (``dirty_sync``, ``precopy``) is the specific test that replaces them there.
+LOAD_SENSITIVE = frozenset({"first_write"})
 
 
 class State(StrEnum):
@@ -323,7 +329,9 @@ class Fusion:
         """
         shift, now = obs.shift, obs.time
         moved = shift if shift is not None and shift.outcome == "moved" else None
-        triggers = [a for a in obs.anomalies if a.decisive or a.precopy]
+        triggers = [
+            a for a in obs.anomalies if a.precopy or (a.decisive and a.signal not in LOAD_SENSITIVE)
+        ]
         if moved is None and not triggers:
             return
         reasons = list(moved.reasons) if moved is not None else []

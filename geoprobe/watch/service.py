@@ -37,10 +37,23 @@ from geoprobe.watch.durable import WatchRecord, accepting, redeliver
 if TYPE_CHECKING:
     from geoprobe.geo.calibration import Model
 
-# Passive signals are on by default. gaps/writes spend CPU, fingerprint sends ARP to the gateway,
-# and cloud polls the metadata server: turn them on where they belong (see contrib/).
-DEFAULT_SIGNALS = "clock,steal"
-KNOWN_SIGNALS = ("clock", "gaps", "writes", "steal", "fingerprint", "cloud")
+# On by default: the passive signals, the platform's own migration events, and the two probes
+# whose cost and false alarms were measured to be small (docs/precopy.md: the dirty-sync probe
+# dirties 8 MiB/s for well under 1 % of a core, the pause sampler ~0.5 %). gaps/writes spend more
+# CPU, fingerprint sends ARP to the gateway, and cloud polls the metadata server: turn them on
+# where they belong (see contrib/).
+DEFAULT_SIGNALS = "clock,steal,precopy,platform,pause"
+KNOWN_SIGNALS = (
+    "clock",
+    "gaps",
+    "writes",
+    "steal",
+    "fingerprint",
+    "cloud",
+    "precopy",
+    "platform",
+    "pause",
+)
 
 
 def signal_names(spec: str) -> list[str]:
@@ -98,6 +111,9 @@ def build_signals(
 
         out.append(SignalAdapter(NtpClockSignal(list(ntp_servers), timeout=0.5)))
     for name in names:
+        if name == "platform":
+            out.extend(_platform_listeners(log))
+            continue
         try:
             sig: Any
             if name == "clock":
@@ -116,6 +132,14 @@ def build_signals(
                 from geoprobe.watch.signals.steal import StealSignal
 
                 sig = StealSignal()
+            elif name == "precopy":
+                from geoprobe.watch.signals.precopy import DirtySyncSignal
+
+                sig = DirtySyncSignal()
+            elif name == "pause":
+                from geoprobe.watch.signals.pause import PauseSignal
+
+                sig = PauseSignal()
             elif name == "fingerprint":
                 from geoprobe.watch.signals.fingerprint import FingerprintSignal
 
@@ -130,6 +154,21 @@ def build_signals(
         if hasattr(sig, "start"):
             sig.start()
         out.append(SignalAdapter(sig))
+    return out
+
+
+def _platform_listeners(log: logging.Logger) -> list[AnomalySource]:
+    """What the platform tells the guest (failover unplug, announce, VM generation ID, balloon
+    hints, clock set); one that cannot listen here says why in its Reading."""
+    from geoprobe.watch.signals.platform import LISTENERS
+
+    out: list[AnomalySource] = []
+    for key, make in LISTENERS.items():
+        listener = make()
+        listener.start()
+        if not listener.sample().available:
+            log.info("signal %s: %s", key, listener.sample().reason)
+        out.append(SignalAdapter(listener))
     return out
 
 

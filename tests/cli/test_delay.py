@@ -68,3 +68,15 @@ def test_memory_cap_too_small_is_one_line_error() -> None:
 def test_bad_size_is_usage_error() -> None:
     res = subprocess.run([*CMD, "--memory", "lots"], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "--memory" in res.stderr
+
+
+def test_content_option_is_passed_and_an_unknown_one_refused() -> None:
+    res = subprocess.run(
+        [*CMD, "--memory", "96M", "--duration", "0.5", "--content", "byte"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "byte pages" in res.stderr
+    bad = subprocess.run([*CMD, "--content", "zeros"], capture_output=True, text=True, check=False)
+    assert bad.returncode != 0 and "zeros" in bad.stderr and "Traceback" not in bad.stderr

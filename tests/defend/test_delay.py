@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geoprobe.defend import clear, respond
-from geoprobe.defend.delay import Dirtier, proc_status
+from geoprobe.defend.delay import PAGE, Dirtier, proc_status, xbzrle_size
 from geoprobe.errors import InputError
 from geoprobe.events import SUSPECTED, make_event
 from geoprobe.policy import load_policy
@@ -22,10 +25,12 @@ IN_CHILD = """
 import json, sys
 from geoprobe.defend.delay import Dirtier
 cap, kw = int(sys.argv[1]), json.loads(sys.argv[2])
-d = Dirtier(cap)
-d.view[:] = 0  # so that the check below sees what run() wrote
+content = kw.pop("content", "random")
+d = Dirtier(cap, content=content)
+sums = lambda: d.buffer.view("u8").reshape(d.pages, -1).sum(axis=1, dtype="u8")
+before = sums()  # one number per page, so the check below sees what run() changed
 s = d.run(**kw)
-written = int((d.view != 0).sum())
+written = int((sums() != before).sum())
 print(json.dumps({**s.to_json(), "written": written, "n": len(d.view)}))
 """
 
@@ -41,13 +46,92 @@ def run_in_child(cap: int, **kw: object) -> dict[str, Any]:
     return dict(json.loads(out))
 
 
-def test_peak_rss_stays_under_cap_and_every_page_is_written() -> None:
+@pytest.mark.parametrize("content", ["random", "byte"])
+def test_peak_rss_stays_under_cap_and_every_page_is_written(content: str) -> None:
     cap = 96 << 20
-    s = run_in_child(cap, cpu=1.0, duration=1.0)
+    s = run_in_child(cap, cpu=1.0, duration=1.5, content=content)
     assert s["peak_rss_bytes"] <= cap
     assert s["buffer_bytes"] > 16 << 20
     assert s["passes"] >= 1 and s["written"] == s["n"]
     assert s["pages"] >= s["n"]
+
+
+def _pages(d: Dirtier, first: int, n: int) -> list[bytes]:
+    return [d.buffer[i * PAGE : (i + 1) * PAGE].tobytes() for i in range(first, first + n)]
+
+
+@pytest.fixture(scope="module")
+def small() -> Dirtier:
+    """A dirtier in this process: a cap far above pytest's own RSS leaves a small buffer."""
+    return Dirtier(proc_status()["VmHWM"] + (24 << 20))
+
+
+def test_pages_do_not_compress_and_random_rewrites_defeat_xbzrle(small: Dirtier) -> None:
+    before = _pages(small, 0, 64)
+    small.write(0, 64)
+    after = _pages(small, 0, 64)
+    stream = b"".join(after)
+    # multifd compresses a stream of pages: distinct random pages leave it nothing to find
+    assert len(zlib.compress(stream, 1)) >= 0.99 * len(stream)
+    assert len(set(after)) == 64 and not any(p == bytes(PAGE) for p in after)
+    # XBZRLE against the copy sent before: the whole page changed, so it is sent whole
+    assert all(xbzrle_size(b, a) is None for b, a in zip(before, after, strict=True))
+
+
+def test_one_byte_changes_defeat_compression_but_not_xbzrle(small: Dirtier) -> None:
+    small.content = "byte"
+    try:
+        before = _pages(small, 64, 32)
+        small.write(64, 96)
+        after = _pages(small, 64, 32)
+    finally:
+        small.content = "random"
+    stream = b"".join(after)
+    assert len(zlib.compress(stream, 1)) >= 0.99 * len(stream)
+    sizes = [xbzrle_size(b, a) for b, a in zip(before, after, strict=True)]
+    assert sizes == [3] * 32  # zero-length unchanged run, one changed byte, the byte
+
+
+def test_unknown_content_is_refused() -> None:
+    with pytest.raises(InputError, match="random, byte"):
+        Dirtier(1 << 40, content="zeros")
+
+
+def _xbzrle_reference(old: bytes, new: bytes) -> int | None:
+    """Byte-by-byte transcription of QEMU's encoder, to check the vectorised one."""
+
+    def uleb(n: int) -> int:
+        k = 1
+        while n >= 0x80:
+            n >>= 7
+            k += 1
+        return k
+
+    i, size, n = 0, 0, len(old)
+    while i < n:
+        z = i
+        while i < n and old[i] == new[i]:
+            i += 1
+        if i == n:
+            break
+        zrun = i - z
+        nz = i
+        while i < n and old[i] != new[i]:
+            i += 1
+        size += uleb(zrun) + uleb(i - nz) + (i - nz)
+        if size > n:
+            return None
+    return size
+
+
+@given(st.binary(min_size=1, max_size=300), st.data())
+@settings(max_examples=300, deadline=None)
+def test_xbzrle_size_matches_the_reference_encoder(old: bytes, data: st.DataObject) -> None:
+    flips = data.draw(st.lists(st.integers(0, len(old) - 1), max_size=len(old)))
+    new = bytearray(old)
+    for i in flips:
+        new[i] ^= data.draw(st.integers(1, 255))
+    assert xbzrle_size(old, bytes(new)) == _xbzrle_reference(old, bytes(new))
 
 
 def test_rate_cap_is_an_upper_bound() -> None:

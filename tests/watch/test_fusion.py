@@ -311,6 +311,14 @@ def test_a_migration_in_progress_raises_a_suspicion_on_its_own() -> None:
     assert run(f, [Observation(quiet(), anomalies=[weak])]) == []
 
 
+def test_a_load_sensitive_signal_corroborates_but_never_raises_a_suspicion() -> None:
+    slow = Anomaly("first_write", 9.0, "slow first-write passes", decisive=True)
+    f = fusion()
+    assert run(f, [Observation(quiet(), anomalies=[slow])]) == []
+    sync = Anomaly("dirty_sync", 9.0, "every chunk's first write slow", precopy=True)
+    assert [t.to for t in run(f, [Observation(quiet(), anomalies=[sync])])] == [State.SUSPECT]
+
+
 def test_outside_without_a_move_is_a_crossing_from_nowhere_then_back_is_none() -> None:
     f = Fusion(Jurisdiction.of(["DE"]))  # a watch that never saw the VM inside
     ts = run(f, [Observation(None, MADRID)])

@@ -1,0 +1,131 @@
+"""A pre-copy signal raises ``suspected`` on its own, and wakes the watch as it fires."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from test_daemon import FRANKFURT, World, catalogue  # noqa: F401  (catalogue is a fixture)
+
+from geoprobe import events
+from geoprobe.geo.fix import Fix
+from geoprobe.landmarks import Catalogue
+from geoprobe.watch.daemon import SignalAdapter, WatchConfig, Watcher
+from geoprobe.watch.jurisdiction import Jurisdiction
+from geoprobe.watch.signals.base import Reading
+
+
+class Probe:
+    """A pre-copy signal that fires when told to, with the ``changed`` Event the real ones have."""
+
+    name = "dirty_sync"
+    decisive = True
+
+    def __init__(self) -> None:
+        self.changed = threading.Event()
+        self.firing = False
+
+    def fire(self) -> None:
+        self.firing = True
+        self.changed.set()
+
+    def sample(self) -> Reading:
+        if not self.firing:
+            return Reading(self.name, value=3.0, baseline=3.0)
+        return Reading(
+            self.name, value=300.0, score=6.0, anomalous=True, reason="dirty syncs", precopy=True
+        )
+
+
+def watcher(cat: Catalogue, tmp: Path, probe: Probe, interval: float) -> tuple[Watcher, list[Any]]:
+    from geoprobe.locate import locate_from_catalogue
+
+    emitted: list[dict[str, Any]] = []
+
+    def solve(rtts: Any) -> Fix:
+        return locate_from_catalogue(cat, rtts)
+
+    w = Watcher(
+        cat,
+        Jurisdiction.of(["DE"]),
+        measure=World(FRANKFURT, seed=3).measure,
+        solve=solve,
+        emit=emitted.append,
+        signals=[SignalAdapter(probe)],
+        config=WatchConfig(interval_s=interval, warmup_rounds=3, fix_every=5),
+    )
+    return w, emitted
+
+
+def test_a_precopy_signal_alone_raises_suspected_before_any_rtt_moves(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    probe = Probe()
+    w, emitted = watcher(catalogue, tmp_path, probe, 1.0)
+    for _ in range(5):
+        w.round()
+    assert events.SUSPECTED not in [e["type"] for e in emitted]
+    probe.fire()
+    w.round()
+    (ev,) = [e for e in emitted if e["type"] == events.SUSPECTED]
+    assert ev["data"]["signals"] == ["dirty_sync"]
+    assert ev["data"]["shift"] is None or ev["data"]["shift"]["outcome"] != "moved"
+
+
+def test_the_watch_wakes_when_a_signal_fires_between_rounds(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    probe = Probe()
+    w, emitted = watcher(catalogue, tmp_path, probe, 60.0)
+    for _ in range(5):
+        w.round()  # warmed up: the next round is a minute away
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 30
+        while w.counters.rounds < 6 and time.monotonic() < end:
+            time.sleep(0.05)
+        fired = time.monotonic()
+        probe.fire()
+        while events.SUSPECTED not in [e["type"] for e in emitted]:
+            assert time.monotonic() - fired < 20, "no round after the signal fired"
+            time.sleep(0.05)
+        assert w.counters.rounds == 7  # one round, at once, not a minute later
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+
+def test_default_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
+    import logging
+
+    from geoprobe.watch.service import DEFAULT_SIGNALS, build_signals, signal_names, stop_signals
+
+    names = signal_names(DEFAULT_SIGNALS)
+    assert {"precopy", "platform", "pause"} <= set(names)
+    sources = build_signals(["precopy", "platform", "pause"], logging.getLogger("test"))
+    try:
+        built = [s.name for s in sources]
+        assert built == [
+            "dirty_sync",
+            "link_events",
+            "vmgenid",
+            "balloon_hint",
+            "clock_set",
+            "vm_pause",
+        ]
+        children = [
+            s.signal.proc
+            for s in sources
+            if getattr(s, "signal", None) is not None
+            and getattr(s.signal, "proc", None) is not None
+        ]
+        assert len(children) == 2 and all(p.poll() is None for p in children)
+    finally:
+        stop_signals(sources)
+    assert all(p.poll() is not None for p in children)
