@@ -32,7 +32,7 @@ from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
 
 if TYPE_CHECKING:
     from geoprobe.policy import Policy
-    from geoprobe.watch.state import StoredFix
+    from geoprobe.watch.state import StoredFix, WatchStore
 
 MeasureFn = Callable[[Sequence[Landmark]], list[Measurement]]
 # One stored round is a thin baseline (its noise is unknown), so a change must be larger.
@@ -203,7 +203,45 @@ def run_check(
             result.event = event
             if settings.policy is not None:
                 result.notes += respond(event, settings.policy, store.path, dry_run)
+        # Inside and unmoved, or moved inside the allowed set: a watch's open suspicion ended.
+        # (``crossing`` false alone is not enough: a move between two places outside is none.)
+        unmoved_inside = migration is None and result.status == ExitStatus.OK
+        moved_inside = (
+            migration is not None and migration.crossing is False and v.verdict == "inside"
+        )
+        if settings.policy is not None and (unmoved_inside or moved_inside):
+            reason = "suspicion_cleared" if migration is None else "moved_inside"
+            result.notes += answer_suspicion(store, settings.policy, reason, dry_run)
     return result
+
+
+def answer_suspicion(store: WatchStore, policy: Policy, reason: str, dry_run: bool) -> list[str]:
+    """Give back what a watch's suspicion took, when that watch stopped before the episode ended.
+
+    Cron mode has no suspicion stage of its own, so its runs take nothing reversibly and a
+    harmless move it finds calls for nothing. But a watch stopped mid-suspicion on the same
+    state dir leaves an episode open; a run that finds the VM inside, unmoved or moved inside the
+    allowed set, ends it with a cleared event naming that suspicion, queued before it is recorded
+    (a crash then delivers it again; the queued event also keeps the episode answered).
+    """
+    from geoprobe import defend
+    from geoprobe.defend.reversible import open_suspicion
+    from geoprobe.events import cleared_event
+    from geoprobe.store import StoreError
+
+    try:
+        queued = defend.pending(store.path)
+    except StoreError as exc:
+        return [f"cannot read the queued events: {exc}"]
+    suspected_id = open_suspicion([*store.events(), *queued])
+    if suspected_id is None:
+        return []
+    event = cleared_event(reason, suspected_id)
+    notes = [f"a watch's suspicion {suspected_id} ended without a crossing ({reason})"]
+    if not dry_run:
+        defend.accept(event, policy, store_path=store.path, log=notes.append)
+        store.record_event(event)
+    return notes + respond(event, policy, store.path, dry_run)
 
 
 def _since_last_run(

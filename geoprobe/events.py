@@ -16,6 +16,9 @@ SPEC_VERSION = "1.0"
 SUSPECTED = "io.geoprobe.migration.suspected"
 CONFIRMED = "io.geoprobe.migration.confirmed"
 FIX = "io.geoprobe.location.fix"
+CLEARED = "io.geoprobe.migration.cleared"
+# Why a suspicion ended without a crossing (``data.reason`` of a cleared event).
+CLEARED_REASONS = ("suspicion_cleared", "moved_inside")
 
 
 def make_event(
@@ -40,6 +43,25 @@ def make_event(
     if subject:
         ev["subject"] = subject
     return ev
+
+
+def cleared_data(reason: str, suspected_id: str | None, **extra: Any) -> dict[str, Any]:
+    """The data of a cleared event: the end of a suspicion episode without a crossing.
+
+    The policy's ``on.cleared`` gives back what ``on.suspected`` took for the suspected event
+    ``suspected_id`` (None when the episode raised none, e.g. a return inside the allowed set
+    judged round by round, or a cron-mode check).
+    """
+    if reason not in CLEARED_REASONS:
+        raise ValueError(f"reason must be one of {', '.join(CLEARED_REASONS)}, not {reason!r}")
+    return {"reason": reason, "suspected_id": suspected_id, **extra}
+
+
+def cleared_event(
+    reason: str, suspected_id: str | None, *, source: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A whole cleared CloudEvent (``cleared_data`` in the standard envelope)."""
+    return make_event(CLEARED, cleared_data(reason, suspected_id, **extra), source=source)
 
 
 def write_event(stream: TextIO, event: dict[str, Any]) -> None:

@@ -15,8 +15,11 @@ reported (one line naming the file, the entry and the field) before the first ac
     paths = ["/etc/secret.key"]
     timeout = 30                   # seconds, per action
 
-Verdicts are ``suspected``, ``confirmed_crossing`` and ``unknown``; each has an ordered list of
-actions. The actions and their fields are declared in ``ACTION_FIELDS``.
+Verdicts are ``suspected``, ``confirmed_crossing``, ``unknown`` and ``cleared`` (a suspicion
+ended without a crossing: what ``suspected`` took reversibly is given back); each has a list of
+actions. The actions and their fields are declared in ``ACTION_FIELDS``. They run by ``order``
+(``delay`` 0, every other action 1 unless it says otherwise), ties in the order written: the hold
+that buys time starts first, then the rest as the owner ranked them (``Policy.run_order``).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from typing import Any
 
 from geoprobe.errors import InputError
 
-VERDICTS = ("suspected", "confirmed_crossing", "unknown")
+VERDICTS = ("suspected", "confirmed_crossing", "unknown", "cleared")
 DEFAULT_MIN_PROBABILITY = 0.9
 DEFAULT_MIN_LANDMARKS = 3
 MAX_TIMEOUT_S = 3600.0
 MAX_COUNT = 100  # wipe passes, webhook retries: more is a typo or an attack, not a policy
 MAX_RATE = 1e9  # pages per second
 MAX_SIZE = 1 << 44  # 16 TiB: no guest has more memory to dirty
+MAX_ORDER = 100
 MAX_POLICY_BYTES = 1 << 20  # a policy is a page of text; a larger file is refused before parsing
 
 # Seconds each action may take unless the policy says otherwise: local, fast measures get
@@ -47,6 +51,8 @@ DEFAULT_TIMEOUTS = {
     "wipe": 60.0,
     "unmount": 30.0,
     "stop_units": 60.0,
+    "start_units": 60.0,
+    "signal_units": 10.0,  # a signal is delivered at once; the app drops its keys on its own
     "webhook": 15.0,
     "syslog": 5.0,
     "poweroff": 30.0,
@@ -88,6 +94,8 @@ class ActionSpec:
     index: int
     timeout: float
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Run order within the verdict (ascending, ties in file order): see ``default_order``.
+    order: int = 1
 
     @property
     def where(self) -> str:
@@ -103,7 +111,18 @@ class ActionSpec:
     def describe(self) -> str:
         """One line for summaries and --dry-run."""
         opts = ", ".join(f"{k}={v!r}" for k, v in self.public_options().items())
-        return f"{self.action}({opts}) timeout={self.timeout:g}s"
+        return f"{self.action}({opts}) timeout={self.timeout:g}s order={self.order}"
+
+
+def default_order(action: str) -> int:
+    """The hold starts first: it returns as soon as its buffer is faulted in, and every second
+    it keeps the migration in pre-copy is a second for the measures after it."""
+    return 0 if action == "delay" else 1
+
+
+def run_order(specs: Iterable[ActionSpec]) -> list[ActionSpec]:
+    """The order a verdict's actions run in: ascending ``order``, then as written."""
+    return sorted(specs, key=lambda s: (s.order, s.index))
 
 
 @dataclass
@@ -116,7 +135,8 @@ class Policy:
     path: Path | None = None
 
     def actions_for(self, verdict: str) -> list[ActionSpec]:
-        return self.actions.get(verdict, [])
+        """The verdict's actions in the order they run (``run_order``)."""
+        return run_order(self.actions.get(verdict, []))
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable summary (``geoprobe policy check --json``)."""
@@ -127,10 +147,27 @@ class Policy:
             "min_probability": self.min_probability,
             "min_landmarks": self.min_landmarks,
             "actions": {
-                v: [{"action": a.action, "timeout": a.timeout, **a.public_options()} for a in specs]
+                v: [
+                    {
+                        "action": a.action,
+                        "index": a.index,
+                        "order": a.order,
+                        "timeout": a.timeout,
+                        **a.public_options(),
+                    }
+                    for a in run_order(specs)
+                ]
                 for v, specs in self.actions.items()
             },
+            "warnings": self.warnings(),
         }
+
+    def warnings(self) -> list[str]:
+        """What is valid but probably not meant: a reversible measure taken on suspicion that
+        nothing gives back, or one that cannot be given back at all."""
+        from geoprobe.defend.reversible import policy_warnings
+
+        return policy_warnings(self)
 
 
 # --- field checkers ------------------------------------------------------------------------
@@ -260,6 +297,33 @@ def _text(value: Any) -> str:
     return value
 
 
+# Signals an application can take as "drop your keys" (or "load them again") and survive: the
+# ones that end a process are refused, since stopping is what stop_units is for.
+SIGNALS = ("SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+_RT_SIGNAL = re.compile(r"^SIGRTMIN\+([0-9]{1,2})$")
+
+
+def _signal(value: Any) -> str:
+    """``USR1``, ``SIGUSR1`` or ``SIGRTMIN+N``, normalised to the SIG name systemctl takes."""
+    if not isinstance(value, str):
+        raise _FieldError("must be a signal name such as SIGUSR1")
+    name = value.strip().upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    m = _RT_SIGNAL.match(name)
+    if name in SIGNALS or (m and 0 <= int(m.group(1)) <= 15):
+        return name
+    raise _FieldError(
+        f"{_show(value)} is not a signal an application survives "
+        f"(one of {', '.join(SIGNALS)}, SIGRTMIN+0..15; to stop units use stop_units)"
+    )
+
+
+def _order(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ORDER:
+        raise _FieldError(f"must be an integer from 0 to {MAX_ORDER}")
+    return value
+
+
 Checker = Callable[[Any], Any]
 
 # action -> field -> (checker, required). `action` and `timeout` are common to all.
@@ -272,6 +336,12 @@ ACTION_FIELDS: dict[str, dict[str, tuple[Checker, bool]]] = {
     },
     "unmount": {"paths": (_abs_paths, False), "luks": (_luks, False), "lazy": (_bool, False)},
     "stop_units": {"units": (_units, True)},
+    "start_units": {"units": (_units, True)},
+    "signal_units": {
+        "units": (_units, True),
+        "signal": (_signal, True),
+        "whom": (_choice(("main", "all")), False),
+    },
     "webhook": {
         "url": (_url, True),
         "retries": (_positive_int, False),
@@ -331,11 +401,11 @@ def _parse_action(
     schema = ACTION_FIELDS[name]
     options: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("action", "timeout"):
+        if key in ("action", "timeout", "order"):
             continue
         if key not in schema:
             raise InputError(
-                f"not a field of action {name!r} (fields: {', '.join(schema)}, timeout)",
+                f"not a field of action {name!r} (fields: {', '.join(schema)}, timeout, order)",
                 file=file,
                 entry=entry,
                 field=key,
@@ -357,7 +427,13 @@ def _parse_action(
         )
     except _FieldError as exc:
         raise InputError(str(exc), file=file, entry=entry, field="timeout") from None
-    return ActionSpec(action=name, verdict=verdict, index=index, timeout=timeout, options=options)
+    try:
+        order = _order(raw["order"]) if "order" in raw else default_order(name)
+    except _FieldError as exc:
+        raise InputError(str(exc), file=file, entry=entry, field="order") from None
+    return ActionSpec(
+        action=name, verdict=verdict, index=index, timeout=timeout, options=options, order=order
+    )
 
 
 def _expand(codes: Iterable[str]) -> set[str]:

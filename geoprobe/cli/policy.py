@@ -32,9 +32,10 @@ def _summary_lines(policy: Policy) -> list[str]:
         ),
     ]
     for verdict in VERDICTS:
-        specs = policy.actions_for(verdict)
-        lines.append(f"  on {verdict}: {len(specs)} action(s)")
-        lines.extend(f"    [{s.index}] {s.describe()}" for s in specs)
+        specs = policy.actions_for(verdict)  # in the order they run
+        lines.append(f"  on {verdict}: {len(specs)} action(s), in run order")
+        lines.extend(f"    {n}. [{s.index}] {s.describe()}" for n, s in enumerate(specs, 1))
+    lines.extend(f"  warning: {w}" for w in policy.warnings())
     return lines
 
 

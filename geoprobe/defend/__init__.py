@@ -12,6 +12,7 @@ Verdicts from CloudEvents (``geoprobe.events``):
   evidence is below the policy's ``[confidence]`` (not a proof and ``1 - data.p_allowed`` below
   ``min_probability``, or fewer than ``min_landmarks`` in ``data.landmarks``): then ``unknown``;
   ``data.crossing`` null -> ``unknown``; false (moved within the allowed set) -> no verdict.
+- ``io.geoprobe.migration.cleared`` (a suspicion ended without a crossing) -> ``cleared``.
 - any event whose ``data.verdict`` names a verdict (e.g. ``"unknown"`` when the location can no
   longer be measured) -> that verdict.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 from geoprobe.defend.base import ActionResult, Log, no_log
 from geoprobe.errors import InputError
-from geoprobe.events import CONFIRMED, SUSPECTED
+from geoprobe.events import CLEARED, CONFIRMED, SUSPECTED
 from geoprobe.migration import Migration
 from geoprobe.policy import VERDICTS, Policy
 
@@ -42,6 +43,8 @@ def verdict_of(event: Mapping[str, Any], policy: Policy | None = None) -> str | 
     etype = event.get("type")
     if etype == SUSPECTED:
         return "suspected"
+    if etype == CLEARED:
+        return "cleared"
     if etype != CONFIRMED:
         return None
     migration = Migration.from_data(data)

@@ -30,6 +30,9 @@ def _env(spec: ActionSpec, ctx: ActionContext) -> dict[str, str]:
             "GEOPROBE_VERDICT": ctx.verdict,
             "GEOPROBE_FROM": str(data.get("from") or ""),
             "GEOPROBE_TO": str(data.get("to") or ""),
+            # a cleared event: the suspected event whose measures to give back, and why
+            "GEOPROBE_SUSPECTED_ID": str(data.get("suspected_id") or ""),
+            "GEOPROBE_REASON": str(data.get("reason") or ""),
         }
     )
     return env

@@ -6,6 +6,12 @@ filesystem stays mounted and processes touching it wait. ``luks_resume`` fetches
 with ``geoprobe unlock`` semantics (the key servers time this host's round trip) and hands it to
 ``cryptsetup luksResume --key-file=-`` on stdin, so it never touches a file or an argv. Abroad
 the servers refuse, and the volume stays suspended: resuming fails by construction.
+
+Both look up each volume's state in sysfs first (``/sys/block/dm-*/dm/{name,suspended}``) and
+leave alone what is already as wanted: suspending twice, or resuming a volume that was never
+suspended, is a no-op instead of a cryptsetup error, so both are run again after a crash and a
+resume with nothing to do asks no key server. A volume sysfs does not show is handed to
+cryptsetup as written, which reports it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,23 @@ from geoprobe.errors import GeoprobeError
 from geoprobe.policy import ActionSpec
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+SYS_BLOCK = Path("/sys/block")
+
+
+def suspended(name: str) -> bool | None:
+    """Whether the device-mapper volume ``name`` is suspended; None when sysfs does not show it."""
+    try:
+        devices = list(SYS_BLOCK.glob("dm-*"))
+    except OSError:
+        return None
+    for dev in devices:
+        try:
+            if (dev / "dm" / "name").read_text().strip() != name:
+                continue
+            return (dev / "dm" / "suspended").read_text().strip() == "1"
+        except OSError:
+            continue
+    return None
 
 
 def _tool(name: str) -> str:
@@ -34,15 +57,14 @@ def _header_args(spec: ActionSpec) -> list[str]:
     return [f"--header={header}"] if header else []
 
 
-def _suspend_argvs(spec: ActionSpec) -> list[list[str]]:
-    return [["cryptsetup", "luksSuspend", *_header_args(spec), n] for n in spec.options["luks"]]
+def _suspend_argvs(spec: ActionSpec, names: list[str] | None = None) -> list[list[str]]:
+    todo = spec.options["luks"] if names is None else names
+    return [["cryptsetup", "luksSuspend", *_header_args(spec), n] for n in todo]
 
 
-def _resume_argvs(spec: ActionSpec) -> list[list[str]]:
-    return [
-        ["cryptsetup", "luksResume", *_header_args(spec), "--key-file=-", n]
-        for n in spec.options["luks"]
-    ]
+def _resume_argvs(spec: ActionSpec, names: list[str] | None = None) -> list[list[str]]:
+    todo = spec.options["luks"] if names is None else names
+    return [["cryptsetup", "luksResume", *_header_args(spec), "--key-file=-", n] for n in todo]
 
 
 def plan_suspend(spec: ActionSpec, ctx: ActionContext) -> str:
@@ -66,7 +88,10 @@ def run_suspend(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     warnings = [w] if (w := _drop_caches()) else []
     done: list[dict[str, object]] = []
     errors: list[str] = []
-    for argv in _suspend_argvs(spec):
+    already = [n for n in spec.options["luks"] if suspended(n) is True]
+    done += [{"volume": n, "skipped": "already suspended"} for n in already]
+    todo = [n for n in spec.options["luks"] if n not in already]
+    for argv in _suspend_argvs(spec, todo):
         try:
             res = check_command([_tool("cryptsetup"), *argv[1:]], ctx.deadline)
         except ActionTimeout:
@@ -78,9 +103,10 @@ def run_suspend(spec: ActionSpec, ctx: ActionContext) -> Outcome:
         done.append({"argv": res.argv, "returncode": res.returncode})
     if errors:
         raise ActionFailed("; ".join(errors), data={"steps": done}, warnings=warnings)
-    return Outcome(
-        f"suspended {', '.join(spec.options['luks'])}", warnings=warnings, data={"steps": done}
-    )
+    what = f"suspended {', '.join(todo)}" if todo else "nothing to suspend"
+    if already:
+        what += f" ({', '.join(already)} already suspended)"
+    return Outcome(what, warnings=warnings, data={"steps": done})
 
 
 def plan_resume(spec: ActionSpec, ctx: ActionContext) -> str:
@@ -114,11 +140,15 @@ def _fetch(spec: ActionSpec, ctx: ActionContext) -> tuple[bytes, list[dict[str, 
 
 
 def run_resume(spec: ActionSpec, ctx: ActionContext) -> Outcome:
-    """Fetch the passphrase through the key servers, then luksResume each volume with it."""
+    """Fetch the passphrase through the key servers, then luksResume each suspended volume."""
+    idle = [n for n in spec.options["luks"] if suspended(n) is False]
+    done: list[dict[str, object]] = [{"volume": n, "skipped": "not suspended"} for n in idle]
+    todo = [n for n in spec.options["luks"] if n not in idle]
+    if not todo:
+        return Outcome(f"nothing to resume: {', '.join(idle)} not suspended", data={"steps": done})
     secret, releases = _fetch(spec, ctx)
-    done: list[dict[str, object]] = []
     errors: list[str] = []
-    for argv in _resume_argvs(spec):
+    for argv in _resume_argvs(spec, todo):
         ctx.deadline.check("before luksResume")
         try:
             res = check_command([_tool("cryptsetup"), *argv[1:]], ctx.deadline, stdin=secret)
@@ -133,4 +163,4 @@ def run_resume(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     data: dict[str, object] = {"steps": done, "releases": releases}
     if errors:
         raise ActionFailed("; ".join(errors), data=data)
-    return Outcome(f"resumed {', '.join(spec.options['luks'])}", data=data)
+    return Outcome(f"resumed {', '.join(todo)}", data=data)

@@ -41,6 +41,8 @@ ACTIONS: dict[str, tuple[ActionRun, ActionPlan]] = {
     "wipe": (wipe.run, wipe.plan),
     "unmount": (system.run_unmount, system.plan_unmount),
     "stop_units": (system.run_stop_units, system.plan_stop_units),
+    "start_units": (system.run_start_units, system.plan_start_units),
+    "signal_units": (system.run_signal_units, system.plan_signal_units),
     "poweroff": (system.run_poweroff, system.plan_poweroff),
     "webhook": (notify.run_webhook, notify.plan_webhook),
     "syslog": (notify.run_syslog, notify.plan_syslog),
@@ -162,10 +164,24 @@ def dry_run(
 
 
 # Kinds whose second run does no harm and finishes what a crash cut short: overwriting and
-# unlinking the rest of the files, unmounting what is still mounted, stopping what still runs, a
-# second log line, a fresh memory dirtier. A hook or a webhook may have done its work already and
-# cannot be asked, so an interrupted one is reported, never repeated.
-RERUN_AFTER_CRASH = frozenset({"wipe", "unmount", "stop_units", "poweroff", "syslog", "delay"})
+# unlinking the rest of the files, unmounting what is still mounted, stopping (or starting) what
+# still is not, a second log line, a fresh memory dirtier, the same "drop your keys" signal again,
+# suspending (or resuming) the volumes not yet so. A hook or a webhook may have done its work
+# already and cannot be asked, so an interrupted one is reported, never repeated.
+RERUN_AFTER_CRASH = frozenset(
+    {
+        "wipe",
+        "unmount",
+        "stop_units",
+        "start_units",
+        "signal_units",
+        "poweroff",
+        "syslog",
+        "delay",
+        "luks_suspend",
+        "luks_resume",
+    }
+)
 assert RERUN_AFTER_CRASH < set(ACTIONS)
 
 # Without a store, one process still fires each (event, action) once.

@@ -1,4 +1,11 @@
-"""unmount, stop_units, poweroff: through the system's own tools (umount, cryptsetup, systemctl).
+"""unmount, stop_units, start_units, signal_units, poweroff: through the system's own tools
+(umount, cryptsetup, systemctl).
+
+``signal_units`` is how an application drops its keys reversibly: ``systemctl kill`` delivers the
+signal to the unit's own processes (found by systemd through the unit's cgroup, so no pid file
+can redirect it) within microseconds, without forking anything per application; the application
+wipes its in-memory keys in its handler and keeps serving what needs none, and another signal
+(or its own key fetch) brings them back once ``on.cleared`` runs.
 
 Using the tools rather than syscalls keeps their safety checks and their logging, and lets an
 administrator see in the audit trail the exact command that ran.
@@ -88,6 +95,49 @@ def run_stop_units(spec: ActionSpec, ctx: ActionContext) -> Outcome:
     res = check_command([_tool("systemctl"), *argv[1:]], ctx.deadline)
     return Outcome(
         f"stopped {', '.join(spec.options['units'])}", data={"argv": res.argv, "stdout": res.stdout}
+    )
+
+
+def _start_argv(spec: ActionSpec) -> list[str]:
+    return ["systemctl", "start", "--", *spec.options["units"]]
+
+
+def plan_start_units(spec: ActionSpec, ctx: ActionContext) -> str:
+    return " ".join(_start_argv(spec))
+
+
+def run_start_units(spec: ActionSpec, ctx: ActionContext) -> Outcome:
+    """Start the units again (a running unit is left as it is: systemd makes that a no-op)."""
+    argv = _start_argv(spec)
+    res = check_command([_tool("systemctl"), *argv[1:]], ctx.deadline)
+    return Outcome(
+        f"started {', '.join(spec.options['units'])}", data={"argv": res.argv, "stdout": res.stdout}
+    )
+
+
+def _signal_argv(spec: ActionSpec) -> list[str]:
+    whom = spec.options.get("whom", "main")
+    return [
+        "systemctl",
+        "kill",
+        f"--signal={spec.options['signal']}",
+        f"--kill-who={whom}",  # the spelling systemd before 252 knows too
+        "--",
+        *spec.options["units"],
+    ]
+
+
+def plan_signal_units(spec: ActionSpec, ctx: ActionContext) -> str:
+    return " ".join(_signal_argv(spec))
+
+
+def run_signal_units(spec: ActionSpec, ctx: ActionContext) -> Outcome:
+    """Send the signal to each unit's processes; a unit that is not running is an error."""
+    argv = _signal_argv(spec)
+    res = check_command([_tool("systemctl"), *argv[1:]], ctx.deadline)
+    return Outcome(
+        f"sent {spec.options['signal']} to {', '.join(spec.options['units'])}",
+        data={"argv": res.argv, "stdout": res.stdout},
     )
 
 

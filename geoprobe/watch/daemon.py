@@ -512,11 +512,38 @@ class Watcher:
                 key = "unknown" if crossing is None else str(bool(crossing)).lower()
                 self.counters.confirmed[key] += 1
             self._publish(t.event_type, data, out)
-        if self.on_clear is not None and any(
-            t.to == State.NORMAL or (t.to == State.CONFIRMED and t.data.get("crossing") is not True)
-            for t in transitions
-        ):
+        self._end_of_suspicion(transitions, out)
+
+    _suspected_id: str | None = None  # the suspected event of the episode still open
+
+    def _end_of_suspicion(self, transitions: list[Transition], out: list[Event]) -> None:
+        """Stop what a suspicion started once it is over, and give back what it took.
+
+        Any end but a crossing stops the hold (``on_clear``). An end without a crossing (back at
+        the baseline, or a move that crossed nothing and ends judged inside) also publishes one
+        ``io.geoprobe.migration.cleared`` naming the suspected event it answers, on which the
+        policy runs ``on.cleared``; a crossing, or one that cannot be told, publishes none.
+        """
+        announced = [t for t in transitions if t.event_type is not None]
+        published = dict(zip(map(id, announced), out[len(out) - len(announced) :], strict=True))
+        stop, reason, answered = False, None, None
+        for t in transitions:
+            crossing = t.data.get("crossing") if t.to == State.CONFIRMED else None
+            if (ev := published.get(id(t))) is not None and ev["type"] == events.SUSPECTED:
+                self._suspected_id = str(ev["id"])
+            elif t.to == State.NORMAL or (t.to == State.CONFIRMED and crossing is not True):
+                stop = True
+                reason = "suspicion_cleared" if t.to == State.NORMAL else None
+                judged = t.data.get("jurisdiction") or {}
+                inside = crossing is False and judged.get("verdict") == "inside"
+                reason = "moved_inside" if inside else reason
+                answered, self._suspected_id = self._suspected_id, None
+            elif t.to == State.CONFIRMED:
+                self._suspected_id = None  # a crossing: nothing is given back
+        if stop and self.on_clear is not None:
             self.on_clear()  # the suspicion is over: stop what it started (e.g. a delay)
+        if reason is not None:
+            self._publish(events.CLEARED, events.cleared_data(reason, answered), out)
 
     def _record(
         self,

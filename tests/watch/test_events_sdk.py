@@ -16,7 +16,7 @@ from typing import Any
 from cloudevents.core.bindings.http import HTTPMessage, from_structured_event
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.v1.http import from_json
-from test_daemon import FRANKFURT, MADRID, World, catalogue, make_watcher
+from test_daemon import BERLIN, FRANKFURT, MADRID, World, catalogue, make_watcher
 
 from geoprobe import events
 from geoprobe.landmarks import Catalogue
@@ -28,13 +28,17 @@ EVENT_TYPES = {v for k, v in vars(events).items() if k.isupper() and str(v).star
 
 
 def emitted_lines(cat: Catalogue, tmp: Path) -> list[str]:
-    """A watch at Frankfurt moved to Madrid, its events as the events file holds them."""
+    """A watch at Frankfurt moved to Madrid and back into Germany, its events as the events file
+    holds them (the return is a move inside the allowed set: a cleared event)."""
     world = World(FRANKFURT, seed=3)
     w, emitted, _ = make_watcher(cat, world, tmp)
     for _ in range(6):
         w.round()
     world.at = MADRID
     for _ in range(3):
+        w.round()
+    world.at = BERLIN
+    for _ in range(2):
         w.round()
     out = io.StringIO()
     for ev in emitted:
