@@ -36,6 +36,7 @@ WATCH_AT_DEFAULTS = (
     "python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
     "--state /tmp/geoprobe-state -v"
 )
+DELAY_WRITING = "LAB-DELAY-WRITING"
 DEFAULT_DELAY = "python3 -m geoprobe delay --memory 200M --cpu 1.0 --duration {duration} --json"
 
 # Named sets of QEMU arguments, migration capabilities and parameters (docs/lab.md, "Capabilities").
@@ -444,9 +445,12 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
     background = ""
     if variant == "delay":
         cmd = args.delay_command.replace("{duration}", str(int(args.delay_seconds)))
+        # The run waits for the delay's first progress line: under a loaded TCG host its start-up
+        # (imports, the buffer) took over 15 s, and a migration before it measures nothing.
         background = (
-            f"(echo LAB-DELAY-START; {cmd} > /tmp/delay.log 2>&1; rc=$?; "
-            f"echo LAB-DELAY-END rc=$rc; tail -c 1500 /tmp/delay.log) &"
+            f"(echo LAB-DELAY-START; {cmd} 2>&1 | (if read -r first; then "
+            f'echo "{DELAY_WRITING} $first" >&3; echo "$first"; fi; cat) 3>&1 > /tmp/delay.log; '
+            f"echo LAB-DELAY-END; tail -c 1500 /tmp/delay.log) &"
         )
     # The guest has no udev: the drivers the presets' devices need are loaded at boot.
     modules = [m for p in args.preset for m in PRESETS[p].get("modules", [])]
@@ -457,6 +461,10 @@ def program_for(args: argparse.Namespace, variant: str, plan: RunPlan) -> GuestP
     if variant == "bare":
         run_sh = RUN_SH.format(secret=SECRET, extra=background, command="exec sleep infinity")
         return GuestProgram(name="bare", run_sh=run_sh)
+    if variant == "delay":
+        return dataclasses.replace(
+            clock_program(background), ready=lambda line: line.text.startswith(DELAY_WRITING)
+        )
     if variant.startswith("delay") or args.program == "clock":
         return clock_program(background)  # delay runs measure QEMU's convergence, not detection
     return geoprobe_program(
