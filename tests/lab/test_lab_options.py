@@ -9,7 +9,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from benchmarks.lab.__main__ import expand_kinds, migration_settings, parse_args, plans
+from benchmarks.lab.__main__ import expand_kinds, migration_settings, parse_args, plans, program_for
 from benchmarks.lab.build import GuestImage
 from benchmarks.lab.sites import Place
 from benchmarks.lab.vm import MachineSpec
@@ -112,3 +112,23 @@ def test_the_smoke_slows_the_link_unless_told_otherwise() -> None:
     assert parse_args(["--parameter", "max-bandwidth=1000"]).parameter == [("max-bandwidth", 1000)]
     assert parse_args(["--full"]).parameter == []
     assert parse_args(["--kinds", "cross"]).parameter == []
+
+
+def test_a_delay_run_is_ready_once_the_delay_writes(tmp_path: Path) -> None:
+    from benchmarks.lab.console import ConsoleLine
+
+    args = _args("--kinds", "delay-off", "--delay-command", "FAKE")
+    plan, variant = plans(args)[0]  # type: ignore[arg-type]
+    prog = program_for(args, variant, plan)  # type: ignore[arg-type]
+    assert prog.ready(ConsoleLine(0.0, "LAB-DELAY-WRITING {}"))
+    assert not prog.ready(ConsoleLine(0.0, "LAB-READY uptime=3"))
+    line = next(x for x in prog.run_sh.splitlines() if "LAB-DELAY-START" in x)
+    log = tmp_path / "delay.log"
+    script = line.replace("/tmp/delay.log", str(log)).removesuffix(" &")
+    fake = script.replace("FAKE", "sh -c 'echo first; echo second'")
+    out = subprocess.run(["sh", "-c", fake], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[:2] == ["LAB-DELAY-START", "LAB-DELAY-WRITING first"]
+    assert log.read_text() == "first\nsecond\n"  # the log keeps every line
+    silent = script.replace("FAKE", "true")  # a delay that prints nothing never reads as ready
+    out = subprocess.run(["sh", "-c", silent], capture_output=True, text=True, check=True).stdout
+    assert "LAB-DELAY-WRITING" not in out
