@@ -18,6 +18,7 @@ from typing import Any
 
 from .console import ConsoleLine
 from .scenarios import CONFIRMED, SUSPECTED, RunRecord
+from .workloads import parse_vmstat
 
 
 def _first(events: Sequence[dict[str, Any]], name: str, **match: Any) -> float | None:
@@ -63,6 +64,98 @@ def console_spread_ms(
     return round((max(lags) - min(lags)) * 1000.0, 1) if len(lags) >= 2 else None
 
 
+def vcpu_wait_ms_per_s(
+    schedstat: Sequence[dict[str, Any]], vm: str, t0: float, t1: float
+) -> float | None:
+    """Run delay of `vm`'s vCPU threads over [t0, t1], in ms per second: the time the host kept a
+    runnable vCPU off every CPU (TCG gives the guest no steal time, so only the host sees it)."""
+    per_tid: dict[int, list[dict[str, Any]]] = {}
+    for x in schedstat:
+        if x["vm"] == vm and t0 - 0.3 <= x["t"] <= t1 + 0.01:
+            per_tid.setdefault(int(x["tid"]), []).append(x)
+    rates = []
+    for xs in per_tid.values():
+        xs.sort(key=lambda x: float(x["t"]))
+        if len(xs) >= 2 and xs[-1]["t"] > xs[0]["t"]:
+            rate = (xs[-1]["wait_ns"] - xs[0]["wait_ns"]) / 1e6 / (xs[-1]["t"] - xs[0]["t"])
+            rates.append(min(rate, 1000.0))
+    return round(max(rates), 1) if rates else None
+
+
+# schedstat adds a wait when the thread next runs, so a long preemption lands whole in the window
+# where it ended: windows of at least a second, capped at the window's length.
+WAIT_WINDOW_S = 1.0
+
+
+def _wait_profile(schedstat: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Median and maximum vCPU run delay (ms/s) over windows of >= 1 s of each thread."""
+    start: dict[tuple[str, int], dict[str, Any]] = {}
+    rates = []
+    for x in sorted(schedstat, key=lambda x: float(x["t"])):
+        key = (str(x["vm"]), int(x["tid"]))
+        prev = start.get(key)
+        if prev is None:
+            start[key] = x
+        elif x["t"] - prev["t"] >= WAIT_WINDOW_S:
+            rate = (x["wait_ns"] - prev["wait_ns"]) / 1e6 / (x["t"] - prev["t"])
+            rates.append(min(rate, 1000.0))
+            start[key] = x
+    if not rates:
+        return None
+    return {"median": round(statistics.median(rates), 1), "max": round(max(rates), 1)}
+
+
+def _vmstat_delta(console: Sequence[tuple[float, str]], t: float) -> dict[str, int | float] | None:
+    """Change of the guest's /proc/vmstat over the last logged second before host time `t`."""
+    logged = [(tt, v) for tt, text in console if tt <= t + 0.05 and (v := parse_vmstat(text))]
+    if len(logged) < 2:
+        return None
+    (_, a), (_, b) = logged[-2], logged[-1]
+    out: dict[str, int | float] = {
+        k: b[k] - a[k] for k in b if k in a and k not in ("uptime_cs", "nr_free_pages")
+    }
+    out["over_s"] = round((b["uptime_cs"] - a["uptime_cs"]) / 100.0, 2)
+    return out
+
+
+def _migration_at(samples: Sequence[dict[str, Any]], t: float) -> dict[str, Any] | None:
+    """QMP's query-migrate sample last taken before host time `t`."""
+    before = [x for x in samples if x.get("t", 0.0) <= t]
+    if not before:
+        return None
+    x = before[-1]
+    ram = x.get("ram", {})
+    return {
+        "status": x.get("status"),
+        "dirty_sync_count": ram.get("dirty-sync-count"),
+        "dirty_rate_mb_s": round(
+            ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096) / 1e6, 1
+        ),
+        "remaining_mb": round(ram.get("remaining", 0) / 1e6, 1),
+    }
+
+
+def suspicions(rec: RunRecord, t_start: float | None, t_stop: float | None) -> list[dict[str, Any]]:
+    """The host's side of each `suspected`: what QEMU and the scheduler were doing just before."""
+    sched = rec.host.get("schedstat", []) if rec.host else []
+    out = []
+    for t, ev in [(t, e) for t, e in guest_events(rec) if e.get("type") == SUSPECTED][:10]:
+        vm = "dst" if t_stop is not None and t > t_stop else "src"
+        out.append(
+            {
+                "t_from_migration_start_s": None if t_start is None else round(t - t_start, 2),
+                "before_switchover": None
+                if t_start is None
+                else (t >= t_start and (t_stop is None or t < t_stop)),
+                "signals": (ev.get("data") or {}).get("signals"),
+                "vcpu_wait_ms_per_s_last_1s": vcpu_wait_ms_per_s(sched, vm, t - 1.0, t),
+                "migration": _migration_at(rec.samples, t),
+                "vmstat_delta": _vmstat_delta(rec.console, t),
+            }
+        )
+    return out
+
+
 def analyse(rec: RunRecord) -> dict[str, Any]:
     """The figures of one run; every time is relative to the run's start unless it says otherwise."""
     p = rec.plan
@@ -72,6 +165,8 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
     t_stop = _first(src, "STOP")  # the switchover: the source pauses for the last copy
     t_resume = _first(dst, "RESUME")  # the guest runs again, now at site B
     t_done = _first(src, "MIGRATION", status="completed")
+    # the migration starts when QEMU enters setup (the migrate command, if QMP said nothing)
+    t_start = t_setup if t_setup is not None else rec.migrate_cmd
     evs = guest_events(rec)
     suspected = [(t, e) for t, e in evs if e.get("type") == SUSPECTED]
     confirmed = [(t, e) for t, e in evs if e.get("type") == CONFIRMED]
@@ -107,6 +202,14 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
             "distance_km": data.get("distance_km"),
             "signals": data.get("signals"),
         }
+    host = rec.host or {}
+    rates = [float(x["mb_s"]) for x in host.get("dirty_rates", []) if x.get("mb_s") is not None]
+    early = [
+        t
+        for t, _ in suspected
+        if t_start is not None and t >= t_start and (t_stop is None or t < t_stop)
+    ]
+    observed_until = rec.ended if t_stop is None else t_stop
     samples = rec.samples
     ram = [s.get("ram", {}) for s in samples]
     dirty_rates = [r.get("dirty-pages-rate", 0) * r.get("page-size", 4096) for r in ram]
@@ -129,6 +232,26 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
         "suspected": len(suspected),
         "confirmed": len(confirmed),
         "first_suspected_vs_switchover_ms": _ms(t_stop, suspected[0][0]) if suspected else None,
+        "workload": p.workload,
+        "capabilities": p.capabilities,
+        # seconds the watch was running without a migration (the controls' denominator)
+        "observed_s": None
+        if rec.guest_ready is None
+        else round(max(0.0, observed_until - rec.guest_ready), 1),
+        "suspected_before_switchover": None if t_start is None else bool(early),
+        "migration_start_to_suspected_s": (
+            round(early[0] - t_start, 2) if early and t_start is not None else None
+        ),
+        "suspicions": suspicions(rec, t_start, t_stop),
+        "vcpu_wait_ms_per_s": _wait_profile(host.get("schedstat", [])),
+        # calc-dirty-rate while nothing migrates: the guest's own dirtying (idle: geoprobe's)
+        "guest_dirty_rate_mb_s": None
+        if not rates
+        else {
+            "median": statistics.median(rates),
+            "max": max(rates),
+            "samples": len(rates),
+        },
         "switchover_to_suspected_s": (
             None if not suspected or t_stop is None else round(suspected[0][0] - t_stop, 2)
         ),
@@ -210,6 +333,18 @@ def analyse(rec: RunRecord) -> dict[str, Any]:
                 "completed": _rel(t_done, rec.started),
             },
             "converged_while_delay_ran": converged_during_delay,
+            # with -device vmgenid: did the destination give the guest a new generation ID?
+            "vmgenid_changed": None
+            if not (g := host.get("vmgenid"))
+            else g.get("src") != g.get("dst"),
+            # a failover pair (--preset failover): QEMU waits for the guest to release the primary
+            "wait_unplug_s": None
+            if (t_wu := _first(src, "MIGRATION", status="wait-unplug")) is None or t_active is None
+            else round(t_active - t_wu, 2),
+            "wait_unplug": _first(src, "MIGRATION", status="wait-unplug") is not None,
+            "unplug_primary_s": None
+            if t_start is None or (t_up := _first(src, "UNPLUG_PRIMARY")) is None
+            else round(t_up - t_start, 3),
         }
     return out
 
@@ -268,6 +403,38 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 [r.get("switchover_to_suspected_s") for r in rs]
             ),
             "max_switchover_to_confirmed_s": max(conf) if conf else None,
+            "suspected_before_switchover": sum(
+                1 for r in rs if r.get("suspected_before_switchover")
+            ),
+            "median_migration_start_to_suspected_s": _median(
+                [r.get("migration_start_to_suspected_s") for r in rs]
+            ),
+            "suspected_events": sum(r["suspected"] for r in rs),
+            "observed_hours": round(sum(r.get("observed_s") or 0.0 for r in rs) / 3600.0, 3),
+            "max_run_median_dirty_rate_mb_s": max(
+                (
+                    r["guest_dirty_rate_mb_s"]["median"]
+                    for r in rs
+                    if r.get("guest_dirty_rate_mb_s")
+                ),
+                default=None,
+            ),
+            "min_run_median_dirty_rate_mb_s": min(
+                (
+                    r["guest_dirty_rate_mb_s"]["median"]
+                    for r in rs
+                    if r.get("guest_dirty_rate_mb_s")
+                ),
+                default=None,
+            ),
+            "max_dirty_rate_sample_mb_s": max(
+                (r["guest_dirty_rate_mb_s"]["max"] for r in rs if r.get("guest_dirty_rate_mb_s")),
+                default=None,
+            ),
+            "max_vcpu_wait_ms_per_s": max(
+                (r["vcpu_wait_ms_per_s"]["max"] for r in rs if r.get("vcpu_wait_ms_per_s")),
+                default=None,
+            ),
         }
         if migs:
 
@@ -352,6 +519,14 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
             )
             + " |"
         )
+    if meta.get("runs_not_started"):
+        lines += [
+            "",
+            (
+                f"Budget spent: {meta['runs_not_started']} of {meta.get('runs_planned')} planned runs "
+                "were not started."
+            ),
+        ]
     load = meta.get("load_average_1min")
     if load:
         lines += [
@@ -361,6 +536,78 @@ def markdown(summary: dict[str, Any], rows: Sequence[dict[str, Any]], meta: dict
                 f"min {load['min']}, median {load['median']}, max {load['max']}."
             ),
         ]
+    lines += [
+        "",
+        "## Pre-copy detection, controls and the host",
+        "",
+        (
+            "| kind | runs | suspected before switchover | median migration start→suspected (s) | "
+            "suspected events | hours observed | guest dirty rate, run median max (sample max) "
+            "MB/s | max vCPU run delay (ms/s) |"
+        ),
+        "|" + "---|" * 8,
+    ]
+    for kind, s in summary.items():
+        migrates = s.get("migrations_completed") is not None
+        lines.append(
+            "| "
+            + " | ".join(
+                str(x)
+                for x in (
+                    kind,
+                    s["runs"],
+                    f"{s['suspected_before_switchover']}/{s['runs']}" if migrates else "-",
+                    _fmt(s.get("median_migration_start_to_suspected_s")),
+                    s.get("suspected_events", 0),
+                    _fmt(s.get("observed_hours")),
+                    "-"
+                    if s.get("max_run_median_dirty_rate_mb_s") is None
+                    else f"{_fmt(s['max_run_median_dirty_rate_mb_s'])} "
+                    f"({_fmt(s['max_dirty_rate_sample_mb_s'])})",
+                    _fmt(s.get("max_vcpu_wait_ms_per_s")),
+                )
+            )
+            + " |"
+        )
+    sus = [(i, r, x) for i, r in enumerate(rows, 1) for x in r.get("suspicions", [])]
+    if sus:
+        lines += [
+            "",
+            (
+                "Every `suspected`, with the host's side (QMP's last query-migrate before it, the "
+                "vCPU thread's run delay over the second before, the guest's /proc/vmstat over its "
+                "last logged second):"
+            ),
+            "",
+            (
+                "| run | kind | since migration start (s) | before switchover | signals | "
+                "vCPU run delay (ms/s) | QMP status, dirty syncs, dirty rate MB/s | vmstat delta |"
+            ),
+            "|" + "---|" * 8,
+        ]
+        for i, r, x in sus:
+            m = x.get("migration") or {}
+            vm = x.get("vmstat_delta") or {}
+            lines.append(
+                "| "
+                + " | ".join(
+                    str(v)
+                    for v in (
+                        i,
+                        r["kind"],
+                        _fmt(x.get("t_from_migration_start_s")),
+                        _fmt(x.get("before_switchover")),
+                        ",".join(x.get("signals") or []),
+                        _fmt(x.get("vcpu_wait_ms_per_s_last_1s")),
+                        "-"
+                        if not m
+                        else f"{m.get('status')}, {m.get('dirty_sync_count')}, "
+                        f"{m.get('dirty_rate_mb_s')}",
+                        " ".join(f"{k}={v}" for k, v in vm.items() if v) or "-",
+                    )
+                )
+                + " |"
+            )
     if any(r["program"] == "clock" for r in rows):
         lines += [
             "",

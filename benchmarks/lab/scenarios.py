@@ -20,6 +20,8 @@ from typing import Any
 
 from .build import GuestImage, build_run_disk
 from .console import ConsoleLine, GuestConsole
+from .hostlog import HostLoad, HostMonitor
+from .qmp import QMPError
 from .sites import REPO, Place, Site, distance_km, wait_for_file
 from .vm import MachineSpec, QemuProcess
 
@@ -59,6 +61,10 @@ class RunPlan:
     migration_timeout_s: float = 120.0  # cancel a migration that has not completed by then
     auto_converge: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)  # migrate-set-parameters
+    # migrate-set-capabilities at both ends (multifd must be on at the destination too)
+    capabilities: dict[str, bool] = field(default_factory=dict)
+    workload: str = ""  # a busy guest ("cpu", "mem", "disk") or a loaded host ("host")
+    host_burners: int = 1  # CPU burners on the host when workload is "host"
     ready_timeout_s: float = 240.0
 
 
@@ -75,6 +81,7 @@ class RunRecord:
     final: dict[str, Any] = field(default_factory=dict)  # last query-migrate
     console: list[tuple[float, str]] = field(default_factory=list)
     webhooks: list[dict[str, Any]] = field(default_factory=list)
+    host: dict[str, Any] = field(default_factory=dict)  # HostMonitor.to_json()
     error: str | None = None
     ended: float = 0.0
 
@@ -92,6 +99,8 @@ class RunRecord:
                 "after_s": p.after_s,
                 "auto_converge": p.auto_converge,
                 "parameters": p.parameters,
+                "capabilities": p.capabilities,
+                "workload": p.workload,
                 "migration_timeout_s": p.migration_timeout_s,
             },
             "started": self.started,
@@ -103,6 +112,7 @@ class RunRecord:
             "final": self.final,
             "console": self.console,
             "webhooks": self.webhooks,
+            "host": self.host,
             "error": self.error,
             "ended": self.ended,
         }
@@ -119,9 +129,14 @@ class Lab:
     log: Callable[[str], None] = print
     guest_landmarks: int = 60  # 0: every landmark both sites serve
     source: Path = REPO  # holds the geoprobe package the guest and the testbeds run (a snapshot)
+    qemu_args: tuple[str, ...] = ()  # extra QEMU arguments, the same at both ends
+    machine: str = "pc"
+    measure_dirty_rate: bool = True  # calc-dirty-rate in runs without a migration
     _fitted: set[str] = field(
         default_factory=set, init=False, repr=False
     )  # guest catalogues already in the cache
+    _monitor: HostMonitor = field(default_factory=HostMonitor, init=False, repr=False)
+    _vms: list[QemuProcess | None] = field(default_factory=list, init=False, repr=False)
 
     def run(self, plan: RunPlan, program: GuestProgram) -> RunRecord:
         rec = RunRecord(plan=plan, program=program.name, started=time.time())
@@ -133,6 +148,9 @@ class Lab:
         src: QemuProcess | None = None
         dst: QemuProcess | None = None
         console = GuestConsole()
+        self._monitor = HostMonitor()
+        self._vms = []
+        load = HostLoad(plan.host_burners if plan.workload == "host" else 0)
         try:
             catalogue = wd / "catalogue-A.json"
             for s in sites:
@@ -156,8 +174,16 @@ class Lab:
                 (wd / "catalogue-guest.json").write_text(guest)
                 files.update(self.host_cache(wd / "catalogue-guest.json"))
             run_disk = build_run_disk(wd / "run.ext4", self.source, files, program.run_sh)
-            spec = MachineSpec(self.image, run_disk, memory_mb=self.memory_mb, accel=self.accel)
+            spec = MachineSpec(
+                self.image,
+                run_disk,
+                memory_mb=self.memory_mb,
+                accel=self.accel,
+                extra=self.qemu_args,
+                machine=self.machine,
+            )
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
+            self._vms = [src]
             console.add(src.serial)
             ready = console.wait_for(program.ready, plan.ready_timeout_s, alive=src.alive)
             if ready is None:
@@ -166,18 +192,24 @@ class Lab:
                 )
             rec.guest_ready = ready.received
             self.log(f"  guest ready after {ready.received - src.started:.1f} s")
-            self._idle(console, plan.settle_s, sites)
+            load.start()
+            measure = self.measure_dirty_rate and not plan.migrate
+            self._idle(console, plan.settle_s, sites, measure_dirty=measure)
             if plan.migrate:
                 dst = QemuProcess("dst", spec, sites[1].ns, wd, incoming=True).start()
+                self._vms = [src, dst]
+                self._monitor.stop_measuring()
                 console.add(dst.serial)
                 self._migrate(rec, src, dst, console, wd / "migration.sock", sites)
                 self._await_confirmation(rec, console, program, plan.after_s, dst, sites)
             else:
-                self._idle(console, plan.after_s, sites)
+                self._idle(console, plan.after_s, sites, measure_dirty=measure)
         except Exception as exc:  # noqa: BLE001 (a failed run is recorded, never silently dropped
             rec.error = f"{type(exc).__name__}: {exc}"
             self.log(f"  run failed: {rec.error[:500]}")
         finally:
+            load.stop()
+            rec.host = self._monitor.to_json()
             for vm in (dst, src):
                 if vm is not None:
                     if vm.qmp is not None:
@@ -225,12 +257,19 @@ class Lab:
                 )
         return {f"cache/{p.relative_to(d)}": p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
-    def _idle(self, console: GuestConsole, seconds: float, sites: list[Site]) -> None:
+    def _idle(
+        self,
+        console: GuestConsole,
+        seconds: float,
+        sites: list[Site],
+        measure_dirty: bool = False,
+    ) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             console.read()
             for s in sites:
                 s.check_alive()
+            self._monitor.sample(self._vms, measure_dirty=measure_dirty)
             time.sleep(0.05)
 
     def _migrate(
@@ -244,9 +283,13 @@ class Lab:
     ) -> None:
         assert src.qmp is not None and dst.qmp is not None
         plan = rec.plan
-        src.qmp.set_capabilities(auto_converge=plan.auto_converge)
+        caps = {"auto-converge": plan.auto_converge, **plan.capabilities}
+        src.qmp.set_capabilities(**caps)
+        dst.qmp.set_capabilities(**caps)
         if plan.parameters:
             src.qmp.set_parameters(**plan.parameters)
+            dst.qmp.set_parameters(**plan.parameters)
+        genid = {"src": _generation_id(src)}
         dst.qmp.migrate_incoming(f"unix:{sock}")
         rec.migrate_cmd = time.time()
         src.qmp.migrate(f"unix:{sock}")
@@ -259,6 +302,7 @@ class Lab:
             src.qmp.poll_events(0.0)
             dst.qmp.poll_events(0.0)
             console.read()
+            self._monitor.sample(self._vms)
             if time.monotonic() > deadline and status not in TERMINAL:
                 self.log(
                     f"  migration still {status} after {plan.migration_timeout_s} s: cancelling"
@@ -267,6 +311,9 @@ class Lab:
                 deadline = float("inf")
             time.sleep(0.1)
         rec.final = src.qmp.query_migrate()
+        if genid["src"] is not None:  # with -device vmgenid: the destination's differs
+            genid["dst"] = _generation_id(dst)
+            self._monitor.vmgenid = genid
         ram = rec.final.get("ram", {})
         self.log(
             f"  migration {status}: total {rec.final.get('total-time')} ms, downtime "
@@ -294,7 +341,18 @@ class Lab:
                 self._idle(console, min(5.0, max(0.0, deadline - time.monotonic())), sites)
                 return
             dst.qmp.poll_events(0.0)
+            self._monitor.sample(self._vms)
             time.sleep(0.05)
+
+
+def _generation_id(vm: QemuProcess) -> str | None:
+    """The VM generation ID QEMU gives the guest, or None without a vmgenid device."""
+    if vm.qmp is None:
+        return None
+    try:
+        return str(vm.qmp.execute("query-vm-generation-id").get("guid"))
+    except QMPError:
+        return None
 
 
 def guest_catalogue(

@@ -36,10 +36,49 @@ def _describe(ev: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+# A vCPU kept off the CPUs this long per second shows in the timeline (host load, invisible to TCG).
+WAIT_SHOWN_MS_PER_S = 100.0
+
+
+def host_lines(record: dict[str, Any]) -> list[tuple[float, str]]:
+    """(host time, text): each new dirty sync with QMP's dirty rate, and vCPU run-delay spikes."""
+    out: list[tuple[float, str]] = []
+    syncs = None
+    for x in record.get("samples", []):
+        ram = x.get("ram") or {}
+        n = ram.get("dirty-sync-count")
+        if n is not None and n != syncs:
+            rate = ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096) / 1e6
+            text = (
+                f"QMP dirty sync {n} ({x.get('status')}, dirty rate {rate:.1f} MB/s, "
+                f"remaining {ram.get('remaining', 0) / 1e6:.1f} MB)"
+            )
+            out.append((float(x["t"]), text))
+            syncs = n
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for x in (record.get("host") or {}).get("schedstat", []):
+        key = (str(x["vm"]), int(x["tid"]))
+        prev = last.get(key)
+        last[key] = x
+        if prev is None or x["t"] <= prev["t"]:
+            continue
+        waited = (x["wait_ns"] - prev["wait_ns"]) / 1e6
+        if waited / (x["t"] - prev["t"]) >= WAIT_SHOWN_MS_PER_S:
+            out.append(
+                (
+                    float(x["t"]),
+                    f"host {key[0]} vCPU waited {waited:.0f} ms in {x['t'] - prev['t']:.2f} s",
+                )
+            )
+    for x in (record.get("host") or {}).get("dirty_rates", []):
+        out.append((float(x["t"]), f"QMP calc-dirty-rate {x.get('mb_s')} MB/s"))
+    return out
+
+
 def lines(
-    record: dict[str, Any], start: float = -10.0, end: float = 30.0
+    record: dict[str, Any], start: float = -10.0, end: float = 30.0, vmstat: bool = False
 ) -> Iterator[tuple[float, str]]:
-    """(seconds from the switchover, text) for QMP events and console lines, in time order."""
+    """(seconds from the switchover, text) for QMP events, host samples and console lines."""
     t0 = switchover(record)
     if t0 is None:  # no migration (a control run): count from the end of the settle instead
         t0 = float(record["guest_ready"] or record["started"]) + float(record["plan"]["settle_s"])
@@ -48,7 +87,10 @@ def lines(
         for e in record[f"{side}_events"]:
             status = e["data"].get("status", "") if isinstance(e.get("data"), dict) else ""
             out.append((float(e["qemu_time"]) - t0, f"QMP {side} {e['event']} {status}".rstrip()))
+    out += [(t - t0, text) for t, text in host_lines(record)]
     for t, text in record["console"]:
+        if text.startswith("LAB-VMSTAT") and not vmstat:
+            continue
         ev = ConsoleLine(t, text).event()
         if ev is not None and "specversion" in ev:
             out.append((t - t0, "guest " + _describe(ev)))
@@ -71,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "--from", dest="start", type=float, default=-10.0, help="seconds before the switchover"
     )
     ap.add_argument("--to", dest="end", type=float, default=30.0, help="seconds after it")
+    ap.add_argument("--vmstat", action="store_true", help="show the guest's vmstat log lines too")
     args = ap.parse_args(argv)
     path = args.run / "record.json" if args.run.is_dir() else args.run
     try:
@@ -78,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"timeline: {path}: {exc}", file=sys.stderr)
         return 2
-    for t, text in lines(record, args.start, args.end):
+    for t, text in lines(record, args.start, args.end, vmstat=args.vmstat):
         print(f"{t:+8.3f}  {text}")
     return 0
 

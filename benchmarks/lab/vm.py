@@ -25,15 +25,21 @@ class MachineSpec:
     run_disk: Path
     memory_mb: int = 512
     smp: int = 1
+    machine: str = "pc"  # q35 for devices that need PCI Express (a failover primary)
     accel: str = "tcg"  # KVM hangs early in boot on this machine; keep it selectable for others
-    append: str = "console=ttyS0 quiet panic=-1"
+    # no_timer_check: on a loaded host the emulated 8254 can miss the kernel's early IO-APIC check,
+    # which then panics ("IO-APIC + timer doesn't work!", seen at load ~11 under TCG)
+    append: str = "console=ttyS0 quiet panic=-1 no_timer_check"
+    # Extra QEMU arguments (devices such as vmgenid or a balloon), the same at both ends: a
+    # migration needs identical devices on the source and the destination.
+    extra: tuple[str, ...] = ()
 
     def argv(self, qmp: Path, serial: Path, incoming: bool) -> list[str]:
         cpu = "host" if self.accel == "kvm" else "max"
         argv = [
             QEMU,
             "-machine",
-            "pc",
+            self.machine,
             "-accel",
             self.accel,
             "-cpu",
@@ -46,6 +52,9 @@ class MachineSpec:
             "-no-user-config",
             "-display",
             "none",
+            # threads named after their role ("CPU 0/TCG"), so the host log finds the vCPU's
+            "-name",
+            "geoprobe-lab,debug-threads=on",
             "-no-reboot",
             "-kernel",
             str(self.image.kernel),
@@ -68,6 +77,7 @@ class MachineSpec:
             "-qmp",
             f"unix:{qmp},server=on,wait=off",
         ]
+        argv += list(self.extra)
         if incoming:
             argv += ["-incoming", "defer"]
         return argv
@@ -115,6 +125,19 @@ class QemuProcess:
             )
         self.qmp.set_capabilities(events=True)
         return self
+
+    def vcpu_threads(self) -> list[int]:
+        """Thread ids of the vCPUs (QEMU names them "CPU 0/TCG", "CPU 0/KVM", ...)."""
+        if self.proc is None:
+            return []
+        tids = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*")):
+            try:
+                if (task / "comm").read_text().startswith("CPU "):
+                    tids.append(int(task.name))
+            except (OSError, ValueError):
+                continue
+        return tids
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -98,7 +98,7 @@ def test_times_are_measured_from_the_source_stop_and_precopy_flags_are_found() -
 
 
 def test_targets_report_what_was_missed() -> None:
-    good, slow, silent = (analyse(record(t)) for t in (1080.0, 1090.0, None))
+    good, slow, silent = (analyse(record(t, suspect_at=1076.5)) for t in (1080.0, 1090.0, None))
     assert targets(summarise([good, good])) == []
     missed = targets(summarise([good, slow, slow]))
     assert len(missed) == 1 and "median switchover->confirmed 13.0 s" in missed[0]
@@ -107,7 +107,7 @@ def test_targets_report_what_was_missed() -> None:
     assert any("1/2 crossings confirmed" in m for m in missed) and any(
         "counter-measures" in m for m in missed
     )
-    no_crossing = record(1080.0)
+    no_crossing = record(1080.0, suspect_at=1076.5)
     no_crossing.console[-2] = (1080.0, _cloud(CONFIRMED, crossing=False, to="DE"))
     missed = targets(summarise([good, analyse(no_crossing)]), timing=False)
     assert any("1/2 crossings confirmed in the guest (2 migrations confirmed)" in m for m in missed)
@@ -210,3 +210,102 @@ def test_verdicts_name_a_straddling_region_and_the_clock_probe() -> None:
     text = markdown(summarise([straddle, clock_row]), [straddle, clock_row], {"mode": "full"})
     assert "crossing=False DE→straddling" in text
     assert "site B answered (clock probe)" in text and "measure QEMU's convergence" in text
+
+
+def _control(kind: str, suspect_at: float | None = None, dirty: float = 2.0) -> RunRecord:
+    rec = RunRecord(
+        plan=RunPlan(kind, A, B, migrate=False, workload=kind.partition("-")[2]),
+        program="geoprobe",
+        started=1000.0,
+        guest_ready=1060.0,
+        ended=1420.0,
+    )
+    rec.console = [(1060.0, _cloud("io.geoprobe.location.fix"))]
+    if suspect_at is not None:
+        rec.console.append((suspect_at, _cloud(SUSPECTED, signals=["first_write"])))
+    rec.host = {
+        "schedstat": [],
+        "dirty_rates": [{"t": 1070.0 + i, "vm": "src", "mb_s": dirty} for i in range(3)],
+    }
+    return rec
+
+
+def test_controls_count_hours_and_suspicions_per_kind_and_bound_the_probe_dirty_rate() -> None:
+    rows = [analyse(_control("control")), analyse(_control("control-cpu", suspect_at=1200.0))]
+    summary = summarise(rows)
+    assert summary["control"]["observed_hours"] == 0.1  # 360 s from ready to the end
+    assert summary["control"]["max_run_median_dirty_rate_mb_s"] == 2.0
+    assert summary["control-cpu"]["suspected_events"] == 1
+    missed = targets(summary)
+    assert missed == ["control-cpu: 1 of 1 runs suspected, 0 confirmed"]
+    assert rows[1]["suspicions"][0]["before_switchover"] is None  # nothing migrated
+    noisy = [analyse(_control("control", dirty=12.0))]
+    assert any("dirtied 12 MB/s" in m and "whole guest" in m for m in targets(summarise(noisy)))
+    bare = _control("bare", dirty=4.0)
+    missed = targets(summarise([*noisy, analyse(bare)]))
+    assert missed == []  # 12 - 4: geoprobe's own 8 MB/s is within the bound
+    missed = targets(summarise([*noisy, analyse(_control("bare", dirty=1.0))]))
+    assert missed == [
+        (
+            "control: geoprobe dirtied 11 MB/s (QMP calc-dirty-rate, idle controls less the bare "
+            "guest) > 10 MB/s"
+        )
+    ]
+
+
+def test_precopy_target_counts_suspected_before_the_switchover_over_every_cross_kind() -> None:
+    early = record(1080.0, suspect_at=1076.5)  # migration set up at 1075, STOP at 1077
+    late = record(1080.0, suspect_at=1078.0)
+    busy = record(1080.0, suspect_at=1076.0)
+    busy.plan = RunPlan("cross-mem", A, B, workload="mem")
+    rows = [analyse(r) for r in (early, late, busy)]
+    assert (
+        rows[0]["suspected_before_switchover"] and rows[0]["migration_start_to_suspected_s"] == 1.5
+    )
+    assert rows[1]["suspected_before_switchover"] is False
+    missed = targets(summarise(rows))
+    assert missed == ["cross: suspected before the switchover in 2/3 runs (< 90%)"]
+    assert targets(summarise(rows), precopy=False) == []
+    assert targets(summarise([rows[0], rows[2]])) == []
+
+
+def test_every_suspicion_carries_the_host_side() -> None:
+    rec = record(1080.0, suspect_at=1076.5)
+    rec.host = {
+        "schedstat": [
+            {"t": 1075.5, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 0},
+            {"t": 1076.5, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 300_000_000},
+        ],
+        "dirty_rates": [],
+    }
+    rec.console += [
+        (1075.4, "LAB-VMSTAT 70.00 pgfault=100 nr_dirtied=10 nr_free_pages=5"),
+        (1076.4, "LAB-VMSTAT 71.00 pgfault=180 nr_dirtied=10 nr_free_pages=3"),
+    ]
+    rec.console.sort(key=lambda x: x[0])
+    row = analyse(rec)
+    (s,) = row["suspicions"]
+    assert s["before_switchover"] is True and s["t_from_migration_start_s"] == 1.5
+    assert s["vcpu_wait_ms_per_s_last_1s"] == 300.0
+    assert s["migration"]["dirty_sync_count"] == 2 and s["migration"]["status"] == "active"
+    assert s["vmstat_delta"] == {"pgfault": 80, "nr_dirtied": 0, "over_s": 1.0}
+    assert row["vcpu_wait_ms_per_s"] == {"median": 300.0, "max": 300.0}
+    rec.host["schedstat"] += [  # a 1.5 s preemption is counted when the thread runs again
+        {"t": 1077.0, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 300_000_000},
+        {"t": 1078.0, "vm": "src", "tid": 7, "run_ns": 0, "wait_ns": 1_800_000_000},
+    ]
+    assert analyse(rec)["vcpu_wait_ms_per_s"] == {"median": 650.0, "max": 1000.0}
+    text = markdown(summarise([row]), [row], {"mode": "full"})
+    assert "pgfault=80" in text and "| 1/1 |" in text
+
+
+def test_hold_runs_miss_their_target_when_the_migration_converges_during_the_hold() -> None:
+    rec = record(None)
+    rec.plan = RunPlan("delay-xbzrle", A, B, capabilities={"xbzrle": True})
+    rec.program = "clock"
+    rec.console += [(1070.0, "LAB-DELAY-START"), (1130.0, "LAB-DELAY-END rc=0")]
+    row = analyse(rec)
+    assert row["migration"]["converged_while_delay_ran"] is True
+    assert targets(summarise([row])) == [
+        "delay-xbzrle: the migration converged while the delay ran"
+    ]

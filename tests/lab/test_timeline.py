@@ -57,3 +57,33 @@ def test_cli_reads_a_kept_run_directory(tmp_path: Path, capsys: object) -> None:
     text = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "+0.000  QMP src STOP" in text and "+4.000  guest confirmed" in text
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_the_timeline_shows_dirty_syncs_and_vcpu_run_delay() -> None:
+    record = {
+        "src_events": [{"event": "STOP", "data": {}, "qemu_time": 100.0, "received": 100.0}],
+        "dst_events": [],
+        "samples": [
+            {"t": 99.0, "status": "active", "ram": {"dirty-sync-count": 1}},
+            {"t": 99.1, "status": "active", "ram": {"dirty-sync-count": 1}},
+            {"t": 99.5, "status": "active", "ram": {"dirty-sync-count": 2, "remaining": 4e6}},
+        ],
+        "host": {
+            "schedstat": [
+                {"t": 98.0, "vm": "src", "tid": 3, "run_ns": 0, "wait_ns": 0},
+                {"t": 98.5, "vm": "src", "tid": 3, "run_ns": 0, "wait_ns": 10_000_000},
+                {"t": 99.0, "vm": "src", "tid": 3, "run_ns": 0, "wait_ns": 210_000_000},
+            ]
+        },
+        "console": [(99.2, "LAB-VMSTAT 9.00 pgfault=1")],
+        "guest_ready": 50.0,
+        "started": 40.0,
+        "plan": {"settle_s": 10.0},
+    }
+    out = list(lines(record))
+    texts = [t for _, t in out]
+    assert sum("dirty sync" in t for t in texts) == 2  # one line per new sync, not per sample
+    assert any("dirty sync 2" in t and "remaining 4.0 MB" in t for t in texts)
+    assert [t for t in texts if "vCPU" in t] == ["host src vCPU waited 200 ms in 0.50 s"]
+    assert not any("LAB-VMSTAT" in t for t in texts)
+    assert any("LAB-VMSTAT" in t for _, t in lines(record, vmstat=True))
