@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import statistics
+import subprocess
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -109,3 +111,19 @@ def robust_z(value: float, values: Sequence[float], floor: float) -> tuple[float
 
 def finite(values: Iterable[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
+
+
+def stop_child(proc: subprocess.Popen[str] | None, reader: threading.Thread | None) -> None:
+    """End a sampler's child process and the thread reading its lines: SIGTERM, then SIGKILL
+    after 5 s; the pipe is closed only once the reader has let go of it."""
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if reader is not None:
+        reader.join(timeout=5)
+    if proc is not None and proc.stdout is not None:
+        proc.stdout.close()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from geoprobe.watch.signals.base import Reading, robust_z
+from geoprobe.watch.signals.base import Reading, robust_z, stop_child
 
 QEMU_THROTTLE_SLICE_MS = 10.0
 
@@ -227,18 +227,8 @@ class GapSignal:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc, self._thread)
+        self._thread = None
         self.proc = None
 
     def reset(self) -> None:

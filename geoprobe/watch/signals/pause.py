@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from geoprobe.watch.signals.base import Reading
+from geoprobe.watch.signals.base import Reading, stop_child
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -220,18 +220,8 @@ class PauseSignal:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc, self._thread)
+        self._thread = None
         self.proc = None
 
     def reset(self) -> None:

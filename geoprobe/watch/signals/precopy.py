@@ -49,7 +49,7 @@ from typing import IO
 
 import numpy as np
 
-from geoprobe.watch.signals.base import Reading
+from geoprobe.watch.signals.base import Reading, stop_child
 
 SYNC = "sync"
 PARTIAL = "partial"
@@ -274,18 +274,8 @@ class DirtySyncSignal:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        stop_child(self.proc, self._thread)
+        self._thread = None
         self.proc = None
 
     def reset(self) -> None:
