@@ -10,7 +10,6 @@ empty.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .test_crash import GEOPROBE, events, lines, query, wait_for, waiting_script
+from .test_crash import GEOPROBE, events, lines, query, run_testbed, wait_for, waiting_script
+from .test_crash import move as crash_move
 
 pytestmark = pytest.mark.slow
 
@@ -32,42 +32,11 @@ CONFIRMED = "io.geoprobe.migration.confirmed"
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    base = tmp_path_factory.mktemp("cleared-testbed")
-    env = dict(
-        os.environ,
-        GEOPROBE_RUNTIME_DIR=str(base / "run"),
-        GEOPROBE_STATE_DIR=str(base / "st"),
-        GEOPROBE_CACHE_DIR=str(base / "cache"),
-    )
-    cat = base / "catalogue.json"
-    tb = subprocess.Popen(
-        [*GEOPROBE, "testbed", "run", "--at-server", "Frankfurt", "--catalogue", str(cat)]
-        + ["--name", NAME],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for(lambda: cat.exists() or tb.poll() is not None, "the testbed's catalogue", 60)
-        assert tb.poll() is None, tb.stderr.read().decode() if tb.stderr else ""
-        yield cat, env
-    finally:
-        tb.send_signal(signal.SIGTERM)
-        try:
-            tb.wait(30)
-        except subprocess.TimeoutExpired:
-            tb.kill()
-            tb.wait()
+    yield from run_testbed(tmp_path_factory.mktemp("cleared-testbed"), NAME)
 
 
 def move(env: dict[str, str], to: str) -> None:
-    subprocess.run(
-        [*GEOPROBE, "testbed", "move", "--to-server", to, "--name", NAME],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    crash_move(env, to, NAME)
 
 
 class Watch:

@@ -66,9 +66,8 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    base = tmp_path_factory.mktemp("crash-testbed")
+def run_testbed(base: Path, name: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A loopback testbed at Frankfurt named ``name``, its dirs under ``base``: (catalogue, env)."""
     env = dict(
         os.environ,
         GEOPROBE_RUNTIME_DIR=str(base / "run"),
@@ -78,7 +77,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     cat = base / "catalogue.json"
     tb = subprocess.Popen(
         [*GEOPROBE, "testbed", "run", "--at-server", "Frankfurt", "--catalogue", str(cat)]
-        + ["--name", "crash-test"],
+        + ["--name", name],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,9 +95,14 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
             tb.wait()
 
 
-def move(env: dict[str, str], to: str) -> None:
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    yield from run_testbed(tmp_path_factory.mktemp("crash-testbed"), "crash-test")
+
+
+def move(env: dict[str, str], to: str, name: str = "crash-test") -> None:
     subprocess.run(
-        [*GEOPROBE, "testbed", "move", "--to-server", to, "--name", "crash-test"],
+        [*GEOPROBE, "testbed", "move", "--to-server", to, "--name", name],
         env=env,
         check=True,
         capture_output=True,
