@@ -147,6 +147,30 @@ class EventListener:
 # -- rtnetlink: failover unplug and self-announce -------------------------------------------------
 
 
+class SocketListener(EventListener):
+    """A listener fed datagrams from one netlink socket that ``_open`` sets (timeouts on it let
+    the loop see ``stop``)."""
+
+    _sock: socket.socket | None = None
+
+    def feed(self, datagram: bytes) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            self.feed(data)
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 class LinkTracker:
     """Pure: fed link messages, says which ones are migration events."""
 
@@ -207,13 +231,12 @@ class LinkTracker:
         return "failover_unplug", why
 
 
-class LinkEventSignal(EventListener):
+class LinkEventSignal(SocketListener):
     """rtnetlink link notifications (see the module docstring)."""
 
     def __init__(self, name: str = "link_events", *, hold_s: float = 300.0) -> None:
         super().__init__(name, hold_s=hold_s)
         self.tracker = LinkTracker()
-        self._sock: socket.socket | None = None
 
     def _open(self) -> str:
         try:
@@ -222,11 +245,6 @@ class LinkEventSignal(EventListener):
         except OSError as exc:
             return f"cannot open rtnetlink: {exc}"
         return ""
-
-    def _close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
     def feed(self, datagram: bytes) -> None:
         try:
@@ -246,15 +264,6 @@ class LinkEventSignal(EventListener):
             if hit is not None:
                 self.record(hit[0], hit[1], precopy=hit[0] == "failover_unplug")
 
-    def _loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.feed(data)
-
 
 # -- VM generation ID -----------------------------------------------------------------------------
 
@@ -271,7 +280,7 @@ def vmgenid_present(sys_root: Path = Path("/sys")) -> bool:
     return False
 
 
-class VmGenIdSignal(EventListener):
+class VmGenIdSignal(SocketListener):
     """The kernel's uevent for a changed VM generation ID."""
 
     def __init__(
@@ -279,7 +288,6 @@ class VmGenIdSignal(EventListener):
     ) -> None:
         super().__init__(name, hold_s=hold_s)
         self.sys_root = sys_root
-        self._sock: socket.socket | None = None
 
     def _open(self) -> str:
         if not vmgenid_present(self.sys_root):
@@ -289,11 +297,6 @@ class VmGenIdSignal(EventListener):
         except OSError as exc:
             return f"cannot open the uevent socket: {exc}"
         return ""
-
-    def _close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
     def feed(self, datagram: bytes) -> None:
         try:
@@ -313,15 +316,6 @@ class VmGenIdSignal(EventListener):
                 f"VM generation ID changed ({ev.devpath}): resumed as a new VM",
                 precopy=False,
             )
-
-    def _loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.feed(data)
 
 
 # -- virtio-balloon free-page hinting -------------------------------------------------------------
