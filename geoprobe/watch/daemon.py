@@ -310,6 +310,7 @@ class Watcher:
         self._tokens_at = time.monotonic()
         self._spent = False  # the next round was started with a token
         self._recent_triggers: dict[str, float] = {}  # landmark -> when it last fired
+        self._refused: set[str] = set()  # sentinels refused since the last round (logged once)
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -425,7 +426,9 @@ class Watcher:
         now = self.clock()
         out: list[Event] = []
         fix_before = self.last_fix
-        self._wake.clear()  # this round measures whatever the sentinels saw
+        with self._trigger_lock:
+            self._wake.clear()  # this round measures whatever the sentinels saw
+            self._refused.clear()
         if self.sentinel is not None:
             self.sentinel.hold(True)
         try:
@@ -465,6 +468,14 @@ class Watcher:
                 self._tokens = min(float(self.config.trigger_burst), self._tokens + 1.0)
             self._spent = False
         self.last_round_s = time.monotonic() - t0
+        log.info(
+            "round %d: %d of %d landmarks answered in %.2f s (%s)",
+            self.counters.rounds,
+            len(rtts),
+            len(self.catalogue.landmarks),
+            self.last_round_s,
+            shift.outcome if shift is not None else "no test",
+        )
         self.write_metrics(
             ms, rtts, now, self.last_fix if self.last_fix is not fix_before else None
         )
@@ -653,10 +664,17 @@ class Watcher:
                     break
 
     # -- sentinels ---------------------------------------------------------------------------
-    def trigger(self, why: Trigger) -> None:
+    def trigger(self, why: Trigger) -> bool:
         """A sentinel saw a change: start the next full round now (called from its thread).
+
         At rest it takes a token from the bucket, given back if the round finds something;
-        while a suspicion is open, or outside the allowed set, rounds are what is needed."""
+        while a suspicion is open, or outside the allowed set, rounds are what is needed. A
+        clock step (several sentinels at once, by construction) or two sentinels firing within
+        ``trigger_agree_s`` need no token. False when refused: the sentinel then keeps its floor
+        and asks again with its next sample, so a move seen while the bucket is empty still
+        starts a round as soon as a second sentinel sees it too, instead of waiting for the
+        interval.
+        """
         c = self.config
         with self._trigger_lock:
             now = time.monotonic()
@@ -666,22 +684,27 @@ class Watcher:
             self._recent_triggers[why.landmark] = now
             # Two sentinels within a few seconds: a move changes several paths at once; what
             # fools one sentinel (a route, one path's queue) seldom fools another just then.
-            agreed = (
+            agreed = why.kind == "clock" or (
                 sum(1 for t in self._recent_triggers.values() if now - t <= c.trigger_agree_s) >= 2
             )
             at_rest = self.fusion.state in (State.NORMAL, State.SETTLED, State.CONFIRMED)
             at_rest = at_rest and not agreed
-            if self._wake.is_set() or (at_rest and self._tokens < 1.0):
-                log.info(
-                    "%s: a full round is due already or the trigger budget is spent", why.describe()
-                )
-                return
+            if self._wake.is_set():
+                log.info("%s: a full round is due already", why.describe())
+                return True
+            if at_rest and self._tokens < 1.0:
+                if why.landmark not in self._refused:
+                    self._refused.add(why.landmark)
+                    log.info("%s: the trigger budget is spent", why.describe())
+                return False
             if at_rest:
                 self._tokens -= 1.0
                 self._spent = True
             self.counters.sentinel_triggers += 1
+            self._refused.discard(why.landmark)
         log.info("%s: full round now", why.describe())
         self._wake.set()
+        return True
 
     def _update_sentinels(self, rtts: Mapping[str, float]) -> None:
         """Pause the sentinels while the baseline is built (rounds come fast then anyway); once
@@ -735,6 +758,7 @@ class Watcher:
             if any(e.is_set() for e in wakers):
                 for e in wakers:
                     e.clear()
+                log.info("a signal reported an event: full round now")
                 return
             left = end - time.monotonic()
             if left <= 0:

@@ -24,9 +24,11 @@ What counts as a change, per sentinel, against a floor learnt over its first sam
   on at least three sentinels (all of them when fewer), the same way: a migration's pause
   leaves the guest clock behind.
 
-After a trigger the sentinel that fired learns its floor anew, so a lasting change (a move, or a
-route that changed for good) triggers once per sentinel, not again and again; the others keep
-watching meanwhile.
+After an accepted trigger the sentinel that fired learns its floor anew, so a lasting change (a
+move, or a route that changed for good) triggers once per sentinel, not again and again; the others
+keep watching meanwhile. A refused trigger (the daemon's budget of rounds is spent) keeps the floor:
+the sentinel asks again with each sample until a round is granted, and after the next full round
+(which measured the place anyway) it learns its floor anew.
 """
 
 from __future__ import annotations
@@ -283,7 +285,8 @@ class SentinelDetector:
 
 
 class Sentinel:
-    """Probes the sentinels on a thread of its own and calls ``on_trigger`` on a change.
+    """Probes the sentinels on a thread of its own and calls ``on_trigger`` on a change
+    (which returns whether a round was granted).
 
     ``watch(landmarks)`` sets (or, with an empty list, pauses) what it probes; each change of set
     and each trigger starts a new learning period. ``probes`` counts every packet sent.
@@ -292,7 +295,7 @@ class Sentinel:
     def __init__(
         self,
         method: str,
-        on_trigger: Callable[[Trigger], None],
+        on_trigger: Callable[[Trigger], bool],
         config: SentinelConfig | None = None,
     ) -> None:
         self.method = method
@@ -304,6 +307,7 @@ class Sentinel:
         self._landmarks: list[Landmark] = []
         self._generation = 0
         self._held = False
+        self._refused: set[str] = set()  # fired, no round granted: the floor is kept
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -327,6 +331,10 @@ class Sentinel:
         with self._lock:
             self._held = held
             self._generation += 1  # replies to probes sent before or during it are not used
+            if not held:  # the round measured the place: what was refused is learnt anew
+                for lid in self._refused:
+                    self.detector.reset(lid)
+                self._refused.clear()
 
     def start(self) -> None:
         if self._thread is None:
@@ -364,11 +372,21 @@ class Sentinel:
                 if generation != self._generation:
                     return  # probed for a set (or a floor) that is no longer current
                 trig = self.detector.add(lm.id, s.rtt_ms, s.clock_offset_ms, time.time())
-                if trig is not None:
-                    self.detector.reset(lm.id)
+            if trig is None:
+                return
+            granted = self.on_trigger(trig)
+            with self._lock:
+                if generation != self._generation:
+                    return
+                if granted:
                     self.triggers += 1
-            if trig is not None:
-                self.on_trigger(trig)
+                    self._refused.discard(lm.id)
+                    if trig.kind == "clock":
+                        self.detector.reset()  # every sentinel's offset stepped with it
+                    else:
+                        self.detector.reset(lm.id)
+                else:
+                    self._refused.add(lm.id)
 
         try:
             next_at = time.monotonic()

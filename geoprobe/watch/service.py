@@ -289,7 +289,7 @@ def serve(options: WatchOptions, stdout: TextIO, log: logging.Logger) -> Watcher
         if options.sentinels is not None:
             sentinel = Sentinel(
                 options.method,
-                lambda why: cell[0].trigger(why) if cell else None,
+                lambda why: cell[0].trigger(why) if cell else False,
                 options.sentinels,
             )
         watcher = Watcher(

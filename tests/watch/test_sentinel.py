@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from watch_world import LANDMARKS
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.watch.daemon import WatchConfig
 from geoprobe.watch.sentinel import (
+    Sentinel,
     SentinelConfig,
     SentinelDetector,
     Trigger,
@@ -265,3 +268,87 @@ def test_a_trigger_whose_round_finds_a_move_gives_its_token_back(
     world.at = (40.42, -3.70)  # Madrid
     w.round()  # the move is seen: the token comes back
     assert w._tokens == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_clock_step_needs_no_token_and_a_refusal_is_said_once(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w, _evs, _hooked = make_watcher(catalogue, World((50.1, 8.7)), tmp_path)
+    w.config = WatchConfig(interval_s=30.0, warmup_rounds=3, trigger_refill_s=3600.0)
+    while w.warming_up:
+        w.round()
+    w._tokens = 0.0
+    caplog.set_level("INFO", logger="geoprobe.watch")
+    rise = Trigger("rise", "lm00", 9.0, 3.0, 0.0)
+    assert not w.trigger(rise) and not w.trigger(rise)  # budget spent: refused, asked again
+    assert caplog.text.count("budget is spent") == 1
+    # A clock step is several sentinels at once: a migration's pause, worth a round always.
+    assert w.trigger(Trigger("clock", "lm01", 60.0, 20.0, 0.0))
+    assert w._wake.is_set() and w.counters.sentinel_triggers == 1
+    assert w.trigger(rise)  # a round is due already: nothing to keep asking for
+    w.round()
+    assert not w._wake.is_set() and w.counters.sentinel_triggers == 1
+
+
+@dataclass
+class _Sample:
+    rtt_ms: float
+    clock_offset_ms: float | None = None
+
+
+class _Prober:
+    """A sentinel prober whose one landmark's path gets 15 ms longer after its sixth sample."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def supports(self, _lm: Landmark) -> str | None:
+        return None
+
+    async def send(self, _lm: Landmark, _addr: str) -> _Sample:
+        self.sent += 1
+        return _Sample(5.0 if self.sent <= 6 else 20.0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_refused_sentinel_keeps_its_floor_until_a_round_is_granted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from geoprobe.probe import scheduler
+
+    prober = _Prober()
+
+    async def open_prober(_method: str) -> _Prober:
+        return prober
+
+    async def resolve(_lm: Landmark, _timeout: float) -> str:
+        return "127.0.0.1"
+
+    monkeypatch.setattr(scheduler, "open_prober", open_prober)
+    monkeypatch.setattr(scheduler, "resolve", resolve)
+    asked: list[Trigger] = []
+    granted = threading.Event()
+
+    def on_trigger(t: Trigger) -> bool:
+        asked.append(t)
+        if len(asked) < 4:
+            return False  # the budget is spent: no round yet
+        granted.set()
+        return True
+
+    config = SentinelConfig(near=1, far=0, period_s=0.01, learn=3, rise_n=1)
+    s = Sentinel("udp", on_trigger, config)
+    s.watch([lm("a", 50.0, 8.0)])
+    s.start()
+    try:
+        assert granted.wait(10.0)
+        time.sleep(0.2)  # after the granted one it learns the new floor: no more asking
+    finally:
+        s.stop()
+    assert len(asked) == 4 and all(t.kind == "rise" for t in asked) and s.triggers == 1
+    assert s.detector.margins("a") is not None  # learnt anew, at 20 ms
+    assert s.detector._tracks["a"].floor == pytest.approx(20.0)
