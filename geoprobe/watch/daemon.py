@@ -27,7 +27,14 @@ from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, min_rtts
 from geoprobe.metrics import FixMetrics, RoundMetrics, WatchMetrics
 from geoprobe.migration import Migration
-from geoprobe.watch.fusion import Anomaly, Fusion, Observation, State, Transition
+from geoprobe.watch.fusion import (
+    Anomaly,
+    Fusion,
+    Observation,
+    State,
+    Transition,
+    raises_suspicion,
+)
 from geoprobe.watch.jurisdiction import Jurisdiction
 from geoprobe.watch.sentinel import SentinelConfig, Trigger, select_sentinels
 from geoprobe.watch.shift import Baseline, ShiftResult, ShiftTest
@@ -311,6 +318,7 @@ class Watcher:
         self._spent = False  # the next round was started with a token
         self._recent_triggers: dict[str, float] = {}  # landmark -> when it last fired
         self._refused: set[str] = set()  # sentinels refused since the last round (logged once)
+        self._signal_event = False  # a signal reported an event: hear it before probing
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -399,6 +407,28 @@ class Watcher:
                 self.store.save_baseline(f"signal:{s.name}", last.to_json())
         return out
 
+    def _hear_signals(self, now: float, out: list[Event]) -> None:
+        """At rest, let the signals that report events as they happen (a free-page hint, a
+        failover unplug, a link announce, a dirty sync) raise the suspicion now, before the round
+        probes: during pre-copy a round takes longer than what is left of the migration, and the
+        policy's ``on.suspected`` actions are worth something only before the switchover. Signals
+        fed by the round's measurements wait for it."""
+        if self.fusion.state not in (State.NORMAL, State.SETTLED, State.CONFIRMED):
+            return
+        heard: list[Anomaly] = []
+        for s in self.signals:
+            sig = getattr(s, "signal", None)
+            if not isinstance(getattr(sig, "changed", None), threading.Event) or callable(
+                getattr(sig, "update", None)
+            ):
+                continue
+            try:
+                heard.extend(s.poll((), now))
+            except Exception as exc:  # noqa: BLE001  (a broken signal degrades to silence)
+                log.warning("signal %s failed: %s", getattr(s, "name", s), exc)
+        if any(raises_suspicion(a) for a in heard):
+            self._announce(self.fusion.step(Observation(None, None, heard, now)), out)
+
     def _after_clock_step(self, ms: Sequence[Measurement]) -> dict[str, float] | None:
         """This round's RTTs from after a clock step inside it, when a signal can split it.
 
@@ -429,6 +459,9 @@ class Watcher:
         with self._trigger_lock:
             self._wake.clear()  # this round measures whatever the sentinels saw
             self._refused.clear()
+        if self._signal_event:
+            self._signal_event = False
+            self._hear_signals(now, out)
         if self.sentinel is not None:
             self.sentinel.hold(True)
         try:
@@ -758,6 +791,7 @@ class Watcher:
             if any(e.is_set() for e in wakers):
                 for e in wakers:
                     e.clear()
+                self._signal_event = True
                 log.info("a signal reported an event: full round now")
                 return
             left = end - time.monotonic()

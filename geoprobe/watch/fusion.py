@@ -68,6 +68,12 @@ from geoprobe.watch.shift import ShiftResult
 LOAD_SENSITIVE = frozenset({"first_write"})
 
 
+def raises_suspicion(a: Anomaly) -> bool:
+    """Whether this anomaly alone opens a suspicion at rest: a migration seen in progress, or a
+    decisive signal that host load alone does not set off."""
+    return a.precopy or (a.decisive and a.signal not in LOAD_SENSITIVE)
+
+
 class State(StrEnum):
     NORMAL = "normal"
     SUSPECT = "suspect"
@@ -217,9 +223,13 @@ class Fusion:
         self.state = to
 
     def _corroborating(self, now: float) -> list[Anomaly]:
-        return [
-            a for a in self._signals if a.decisive and now - a.time <= self.config.signal_window_s
-        ]
+        """The decisive anomalies of the window, the latest of each signal."""
+        latest = {
+            a.signal: a
+            for a in self._signals
+            if a.decisive and now - a.time <= self.config.signal_window_s
+        }
+        return list(latest.values())
 
     def step(self, obs: Observation) -> list[Transition]:
         """Feed one round; return the transitions it caused (each with its reasons)."""
@@ -329,9 +339,7 @@ class Fusion:
         """
         shift, now = obs.shift, obs.time
         moved = shift if shift is not None and shift.outcome == "moved" else None
-        triggers = [
-            a for a in obs.anomalies if a.precopy or (a.decisive and a.signal not in LOAD_SENSITIVE)
-        ]
+        triggers = [a for a in obs.anomalies if raises_suspicion(a)]
         if moved is None and not triggers:
             return
         reasons = list(moved.reasons) if moved is not None else []
@@ -366,9 +374,16 @@ class Fusion:
 
     def _on_suspect(self, out: list[Transition], obs: Observation) -> None:
         """suspect -> confirming: a re-measurement agrees with the moved fingerprint (same landmarks
-        changed the same way and, when both have fixes, the fixes lie close together)."""
+        changed the same way and, when both have fixes, the fixes lie close together).
+
+        A moved measurement that is a proof on its own (see ``_corroborated_at_once``) confirms
+        at once here too: after a suspicion raised by a signal during pre-copy, or by a round
+        that mixed both places, the first clean round after the switchover decides.
+        """
         shift = self._moved_while_suspicious(out, obs)
         if shift is None:
+            return
+        if self._corroborated_at_once(out, shift, obs.time):
             return
         if not self._moves:
             self._moves.append(shift)  # the suspicion came from a signal: the first measurement
@@ -516,20 +531,22 @@ class Fusion:
         self._outside_fix = fix
         self._outside_seen = self._back_seen = 0
 
-    def _corroborated_at_once(self, out: list[Transition], shift: ShiftResult, now: float) -> None:
-        """Confirm a crossing on the first moved measurement when it is already a proof and an
-        independent signal backs it: a sound exit backed by an independent signal needs no second
-        round, and skipping it saves a whole round between the switchover and the confirmation.
+    def _corroborated_at_once(self, out: list[Transition], shift: ShiftResult, now: float) -> bool:
+        """Confirm a crossing on a moved measurement that is already a proof when an independent
+        signal backs it: a sound exit backed by an independent signal needs no second round, and
+        skipping it saves a whole round between the switchover and the confirmation.
 
         Only a sound or certified "outside" qualifies: a calibrated one still waits for a
         re-measurement, and so does anything straddling or inside.
         """
         corr = self._corroborating(now)
         if not corr or shift.fix is None or self._home_outside():
-            return
+            return False
         verdict = self.jurisdiction.judge(shift.fix)
         if verdict.verdict != "outside" or verdict.rule not in ("sound", "certified"):
-            return
+            return False
+        if not any(m is shift for m in self._moves):
+            self._moves.append(shift)
         self._verdicts = [verdict]
         self._confirm_rounds = 1
         why = f"first measurement after the move is already a proof ({verdict.rule} rule)"
@@ -538,6 +555,7 @@ class Fusion:
         self._confirm(
             out, shift, shift.fix, True, verdict.reasons + support, now, [a.signal for a in corr]
         )
+        return True
 
     def _confirm(
         self,

@@ -130,3 +130,60 @@ def test_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
     finally:
         stop_signals(sources)
     assert all(p.poll() is not None for p in children)
+
+
+class SlowWorld(World):
+    """A World whose probing is watched: what had been emitted when each round began probing."""
+
+    def __init__(self, emitted: list[dict[str, Any]]) -> None:
+        super().__init__(FRANKFURT, seed=3)
+        self.emitted = emitted
+        self.seen_at_probe: list[list[str]] = []
+
+    def measure(self, landmarks: Any) -> Any:
+        self.seen_at_probe.append([e["type"] for e in self.emitted])
+        return super().measure(landmarks)
+
+
+def test_a_signal_event_raises_suspected_before_the_round_probes_and_the_move_confirms_at_once(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from geoprobe.locate import locate_from_catalogue
+
+    probe = Probe()
+    emitted: list[dict[str, Any]] = []
+    world = SlowWorld(emitted)
+    w = Watcher(
+        catalogue,
+        Jurisdiction.of(["DE"]),
+        measure=world.measure,
+        solve=lambda rtts: locate_from_catalogue(catalogue, rtts),
+        emit=emitted.append,
+        signals=[SignalAdapter(probe)],
+        config=WatchConfig(interval_s=60.0, warmup_rounds=3, fix_every=5),
+    )
+    for _ in range(5):
+        w.round()
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 30
+        while w.counters.rounds < 6 and time.monotonic() < end:
+            time.sleep(0.05)
+        probe.fire()  # pre-copy: the VM is still at home
+        while w.counters.rounds < 7 and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    # The suspicion was out before that round sent a packet: the policy acts during pre-copy.
+    assert events.SUSPECTED in world.seen_at_probe[6]
+    assert [e["type"] for e in emitted].count(events.SUSPECTED) == 1
+    # The switchover: the first round at the new place is a sound exit, backed by the signal.
+    world.at = (40.42, -3.70)  # Madrid
+    w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["to"] == "ES" and "dirty_sync" in c["signals"]
+    assert c["rounds"] == 1
