@@ -394,19 +394,27 @@ def _counters(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
 
 
 class BalloonHintSignal(EventListener):
-    """Free-page-hint config interrupts of the virtio balloon (polls once a second)."""
+    """Free-page-hint config interrupts of the virtio balloon.
+
+    Polls /proc/interrupts every ``period_s`` (0.25 s: a pre-copy of an idle guest can last under
+    two seconds) and reports a rise once a poll at least ``settle_s`` later shows no balloon
+    resize: a resize request is a config interrupt too, and the driver starts inflating or
+    deflating within milliseconds of it.
+    """
 
     def __init__(
         self,
         name: str = "balloon_hint",
         *,
         hold_s: float = 300.0,
-        period_s: float = 1.0,
+        period_s: float = 0.25,
+        settle_s: float = 0.5,
         sys_root: Path = Path("/sys"),
         proc_root: Path = Path("/proc"),
     ) -> None:
         super().__init__(name, hold_s=hold_s)
         self.period_s = period_s
+        self.settle_s = settle_s
         self.sys_root = sys_root
         self.proc_root = proc_root
         self.device = ""
@@ -435,14 +443,19 @@ class BalloonHintSignal(EventListener):
         return ""
 
     def _loop(self) -> None:
-        states: deque[BalloonState] = deque(maxlen=3)
-        while not self._stop.wait(0 if not states else self.period_s):
+        last: BalloonState | None = None
+        rises: deque[tuple[float, BalloonState, BalloonState]] = deque()  # (when, before, during)
+        while not self._stop.wait(0 if last is None else self.period_s):
             st = self.read_state()
             if st is None:
                 continue
-            states.append(st)
-            if len(states) == 3:
-                n = unexplained_config_interrupts(*states)
+            now = time.monotonic()
+            if last is not None and st.interrupts > last.interrupts:
+                rises.append((now, last, st))
+            last = st
+            while rises and now - rises[0][0] >= self.settle_s:
+                _, before, during = rises.popleft()
+                n = unexplained_config_interrupts(before, during, st)
                 if n:
                     self.record(
                         "free_page_hint",

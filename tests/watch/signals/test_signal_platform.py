@@ -440,3 +440,27 @@ def test_timerfd_errors_other_than_canceled_propagate(monkeypatch: pytest.Monkey
     finally:
         monkeypatch.undo()
         t.close()
+
+
+def test_a_resize_request_is_not_a_hint_and_a_hint_is_heard_within_a_second(
+    tmp_path: Path,
+) -> None:
+    sys_root, proc = _fake_balloon(tmp_path, "0111000")
+    sig = BalloonHintSignal(sys_root=sys_root, proc_root=proc)  # the defaults
+    sig.start()
+    try:
+        time.sleep(0.3)
+        # The host asks for a bigger balloon: a config interrupt, then the driver inflates.
+        (proc / "interrupts").write_text(INTERRUPTS.replace(" 3          4 ", " 4          4 "))
+        time.sleep(0.1)
+        (proc / "vmstat").write_text("balloon_inflate 74\nballoon_deflate 0\n")
+        time.sleep(1.0)
+        assert sig.events() == []
+        hinted = time.monotonic()
+        (proc / "interrupts").write_text(INTERRUPTS.replace(" 3          4 ", " 6          4 "))
+        while not sig.events() and time.monotonic() - hinted < 5:
+            time.sleep(0.02)
+        assert sig.events() and time.monotonic() - hinted < 1.0
+        assert "2 config interrupts" in sig.events()[0].detail
+    finally:
+        sig.stop()
