@@ -549,7 +549,7 @@ class Fusion:
             self._moves.append(shift)
         self._verdicts = [verdict]
         self._confirm_rounds = 1
-        why = f"first measurement after the move is already a proof ({verdict.rule} rule)"
+        why = f"this measurement after the move is already a proof ({verdict.rule} rule)"
         self._go(out, State.CONFIRMING, [why], now)
         support = [f"corroborated by {a.signal}: {a.detail}" for a in corr]
         self._confirm(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ class Probe:
         )
 
 
-def watcher(cat: Catalogue, tmp: Path, probe: Probe, interval: float) -> tuple[Watcher, list[Any]]:
+def watcher(
+    cat: Catalogue, tmp: Path, probe: Probe, interval: float, world: World | None = None
+) -> tuple[Watcher, list[Any]]:
     from geoprobe.locate import locate_from_catalogue
 
     emitted: list[dict[str, Any]] = []
@@ -50,13 +53,33 @@ def watcher(cat: Catalogue, tmp: Path, probe: Probe, interval: float) -> tuple[W
     w = Watcher(
         cat,
         Jurisdiction.of(["DE"]),
-        measure=World(FRANKFURT, seed=3).measure,
+        measure=(world or World(FRANKFURT, seed=3)).measure,
         solve=solve,
         emit=emitted.append,
         signals=[SignalAdapter(probe)],
         config=WatchConfig(interval_s=interval, warmup_rounds=3, fix_every=5),
     )
     return w, emitted
+
+
+def fire_between_rounds(w: Watcher, probe: Probe, done: Callable[[], bool]) -> None:
+    """Run the watch (warmed up: its next round a minute away) on its thread, fire the probe
+    after its sixth round, and stop once ``done()``."""
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 30
+        while w.counters.rounds < 6 and time.monotonic() < end:
+            time.sleep(0.05)
+        fired = time.monotonic()
+        probe.fire()
+        while not done():
+            assert time.monotonic() - fired < 20, "no round after the signal fired"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(timeout=30)
 
 
 def test_a_precopy_signal_alone_raises_suspected_before_any_rtt_moves(
@@ -83,22 +106,8 @@ def test_the_watch_wakes_when_a_signal_fires_between_rounds(
     w, emitted = watcher(catalogue, tmp_path, probe, 60.0)
     for _ in range(5):
         w.round()  # warmed up: the next round is a minute away
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        end = time.monotonic() + 30
-        while w.counters.rounds < 6 and time.monotonic() < end:
-            time.sleep(0.05)
-        fired = time.monotonic()
-        probe.fire()
-        while events.SUSPECTED not in [e["type"] for e in emitted]:
-            assert time.monotonic() - fired < 20, "no round after the signal fired"
-            time.sleep(0.05)
-        assert w.counters.rounds == 7  # one round, at once, not a minute later
-    finally:
-        stop.set()
-        t.join(timeout=30)
+    fire_between_rounds(w, probe, lambda: events.SUSPECTED in [e["type"] for e in emitted])
+    assert w.counters.rounds == 7  # one round, at once, not a minute later
 
 
 def test_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
@@ -132,12 +141,12 @@ def test_signals_build_the_probe_the_listeners_and_the_sampler() -> None:
     assert all(p.poll() is not None for p in children)
 
 
-class SlowWorld(World):
-    """A World whose probing is watched: what had been emitted when each round began probing."""
+class WatchedWorld(World):
+    """A World that notes what had been emitted when each round began probing."""
 
-    def __init__(self, emitted: list[dict[str, Any]]) -> None:
+    def __init__(self) -> None:
         super().__init__(FRANKFURT, seed=3)
-        self.emitted = emitted
+        self.emitted: list[dict[str, Any]] = []
         self.seen_at_probe: list[list[str]] = []
 
     def measure(self, landmarks: Any) -> Any:
@@ -149,35 +158,13 @@ def test_a_signal_event_raises_suspected_before_the_round_probes_and_the_move_co
     catalogue: Catalogue,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from geoprobe.locate import locate_from_catalogue
-
     probe = Probe()
-    emitted: list[dict[str, Any]] = []
-    world = SlowWorld(emitted)
-    w = Watcher(
-        catalogue,
-        Jurisdiction.of(["DE"]),
-        measure=world.measure,
-        solve=lambda rtts: locate_from_catalogue(catalogue, rtts),
-        emit=emitted.append,
-        signals=[SignalAdapter(probe)],
-        config=WatchConfig(interval_s=60.0, warmup_rounds=3, fix_every=5),
-    )
+    world = WatchedWorld()
+    w, emitted = watcher(catalogue, tmp_path, probe, 60.0, world)
+    world.emitted = emitted
     for _ in range(5):
         w.round()
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        end = time.monotonic() + 30
-        while w.counters.rounds < 6 and time.monotonic() < end:
-            time.sleep(0.05)
-        probe.fire()  # pre-copy: the VM is still at home
-        while w.counters.rounds < 7 and time.monotonic() < end:
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        t.join(timeout=30)
+    fire_between_rounds(w, probe, lambda: w.counters.rounds >= 7)  # pre-copy: still at home
     # The suspicion was out before that round sent a packet: the policy acts during pre-copy.
     assert events.SUSPECTED in world.seen_at_probe[6]
     assert [e["type"] for e in emitted].count(events.SUSPECTED) == 1
