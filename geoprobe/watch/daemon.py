@@ -12,6 +12,7 @@ only) and the policy's response plugs in through ``on_event``.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -160,6 +161,10 @@ class WatchConfig:
     trigger_burst: int = 3
     trigger_refill_s: float = 180.0
     trigger_agree_s: float = 3.0  # two sentinels firing this close need no token
+    # A signal's event starts a round at once at most this often: a signal that fires again and
+    # again (a dirty-sync probe on a loaded host) must not make the watch probe back to back. The
+    # events stay recorded; the next round hears them first.
+    signal_wake_s: float = 2.0
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -319,6 +324,7 @@ class Watcher:
         self._recent_triggers: dict[str, float] = {}  # landmark -> when it last fired
         self._refused: set[str] = set()  # sentinels refused since the last round (logged once)
         self._signal_event = False  # a signal reported an event: hear it before probing
+        self._signal_woke_at = -math.inf  # when a signal's event last started a round
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -792,8 +798,11 @@ class Watcher:
                 for e in wakers:
                     e.clear()
                 self._signal_event = True
-                log.info("a signal reported an event: full round now")
-                return
+                now = time.monotonic()
+                if now - self._signal_woke_at >= self.config.signal_wake_s:
+                    self._signal_woke_at = now
+                    log.info("a signal reported an event: full round now")
+                    return
             left = end - time.monotonic()
             if left <= 0:
                 return

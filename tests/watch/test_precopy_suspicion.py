@@ -174,3 +174,31 @@ def test_a_signal_event_raises_suspected_before_the_round_probes_and_the_move_co
     (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     assert c["crossing"] is True and c["to"] == "ES" and "dirty_sync" in c["signals"]
     assert c["rounds"] == 1
+
+
+def test_a_signal_that_fires_again_and_again_does_not_make_rounds_back_to_back(
+    catalogue: Catalogue,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    probe = Probe()
+    w, emitted = watcher(catalogue, tmp_path, probe, 60.0)
+    w.config = WatchConfig(interval_s=60.0, warmup_rounds=3, fix_every=5, signal_wake_s=1.0)
+    for _ in range(5):
+        w.round()
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        start = w.counters.rounds
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            probe.fire()  # every 20 ms, for 3 s
+            time.sleep(0.02)
+        started = w.counters.rounds - start
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    # Fast interval aside (a suspicion is open: every 15 s), events start a round once a second.
+    assert 1 <= started <= 5
+    assert [e["type"] for e in emitted].count(events.SUSPECTED) == 1
