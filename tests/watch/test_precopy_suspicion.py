@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from test_daemon import FRANKFURT, World, catalogue  # noqa: F401  (catalogue is a fixture)
@@ -40,12 +40,15 @@ class Probe:
         )
 
 
-def watcher(
-    cat: Catalogue, tmp: Path, probe: Probe, interval: float, world: World | None = None
+def warmed_watcher(
+    cat: Catalogue, probe: Probe, interval: float, world: World | None = None, **config: Any
 ) -> tuple[Watcher, list[Any]]:
+    """A watch at Frankfurt with ``probe`` as its one signal, past its warm-up (five rounds)."""
     from geoprobe.locate import locate_from_catalogue
 
     emitted: list[dict[str, Any]] = []
+    if isinstance(world, WatchedWorld):
+        world.emitted = emitted
 
     def solve(rtts: Any) -> Fix:
         return locate_from_catalogue(cat, rtts)
@@ -57,18 +60,30 @@ def watcher(
         solve=solve,
         emit=emitted.append,
         signals=[SignalAdapter(probe)],
-        config=WatchConfig(interval_s=interval, warmup_rounds=3, fix_every=5),
+        config=WatchConfig(interval_s=interval, warmup_rounds=3, fix_every=5, **config),
     )
+    for _ in range(5):
+        w.round()
     return w, emitted
 
 
-def fire_between_rounds(w: Watcher, probe: Probe, done: Callable[[], bool]) -> None:
-    """Run the watch (warmed up: its next round a minute away) on its thread, fire the probe
-    after its sixth round, and stop once ``done()``."""
+@contextmanager
+def running(w: Watcher) -> Iterator[None]:
+    """The watch's loop on a thread of its own, stopped on the way out."""
     stop = threading.Event()
     t = threading.Thread(target=w.run, args=(stop,), daemon=True)
     t.start()
     try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+
+def fire_between_rounds(w: Watcher, probe: Probe, done: Callable[[], bool]) -> None:
+    """Run the watch (warmed up: its next round a minute away), fire the probe after its sixth
+    round, and stop once ``done()``."""
+    with running(w):
         end = time.monotonic() + 30
         while w.counters.rounds < 6 and time.monotonic() < end:
             time.sleep(0.05)
@@ -77,19 +92,13 @@ def fire_between_rounds(w: Watcher, probe: Probe, done: Callable[[], bool]) -> N
         while not done():
             assert time.monotonic() - fired < 20, "no round after the signal fired"
             time.sleep(0.05)
-    finally:
-        stop.set()
-        t.join(timeout=30)
 
 
 def test_a_precopy_signal_alone_raises_suspected_before_any_rtt_moves(
     catalogue: Catalogue,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     probe = Probe()
-    w, emitted = watcher(catalogue, tmp_path, probe, 1.0)
-    for _ in range(5):
-        w.round()
+    w, emitted = warmed_watcher(catalogue, probe, 1.0)
     assert events.SUSPECTED not in [e["type"] for e in emitted]
     probe.fire()
     w.round()
@@ -100,12 +109,9 @@ def test_a_precopy_signal_alone_raises_suspected_before_any_rtt_moves(
 
 def test_the_watch_wakes_when_a_signal_fires_between_rounds(
     catalogue: Catalogue,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     probe = Probe()
-    w, emitted = watcher(catalogue, tmp_path, probe, 60.0)
-    for _ in range(5):
-        w.round()  # warmed up: the next round is a minute away
+    w, emitted = warmed_watcher(catalogue, probe, 60.0)  # the next round is a minute away
     fire_between_rounds(w, probe, lambda: events.SUSPECTED in [e["type"] for e in emitted])
     assert w.counters.rounds == 7  # one round, at once, not a minute later
 
@@ -156,14 +162,10 @@ class WatchedWorld(World):
 
 def test_a_signal_event_raises_suspected_before_the_round_probes_and_the_move_confirms_at_once(
     catalogue: Catalogue,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     probe = Probe()
     world = WatchedWorld()
-    w, emitted = watcher(catalogue, tmp_path, probe, 60.0, world)
-    world.emitted = emitted
-    for _ in range(5):
-        w.round()
+    w, emitted = warmed_watcher(catalogue, probe, 60.0, world)
     fire_between_rounds(w, probe, lambda: w.counters.rounds >= 7)  # pre-copy: still at home
     # The suspicion was out before that round sent a packet: the policy acts during pre-copy.
     assert events.SUSPECTED in world.seen_at_probe[6]
@@ -178,17 +180,10 @@ def test_a_signal_event_raises_suspected_before_the_round_probes_and_the_move_co
 
 def test_a_signal_that_fires_again_and_again_does_not_make_rounds_back_to_back(
     catalogue: Catalogue,  # noqa: F811
-    tmp_path: Path,
 ) -> None:
     probe = Probe()
-    w, emitted = watcher(catalogue, tmp_path, probe, 60.0)
-    w.config = WatchConfig(interval_s=60.0, warmup_rounds=3, fix_every=5, signal_wake_s=1.0)
-    for _ in range(5):
-        w.round()
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
+    w, emitted = warmed_watcher(catalogue, probe, 60.0, signal_wake_s=1.0)
+    with running(w):
         time.sleep(0.3)
         start = w.counters.rounds
         end = time.monotonic() + 3.0
@@ -196,9 +191,6 @@ def test_a_signal_that_fires_again_and_again_does_not_make_rounds_back_to_back(
             probe.fire()  # every 20 ms, for 3 s
             time.sleep(0.02)
         started = w.counters.rounds - start
-    finally:
-        stop.set()
-        t.join(timeout=30)
     # Fast interval aside (a suspicion is open: every 15 s), events start a round once a second.
     assert 1 <= started <= 5
     assert [e["type"] for e in emitted].count(events.SUSPECTED) == 1
