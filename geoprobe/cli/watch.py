@@ -110,6 +110,15 @@ from geoprobe.watch.service import (
     help="Seconds between the rounds that build the baseline.",
 )
 @click.option(
+    "--max-landmarks",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Landmarks a round probes at most: the nearest to the VM and 50 spread over the rest, "
+    "chosen again after every move (fewer near a new place can leave a crossing unproven). "
+    "0: the whole catalogue.",
+)
+@click.option(
     "--sentinels",
     type=click.IntRange(0, 32),
     default=SentinelConfig().count,
@@ -175,6 +184,7 @@ def watch_cmd(
     pps: float,
     warmup: int,
     warmup_interval: float,
+    max_landmarks: int,
     sentinels: int,
     sentinel_period: float,
     signal_spec: str,
@@ -222,6 +232,7 @@ def watch_cmd(
             pps=pps,
             warmup_rounds=warmup,
             warmup_interval_s=warmup_interval,
+            max_landmarks=max_landmarks or None,
             sentinels=_sentinel_config(sentinels, sentinel_period),
             signals=tuple(wanted),
             ntp_servers=tuple(ntp_servers) or tuple(config_ntp_servers(env.config_dirs)),

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from geoprobe import events
 from geoprobe.errors import GeoprobeError
+from geoprobe.geo import selection
 from geoprobe.geo.fix import Fix
 from geoprobe.landmarks import Catalogue, Landmark
 from geoprobe.measurement import Measurement, min_rtts
@@ -165,6 +168,13 @@ class WatchConfig:
     # again (a dirty-sync probe on a loaded host) must not make the watch probe back to back. The
     # events stay recorded; the next round hears them first.
     signal_wake_s: float = 2.0
+    # Rounds probe at most this many landmarks (None: all): the ones nearest the home fix and
+    # ``spread_landmarks`` spread over the rest of the catalogue, chosen again at every new
+    # place. A round costs 3 probes per landmark every interval, and a synced RIPE Atlas
+    # catalogue has ~800; but fewer landmarks near a new place can leave a crossing unproven
+    # (docs/watch.md), so the whole catalogue is the default.
+    max_landmarks: int | None = None
+    spread_landmarks: int = 50
     timeout_factor: float = 2.0
     min_timeout_s: float = 0.5
 
@@ -325,6 +335,7 @@ class Watcher:
         self._refused: set[str] = set()  # sentinels refused since the last round (logged once)
         self._signal_event = False  # a signal reported an event: hear it before probing
         self._signal_woke_at = -math.inf  # when a signal's event last started a round
+        self._probed: list[Landmark] | None = None  # what rounds probe; None: the whole catalogue
         self._trigger_lock = threading.Lock()
         self._restore()
 
@@ -368,6 +379,30 @@ class Watcher:
         self.baseline.fix = fix
         self.fusion.rebaseline(fix)
         self.last_fix = fix
+        self._choose_probed(fix)
+
+    def _choose_probed(self, at: Fix | None) -> bool:
+        """Choose what rounds probe around ``at`` (see ``WatchConfig.max_landmarks``); True when
+        that is a subset of the catalogue."""
+        lms = self.catalogue.landmarks
+        cap = self.config.max_landmarks
+        if cap is None or len(lms) <= cap or at is None:
+            self._probed = None
+            return False
+        lat = np.array([lm.lat for lm in lms], dtype=float)
+        lon = np.array([lm.lon for lm in lms], dtype=float)
+        chosen = selection.spread(lat, lon, min(self.config.spread_landmarks, cap))
+        chosen += selection.nearest(lat, lon, (at.lat, at.lon), set(chosen), cap - len(chosen))
+        self._probed = [lms[i] for i in sorted(chosen)]
+        log.info(
+            "probing %d of %d landmarks: the nearest to %.2f, %.2f and %d spread over the rest",
+            len(self._probed),
+            len(lms),
+            at.lat,
+            at.lon,
+            min(self.config.spread_landmarks, cap),
+        )
+        return True
 
     def _save_baseline(self) -> None:
         if self.store is not None:
@@ -471,7 +506,7 @@ class Watcher:
         if self.sentinel is not None:
             self.sentinel.hold(True)
         try:
-            ms = self.measure(self.catalogue.landmarks)
+            ms = self.measure(self._probed or self.catalogue.landmarks)
         finally:
             if self.sentinel is not None:
                 self.sentinel.hold(False)
@@ -511,7 +546,7 @@ class Watcher:
             "round %d: %d of %d landmarks answered in %.2f s (%s)",
             self.counters.rounds,
             len(rtts),
-            len(self.catalogue.landmarks),
+            len(ms),
             self.last_round_s,
             shift.outcome if shift is not None else "no test",
         )
@@ -576,6 +611,9 @@ class Watcher:
                 self.baseline.fix = fix
                 self.fusion.rebaseline(fix)
                 self._record_fix(fix, rtts, now, out)
+                if self._choose_probed(fix):
+                    # This round placed the VM; the baseline is built from what is probed now.
+                    self.baseline.reset([], fix=fix)
         return shift, transitions
 
     def _judged(self, rtts: Mapping[str, float]) -> Fix | None:
@@ -664,6 +702,7 @@ class Watcher:
             new = self.fusion.confirmed_fix
             self._rebaseline_signals()
             self._sentinels = None  # chosen again at the new place
+            self._choose_probed(new)  # and so are the landmarks rounds probe
             if self.fusion.outside:
                 # No home outside the allowed set: no baseline, every round judged instead.
                 self.baseline.reset([], fix=None)

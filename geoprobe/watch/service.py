@@ -202,6 +202,7 @@ class WatchOptions:
     pps: float = 1000.0
     warmup_rounds: int = 5
     warmup_interval_s: float | None = 2.0  # None: the fast interval
+    max_landmarks: int | None = WatchConfig().max_landmarks  # None: the whole catalogue
     # Sentinel landmarks probed between full rounds (None: off); see geoprobe.watch.sentinel.
     sentinels: SentinelConfig | None = field(default_factory=SentinelConfig)
     signals: tuple[str, ...] = ()
@@ -315,6 +316,7 @@ def serve(options: WatchOptions, stdout: TextIO, log: logging.Logger) -> Watcher
                 fast_interval_s=options.fast_interval_s,
                 warmup_rounds=options.warmup_rounds,
                 warmup_interval_s=options.warmup_interval_s,
+                max_landmarks=options.max_landmarks,
                 min_landmarks=options.settings.min_landmarks,
                 # A landmark-timed echo ends with the statement, about two round trips later.
                 timeout_factor=3.0 if options.journal is not None else 2.0,

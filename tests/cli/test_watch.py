@@ -386,3 +386,21 @@ def test_a_move_right_after_start_is_a_move(tmp_path: Path, hook_policy: HookPol
 
     with WatchStore(default_path(tmp_path / "state")) as st:
         assert st.transitions()[-1][1] == "outside"  # no home was taken in Madrid
+
+
+def test_max_landmarks_caps_what_a_round_probes(
+    testbed: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    cat, env = testbed
+    args = ["watch", "--landmarks", str(cat), "--allow", "DE", "--state", str(tmp_path / "st")]
+    args += ["--interval", "0.2", "--warmup", "2", "--warmup-interval", "0", "--signals", "none"]
+    args += ["--sentinels", "0", "--max-landmarks", "20", "--rounds", "4", "-v"]
+    watch = geoprobe(*args, env=env)
+    code = watch.wait(120)
+    _out, err = watch.communicate()
+    assert code == 0, err
+    total = len(json.loads(cat.read_text())["landmarks"])
+    assert f"probing 20 of {total} landmarks" in err
+    rounds = [line for line in err.splitlines() if ": round " in line]
+    assert f"of {total} landmarks answered" in rounds[0]  # the first round places the VM
+    assert all("of 20 landmarks answered" in line for line in rounds[1:]) and len(rounds) == 4

@@ -607,3 +607,40 @@ def test_a_slow_first_round_is_no_move_during_warm_up(catalogue: Catalogue, tmp_
     for _ in range(10):
         w.round()
     assert set(types(emitted)) == {events.FIX} and w.fusion.state == State.NORMAL
+
+
+def test_a_large_catalogue_is_probed_near_home_and_chosen_again_after_a_move(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+
+    world = World(FRANKFURT, seed=4)
+    probed: list[list[str]] = []
+
+    def measure(landmarks: Sequence[Landmark]) -> list[Measurement]:
+        probed.append([lm.id for lm in landmarks])
+        return world.measure(landmarks)
+
+    w, emitted, _hooked = make_watcher(catalogue, world, tmp_path)
+    w.measure = measure
+    w.config = WatchConfig(
+        interval_s=1.0, warmup_rounds=3, fix_every=5, max_landmarks=20, spread_landmarks=5
+    )
+    for _ in range(6):
+        w.round()
+    by_id = {lm.id: lm for lm in catalogue.landmarks}
+
+    def nearest(at: tuple[float, float]) -> str:
+        return min(by_id, key=lambda i: float(haversine_km(*at, by_id[i].lat, by_id[i].lon)))
+
+    assert len(probed[0]) == len(catalogue.landmarks)  # the first round places the VM
+    assert all(len(p) == 20 for p in probed[1:]) and nearest(FRANKFURT) in probed[-1]
+    assert not w.warming_up  # built from the chosen landmarks: three rounds after the first
+    world.at = MADRID
+    for _ in range(4):
+        w.round()
+        if any(e["type"] == events.CONFIRMED for e in emitted):
+            break
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["to"] in ("ES", None)
+    w.round()
+    assert len(probed[-1]) == 20 and nearest(MADRID) in probed[-1]
