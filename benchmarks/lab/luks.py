@@ -227,11 +227,26 @@ def _await_line(path: Path, text: str, timeout: float, proc: subprocess.Popen[by
     raise RuntimeError(f"{path}: no {text!r} within {timeout:g} s: {path.read_text()[-500:]}")
 
 
-def policy_toml(allow: list[str]) -> str:
+def _header(allow: list[str]) -> str:
     codes = ", ".join(json.dumps(c) for c in allow)
-    return f"""[jurisdiction]
-allow = [{codes}]
+    return f"[jurisdiction]\nallow = [{codes}]\n"
 
+
+def _resume(stage: str) -> str:
+    """The volume's resume through the key server, as the policy's ``stage`` runs it."""
+    return f"""
+[[on.{stage}]]
+action = "luks_resume"
+luks = ["{SECRET_NAME}"]
+secret = "{SECRET_NAME}"
+config = "{GUEST_CLIENT_CONFIG}"
+"""
+
+
+def policy_toml(allow: list[str]) -> str:
+    return (
+        _header(allow)
+        + f"""
 [[on.suspected]]
 action = "luks_suspend"
 luks = ["{SECRET_NAME}"]
@@ -239,27 +254,14 @@ luks = ["{SECRET_NAME}"]
 [[on.confirmed_crossing]]
 action = "hook"
 command = ["/lab/hook.sh"]
-
-[[on.cleared]]
-action = "luks_resume"
-luks = ["{SECRET_NAME}"]
-secret = "{SECRET_NAME}"
-config = "{GUEST_CLIENT_CONFIG}"
 """
+        + _resume("cleared")
+    )
 
 
 def resume_toml(allow: list[str]) -> str:
     """The resume the guest fires itself (`geoprobe policy fire`): the same action."""
-    codes = ", ".join(json.dumps(c) for c in allow)
-    return f"""[jurisdiction]
-allow = [{codes}]
-
-[[on.unknown]]
-action = "luks_resume"
-luks = ["{SECRET_NAME}"]
-secret = "{SECRET_NAME}"
-config = "{GUEST_CLIENT_CONFIG}"
-"""
+    return _header(allow) + _resume("unknown")
 
 
 def luks_step(line: ConsoleLine) -> dict[str, Any] | None:

@@ -457,11 +457,8 @@ class Watcher:
         if self.fusion.state not in (State.NORMAL, State.SETTLED, State.CONFIRMED):
             return
         heard: list[Anomaly] = []
-        for s in self.signals:
-            sig = getattr(s, "signal", None)
-            if not isinstance(getattr(sig, "changed", None), threading.Event) or callable(
-                getattr(sig, "update", None)
-            ):
+        for s, _changed in self._reporting():
+            if callable(getattr(getattr(s, "signal", None), "update", None)):
                 continue
             try:
                 heard.extend(s.poll((), now))
@@ -469,6 +466,16 @@ class Watcher:
                 log.warning("signal %s failed: %s", getattr(s, "name", s), exc)
         if any(raises_suspicion(a) for a in heard):
             self._announce(self.fusion.step(Observation(None, None, heard, now)), out)
+
+    def _reporting(self) -> list[tuple[AnomalySource, threading.Event]]:
+        """The signals that report events as they happen, with their ``changed`` Event."""
+        return [
+            (s, e)
+            for s in self.signals
+            if isinstance(
+                e := getattr(getattr(s, "signal", None), "changed", None), threading.Event
+            )
+        ]
 
     def _after_clock_step(self, ms: Sequence[Measurement]) -> dict[str, float] | None:
         """This round's RTTs from after a clock step inside it, when a signal can split it.
@@ -821,13 +828,7 @@ class Watcher:
         """Sleep until the next round is due, a sentinel asks for one, a signal reports an event
         as it happens (its ``changed`` Event: a dirty sync, a platform notice), or ``stop``: a
         pre-copy suspicion is worth something only before the switchover."""
-        wakers = [
-            e
-            for s in self.signals
-            if isinstance(
-                e := getattr(getattr(s, "signal", None), "changed", None), threading.Event
-            )
-        ]
+        wakers = [e for _s, e in self._reporting()]
         if self.sentinel is None and not wakers:
             stop.wait(seconds)
             return
