@@ -614,14 +614,29 @@ class Watcher:
         transitions = self.fusion.step(Observation(shift, fix, anomalies, now))
         if shift is None and not self._outside_now() and not self.fusion.outside:
             self.baseline.add(rtts)
-            if self.baseline.fix is None:
+            if self.last_fix is None:
+                self._record_fix(fix, rtts, now, out)  # the first fix, as soon as there is one
+            if self.baseline.fix is None and self._home_here():
                 self.baseline.fix = fix
                 self.fusion.rebaseline(fix)
-                self._record_fix(fix, rtts, now, out)
                 if self._choose_probed(fix):
                     # This round placed the VM; the baseline is built from what is probed now.
                     self.baseline.reset([], fix=fix)
         return shift, transitions
+
+    def _home_here(self) -> bool:
+        """May this warm-up round's fix become the home?
+
+        At once when it is judged inside the allowed set. A round that straddles the border may
+        instead span a move (its fix then lies between both places, which is no place to call
+        home), so such a round becomes the home only once a second round agrees with it.
+        """
+        v = self.fusion.verdict
+        return (
+            (v is not None and v.verdict == "inside")
+            or self.baseline.rounds >= 2
+            or self._warmup_target <= 1
+        )
 
     def _judged(self, rtts: Mapping[str, float]) -> Fix | None:
         """This round's fix for its verdict; a round the engine cannot solve still counts for the

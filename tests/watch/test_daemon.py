@@ -6,6 +6,7 @@ tests in tests/cli/test_watch.py run the same loop over real sockets.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -521,6 +522,38 @@ def test_a_move_during_warm_up_is_a_move(catalogue: Catalogue, tmp_path: Path) -
     (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
     assert c["crossing"] is True and c["from"] == "DE" and c["to"] == "ES"
     assert w.fusion.state == State.OUTSIDE
+
+
+class MovedWhileFirstRoundWorld(World):
+    """The move lands inside the first round: the landmarks in ``before`` answer from the old
+    place, the rest already from the new one; later rounds are wholly at the new place."""
+
+    def __init__(
+        self, at: tuple[float, float], dest: tuple[float, float], before: set[str]
+    ) -> None:
+        super().__init__(at, seed=21)
+        self.dest, self.before = dest, before
+
+    def measure(self, landmarks: Sequence[Landmark]) -> list[Measurement]:
+        old = super().measure([lm for lm in landmarks if lm.id in self.before])
+        self.at = self.dest
+        return old + super().measure([lm for lm in landmarks if lm.id not in self.before])
+
+
+@pytest.mark.parametrize("split", range(10, 16))
+def test_a_first_round_that_spans_a_move_is_never_the_home(
+    catalogue: Catalogue, tmp_path: Path, split: int
+) -> None:
+    """Whichever landmarks answer before the move; some splits put the mixed fix in CH, LU or BE."""
+    rng = random.Random(split)
+    ids = sorted(ALL_IDS)
+    world = MovedWhileFirstRoundWorld(FRANKFURT, MADRID, set(rng.sample(ids, rng.randint(1, 59))))
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    for _ in range(6):
+        w.round()
+    (c,) = [e["data"] for e in emitted if e["type"] == events.CONFIRMED]
+    assert c["crossing"] is True and c["to"] == "ES" and c["from"] in (None, "DE"), c
+    assert w.fusion.state == State.OUTSIDE and w.fusion.home_fix is None
 
 
 def test_a_move_within_the_allowed_set_during_warm_up_stays_out_of_the_baseline(
