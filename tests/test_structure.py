@@ -50,3 +50,49 @@ def test_commands_do_not_import_other_commands(path: Path) -> None:
         and not m.startswith(own)
     ]
     assert bad == []
+
+
+def _exits_with_a_number(node: ast.AST) -> bool:
+    """An exit call (``sys.exit``, ``ctx.exit``, ``os._exit``, ``Exit``, ``SystemExit``) whose code
+    is written as a number or a name other than ExitStatus's."""
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    if name not in {"exit", "_exit", "Exit", "SystemExit"} or not node.args:
+        return False
+    arg = node.args[0]
+    while isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "int":
+        arg = arg.args[0] if arg.args else arg  # int(x): look at x
+        if not isinstance(arg, ast.Call):
+            break
+    # A literal number, or a name standing for one (FAILED = 1): not an ExitStatus member. A call
+    # (sys.exit(main())) or an attribute (ExitStatus.OK, result.status) passes.
+    return isinstance(arg, ast.Name) or (
+        isinstance(arg, ast.Constant) and isinstance(arg.value, int)
+    )
+
+
+def _main_returns_a_number(node: ast.AST) -> bool:
+    """``return 0`` (or any number) in a function named like an entry point."""
+    if not isinstance(node, ast.FunctionDef) or not node.name.endswith("main"):
+        return False
+    return any(
+        isinstance(r, ast.Return)
+        and isinstance(r.value, ast.Constant)
+        and isinstance(r.value.value, int)
+        for r in ast.walk(node)
+    )
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+)
+def test_every_exit_goes_through_exit_status(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = [
+        f"{path.name}:{n.lineno}: {ast.unparse(n).splitlines()[0]}"
+        for n in ast.walk(tree)
+        if _exits_with_a_number(n) or _main_returns_a_number(n)
+    ]
+    assert bad == []

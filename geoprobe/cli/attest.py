@@ -1,5 +1,6 @@
 """CLI: ``geoprobe attest`` -- the VM's identity key, signed residency attestations per period,
-and their offline verification (exit 0 verified, 1 failed verification, 3 unusable input)."""
+and their offline verification (exit OK verified, VERIFY_FAILED failed verification, ERROR unusable
+input)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import click
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option
 from geoprobe.errors import InputError
-
-FAILED = 1  # verification ran and found a problem (3 stays "could not verify at all")
+from geoprobe.status import ExitStatus
 
 
 def _state(env: Environment, state_dir: Path | None) -> Path:
@@ -224,7 +224,7 @@ def verify_cmd(
         }
         env.stdout.write(json.dumps(doc) + "\n")
         if not rep.ok:
-            ctx.exit(FAILED)
+            ctx.exit(int(ExitStatus.VERIFY_FAILED))
         return
     for p in rep.problems:
         env.stdout.write(f"FAIL {p}\n")
@@ -234,7 +234,7 @@ def verify_cmd(
         env.stdout.write(
             f"FAILED: {len(rep.problems)} problem(s) in {rep.envelopes} attestation(s)\n"
         )
-        ctx.exit(FAILED)
+        ctx.exit(int(ExitStatus.VERIFY_FAILED))
     verdicts: dict[str, int] = {}
     for _, v, _ in rep.periods:
         verdicts[v] = verdicts.get(v, 0) + 1

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from geoprobe.status import ExitStatus
 from geoprobe.watch.signals.base import Reading, robust_z, stop_child
 
 QEMU_THROTTLE_SLICE_MS = 10.0
@@ -357,7 +358,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         pass
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":
