@@ -118,7 +118,7 @@ def run_cmd(
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
     by_id = cat.by_id()
     out = out_dir if out_dir is not None else state / "attest" / "chain"
-    countries = default_index()
+    countries = default_index(env.cache_dir)
 
     def published(issued: chain.Issued) -> None:
         """After the chain's lock is released: a slow collector never holds up the next issuer."""
@@ -212,7 +212,13 @@ def verify_cmd(
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
     entries = load_entries(chain_path)
     rep = verify_chain(
-        entries, pub, cat.by_id(), default_index(), partial=partial, until=until, max_gap=max_gap
+        entries,
+        pub,
+        cat.by_id(),
+        default_index(env.cache_dir),
+        partial=partial,
+        until=until,
+        max_gap=max_gap,
     )
     if as_json:
         doc = {

@@ -460,3 +460,27 @@ def test_a_corrupt_mmdb_found_by_default_is_a_note(
     rec = json.loads(run.out.getvalue())
     (note,) = rec["ipgeo"]["notes"]
     assert note.startswith(f"database not used: {junk}: not a valid MaxMind DB")
+
+
+def test_a_large_catalogue_is_selected_and_fitted_in_the_environments_cache(
+    run: Run, world: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the selection limit, locate probes coarse to fine; the calibration it selects with
+    and solves with is cached in the Environment's cache dir, not the process environment's."""
+    from geoprobe import locate
+    from geoprobe.geo import selection
+
+    seen: list[Path | None] = []
+    real = locate.fit_catalogue
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("cache_dir"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(locate, "fit_catalogue", spy)
+    monkeypatch.setattr(selection, "DEFAULT_LIMIT", 4)  # the ten landmarks go through selection
+    monkeypatch.setenv("GEOPROBE_CACHE_DIR", str(run.tmp / "process-env-cache"))
+    cat, _ = world
+    args = ["--timeout", "0.3", "--samples", "1", "--format", "json"]
+    assert run("locate", "--landmarks", str(cat), *args) == 0, run.err.getvalue()
+    assert len(seen) >= 2 and set(seen) == {run.tmp / "cache"}
