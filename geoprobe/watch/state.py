@@ -28,7 +28,6 @@ from geoprobe.store import StoreError, connect, guarded, outbox_put
 
 STORE_FAILED = "io.geoprobe.store.failed"
 LOCK_WAIT_S = 60.0  # how long a one-shot command waits for another to release the state dir
-STORE_RECOVERED = "io.geoprobe.store.recovered"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watch_fixes (
