@@ -9,18 +9,37 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "geoprobe"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "geoprobe"
 CLI_SHARED = {"geoprobe.cli", "geoprobe.cli.env", "geoprobe.cli.options"}
 
 
-def imports(path: Path) -> Iterator[str]:
-    """Every module ``path`` imports, at any depth (lazy imports inside functions too)."""
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+def _package_of(path: Path) -> list[str]:
+    """The dotted package ``path`` belongs to (a relative import starts from it)."""
+    return list(path.relative_to(REPO).with_suffix("").parts)[:-1]
+
+
+def imports(path: Path, source: str | None = None) -> Iterator[str]:
+    """Every module ``path`` (or ``source`` as if it lived there) imports, at any depth (lazy
+    imports inside functions too), relative imports (``from . import check``) resolved."""
+    text = source if source is not None else path.read_text(encoding="utf-8")
+    package = _package_of(path)
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node.module
-            yield from (f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            yield module
+            yield from (f"{module}.{a.name}" for a in node.names)
+
+
+def test_relative_imports_are_resolved() -> None:
+    source = "from . import check\nfrom .env import Environment\nfrom .. import paths\n"
+    names = set(imports(PACKAGE / "cli" / "watch.py", source))
+    assert {"geoprobe.cli.check", "geoprobe.cli.env.Environment", "geoprobe.paths"} <= names
 
 
 #: The library: everything but the CLI and ``python -m geoprobe``, which runs it.
@@ -36,6 +55,14 @@ COMMANDS = sorted(p for p in (PACKAGE / "cli").glob("*.py") if p.name != "__init
 def test_library_never_imports_click_or_the_cli(path: Path) -> None:
     bad = [m for m in imports(path) if m.split(".")[0] == "click" or m.startswith("geoprobe.cli")]
     assert bad == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "benchmarks").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_benchmarks_use_the_library_not_the_cli(path: Path) -> None:
+    """A benchmark that wants a command runs it as a process (``python -m geoprobe ...``)."""
+    assert [m for m in imports(path) if m.startswith("geoprobe.cli")] == []
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: p.name)
