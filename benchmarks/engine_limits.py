@@ -2,8 +2,8 @@
 
     python benchmarks/engine_limits.py [--seed S]
 
-The engine issue asks for a median error of at most 0.85 x CBG's in the same run (about 200 km here)
-and a country accuracy of at least 0.75. This script prints what bounds those figures on this data:
+The engine's targets (docs/engine.md) are a median error of at most 0.85 x CBG's in the same run
+(about 200 km here) and a country accuracy of at least 0.75. This script prints what bounds those figures on this data:
 
 1. landmark spacing: each server's distance to its nearest other server. A target whose nearest
    landmark is 200 km away must be placed *between* landmarks to do better than 200 km;
