@@ -4,6 +4,7 @@ another (what two commands share lives in the library, or in cli/env.py and cli/
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,4 +123,30 @@ def test_every_exit_goes_through_exit_status(path: Path) -> None:
         for n in ast.walk(tree)
         if _exits_with_a_number(n) or _main_returns_a_number(n)
     ]
+    assert bad == []
+
+
+def _install_hints() -> Iterator[tuple[str, str]]:
+    """(file, what follows ``pip install``) for every install hint a user can read."""
+    files = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "contrib").rglob("*")]
+    files += sorted(PACKAGE.rglob("*.py"))
+    for f in files:
+        if f.is_file():
+            text = f.read_text(encoding="utf-8", errors="replace")
+            for m in re.finditer(r"pip install ([^\n`\"]*)", text):
+                yield str(f.relative_to(REPO)), m.group(1)
+
+
+def test_every_install_hint_names_this_distribution() -> None:
+    """PyPI's ``geoprobe`` is an unrelated project: a hint installs ``geoprobe-vm`` or this
+    checkout (``.``), never ``geoprobe``."""
+    hints = list(_install_hints())
+    assert len(hints) >= 4
+    bad = []
+    for where, args in hints:
+        command = re.split(r"&&|;|#|\(", args)[0]  # the install itself, not what follows it
+        specs = [a.strip("'\"") for a in command.split() if not a.startswith("-")]
+        names = [re.split(r"[\[=<>~ ]", s)[0] for s in specs]
+        if any(n == "geoprobe" for n in names):
+            bad.append((where, args))
     assert bad == []
