@@ -1,4 +1,5 @@
-"""``geoprobe testbed run`` in a real subprocess, steered by ``testbed move``, probed for real over loopback."""
+"""``geoprobe testbed run`` in a real subprocess, steered by ``testbed move``, probed for real over
+loopback."""
 
 from __future__ import annotations
 
