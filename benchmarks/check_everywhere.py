@@ -1,4 +1,5 @@
-"""With the testbed's VM at each consistent WonderProxy server, ``check --allow <its country>`` never says 2.
+"""With the testbed's VM at each consistent WonderProxy server, ``check --allow <its country>``
+never says 2.
 
 One ``geoprobe testbed run`` child process serves every WonderProxy server as a signed landmark
 (jitter on); for each server S whose row breaks no speed-of-light bound, the VM is moved to S
@@ -10,7 +11,8 @@ engine caches per catalogue) stays whole: landmark<->landmark RTTs are data an o
 The verdict is taken IN-PROCESS with the library functions behind ``geoprobe check``
 (``geoprobe.check.evaluate`` with ``geoprobe.settings.resolve_settings(--allow CC)``, default sound
 basis), not by spawning 240 ``geoprobe check`` processes: same probing, same engine, same
-exit-code rule, without 240 interpreter start-ups. Prints the exit-code histogram and every run that would exit 2.
+exit-code rule, without 240 interpreter start-ups. Prints the exit-code histogram and every run that
+would exit 2.
 
     python benchmarks/check_everywhere.py [--limit N] [--samples 3] [--basis sound|calibrated]
 """
@@ -43,9 +45,9 @@ WONDERPROXY = REPO.parent / "shared" / "data" / "wonderproxy-pings-2020-07"
 def consistent_servers(ds: Dataset) -> list[int]:
     """Servers the engine's vetting does not blame for a faster-than-light RTT (and with a country).
 
-    A pair faster than light over the claimed distance proves one end lies; vetting removes, greedily,
-    the server in most such pairs (both ends of a lone pair), so an honest server is not excluded
-    just because a liar (La Ceiba, Belfast) shares a pair with it.
+    A pair faster than light over the claimed distance proves one end lies; vetting removes,
+    greedily, the server in most such pairs (both ends of a lone pair), so an honest server is not
+    excluded just because a liar (La Ceiba, Belfast) shares a pair with it.
     """
     from geoprobe.geo.calibration import vet
 
@@ -57,7 +59,7 @@ def consistent_servers(ds: Dataset) -> list[int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--dataset", type=Path, default=WONDERPROXY)
     ap.add_argument("--limit", type=int, help="only the first N consistent servers")
     ap.add_argument("--samples", type=int, default=3)
@@ -77,7 +79,8 @@ def main() -> int:
         t = Path(tmp)
         env = dict(os.environ, GEOPROBE_RUNTIME_DIR=str(t / "rt"), PYTHONPATH=str(REPO))
         cat_path = t / "catalogue.json"
-        # Placed by position (not at a server), so every server is a landmark; each run drops its own.
+        # Placed by position (not at a server), so every server is a landmark; each run drops its
+        # own.
         first = ds.servers[places[0]]
         proc = subprocess.Popen(
             [

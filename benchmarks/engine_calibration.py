@@ -15,7 +15,8 @@ shortest-ping in one run per seed. Prints, as mean [min-max] over seeds:
 * median error and country accuracy per lowest-RTT bin (as ``engine_limits.py``), geoprobe against
   the better baseline.
 
-The issue's targets are judged on the ``all`` setting; the others guard against tuning to it.
+The targets (docs/engine.md) are judged on the ``all`` setting; the others guard against tuning
+to it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""How far below the engine's median error the WonderProxy data lets any estimator go: figures, not a test.
+"""How far below the engine's median error the WonderProxy data lets any estimator go: figures, not
+a test.
 
     python benchmarks/engine_limits.py [--seed S]
 
-The engine issue asks for a median error of at most 0.85 x CBG's in the same run (about 200 km here)
-and a country accuracy of at least 0.75. This script prints what bounds those figures on this data:
+The engine's targets (docs/engine.md) are a median error of at most 0.85 x CBG's in the same run
+(about 200 km here) and a country accuracy of at least 0.75. This script prints what bounds those
+figures on this data:
 
 1. landmark spacing: each server's distance to its nearest other server. A target whose nearest
    landmark is 200 km away must be placed *between* landmarks to do better than 200 km;
@@ -30,7 +32,7 @@ BINS_MS = ((0, 4), (4, 8), (8, 13), (13, 20), (20, 40), (40, 1000))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not SHARED.exists():

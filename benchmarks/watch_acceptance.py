@@ -8,7 +8,8 @@ Three scenarios, each with its own testbed and `geoprobe watch --allow <A's coun
 * same:       the same with a server C in A's country: pass when no crossing is confirmed.
 * stationary: the same length without a move: pass when no migration event appears.
 
-Usage: python benchmarks/watch_acceptance.py [--dataset DIR] [--a Frankfurt] [--b Madrid] [--c Munich]
+Usage: python benchmarks/watch_acceptance.py [--dataset DIR] [--a Frankfurt] [--b Madrid] [--c
+Munich]
        [--quiet 60] [--interval 5] [--deadline 10] [--repeat N] [--only crossing|same|stationary]
 (default world: the testbed's built-in one; with --dataset, server names or ids of that dataset.)
 """
@@ -134,7 +135,7 @@ def scenario(name: str, args: argparse.Namespace, to: str | None, allow: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--dataset", type=Path)
     ap.add_argument("--a", default="Frankfurt")
     ap.add_argument("--allow", default="DE", help="A's country")

@@ -128,7 +128,8 @@ class Server:
 
 @dataclass(slots=True)
 class Dataset:
-    """Servers and their RTT matrices (ms; NaN where unknown; row = source, column = destination)."""
+    """Servers and their RTT matrices (ms; NaN where unknown; row = source, column =
+    destination)."""
 
     name: str
     servers: list[Server]
@@ -169,7 +170,8 @@ class Dataset:
         raise InputError(f"no server with id or name {name_or_id!r}", file=self.source, field="id")
 
     def rtts_to(self, target: int, landmarks: Iterable[int] | None = None) -> dict[str, float]:
-        """The measurement vector of ``target``: min RTT per landmark id (the lower of both directions)."""
+        """The measurement vector of ``target``: min RTT per landmark id (the lower of both
+        directions)."""
         cols = range(len(self.servers)) if landmarks is None else landmarks
         out: dict[str, float] = {}
         for j in cols:
@@ -383,7 +385,8 @@ def load_wonderproxy(servers_csv: str | Path, pings_csv: str | Path) -> Dataset:
 
 
 def load_generic(landmarks_csv: str | Path, rtts_csv: str | Path) -> Dataset:
-    """``landmarks.csv`` (id,lat,lon[,country]) + ``rtts.csv`` (src,dst,rtt_ms); repeats -> minimum."""
+    """``landmarks.csv`` (id,lat,lon[,country]) + ``rtts.csv`` (src,dst,rtt_ms); repeats ->
+    minimum."""
     lp, rp = Path(landmarks_csv), Path(rtts_csv)
     warnings: list[str] = []
     servers: list[Server] = []

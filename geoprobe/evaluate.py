@@ -224,8 +224,8 @@ def evaluate(
     progress: Progress | None = None,
     extra_delay: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Evaluation:
-    """Leave-one-out over the dataset's servers. ``extra_delay`` (tests, benchmarks) may add delay to
-    each target's measured RTTs, as an adversary on the path could."""
+    """Leave-one-out over the dataset's servers. ``extra_delay`` (tests, benchmarks) may add delay
+    to each target's measured RTTs, as an adversary on the path could."""
     start = time.perf_counter()
     for m in methods:
         method(m)

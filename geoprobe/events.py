@@ -30,7 +30,8 @@ def make_event(
     event_id: str | None = None,
     time: datetime | None = None,
 ) -> dict[str, Any]:
-    """A structured-mode CloudEvent. ``id`` is unique per occurrence: actions key on it to fire once."""
+    """A structured-mode CloudEvent. ``id`` is unique per occurrence: actions key on it to fire
+    once."""
     ev: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": event_id or str(uuid.uuid4()),

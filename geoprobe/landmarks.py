@@ -375,7 +375,8 @@ def default_catalogue_path(cache_dir: Path | None = None) -> Path:
 
 
 def catalogue_or_default(path: Path | None, cache_dir: Path) -> Catalogue:
-    """The catalogue given, else the synced one in ``cache_dir``; a missing one says how to get it."""
+    """The catalogue given, else the synced one in ``cache_dir``; a missing one says how to get
+    it."""
     if path is not None:
         return load_catalogue(path)
     default = default_catalogue_path(cache_dir)

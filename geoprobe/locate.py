@@ -165,15 +165,17 @@ def select_and_probe(
     *,
     limit: int = selection.DEFAULT_LIMIT,
     countries: CountryLookup | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, float]:
     """Probe at most ``limit`` landmarks, coarse to fine (see ``geoprobe.geo.selection``).
 
     ``probe(landmarks)`` measures them and returns id -> minimum RTT for those that answered.
-    Anycast landmarks are never chosen: they answer from the nearest site.
+    Anycast landmarks are never chosen: they answer from the nearest site. The calibration it
+    locates with is the one ``fit_catalogue`` caches in ``cache_dir``.
     """
     usable = [lm for lm in cat.landmarks if not lm.anycast]
-    lookup = countries if countries is not None else default_countries()
-    model = fit_catalogue(cat, countries)
+    lookup = countries if countries is not None else default_countries(cache_dir)
+    model = fit_catalogue(cat, countries, cache_dir=cache_dir)
     lat = np.array([lm.lat for lm in usable], dtype=float)
     lon = np.array([lm.lon for lm in usable], dtype=float)
 

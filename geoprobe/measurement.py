@@ -62,7 +62,8 @@ class Measurement:
         return min(self.rtts_ms) if self.rtts_ms else None
 
     def to_json(self) -> dict[str, Any]:
-        """RIPE ping result shape (``result``, ``min``, ``avg``, ``max``, ``sent``, ``rcvd``) plus ours."""
+        """RIPE ping result shape (``result``, ``min``, ``avg``, ``max``, ``sent``, ``rcvd``) plus
+        ours."""
         rtts = self.rtts_ms
         out: dict[str, Any] = {
             "type": "ping",

@@ -18,6 +18,7 @@ class ExitStatus(IntEnum):
     CRITICAL = 2  # check: outside, or a crossing since the last run
     UNKNOWN = 3  # check: cannot measure, bad input, usage or internal error
     ACTION_FAILED = 1  # policy fire: an action failed or timed out
+    VERIFY_FAILED = 1  # attest verify: verification ran and found a problem
     USAGE = 2  # other commands: a usage error (click's own code)
     ERROR = 3  # other commands: bad input, cannot measure, internal error; verify: bad evidence
     INTERRUPTED = 130  # Ctrl-C, as a shell reports a SIGINT

@@ -15,7 +15,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session", autouse=True)
 def _private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests (and the processes they start) never touch the real state, cache or runtime dirs,
-    which for root are /var/lib/geoprobe and /run/geoprobe."""
+    which for root are /var/lib/geoprobe, /var/cache/geoprobe and /run/geoprobe.
+
+    Commands take every directory from the Environment they are given (tests/cli/test_env_dirs.py
+    points these variables elsewhere to prove it). What this covers is the rest: an Environment()
+    built with its defaults, library calls left to their default dirs, and child processes, which
+    read their Environment from these variables as a real command does."""
     base = tmp_path_factory.mktemp("geoprobe-dirs")
     names = ("STATE", "CACHE", "RUNTIME", "CONFIG")
     saved = {n: os.environ.get(f"GEOPROBE_{n}_DIR") for n in names}

@@ -9,8 +9,7 @@ import pytest
 from geoprobe.errors import InputError
 from geoprobe.geo.groups import expand
 from geoprobe.policy import DEFAULT_TIMEOUTS, load_policy, parse_policy, parse_size
-
-ACCEPTANCE_POLICY = (Path(__file__).parent / "data" / "acceptance-policy.toml").read_text()
+from tests.acceptance import acceptance_policy
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -20,12 +19,15 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_acceptance_policy_loads_as_written(tmp_path: Path) -> None:
-    pol = load_policy(write(tmp_path, ACCEPTANCE_POLICY))
+    url = "http://127.0.0.1/geoprobe"  # loaded only, never posted to
+    pol = load_policy(write(tmp_path, acceptance_policy(tmp_path / "accept", url)))
     assert pol.allow == {"DE"}
     specs = pol.actions_for("confirmed_crossing")
     assert [s.action for s in specs] == ["wipe", "hook", "webhook"]
     assert [s.index for s in specs] == [0, 1, 2]
-    assert specs[0].options["paths"] == ["/tmp/geoprobe-accept/secret.key"]
+    assert specs[0].options["paths"] == [str(tmp_path / "accept" / "secret.key")]
+    assert specs[1].options["command"] == [str(tmp_path / "accept" / "hook.sh")]
+    assert specs[2].options["url"] == url
     assert specs[1].timeout == DEFAULT_TIMEOUTS["hook"]
     assert pol.actions_for("suspected") == [] and pol.actions_for("unknown") == []
 

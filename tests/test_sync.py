@@ -1,4 +1,5 @@
-"""``landmarks sync`` against a local HTTP server on loopback that serves pages shaped like RIPE Atlas's API."""
+"""``landmarks sync`` against a local HTTP server on loopback that serves pages shaped like RIPE
+Atlas's API."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def anchor(
 
 
 class FakeAtlas:
-    """Serves /api/v2/anchors/ in pages (``next`` absolute, then relative), the mesh listing and results."""
+    """Serves /api/v2/anchors/ in pages (``next`` absolute, then relative), the mesh listing and
+    results."""
 
     def __init__(
         self,
@@ -89,7 +91,8 @@ class FakeAtlas:
             nxt = None
             if n * self.page < len(self.anchors) or self.loop_pages:
                 target = 1 if self.loop_pages else n + 1
-                # The first link is absolute (as the API writes it), later ones relative: both must work.
+                # The first link is absolute (as the API writes it), later ones relative: both must
+                # work.
                 nxt = f"{base}/api/v2/anchors/?page={target}" if n == 1 else f"?page={target}"
             return 200, {
                 "count": len(self.anchors),
@@ -282,7 +285,8 @@ def test_http_errors_and_endless_pagination_are_one_line_errors(
 
 
 def test_real_anchor_list_shape(serve: Any, tmp_path: Path, ripe_anchors_csv: Path) -> None:
-    """The 2023 anchor list, served as API pages of 100: every anchor survives with its [lon, lat]."""
+    """The 2023 anchor list, served as API pages of 100: every anchor survives with its [lon,
+    lat]."""
     with ripe_anchors_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
     anchors = [

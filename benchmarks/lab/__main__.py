@@ -1,9 +1,10 @@
-"""`python -m benchmarks.lab [--smoke|--full]`: real QEMU live migrations of a guest running geoprobe.
+"""`python -m benchmarks.lab [--smoke|--full]`: real QEMU live migrations of a guest running
+geoprobe.
 
-Exit status: 0 when the mode's targets are met, 1 when a target is missed (a migration not confirmed,
-no counter-measure, a guest fault, a failed run), 2 when the lab cannot run here (not root, missing
-tools or data, the guest cannot be built within --budget); with --skip-unavailable the last case prints
-why and exits 0 instead.
+Exit status: 0 when the mode's targets are met, 1 when a target is missed (a migration not
+confirmed, no counter-measure, a guest fault, a failed run), 2 when the lab cannot run here (not
+root, missing tools or data, the guest cannot be built within --budget); with --skip-unavailable the
+last case prints why and exits 0 instead.
 """
 
 from __future__ import annotations
@@ -301,7 +302,8 @@ def _parameter(spec: str) -> tuple[str, Any]:
 def migration_settings(
     presets: list[str], capabilities: list[tuple[str, bool]], parameters: list[tuple[str, Any]]
 ) -> tuple[list[str], dict[str, bool], dict[str, Any]]:
-    """QEMU arguments, capabilities and parameters: presets first, explicit options override them."""
+    """QEMU arguments, capabilities and parameters: presets first, explicit options override
+    them."""
     qemu: list[str] = []
     caps: dict[str, bool] = {}
     params: dict[str, Any] = {}
@@ -405,7 +407,8 @@ def plans(args: argparse.Namespace) -> list[tuple[RunPlan, str]]:
         out.append((RunPlan("bare", args.a, args.b, migrate=False, **common), "bare"))
     hold = [k for k in kinds if k in HOLD_CAPS]
     if "delay" in kinds or hold:
-        # Same fixed bandwidth for all three so the totals compare; the delay holds for delay_seconds.
+        # Same fixed bandwidth for all three so the totals compare; the delay holds for
+        # delay_seconds.
         dparams = {"max-bandwidth": 128 << 20, "downtime-limit": 300}
         timeout = args.delay_seconds + 90.0
         d: dict[str, Any] = {
@@ -561,7 +564,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so every run's finally stops its QEMUs and deletes its namespaces.
+    # SIGTERM unwinds like Ctrl-C, so every run's finally stops its QEMUs and deletes its
+    # namespaces.
     signal.signal(signal.SIGTERM, _interrupt)
     why = unavailable()
     if why:
@@ -633,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             + ("" if plan.migrate else " [no migration]")
         )
         if deadline is not None:
-            # Never wait past the budget for a guest that is not ready: that run then fails (exit 1).
+            # Never wait past the budget for a guest that is not ready: that run then fails (exit
+            # 1).
             left = deadline - time.monotonic() - plan.settle_s - plan.after_s - 20.0
             plan = dataclasses.replace(
                 plan, ready_timeout_s=max(30.0, min(plan.ready_timeout_s, left))

@@ -1,10 +1,11 @@
 """Build the lab's guest once (Debian bookworm from Debian's packages) and cache it.
 
-The guest is three files: the Debian cloud kernel, a tiny initramfs assembled here (busybox plus the virtio and
-ext4 modules, so TCG boots to userspace in about two seconds), and a read-only ext4 root image. Both QEMU
-processes of a migration open the same image path; nothing writes it, so sharing it needs no storage migration.
-What changes per run (the geoprobe working tree, the catalogue, the policy, the guest command) goes on a small
-second "run disk" rebuilt for every run, so code changes never need a rebuild of the root.
+The guest is three files: the Debian cloud kernel, a tiny initramfs assembled here (busybox plus the
+virtio and ext4 modules, so TCG boots to userspace in about two seconds), and a read-only ext4 root
+image. Both QEMU processes of a migration open the same image path; nothing writes it, so sharing it
+needs no storage migration. What changes per run (the geoprobe working tree, the catalogue, the
+policy, the guest command) goes on a small second "run disk" rebuilt for every run, so code changes
+never need a rebuild of the root.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def _timeout(deadline: float | None) -> float | None:
 
 
 def _run(cmd: list[str], deadline: float | None, **kw: object) -> None:
-    """subprocess.run(check=True) bounded by `deadline`; on time-out the command's whole process group
-    is killed (debootstrap and apt leave wget and dpkg children behind otherwise)."""
+    """subprocess.run(check=True) bounded by `deadline`; on time-out the command's whole process
+    group is killed (debootstrap and apt leave wget and dpkg children behind otherwise)."""
     timeout = _timeout(deadline)  # raises before anything starts when the time is already up
     proc = subprocess.Popen(cmd, start_new_session=True, **kw)  # type: ignore[call-overload]
     try:
@@ -154,7 +155,8 @@ def image_paths(cache: Path) -> GuestImage:
 
 
 def need_tools() -> list[str]:
-    """Host tools the build and the runs need; the lab says which are missing instead of failing later."""
+    """Host tools the build and the runs need; the lab says which are missing instead of failing
+    later."""
     tools = ("qemu-system-x86_64", "debootstrap", "mkfs.ext4", "cpio", "ip")
     return [t for t in tools if shutil.which(t) is None]
 
@@ -177,7 +179,8 @@ def mounts_under(path: Path, mounts: str | None = None) -> list[Path]:
 
 def discard_tree(path: Path) -> None:
     """Remove a (partial) root tree, unmounting first what an interrupted debootstrap or chroot left
-    mounted in it (/proc, /sys, /dev): rmtree through a live mount would reach the host's own files."""
+    mounted in it (/proc, /sys, /dev): rmtree through a live mount would reach the host's own
+    files."""
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
     left = mounts_under(path)
@@ -252,7 +255,8 @@ def debootstrap(cache: Path, log: Path, deadline: float | None = None) -> Path:
 
 
 def add_wheels(rootfs: Path, log: Path, deadline: float | None = None) -> None:
-    """Install PYPI_WHEELS (binary wheels for the guest's CPython 3.11) into the guest root, once."""
+    """Install PYPI_WHEELS (binary wheels for the guest's CPython 3.11) into the guest root,
+    once."""
     marker = rootfs / ".lab-wheels"
     if marker.exists() and marker.read_text() == "\n".join(PYPI_WHEELS):
         return
@@ -446,7 +450,8 @@ def snapshot_source(repo: Path, dest: Path) -> str:
 
 
 def build_run_disk(out: Path, repo: Path, files: dict[str, str | bytes], run_sh: str) -> Path:
-    """The per-run disk: the geoprobe package from the working tree, extra files, and /lab/run.sh."""
+    """The per-run disk: the geoprobe package from the working tree, extra files, and
+    /lab/run.sh."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         shutil.copytree(

@@ -1,9 +1,9 @@
 """The guest's serial output, read from both QEMU processes as one stream.
 
-Each QEMU writes its serial port to its own file. Before the switchover only the source's file grows, after
-it only the destination's, so reading the files in order into one buffer rebuilds the guest's stream, even a
-line the switchover cut in two. Every line is stamped with the host time it was read, which is what the
-report compares with QMP's timeline.
+Each QEMU writes its serial port to its own file. Before the switchover only the source's file
+grows, after it only the destination's, so reading the files in order into one buffer rebuilds the
+guest's stream, even a line the switchover cut in two. Every line is stamped with the host time it
+was read, which is what the report compares with QMP's timeline.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Guest-side ground-truth probe: asks the site's UDP clock at 10.0.2.2 every 20 ms.
 
-Runs inside the guest next to (or instead of) geoprobe. It prints a JSON line when the answering site
-changes, when the offset to the host clock steps by 20 ms or more, and a heartbeat every second, so the
-lab can check that the guest's packets reach the destination's site after the switchover. Stdlib only.
+Runs inside the guest next to (or instead of) geoprobe. It prints a JSON line when the answering
+site changes, when the offset to the host clock steps by 20 ms or more, and a heartbeat every
+second, so the lab can check that the guest's packets reach the destination's site after the
+switchover. Stdlib only.
 """
 
 from __future__ import annotations

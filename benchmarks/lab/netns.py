@@ -1,8 +1,9 @@
 """Network namespaces as the lab's sites.
 
-Each site is a namespace with only `lo` up. A QEMU started inside it with user networking reaches the
-namespace's loopback at 10.0.2.2, so "which site am I in" is decided purely by which namespace the running
-QEMU process lives in. Nothing here can send a packet outside the machine: the namespaces have no other link.
+Each site is a namespace with only `lo` up. A QEMU started inside it with user networking reaches
+the namespace's loopback at 10.0.2.2, so "which site am I in" is decided purely by which namespace
+the running QEMU process lives in. Nothing here can send a packet outside the machine: the
+namespaces have no other link.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Namespace:
         return any(line.split()[0] == self.name for line in out.splitlines() if line.strip())
 
     def links(self) -> list[str]:
-        """Interface names inside; the lab checks this is exactly ['lo'] before it starts anything."""
+        """Interface names inside; the lab checks this is exactly ['lo'] before it starts
+        anything."""
         out = _ip("-n", self.name, "-o", "link", "show").stdout
         return [
             line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()

@@ -1,7 +1,8 @@
 """What the guest runs: geoprobe watch under a policy, or the lab's own clock probe.
 
-Switching the lab from the development probe to geoprobe is choosing a different GuestProgram; the guest
-command itself is one string (`--guest-command`), so trying another geoprobe invocation needs no code.
+Switching the lab from the development probe to geoprobe is choosing a different GuestProgram; the
+guest command itself is one string (`--guest-command`), so trying another geoprobe invocation needs
+no code.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def _is_suspected(line: ConsoleLine) -> bool:
 
 
 # --samples 2: one sample per landmark let host-load bursts read as a move (2 false suspicions in 3
-# controls at --interval 0.5); --timeout 0.5 caps the round the switchover cuts (its replies in flight
-# are lost) before the daemon's adaptive timeout has a baseline; -v puts the state transitions, with
-# their reasons, on the console for the timeline.
+# controls at --interval 0.5); --timeout 0.5 caps the round the switchover cuts (its replies in
+# flight are lost) before the daemon's adaptive timeout has a baseline; -v puts the state
+# transitions, with their reasons, on the console for the timeline.
 DEFAULT_WATCH = (
     "python3 -m geoprobe watch --landmarks /lab/catalogue.json --policy /lab/policy.toml "
     "--state /tmp/geoprobe-state --interval 1 --fast-interval 0.2 --samples 2 --timeout 0.5 -v"

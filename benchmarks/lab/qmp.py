@@ -1,8 +1,8 @@
 """A small synchronous QMP client over a unix socket.
 
-QMP is the only honest source of ground truth for a migration: QEMU's own status changes, downtime and
-dirty-sync counts. The client keeps every asynchronous event (STOP, RESUME, MIGRATION, ...) with the host
-time it arrived, so a run can be replayed against what the guest saw.
+QMP is the only honest source of ground truth for a migration: QEMU's own status changes, downtime
+and dirty-sync counts. The client keeps every asynchronous event (STOP, RESUME, MIGRATION, ...) with
+the host time it arrived, so a run can be replayed against what the guest saw.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class QMPClient:
     _buf: bytes = b""
 
     def connect(self, wait: float = 10.0) -> QMPClient:
-        """Connect, retrying while QEMU creates the socket, then leave capabilities negotiation mode."""
+        """Connect, retrying while QEMU creates the socket, then leave capabilities negotiation
+        mode."""
         deadline = time.monotonic() + wait
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -122,7 +123,8 @@ class QMPClient:
     def wait_event(
         self, name: str, timeout: float = 10.0, match: dict[str, Any] | None = None
     ) -> QMPEvent:
-        """Block until an event `name` (whose data contains `match`) arrives, even if already read."""
+        """Block until an event `name` (whose data contains `match`) arrives, even if already
+        read."""
         seen = 0
         deadline = time.monotonic() + timeout
         while True:

@@ -1,10 +1,11 @@
 """Turn run records into the lab's findings: per-run figures, per-kind summaries, JSON and Markdown.
 
-Times on both sides are host wall-clock seconds: QMP events carry QEMU's own timestamp, console lines the
-time the host read them (polled every 20-50 ms, so guest-side times are late by at most that). The guest's
-own clock is never used for the figures (it starts from the RTC's whole second and steps by the pause at
-each migration); it only checks the console: host read time minus the guest's event time must be a
-constant per run, and its spread (``console_clock_spread_ms``) bounds how late the console delivered.
+Times on both sides are host wall-clock seconds: QMP events carry QEMU's own timestamp, console
+lines the time the host read them (polled every 20-50 ms, so guest-side times are late by at most
+that). The guest's own clock is never used for the figures (it starts from the RTC's whole second
+and steps by the pause at each migration); it only checks the console: host read time minus the
+guest's event time must be a constant per run, and its spread (``console_clock_spread_ms``) bounds
+how late the console delivered.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def _guest_time(ev: dict[str, Any]) -> float | None:
 def console_spread_ms(
     evs: Sequence[tuple[float, dict[str, Any]]], until: float | None
 ) -> float | None:
-    """Spread of (host read time - guest event time) over the events before `until` (the switchover).
+    """Spread of (host read time - guest event time) over the events before `until` (the
+    switchover).
 
-    The guest clock is off the host's by a constant (its RTC's whole second), so a spread of a few tens
-    of milliseconds says the console delivered every event that promptly.
+    The guest clock is off the host's by a constant (its RTC's whole second), so a spread of a few
+    tens of milliseconds says the console delivered every event that promptly.
     """
     lags = [
         t - g for t, e in evs if (g := _guest_time(e)) is not None and (until is None or t < until)
@@ -157,7 +159,8 @@ def suspicions(rec: RunRecord, t_start: float | None, t_stop: float | None) -> l
 
 
 def analyse(rec: RunRecord) -> dict[str, Any]:
-    """The figures of one run; every time is relative to the run's start unless it says otherwise."""
+    """The figures of one run; every time is relative to the run's start unless it says
+    otherwise."""
     p = rec.plan
     src, dst = rec.src_events, rec.dst_events
     t_setup = _first(src, "MIGRATION", status="setup")

@@ -1,8 +1,9 @@
-"""One lab run: boot the guest at site A, optionally migrate it live to site B, record both timelines.
+"""One lab run: boot the guest at site A, optionally migrate it live to site B, record both
+timelines.
 
-The host's record (QMP events and query-migrate samples, stamped with host time) is the ground truth;
-the guest's record (its serial console, stamped with the host time each line was read) is what geoprobe
-claimed. The report compares the two.
+The host's record (QMP events and query-migrate samples, stamped with host time) is the ground
+truth; the guest's record (its serial console, stamped with the host time each line was read) is
+what geoprobe claimed. The report compares the two.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ TERMINAL = ("completed", "failed", "cancelled")
 class GuestProgram:
     """What the guest runs at boot, and how the lab reads its output.
 
-    `run_sh` is the body of /lab/run.sh; `files` go on the run disk too. `ready` says when the guest has
-    its baseline (the lab starts counting then). `confirmed` recognises the guest's "I crossed" line.
+    `run_sh` is the body of /lab/run.sh; `files` go on the run disk too. `ready` says when the guest
+    has its baseline (the lab starts counting then). `confirmed` recognises the guest's "I crossed"
+    line.
     """
 
     name: str
@@ -362,8 +364,9 @@ def guest_catalogue(
 
     Each site's testbed leaves out the server it stands at, so A's catalogue lists B's city and B's
     lists A's; the guest gets only landmarks that answer at both sites. An owner deploys landmarks
-    around the jurisdiction it allows, so the guest keeps those nearest to site A; under TCG a smaller
-    set also keeps each probing round short. Calibration RTTs are kept for the chosen landmarks only.
+    around the jurisdiction it allows, so the guest keeps those nearest to site A; under TCG a
+    smaller set also keeps each probing round short. Calibration RTTs are kept for the chosen
+    landmarks only.
     """
     in_b = {lm["id"] for lm in cat_b["landmarks"]}
     cands = [lm for lm in cat_a["landmarks"] if lm["id"] in in_b and lm["id"] not in exclude]

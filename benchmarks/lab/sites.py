@@ -1,9 +1,9 @@
 """The lab's two sites: a namespace each, with its own landmark testbed and its support services.
 
-A site is placed at a WonderProxy server: its testbed answers the guest's probes with the RTTs measured from
-that server, so a guest moved from site A to site B sees its landmarks' RTTs jump as if the VM had crossed
-from A's city to B's. Both sites run the same landmarks, ports and keys, so the one catalogue in the guest
-stays valid after the move, exactly as in a real cloud.
+A site is placed at a WonderProxy server: its testbed answers the guest's probes with the RTTs
+measured from that server, so a guest moved from site A to site B sees its landmarks' RTTs jump as
+if the VM had crossed from A's city to B's. Both sites run the same landmarks, ports and keys, so
+the one catalogue in the guest stays valid after the move, exactly as in a real cloud.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ TESTBED_COMMAND = (
 
 @dataclass(frozen=True)
 class Place:
-    """A WonderProxy server a site stands at, with its ISO country code for the policy and report."""
+    """A WonderProxy server a site stands at, with its ISO country code for the policy and
+    report."""
 
     server: str
     country: str
@@ -113,7 +114,8 @@ class Site:
         # Each site's testbed registers in its own runtime dir, so two can run on one host.
         rt = self.workdir / f"runtime-{self.label}"
         rt.mkdir(exist_ok=True)
-        # `-m` puts the cwd first on sys.path: run in the snapshot, find benchmarks/ in REPO after it.
+        # `-m` puts the cwd first on sys.path: run in the snapshot, find benchmarks/ in REPO after
+        # it.
         path = os.pathsep.join(dict.fromkeys((str(self.source), str(REPO))))
         env = dict(
             os.environ,

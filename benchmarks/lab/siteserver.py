@@ -1,10 +1,10 @@
 """Per-site support services, run inside a site's namespace on its loopback.
 
-- a UDP clock: answers each datagram with the site's name and the host time, so a guest program can see
-  which site it is in and the step in its clock offset at the switchover (the lab's ground-truth probe,
-  independent of geoprobe);
-- a webhook receiver: records each POST with the time it arrived, so the report can show which site a
-  counter-measure reached and when.
+- a UDP clock: answers each datagram with the site's name and the host time, so a guest program can
+  see which site it is in and the step in its clock offset at the switchover (the lab's ground-truth
+  probe, independent of geoprobe);
+- a webhook receiver: records each POST with the time it arrived, so the report can show which site
+  a counter-measure reached and when.
 
 Run as `python -m benchmarks.lab.siteserver --site A --udp 47000 --http 18080 --log FILE`.
 """

@@ -1,4 +1,5 @@
-"""`python -m benchmarks.lab.timeline RUN_DIR|record.json`: one run's QMP and guest timelines, merged.
+"""`python -m benchmarks.lab.timeline RUN_DIR|record.json`: one run's QMP and guest timelines,
+merged.
 
 Every line is in seconds from the switchover (the source's STOP), so where the time between the
 switchover and geoprobe's confirmation goes can be read off directly: QEMU's events, the guest's

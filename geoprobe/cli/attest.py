@@ -1,5 +1,6 @@
 """CLI: ``geoprobe attest`` -- the VM's identity key, signed residency attestations per period,
-and their offline verification (exit 0 verified, 1 failed verification, 3 unusable input)."""
+and their offline verification (exit OK verified, VERIFY_FAILED failed verification, ERROR unusable
+input)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import click
 from geoprobe.cli.env import Environment
 from geoprobe.cli.options import allow_option, landmarks_option
 from geoprobe.errors import InputError
-
-FAILED = 1  # verification ran and found a problem (3 stays "could not verify at all")
+from geoprobe.status import ExitStatus
 
 
 def _state(env: Environment, state_dir: Path | None) -> Path:
@@ -118,7 +118,7 @@ def run_cmd(
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
     by_id = cat.by_id()
     out = out_dir if out_dir is not None else state / "attest" / "chain"
-    countries = default_index()
+    countries = default_index(env.cache_dir)
 
     def published(issued: chain.Issued) -> None:
         """After the chain's lock is released: a slow collector never holds up the next issuer."""
@@ -212,7 +212,13 @@ def verify_cmd(
     cat = catalogue_or_default(landmarks_path, env.cache_dir)
     entries = load_entries(chain_path)
     rep = verify_chain(
-        entries, pub, cat.by_id(), default_index(), partial=partial, until=until, max_gap=max_gap
+        entries,
+        pub,
+        cat.by_id(),
+        default_index(env.cache_dir),
+        partial=partial,
+        until=until,
+        max_gap=max_gap,
     )
     if as_json:
         doc = {
@@ -224,7 +230,7 @@ def verify_cmd(
         }
         env.stdout.write(json.dumps(doc) + "\n")
         if not rep.ok:
-            ctx.exit(FAILED)
+            ctx.exit(int(ExitStatus.VERIFY_FAILED))
         return
     for p in rep.problems:
         env.stdout.write(f"FAIL {p}\n")
@@ -234,7 +240,7 @@ def verify_cmd(
         env.stdout.write(
             f"FAILED: {len(rep.problems)} problem(s) in {rep.envelopes} attestation(s)\n"
         )
-        ctx.exit(FAILED)
+        ctx.exit(int(ExitStatus.VERIFY_FAILED))
     verdicts: dict[str, int] = {}
     for _, v, _ in rep.periods:
         verdicts[v] = verdicts.get(v, 0) + 1

@@ -1,4 +1,5 @@
-"""CLI: ``geoprobe landmark keygen|serve`` (run a signed landmark) and the ``geoprobe landmarks`` group.
+"""CLI: ``geoprobe landmark keygen|serve`` (run a signed landmark) and the ``geoprobe landmarks``
+group.
 
 ``geoprobe landmarks sync`` lives in ``cli/sync.py`` and is added here, so that loading this one
 module (commands load lazily) gives the whole ``landmarks`` group; plug-ins may add more with

@@ -192,7 +192,7 @@ def locate_cmd(
             if all_landmarks or len(order) <= DEFAULT_LIMIT:
                 probe(list(order))
             else:
-                select_and_probe(cat, probe)
+                select_and_probe(cat, probe, cache_dir=env.cache_dir)
         by_id = {m.landmark_id: m for m in measured}
         measurements = [by_id[lm.id] for lm in cat.landmarks if lm.id in by_id]
     if save_path is not None:

@@ -1,4 +1,5 @@
-"""CLI: ``geoprobe testbed run|move|status`` (a loopback world of emulated landmarks) and ``geoprobe demo``.
+"""CLI: ``geoprobe testbed run|move|status`` (a loopback world of emulated landmarks) and ``geoprobe
+demo``.
 
 Also adds ``geoprobe landmarks sync`` (RIPE Atlas anchors) through the hook in ``cli/landmark.py``.
 """

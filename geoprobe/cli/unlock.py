@@ -33,7 +33,7 @@ def unlock_cmd(
     """Print secret NAME once the key servers time this host within its bound."""
     from geoprobe.keyrelease import client, config
 
-    cfg = config.load_client(config_path or config.default_client_config())
+    cfg = config.load_client(config_path or config.default_client_config(env.config_dirs))
     try:
         cfg.plan(name)
     except ValueError as exc:

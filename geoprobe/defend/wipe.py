@@ -71,7 +71,8 @@ def _dev(major_minor: str) -> int:
 
 
 def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
-    """Parsed mount table; mountinfo has per-mount and superblock options (data=journal lives there)."""
+    """Parsed mount table; mountinfo has per-mount and superblock options (data=journal lives
+    there)."""
     out: list[Mount] = []
     try:
         text = Path(mountinfo).read_text()
@@ -91,7 +92,8 @@ def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
 
 
 def mount_of(path: str | Path, table: list[Mount] | None = None) -> Mount | None:
-    """The mount holding ``path``: the longest mount point that prefixes its real path (last wins)."""
+    """The mount holding ``path``: the longest mount point that prefixes its real path (last
+    wins)."""
     real = os.path.realpath(path)
     best: Mount | None = None
     for m in table if table is not None else mounts():
@@ -583,7 +585,8 @@ class Wiper:
 
 
 def wipe_file(path: str | Path, deadline: Deadline, passes: int = 1) -> FileWipe:
-    """Wipe one named file (a safe named symlink: its target and the link); raise if it could not."""
+    """Wipe one named file (a safe named symlink: its target and the link); raise if it could
+    not."""
     w = Wiper(deadline, passes)
     w.wipe_path(str(path))
     if w.errors or w.skipped or not w.files and not w.symlinks:

@@ -3,13 +3,14 @@
 Three models, from sound to sharp:
 
 (a) the sound bound: 100 km per ms of RTT (light in fibre, round trip). Added delay only widens it.
-(b) CBG's bestline (Gueye et al. 2006): per landmark, the line ``rtt = m * km + b`` below all of that
-    landmark's (distance, RTT) points, with ``m`` at least the speed-of-light slope and ``b >= 0``,
-    that minimises the total vertical distance to the points. The distance bound is ``(rtt - b) / m``.
-(c) geoprobe's soft ranging: an empirical distribution, given the RTT, of ``u`` = distance as a share
-    of the landmark's own bestline reach (its routing, not the world's), pooled over all landmark
-    pairs. A likelihood, not a bound: it ranks places (with a land and data-centre prior, in the
-    solver); only the sound bound certifies.
+(b) CBG's bestline (Gueye et al. 2006): per landmark, the line ``rtt = m * km + b`` below all of
+    that landmark's (distance, RTT) points, with ``m`` at least the speed-of-light slope and ``b >=
+    0``, that minimises the total vertical distance to the points. The distance bound is ``(rtt - b)
+    / m``.
+(c) geoprobe's soft ranging: an empirical distribution, given the RTT, of ``u`` = distance as a
+    share of the landmark's own bestline reach (its routing, not the world's), pooled over all
+    landmark pairs. A likelihood, not a bound: it ranks places (with a land and data-centre prior,
+    in the solver); only the sound bound certifies.
 
 Vetting comes first: a pair whose RTT is faster than light over the claimed distance proves one of
 the two landmarks lies about its location; the landmark in most such pairs is left out, greedily.
@@ -60,7 +61,8 @@ def bestline_lp(km: FArray, rtt: FArray) -> tuple[float, float]:
     from scipy.optimize import linprog
 
     d, r = np.asarray(km, float), np.asarray(rtt, float)
-    # minimise sum(r - m d - b) == maximise m*sum(d) + n*b, s.t. m d_j + b <= r_j, m >= light, b >= 0.
+    # minimise sum(r - m d - b) == maximise m*sum(d) + n*b, s.t. m d_j + b <= r_j, m >= light, b >=
+    # 0.
     res = linprog(
         c=[-d.sum(), -float(len(d))],
         A_ub=np.column_stack([d, np.ones_like(d)]),
@@ -77,8 +79,8 @@ def bestline(km: FArray, rtt: FArray) -> tuple[float, float]:
     """The same LP solved exactly in closed form, fast enough to refit per target in leave-one-out.
 
     Minimising the vertical distances is maximising the line's height at the mean distance; for a
-    slope ``m`` the highest feasible intercept is ``min_j(r_j - m d_j)``, a concave function of ``m``
-    whose breakpoints are the slopes of the lower convex hull. Infeasible (a point faster than
+    slope ``m`` the highest feasible intercept is ``min_j(r_j - m d_j)``, a concave function of
+    ``m`` whose breakpoints are the slopes of the lower convex hull. Infeasible (a point faster than
     light): the speed-of-light line through the origin.
     """
     d, r = np.asarray(km, float), np.asarray(rtt, float)
@@ -173,7 +175,8 @@ def vet(
 
 
 def rtt_bin(rtt: FArray) -> npt.NDArray[np.intp]:
-    """The soft-ranging table's row for each RTT (``R_EDGES``; out-of-range RTTs clamp to the ends)."""
+    """The soft-ranging table's row for each RTT (``R_EDGES``; out-of-range RTTs clamp to the
+    ends)."""
     return np.clip(np.searchsorted(R_EDGES, rtt) - 1, 0, len(R_EDGES) - 2)
 
 
@@ -356,8 +359,8 @@ def _offsets(km: FArray, sym: FArray, *, shrink: float = 10.0) -> FArray:
 
 
 def hold_out(model: Model, i: int) -> Model:
-    """``model`` as if landmark ``i`` had never been in it: vetted out, and every bestline that rests
-    on a pair with ``i`` refitted without it.
+    """``model`` as if landmark ``i`` had never been in it: vetted out, and every bestline that
+    rests on a pair with ``i`` refitted without it.
 
     Locating a landmark with bestlines that were fitted to pass just under its own RTTs would make
     it an easier case than any real target, and probabilities fitted on it overconfident. Only the
@@ -408,7 +411,8 @@ def fit(catalogue: Catalogue, *, vetting: bool = True) -> Model:
 
 
 def measured_rtts(model: Model, rtts: Mapping[str, float]) -> tuple[npt.NDArray[np.intp], FArray]:
-    """Indices into the model and RTTs of the usable measurements (known, not vetted out, finite)."""
+    """Indices into the model and RTTs of the usable measurements (known, not vetted out,
+    finite)."""
     idx = model.index
     pairs = [
         (idx[k], float(v))

@@ -106,7 +106,8 @@ def _load_packaged(tables: CodeTables) -> tuple[dict[str, list[BaseGeometry]], s
 
 
 def _ne_code(props: Mapping[str, Any], name: str, tables: CodeTables) -> str | None:
-    """Our table by NAME, else ISO_A2_EH, else ISO_A2 (NE writes -99 where it has none), else ADM0_A3.
+    """Our table by NAME, else ISO_A2_EH, else ISO_A2 (NE writes -99 where it has none), else
+    ADM0_A3.
 
     The table comes first so that both sources code the same areas the same way.
     """
@@ -440,8 +441,8 @@ class CountryIndex:
         )
         if len(sea) and max_km > 0:
             slat, slon = la.ravel()[sea], (lo.ravel()[sea] + 180.0) % 360.0 - 180.0
-            # Planar search radius in degrees, wide enough at the most poleward point; the great-circle
-            # distance to the nearest point found is checked below.
+            # Planar search radius in degrees, wide enough at the most poleward point; the
+            # great-circle distance to the nearest point found is checked below.
             coslat = math.cos(math.radians(min(float(np.abs(slat).max()), 89.0)))
             reach = max_km / (KM_PER_DEG * max(coslat, 0.01))
             pts = shapely.points(slon, slat)
@@ -524,7 +525,8 @@ class CountryIndex:
         dlat = margin_km / KM_PER_DEG
         lat_max = min(89.0, max(abs(miny), abs(maxy)) + dlat)
         dlon = margin_km / (KM_PER_DEG * math.cos(math.radians(lat_max)))
-        # Grow by an ellipse (dlon east-west, dlat north-south): buffer in a space stretched north-south.
+        # Grow by an ellipse (dlon east-west, dlat north-south): buffer in a space stretched
+        # north-south.
         k = dlon / dlat
         stretched = shapely.affinity.scale(region, xfact=1.0, yfact=k, origin=(0.0, 0.0))
         grown = shapely.affinity.scale(

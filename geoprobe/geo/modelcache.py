@@ -1,8 +1,8 @@
 """A fitted calibration on disk, so a fresh ``geoprobe locate`` does not refit the catalogue.
 
-Fitting a 250-landmark catalogue (bestlines, soft-ranging table, and the tempering fitted by locating
-the catalogue's own landmarks) takes about a second; a cached model loads in milliseconds. The key
-hashes everything the fit reads -- the landmarks' ids, positions and claimed countries, the
+Fitting a 250-landmark catalogue (bestlines, soft-ranging table, and the tempering fitted by
+locating the catalogue's own landmarks) takes about a second; a cached model loads in milliseconds.
+The key hashes everything the fit reads -- the landmarks' ids, positions and claimed countries, the
 catalogue's RTTs, the country lookup it was tempered with, and ``MODEL_VERSION`` -- so a changed
 catalogue or a new engine never reuses a stale model.
 

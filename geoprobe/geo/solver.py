@@ -2,8 +2,8 @@
 
 Two layers answer two questions:
 
-* the **sound region** -- the intersection of speed-of-light caps -- says where the VM *can* be. Only
-  it can certify a country, and only when it lies wholly inside that country's polygon.
+* the **sound region** -- the intersection of speed-of-light caps -- says where the VM *can* be.
+  Only it can certify a country, and only when it lies wholly inside that country's polygon.
 * the **posterior** over points sampled inside the smallest sound cap says where the VM probably is:
   the soft-ranging likelihood of every RTT (calibrated per landmark), tempered so that its country
   probabilities are calibrated, times a prior that VMs live on land near other data centres.
@@ -213,8 +213,8 @@ def posterior(
 ) -> Posterior:
     """Sample the smallest sound cap and score every point. ``lat``/``lon`` are the landmarks'.
 
-    Only caps that can cut the sampled one are tested (a cap that contains it whole changes nothing),
-    which keeps a solve with hundreds of landmarks to a few milliseconds of arithmetic.
+    Only caps that can cut the sampled one are tested (a cap that contains it whole changes
+    nothing), which keeps a solve with hundreds of landmarks to a few milliseconds of arithmetic.
     """
     culprits: list[int] = []
     keep = np.ones(len(idx), dtype=bool)
@@ -263,7 +263,8 @@ def posterior(
                 else SOUND_KM_PER_MS * radj
             )
             ll = soft_loglik(model.table, radj, dist, reach_km)
-            # Beyond the calibrated reach (but inside the sound bound): a steep penalty, not impossibility.
+            # Beyond the calibrated reach (but inside the sound bound): a steep penalty, not
+            # impossibility.
             u = dist / reach_km[None, :]
             ll = np.where(np.isfinite(ll), ll, model.table[-1, -1] - SOFT_TAIL * (u - 1.0))
             levels.append(ll.sum(axis=1))
@@ -272,7 +273,8 @@ def posterior(
         loglik = mx + np.log(np.exp(stack - mx).mean(axis=0))
     if model is not None and inside.any():
         if CBG_PENALTY > 0:
-            # Each landmark's own bestline as a soft bound (as a hard one it misses the truth half the time).
+            # Each landmark's own bestline as a soft bound (as a hard one it misses the truth half
+            # the time).
             rc = np.maximum(r_used - model.intercept[used], 0.0) / model.slope[used]
             c2 = np.flatnonzero(reach > rc)
             outside = _dots(sample.xyz, cent[c2]) < _cos_radius(rc[c2] + slack)[None, :]
@@ -453,7 +455,8 @@ def solve_model(
     method: str = "geoprobe",
     temperature: float | None = None,
 ) -> Fix:
-    """Solve with a fitted ``model`` (None: sound bound only). ``ids/lat/lon`` describe the landmarks."""
+    """Solve with a fitted ``model`` (None: sound bound only). ``ids/lat/lon`` describe the
+    landmarks."""
     notes: list[str] = []
     excluded: dict[str, str] = {}
     if model is not None:
@@ -702,8 +705,8 @@ def self_tempering(
     """Fit the temperature by locating the model's own landmarks, each held out of its own fix.
 
     Only landmark<->landmark RTTs are used, so an evaluation target that is not in ``model`` never
-    influences it. ``landmarks`` limits each case to that many random others (as the evaluation does);
-    ``select`` to what coarse-to-fine selection would probe (see ``held_out_case``).
+    influences it. ``landmarks`` limits each case to that many random others (as the evaluation
+    does); ``select`` to what coarse-to-fine selection would probe (see ``held_out_case``).
     """
     rng = np.random.default_rng(seed)
     cand = [i for i, lid in enumerate(model.ids) if lid not in model.excluded]

@@ -18,7 +18,8 @@ from shapely.geometry.base import BaseGeometry
 
 EARTH_RADIUS_KM = 6371.0088
 HALF_CIRCUMFERENCE_KM = math.pi * EARTH_RADIUS_KM
-#: Light in fibre covers ~200 km per ms one way, so 1 ms of round trip bounds the distance to 100 km.
+#: Light in fibre covers ~200 km per ms one way, so 1 ms of round trip bounds the distance to 100
+#: km.
 SOUND_KM_PER_MS = 100.0
 
 Array = npt.NDArray[np.float64]
@@ -55,7 +56,8 @@ def chord_for_km(km: ArrayLike) -> Any:
 def distance_matrix_km(
     lat_a: ArrayLike, lon_a: ArrayLike, lat_b: ArrayLike, lon_b: ArrayLike
 ) -> Array:
-    """All pairwise distances (len(a) x len(b)) via unit-vector dot products (fast, accurate > 1 m)."""
+    """All pairwise distances (len(a) x len(b)) via unit-vector dot products (fast, accurate > 1
+    m)."""
     a = to_xyz(lat_a, lon_a).reshape(-1, 3)
     b = to_xyz(lat_b, lon_b).reshape(-1, 3)
     dot = np.clip(a @ b.T, -1.0, 1.0)
@@ -65,7 +67,8 @@ def distance_matrix_km(
 def destination(
     lat: ArrayLike, lon: ArrayLike, bearing_deg: ArrayLike, distance_km: ArrayLike
 ) -> tuple[Any, Any]:
-    """The point reached from (lat, lon) going ``distance_km`` along initial bearing; lon in [-180, 180)."""
+    """The point reached from (lat, lon) going ``distance_km`` along initial bearing; lon in [-180,
+    180)."""
     p1 = np.radians(np.asarray(lat, dtype=float))
     l1 = np.radians(np.asarray(lon, dtype=float))
     th = np.radians(np.asarray(bearing_deg, dtype=float))
@@ -97,8 +100,8 @@ def cap_polygon(
 ) -> BaseGeometry:
     """A lon/lat (multi)polygon that contains the spherical cap; split at the antimeridian.
 
-    The radius is enlarged by ``margin`` (relative) plus ``margin_km`` so that straight lon/lat edges
-    between boundary samples stay outside the true circle. A cap that reaches a pole becomes a
+    The radius is enlarged by ``margin`` (relative) plus ``margin_km`` so that straight lon/lat
+    edges between boundary samples stay outside the true circle. A cap that reaches a pole becomes a
     latitude band up to that pole, which is a (conservative) superset.
     """
     r = radius_km * (1.0 + margin) + margin_km

@@ -50,7 +50,8 @@ def _ring(arcs: list[np.ndarray], indices: Sequence[int]) -> np.ndarray:
 
 
 def _unwrap(ring: np.ndarray) -> np.ndarray:
-    """Make longitudes continuous (no edge spans more than 180°), closing polar rings via the pole."""
+    """Make longitudes continuous (no edge spans more than 180°), closing polar rings via the
+    pole."""
     dx = np.diff(ring[:, 0])
     if not (np.abs(dx) > 180.0).any():
         return ring

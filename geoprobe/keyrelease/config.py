@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,11 +381,12 @@ def parse_client(raw: Mapping[str, Any], path: Path) -> ClientConfig:
     )
 
 
-def default_client_config() -> Path:
-    """``unlock.toml`` in the first config dir that has one, else /etc/geoprobe/unlock.toml."""
+def default_client_config(dirs: Sequence[Path] | None = None) -> Path:
+    """``unlock.toml`` in the first of ``dirs`` (default: ``geoprobe.paths.config_dirs()``) that
+    has one, else /etc/geoprobe/unlock.toml."""
     from geoprobe import paths
 
-    for d in paths.config_dirs():
+    for d in dirs if dirs is not None else paths.config_dirs():
         if (d / CLIENT_CONFIG).exists():
             return d / CLIENT_CONFIG
     return Path("/etc/geoprobe") / CLIENT_CONFIG

@@ -23,6 +23,7 @@ from functools import partial
 
 from geoprobe.keyrelease.config import parse_address
 from geoprobe.probe.timer import PreciseTimer
+from geoprobe.status import ExitStatus
 
 Address = tuple[str, int]
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         relay.close()
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ VERSION = 1
 LOCATION_TOLERANCE_DEG = 1e-6  # ~0.1 m: the signed float and the catalogue's JSON float must agree
 RTT_TOLERANCE_MS = 1e-3
 # How far the prober's clock may be from the landmark's before its times are not believed. NTP keeps
-# a VM within milliseconds; an auditor of a clock-less VM can widen it (``verify --max-clock-offset``).
+# a VM within milliseconds; an auditor of a clock-less VM can widen it (``verify
+# --max-clock-offset``).
 MAX_CLOCK_OFFSET_S = 10.0
 # A measurement's ``timestamp`` is taken when probing that landmark starts; its samples follow
 # within the probing run (samples x timeout, paced): an hour covers any run the CLI allows.
@@ -52,7 +53,8 @@ def make_evidence(
 
 
 def check_reply(reply: Reply, landmark: Landmark, pubkey: Ed25519PublicKey) -> str | None:
-    """Why a decoded reply cannot count for ``landmark`` (None if it can). Shared by prober and auditor."""
+    """Why a decoded reply cannot count for ``landmark`` (None if it can). Shared by prober and
+    auditor."""
     if not reply.verify(pubkey):
         return "bad signature"
     if landmark.key_id and reply.key_id != landmark.key_id:

@@ -34,7 +34,8 @@ def public_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 def key_id(pubkey: bytes) -> str:
-    """First 8 bytes of SHA-256 of the raw public key, hex: short enough to print, long enough to tell apart."""
+    """First 8 bytes of SHA-256 of the raw public key, hex: short enough to print, long enough to
+    tell apart."""
     return hashlib.sha256(pubkey).hexdigest()[:16]
 
 
@@ -43,7 +44,8 @@ def public_from_raw(pubkey: bytes) -> Ed25519PublicKey:
 
 
 def save_private(path: str | Path, key: Ed25519PrivateKey) -> None:
-    """PKCS#8 PEM, created with mode 0600 from the start (never world-readable, not even briefly)."""
+    """PKCS#8 PEM, created with mode 0600 from the start (never world-readable, not even
+    briefly)."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -133,7 +133,8 @@ class EchoResponder(asyncio.DatagramProtocol):
         self.timer.call_at(due, lambda: self._answer_held(nonce, addr, due, half))
 
     def _reply(self, nonce: bytes, waited_ns: int = 0) -> bytes:
-        """Sign a reply; the request is dated ``waited_ns`` back, to when it reached the landmark."""
+        """Sign a reply; the request is dated ``waited_ns`` back, to when it reached the
+        landmark."""
         t_send = self.clock()
         t_recv = t_send - waited_ns
         return build_reply(

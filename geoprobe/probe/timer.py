@@ -25,7 +25,8 @@ _PR_SET_TIMERSLACK = 29
 
 
 def _cut_timer_slack(ns: int) -> None:
-    """Linux rounds sleeps up by the thread's timer slack (50 µs by default); cut it for this thread."""
+    """Linux rounds sleeps up by the thread's timer slack (50 µs by default); cut it for this
+    thread."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -3,7 +3,8 @@
 It lets ``geoprobe demo`` run offline on a fresh machine without any dataset. The RTT of a pair is
 an access delay plus the great-circle distance at light-in-fibre speed times a route inflation
 (real paths are 1.3-1.9x longer than the great circle), drawn per pair from a fixed seed so the
-world is the same on every machine. It is a model, not a measurement: use ``--dataset`` for real data.
+world is the same on every machine. It is a model, not a measurement: use ``--dataset`` for real
+data.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Path delays of the emulated world: per-pair jitter, and a distance model to place the VM anywhere.
+"""Path delays of the emulated world: per-pair jitter, and a distance model to place the VM
+anywhere.
 
 A real path's RTT is a floor (propagation + fixed processing) plus queueing that only ever adds
 delay. So a sample is ``min + X`` with ``X >= 0`` drawn from a gamma law whose mean is the pair's

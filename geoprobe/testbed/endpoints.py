@@ -25,7 +25,8 @@ DEFAULT_BASE_PORT = 40000
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A landmark's socket (``bind``, ``port``; port 0 = any free one) and its advertised address."""
+    """A landmark's socket (``bind``, ``port``; port 0 = any free one) and its advertised
+    address."""
 
     bind: str
     port: int
@@ -33,7 +34,8 @@ class Endpoint:
 
 
 def _hosts(prefixes: Sequence[str]) -> list[str]:
-    """Usable addresses of the prefixes, skipping x.x.x.0, x.x.x.255 and 127.0.0.1 (the prober's)."""
+    """Usable addresses of the prefixes, skipping x.x.x.0, x.x.x.255 and 127.0.0.1 (the
+    prober's)."""
     out: list[str] = []
     for p in prefixes:
         try:
@@ -63,7 +65,8 @@ def plan(
     base_port: int = DEFAULT_BASE_PORT,
     port: int = 0,
 ) -> list[Endpoint]:
-    """One endpoint per landmark, keyed by its server's index in the dataset (stable across testbeds)."""
+    """One endpoint per landmark, keyed by its server's index in the dataset (stable across
+    testbeds)."""
     if bind is not None:
         try:
             ipaddress.ip_address(bind)

@@ -1,4 +1,5 @@
-"""Run an emulated world: one signed-echo responder per landmark in one process, plus a control socket.
+"""Run an emulated world: one signed-echo responder per landmark in one process, plus a control
+socket.
 
 Every responder holds each reply for a delay drawn from the world's current row
 (``EchoResponder`` times the hold on a precise timer thread). ``Testbed`` lives in an asyncio loop;
@@ -53,7 +54,8 @@ class Testbed:
         self._control: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        """Bind every landmark's socket; fails whole (and closes what it opened) if one cannot bind."""
+        """Bind every landmark's socket; fails whole (and closes what it opened) if one cannot
+        bind."""
         if self.world.placement is None:
             raise RuntimeError("place the VM before starting the testbed")
         try:
@@ -85,7 +87,8 @@ class Testbed:
             raise
 
     def catalogue(self, source: str | None = None) -> Catalogue:
-        """The catalogue probers use: advertised addresses, bound ports, pinned keys, calibration."""
+        """The catalogue probers use: advertised addresses, bound ports, pinned keys,
+        calibration."""
         lms = []
         for lid, ep, port, srv in zip(
             self.world.ids, self.endpoints, self.ports, self.world.servers

@@ -1,4 +1,5 @@
-"""The emulated world: which dataset servers are landmarks, where the VM stands, and its path delays.
+"""The emulated world: which dataset servers are landmarks, where the VM stands, and its path
+delays.
 
 The landmark set is fixed when the world is made; moving the VM only swaps the delay row, so a
 catalogue written at start stays valid after any number of moves (as in a real cloud, where the
@@ -21,7 +22,8 @@ from geoprobe.testbed.delays import SAME_SITE_MS, DistanceModel, PathDelay, fit_
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where the emulated VM stands: at a dataset server (its measured row) or anywhere (the model)."""
+    """Where the emulated VM stands: at a dataset server (its measured row) or anywhere (the
+    model)."""
 
     lat: float
     lon: float
@@ -43,7 +45,8 @@ class Placement:
 
 
 def landmark_ids(dataset: Dataset) -> list[str]:
-    """Catalogue ids for the servers: their names when those are unique (readable), else their ids."""
+    """Catalogue ids for the servers: their names when those are unique (readable), else their
+    ids."""
     names = [s.name for s in dataset.servers]
     ok = len(set(names)) == len(names) and all(0 < len(n.encode()) <= 128 for n in names)
     return names if ok else dataset.ids
@@ -52,7 +55,8 @@ def landmark_ids(dataset: Dataset) -> list[str]:
 def choose_landmarks(
     dataset: Dataset, *, exclude: int | None = None, count: int | None = None, seed: int = 0
 ) -> list[int]:
-    """Dataset indices of the landmarks: every server but the VM's own, or ``count`` drawn with ``seed``."""
+    """Dataset indices of the landmarks: every server but the VM's own, or ``count`` drawn with
+    ``seed``."""
     pool = [i for i in range(len(dataset)) if i != exclude]
     if count is not None and count < len(pool):
         if count < 1:

@@ -50,7 +50,7 @@ the daemon passes each round's fix (``Observation.fix``), and fusion judges it.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -236,21 +236,15 @@ class Fusion:
         out: list[Transition] = []
         self._take_signals(obs)
         self.verdict = self.jurisdiction.judge(obs.fix) if obs.fix is not None else None
+        handler = HANDLERS[self.state]
         if self.state == State.OUTSIDE:
-            self._on_outside(out, obs)
+            handler(self, out, obs)  # every round judged on its own: no fingerprint to follow
             return out
         if obs.shift is not None:
             self._hurry = obs.shift.outcome == "unsure"
             self._unsure = self._unsure + 1 if self._hurry else 0
         if not self._persistent_rises(out, obs):
-            handler = {
-                State.NORMAL: self._on_normal,
-                State.SETTLED: self._on_normal,
-                State.SUSPECT: self._on_suspect,
-                State.CONFIRMING: self._on_confirming,
-                State.CONFIRMED: self._on_confirmed,
-            }[self.state]
-            handler(out, obs)
+            handler(self, out, obs)
         if not self.outside and not any(t.to == State.CONFIRMED for t in out):
             self._outside_without_move(out, obs)
         return out
@@ -331,8 +325,11 @@ class Fusion:
         return True
 
     def _on_normal(self, out: list[Transition], obs: Observation) -> None:
-        """normal/settled -> suspect: the fingerprint moved, a decisive signal fired, or a signal
-        saw a migration in progress (``precopy``).
+        """normal/settled -> suspect: the fingerprint moved, a decisive timing/fingerprint signal
+        fired (except ``LOAD_SENSITIVE`` ones, which host load alone sets off), or a signal saw a
+        migration in progress (``Anomaly.precopy``: a dirty sync, a failover unplug, a free-page
+        hint) before any RTT moved. Emits ``migration.suspected``; the daemon probes faster while
+        suspicious.
 
         When the moved measurement is already a proof backed by a signal, the crossing is
         confirmed in this round (see ``_corroborated_at_once``).
@@ -358,7 +355,9 @@ class Fusion:
 
     def _on_confirmed(self, out: list[Transition], obs: Observation) -> None:
         """confirmed -> settled: ``settle_rounds`` quiet rounds against the new baseline taken after
-        the move; a further move against that baseline opens a new episode."""
+        the move.
+
+        A further move against that baseline opens a new episode."""
         shift, now = obs.shift, obs.time
         if shift is not None and shift.outcome == "moved":
             self._open(now, shift)
@@ -400,7 +399,18 @@ class Fusion:
         self._judge(out, shift, obs)
 
     def _on_confirming(self, out: list[Transition], obs: Observation) -> None:
-        """confirming -> confirmed: judge this measurement's fix (crossing true, false or null)."""
+        """confirming -> confirmed, ``crossing=true``: the jurisdiction rule says *outside* (by
+        default only a certified country or a sound region that leaves the allowed set, see
+        ``jurisdiction.py``) AND it is corroborated, either by a decisive independent signal within
+        ``signal_window_s`` or by the previous agreeing measurement also judged outside. Added
+        delay alone cannot satisfy the sound rule, so a crossing cannot be forced by an on-path
+        adversary. With the opt-in calibrated basis, a probability-only "outside" also needs the
+        RTT to have *fallen* to at least ``min_decreased`` landmarks, which added delay cannot
+        produce.
+
+        Or ``crossing=false`` (inside the allowed set, or already outside before this move), or
+        ``crossing=null`` (still astride the border after ``max_confirm_rounds``): ``_judge``
+        decides which, on this measurement's fix."""
         shift = self._moved_while_suspicious(out, obs)
         if shift is not None:
             self._judge(out, shift, obs)
@@ -492,8 +502,8 @@ class Fusion:
             self._confirm(out, shift, fix, None, [*verdict.reasons, why], now, signals)
 
     def _on_outside(self, out: list[Transition], obs: Observation) -> None:
-        """outside -> confirmed (``crossing=false``): ``outside_rounds`` rounds in a row not judged
-        outside; the daemon takes a new baseline there."""
+        """outside -> confirmed, ``crossing=false``: ``outside_rounds`` rounds in a row not judged
+        outside; the daemon then takes a new baseline at the place it is judged to be."""
         v, fix = self.verdict, obs.fix
         if v is None or fix is None:
             return
@@ -636,3 +646,14 @@ class Fusion:
         if self._home_verdict is None:
             self._home_verdict = replace(self.jurisdiction, basis="sound").judge(self.home_fix)
         return self._home_verdict.verdict == "outside"
+
+
+#: Each state's handler, headed by its line of the module docstring (settled reacts as normal).
+HANDLERS: Mapping[State, Callable[[Fusion, list[Transition], Observation], None]] = {
+    State.NORMAL: Fusion._on_normal,
+    State.SETTLED: Fusion._on_normal,
+    State.SUSPECT: Fusion._on_suspect,
+    State.CONFIRMING: Fusion._on_confirming,
+    State.CONFIRMED: Fusion._on_confirmed,
+    State.OUTSIDE: Fusion._on_outside,
+}

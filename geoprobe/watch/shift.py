@@ -10,7 +10,8 @@ Three facts shape the test, because an adversary on the path can only *add* dela
 
 * A *decrease* beyond the noise is unforgeable: the VM really got closer to that landmark.
 * A *common-mode* rise (every landmark slower by about the same amount) is what added delay or
-  queueing on the VM's own link looks like; it is removed before counting, so it alone is not a move.
+  queueing on the VM's own link looks like; it is removed before counting, so it alone is not a
+  move.
 * "Still near landmark X" is robust: the old and new positions both lie within the sound radius
   of X, so the move is at most ``100 km/ms x (old RTT + new RTT)`` (``max_move_km``).
 

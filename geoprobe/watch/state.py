@@ -1,12 +1,12 @@
 """The watch's tables in the state store: fixes, fingerprints, baselines, events and transitions.
 
 A fix and the fingerprint it was solved from go in one transaction, so after ``kill -9`` the store
-holds both or neither. Fixes are kept as their JSON record: readers (``check`` in cron mode, reports)
-need the verdict and the RTTs, not the region geometry.
+holds both or neither. Fixes are kept as their JSON record: readers (``check`` in cron mode,
+reports) need the verdict and the RTTs, not the region geometry.
 
-Every failure comes out as one ``StoreError`` naming the file. The watch uses ``FailSafeWatchStore``,
-which reports the first failure once and goes on without recording: watching and acting matter
-more than the record.
+Every failure comes out as one ``StoreError`` naming the file. The watch uses
+``FailSafeWatchStore``, which reports the first failure once and goes on without recording: watching
+and acting matter more than the record.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from geoprobe.store import StoreError, connect, guarded, outbox_put
 
 STORE_FAILED = "io.geoprobe.store.failed"
 LOCK_WAIT_S = 60.0  # how long a one-shot command waits for another to release the state dir
-STORE_RECOVERED = "io.geoprobe.store.recovered"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watch_fixes (

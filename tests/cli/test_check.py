@@ -1,4 +1,5 @@
-"""`geoprobe check`: the Nagios plugin's exit codes, status line and cron mode, from replayed RTTs."""
+"""`geoprobe check`: the Nagios plugin's exit codes, status line and cron mode, from replayed
+RTTs."""
 
 from __future__ import annotations
 
@@ -232,7 +233,8 @@ def test_cron_mode_reports_a_migration_since_the_last_run(
 
 @pytest.mark.slow
 def test_cron_mode_against_a_live_testbed(tmp_path: Path) -> None:
-    """Real probing: OK at Frankfurt, then CRITICAL with the migration after the testbed moves to Madrid."""
+    """Real probing: OK at Frankfurt, then CRITICAL with the migration after the testbed moves to
+    Madrid."""
     import os
     import signal
     import subprocess
@@ -354,7 +356,8 @@ def test_bad_input_also_says_so_on_stderr(catalogue_file: Path, tmp_path: Path) 
 
 
 def nagios_state_of(perf: str) -> int:
-    """The state a monitoring system derives from perfdata thresholds alone ("a:" alerts below a)."""
+    """The state a monitoring system derives from perfdata thresholds alone ("a:" alerts below
+    a)."""
     worst = 0
     for item in perf.split():
         _label, value = item.split("=", 1)

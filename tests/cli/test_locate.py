@@ -460,3 +460,62 @@ def test_a_corrupt_mmdb_found_by_default_is_a_note(
     rec = json.loads(run.out.getvalue())
     (note,) = rec["ipgeo"]["notes"]
     assert note.startswith(f"database not used: {junk}: not a valid MaxMind DB")
+
+
+def test_a_large_catalogue_is_selected_and_fitted_in_the_environments_cache(
+    run: Run, world: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the selection limit, locate probes coarse to fine; the calibration it selects with
+    and solves with is cached in the Environment's cache dir, not the process environment's."""
+    from geoprobe import locate
+    from geoprobe.geo import selection
+
+    seen: list[Path | None] = []
+    real = locate.fit_catalogue
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("cache_dir"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(locate, "fit_catalogue", spy)
+    monkeypatch.setattr(selection, "DEFAULT_LIMIT", 4)  # the ten landmarks go through selection
+    monkeypatch.setenv("GEOPROBE_CACHE_DIR", str(run.tmp / "process-env-cache"))
+    cat, _ = world
+    args = ["--timeout", "0.3", "--samples", "1", "--format", "json"]
+    assert run("locate", "--landmarks", str(cat), *args) == 0, run.err.getvalue()
+    assert len(seen) >= 2 and set(seen) == {run.tmp / "cache"}
+
+
+@pytest.mark.parametrize("hostile", ["amplification", "pointer_loop"])
+def test_a_hostile_mmdb_named_with_the_option_is_one_line_exit_3(
+    run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str], hostile: str
+) -> None:
+    """Valid metadata over a data section a naive decoder follows into gigabytes or forever: the
+    first lookup refuses it, in one line, in bounded time. Replayed, so the public addresses the
+    landmarks claim are looked up in the file only, never contacted."""
+    import time
+
+    from geoprobe.measurement import Measurement, save_measurements
+    from tests import mmdb_files
+
+    db = tmp_path / "hostile.mmdb"
+    db.write_bytes(getattr(mmdb_files, hostile)())
+    cat = tmp_path / "cat.json"
+    lms = [("a", 59.3, 18.1, "200.1.2.3"), ("b", 50.1, 8.7, "200.1.2.4")]
+    Catalogue(
+        landmarks=[
+            Landmark(id=i, lat=la, lon=lo, address=ad, udp_port=7207) for i, la, lo, ad in lms
+        ],
+        name="t",
+    ).save(cat)
+    replay = tmp_path / "m.json"
+    save_measurements(
+        replay,
+        [Measurement(i, "udp", dst_addr=ad, rtts_ms=[9.0], sent=1) for i, _, _, ad in lms],
+    )
+    start = time.monotonic()
+    code = run("locate", "--landmarks", str(cat), "--replay", str(replay), "--mmdb", str(db))
+    assert code == 3 and time.monotonic() - start < 30
+    lines = _error_lines(run, capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"geoprobe: error: {db}: not a valid MaxMind")
+    assert "Traceback" not in run.err.getvalue() and run.out.getvalue() == ""

@@ -1,5 +1,5 @@
 """Defence acceptance: testbed at a German server, `geoprobe watch --policy` with the acceptance
-policy (tests/data/acceptance-policy.toml, its paths and webhook port moved to this run's own), a
+policy (tests/data/acceptance-policy.toml, filled with this run's own directory and free port), a
 webhook receiver on loopback, then a move > 500 km out of DE.
 
 Within 15 s of the move (scaled by the machine's load, see ``time_scale``): the key file is gone,
@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.acceptance import acceptance_policy
+
 from .receiver import Receiver, receiver
 
 pytestmark = pytest.mark.slow
@@ -36,9 +38,6 @@ ACCEPT_S = 15.0  # the target: counter-measures done this long after the move, o
 WARMUP_ROUNDS = 3  # the watch's default --warmup
 ROUNDS_BEFORE_MOVE = WARMUP_ROUNDS + 2  # the baseline is taken, and two quiet rounds follow it
 
-POLICY_FILE = Path(__file__).parents[1] / "data" / "acceptance-policy.toml"
-POLICY_DIR = "/tmp/geoprobe-accept"  # where the policy as written keeps its key and hook
-POLICY_URL = "http://127.0.0.1:18080/geoprobe"  # and where it posts
 
 SECRET = os.urandom(4096)
 GEOPROBE = [sys.executable, "-m", "geoprobe"]
@@ -60,10 +59,8 @@ def accept(tmp_path: Path, webhook: Receiver, wonderproxy_dir: Path) -> dict[str
     hook = home / "hook.sh"
     hook.write_text(f"#!/bin/sh\ncat >> {home}/hook.got\necho >> {home}/hook.got\n")
     hook.chmod(0o755)
-    text = POLICY_FILE.read_text()
-    assert POLICY_DIR in text and POLICY_URL in text
     policy = tmp_path / "policy.toml"
-    policy.write_text(text.replace(POLICY_DIR, str(home)).replace(POLICY_URL, webhook.url))
+    policy.write_text(acceptance_policy(home, webhook.url))
     return {
         "dataset": wonderproxy_dir,
         "key": key,

@@ -33,7 +33,8 @@ def test_cbg_centroid_lies_in_its_region_and_region_respects_bestlines() -> None
         assert fix.method == "cbg" and fix.certified is None and fix.region is not None
         # An empty intersection (CBG's known weakness) is reported, not hidden.
         assert fix.region.area_km2 > 0 or any("empty intersection" in n for n in fix.notes)
-        # Every bestline radius is at most the sound radius (bestlines are never flatter than light).
+        # Every bestline radius is at most the sound radius (bestlines are never flatter than
+        # light).
         idx = [model.index[k] for k in rtts]
         r = np.array(list(rtts.values()))
         radius = (r - model.intercept[idx]) / model.slope[idx]

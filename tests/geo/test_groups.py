@@ -45,7 +45,8 @@ def test_unknown_code_names_it(bad: str) -> None:
 
 
 def test_groups_follow_the_split_territories() -> None:
-    """The point of the splits: an address in Cayenne is EU but not Schengen, Longyearbyen neither."""
+    """The point of the splits: an address in Cayenne is EU but not Schengen, Longyearbyen
+    neither."""
     index = default_index()
     assert index.code_at(4.93, -52.33) == "GF" and index.code_at(78.22, 15.65) == "SJ"
     assert "GF" in expand(["EU"]) and "GF" not in expand(["SCHENGEN"])

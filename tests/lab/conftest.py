@@ -1,4 +1,5 @@
-"""The lab lives in benchmarks/, outside the installed package: make it importable however pytest runs."""
+"""The lab lives in benchmarks/, outside the installed package: make it importable however pytest
+runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The lab's QMP client: against a scripted QMP peer, and against real QEMU processes when installed."""
+"""The lab's QMP client: against a scripted QMP peer, and against real QEMU processes when
+installed."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ needs_qemu = pytest.mark.skipif(
 
 
 class ScriptedQMP:
-    """A unix-socket peer speaking QMP's framing: greeting, replies, and an event before one reply."""
+    """A unix-socket peer speaking QMP's framing: greeting, replies, and an event before one
+    reply."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

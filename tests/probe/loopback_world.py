@@ -28,7 +28,8 @@ _hosts = itertools.count(0)
 
 
 def next_host() -> str:
-    """A fresh loopback address per responder (127.0.0.20-239), like the testbed's one-per-landmark."""
+    """A fresh loopback address per responder (127.0.0.20-239), like the testbed's
+    one-per-landmark."""
     return f"127.0.0.{20 + next(_hosts) % 220}"
 
 

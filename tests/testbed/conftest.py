@@ -1,4 +1,5 @@
-"""A small generic dataset (landmarks.csv + rtts.csv) on disk, with RTTs far apart enough to tell."""
+"""A small generic dataset (landmarks.csv + rtts.csv) on disk, with RTTs far apart enough to
+tell."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``geoprobe testbed run`` in a real subprocess, steered by ``testbed move``, probed for real over loopback."""
+"""``geoprobe testbed run`` in a real subprocess, steered by ``testbed move``, probed for real over
+loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,26 @@ from geoprobe.probe import measure
 from geoprobe.status import ExitStatus
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port_block(n: int) -> int:
+    """A first port such that it and the n - 1 after it are free on loopback (UDP and TCP) now."""
+    for _ in range(200):
+        base = random.randint(20000, 60000 - n)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    held.append(s)
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports on loopback")
 
 
 @contextmanager
@@ -122,7 +144,7 @@ def test_move_to_a_position_uses_the_model(tmp_path: Path, small_dataset_dir: Pa
 def test_lab_mode_one_address_shared_keys_and_advertised_address(
     tmp_path: Path, small_dataset_dir: Path
 ) -> None:
-    base = random.randint(42000, 60000)
+    base = free_port_block(6)  # one port per server of the small dataset
     keys = tmp_path / "keys"
     common = [
         "--dataset",

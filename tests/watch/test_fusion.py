@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from watch_world import make_fix
 
 from geoprobe import events
@@ -360,3 +361,22 @@ def test_outside_by_probability_alone_is_an_unknown_crossing() -> None:
     (c,) = confirmed(run(f, [Observation(None, STRASBOURG_WIDE) for _ in range(2)]))
     assert c.data["crossing"] is None and c.data["proof"] is False
     assert c.data["p_allowed"] == c.data["jurisdiction"]["p_allowed"] == 0.03
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("state", list(State), ids=str)
+def test_each_state_has_a_handler_headed_by_its_line_of_the_module_docstring(
+    state: State,
+) -> None:
+    import inspect
+
+    from geoprobe.watch import fusion
+
+    module_lines = [_flat(b) for b in (fusion.__doc__ or "").split("\n* ")[1:]]
+    handler = fusion.HANDLERS[state]
+    head = _flat(inspect.getdoc(handler).split("\n\n")[0])  # type: ignore[union-attr]
+    assert head in module_lines, (handler.__name__, head)
+    assert state.value in head.split(" -> ")[0].split("/"), (state, head)

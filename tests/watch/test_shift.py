@@ -1,4 +1,5 @@
-"""The fingerprint change test: quiet when nothing moved, firm on real moves, unmoved by added delay."""
+"""The fingerprint change test: quiet when nothing moved, firm on real moves, unmoved by added
+delay."""
 
 from __future__ import annotations
 

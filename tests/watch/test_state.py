@@ -1,4 +1,5 @@
-"""The watch tables: a fix and its fingerprint are stored together or not at all, even under kill -9."""
+"""The watch tables: a fix and its fingerprint are stored together or not at all, even under kill
+-9."""
 
 from __future__ import annotations
 

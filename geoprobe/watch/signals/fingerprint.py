@@ -222,7 +222,8 @@ def read_gateway(root: Path) -> dict[str, str | None]:
 
 
 def arp_lookup(ip: str, iface: str, timeout: float = 1.0) -> str | None:
-    """Ask for ``ip``'s MAC with an ARP request (scapy; needs root). Only when explicitly enabled."""
+    """Ask for ``ip``'s MAC with an ARP request (scapy; needs root). Only when explicitly
+    enabled."""
     from scapy.layers.l2 import ARP, Ether  # heavy import, only here
     from scapy.sendrecv import srp1
 

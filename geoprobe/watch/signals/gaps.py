@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from geoprobe.status import ExitStatus
 from geoprobe.watch.signals.base import Reading, robust_z, stop_child
 
 QEMU_THROTTLE_SLICE_MS = 10.0
@@ -116,7 +117,8 @@ def run_loop(
     min_gap_ms: float = 1.5,
     beat_s: float = 1.0,
 ) -> None:
-    """The sampling loop. ``on_gap(start_ns, excess_ns)``; ``on_beat(iterations, cpu_ns, wall_ns)``."""
+    """The sampling loop. ``on_gap(start_ns, excess_ns)``; ``on_beat(iterations, cpu_ns,
+    wall_ns)``."""
     period_ns = int(period_s * 1e9)
     min_ns = int(min_gap_ms * 1e6)
     clock = time.monotonic_ns
@@ -331,7 +333,8 @@ class GapSignal:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """The child process: gap lines and heartbeats on stdout until the reader goes away or SIGTERM."""
+    """The child process: gap lines and heartbeats on stdout until the reader goes away or
+    SIGTERM."""
     ap = argparse.ArgumentParser(prog="python -m geoprobe.watch.signals.gaps")
     ap.add_argument("--period", type=float, default=0.001)
     ap.add_argument("--min-gap-ms", type=float, default=1.5)
@@ -357,7 +360,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         pass
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def query(server: str, timeout: float = 1.0, clock: Callable[[], int] = time.tim
 
 
 class SntpServer:
-    """A tiny SNTP server on a thread. ``clock`` gives its time in ns (shift it to emulate a step)."""
+    """A tiny SNTP server on a thread. ``clock`` gives its time in ns (shift it to emulate a
+    step)."""
 
     def __init__(
         self,

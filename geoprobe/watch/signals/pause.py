@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from geoprobe.status import ExitStatus
 from geoprobe.watch.signals.base import Reading, stop_child
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -317,7 +318,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             pass
     except KeyboardInterrupt:
         pass
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":

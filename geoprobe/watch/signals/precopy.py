@@ -49,6 +49,7 @@ from typing import IO
 
 import numpy as np
 
+from geoprobe.status import ExitStatus
 from geoprobe.watch.signals.base import Reading, stop_child
 
 SYNC = "sync"
@@ -391,7 +392,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         pass
-    return 0
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":

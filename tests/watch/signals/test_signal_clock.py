@@ -21,7 +21,8 @@ from geoprobe.watch.signals.clock import ClockSignal, NtpClockSignal, StepDetect
 def _round(
     rng: random.Random, biases: dict[str, float], step: float = 0.0, noise: float = 0.5
 ) -> list[Measurement]:
-    """One probing round: every landmark's offset is its path bias plus the clock step plus noise."""
+    """One probing round: every landmark's offset is its path bias plus the clock step plus
+    noise."""
     out = []
     for lid, bias in biases.items():
         rtts = [10 + rng.expovariate(1.0) for _ in range(3)]
@@ -290,7 +291,8 @@ def test_a_round_spanning_the_step_splits_into_the_samples_after_it(
 def _timed_round(
     rng: random.Random, biases: dict[str, float], stepped: set[str], order: list[str]
 ) -> list[Measurement]:
-    """One sample per landmark, sent in ``order`` 10 ms apart; ``stepped`` ones carry a +50 ms step."""
+    """One sample per landmark, sent in ``order`` 10 ms apart; ``stepped`` ones carry a +50 ms
+    step."""
     out = []
     for k, lid in enumerate(order):
         off = biases[lid] + (50.0 if lid in stepped else 0.0) + rng.gauss(0, 0.5)

@@ -1,4 +1,5 @@
-"""First-write latency: scoring on the series measured under QEMU, and a real buffer disturbed for real.
+"""First-write latency: scoring on the series measured under QEMU, and a real buffer disturbed for
+real.
 
 The real disturbance is ``madvise(MADV_DONTNEED)``: the kernel drops the buffer's pages, so the
 next pass takes a fault on every page, as a hypervisor's write protection makes it do during
