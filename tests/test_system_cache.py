@@ -77,3 +77,32 @@ def test_units_verify(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "geoprobe" not in res.stderr, res.stderr  # no warning about any of our units
+
+
+def _directives(text: str, key: str) -> list[str]:
+    """Values of ``key=`` lines in a unit (continuation lines joined)."""
+    joined = text.replace("\\\n", " ")
+    return [line.split("=", 1)[1] for line in joined.splitlines() if line.startswith(f"{key}=")]
+
+
+def test_the_watch_does_not_restart_into_a_usage_error_or_bad_input() -> None:
+    """Click's usage error (an unreadable --policy, a bad option) exits 2 in the watch; the unit
+    restarted into it every 5 s until both were listed (seen in the lab's systemd guest)."""
+    from geoprobe.status import ExitStatus
+
+    text = (UNITS / "geoprobe-watch.service").read_text()
+    (prevent,) = _directives(text, "RestartPreventExitStatus")
+    assert {int(ExitStatus.USAGE), int(ExitStatus.ERROR)} <= {int(x) for x in prevent.split()}
+
+
+def test_the_report_only_dynamic_user_gets_the_policy_and_serves_its_metrics() -> None:
+    """A DynamicUser cannot read root's 0600 policy nor write root's textfile directory: the drop-in
+    hands the policy over as a credential and serves the metrics instead (the lab's systemd guest
+    showed both)."""
+    text = (UNITS / "geoprobe-watch-report-only.conf").read_text()
+    assert _directives(text, "DynamicUser") == ["yes"]
+    assert _directives(text, "LoadCredential") == ["policy.toml:/etc/geoprobe/policy.toml"]
+    start = _directives(text, "ExecStart")[-1].split()
+    assert start[start.index("--policy") + 1] == "%d/policy.toml"
+    assert "--metrics" not in start and "--metrics-listen" in start
+    assert not _directives(text, "ReadWritePaths")

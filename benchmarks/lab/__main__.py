@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import luks
+from . import luks, units
 from .build import BuildError, build_guest, default_cache, need_tools, snapshot_source
 from .netns import remove_stale
 from .programs import DEFAULT_WATCH, RUN_SH, SECRET, clock_program, geoprobe_program
@@ -121,6 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     mode.add_argument("--build-only", action="store_true", help="build the cached guest and stop")
     luks.add_options(ap, mode)
+    units.add_options(ap, mode)
     ap.add_argument(
         "--kinds",
         default=None,
@@ -269,6 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs = 10 if args.full else 1
     if args.busy_runs is None:
         args.busy_runs = 2 if args.full else 1
+    if args.budget is None and args.units:
+        args.budget = UNITS_BUDGET_S
     if args.budget is None and not args.full and not args.build_only:
         args.budget = SMOKE_BUDGET_S
     return args
@@ -337,6 +340,8 @@ def expand_kinds(spec: str) -> list[str]:
 MIN_BOOT_S = 60.0
 # The smoke's link: pre-copy of the idle guest lasts about 8 s instead of 1.5-4 s.
 SMOKE_BANDWIDTH = 32 << 20
+# The units scenario: systemd's boot under TCG, the watch's first round twice, one check.
+UNITS_BUDGET_S = 900.0
 # CI's limit for the smoke is 10 minutes; leave a minute for QEMU's and the namespaces' teardown.
 SMOKE_BUDGET_S = 540.0
 # What one smoke run needs after the build: boot to the first fix (~45-95 s under TCG here), settle,
@@ -616,8 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine,
         measure_dirty_rate=not args.no_dirty_rate,
     )
-    if args.luks:
-        rc = luks.run(args, lab, log, digest)
+    if args.luks or args.units:
+        rc = (luks if args.luks else units).run(args, lab, log, digest)
         if not args.keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
         return rc

@@ -47,6 +47,9 @@ PACKAGES = (
     "dmsetup",
     "clevis",
     "clevis-luks",
+    # The units scenario (benchmarks/lab/units.py) boots systemd as PID 1 to start the shipped
+    # units (init=/sbin/lab-systemd-init); every other scenario keeps /sbin/lab-init.
+    "systemd",
 )
 # What bookworm lacks at the version geoprobe needs: shapely 1.8 (geoprobe uses the 2.x API),
 # maxminddb 2.2 (geoprobe needs the decoding limits of 3.2), geoip2 4.6 and prometheus_client 0.16.
@@ -72,10 +75,12 @@ for m in $(cat /modules.order); do insmod /lib/modules/$m 2>/dev/null; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
 mount -t ext4 -o ro /dev/vda /newroot || { echo "LAB-PANIC: cannot mount /dev/vda"; poweroff -f; }
+init=/sbin/lab-init
+for arg in $(cat /proc/cmdline); do case "$arg" in init=*) init="${arg#init=}";; esac; done
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/lab-init
+exec switch_root /newroot "$init"
 """
 
 # PID 1 inside the guest. The root stays read-only; everything writable is tmpfs.
@@ -94,6 +99,37 @@ if [ -x /lab/run.sh ]; then /lab/run.sh; rc=$?; else echo "LAB-WARN: no /lab/run
 echo "LAB-EXIT rc=$rc"
 sync
 busybox poweroff -f
+"""
+
+
+# PID 1 of the units scenario (kernel append init=/sbin/lab-systemd-init): prepares what systemd
+# needs on the read-only root, then becomes systemd. /etc and /var become tmpfs copies of the root's
+# (systemctl enable, daemon-reload, StateDirectory= and CacheDirectory= write there), the run disk
+# goes on /lab and eth0 is configured as lab-init does it. lab-run.service runs /lab/run.sh on the
+# console once multi-user.target is reached; the gettys and the first-boot prompt are masked.
+LAB_SYSTEMD_INIT = """#!/bin/sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+for d in /etc /var; do
+    mount -t tmpfs -o mode=0755 tmpfs /mnt && cp -a "$d/." /mnt/ && mount -n --move /mnt "$d"
+done
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t ext4 -o ro /dev/vdb /lab 2>/dev/null || echo "LAB-WARN: no run disk"
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
+u=/etc/systemd/system
+for m in serial-getty@ttyS0 getty@tty1 console-getty systemd-firstboot; do
+    ln -sf /dev/null "$u/$m.service"
+done
+printf '%s\n' '[Unit]' 'Description=geoprobe lab: /lab/run.sh on the console' \
+    'After=multi-user.target' '[Service]' 'Type=simple' 'ExecStart=/lab/run.sh' \
+    'StandardOutput=tty' 'StandardError=tty' > "$u/lab-run.service"
+mkdir -p "$u/multi-user.target.wants"
+ln -sf "$u/lab-run.service" "$u/multi-user.target.wants/lab-run.service"
+echo "LAB-SYSTEMD-EXEC uptime=$(cut -d' ' -f1 /proc/uptime)"
+exec /lib/systemd/systemd
 """
 
 
@@ -144,7 +180,9 @@ def default_cache() -> Path:
 def _key() -> str:
     """Changes whenever what goes into the image changes, so a stale cache is never reused."""
     h = hashlib.sha256(
-        "\n".join((SUITE, *PACKAGES, *PYPI_WHEELS, INITRAMFS_INIT, LAB_INIT)).encode()
+        "\n".join(
+            (SUITE, *PACKAGES, *PYPI_WHEELS, INITRAMFS_INIT, LAB_INIT, LAB_SYSTEMD_INIT)
+        ).encode()
     )
     return h.hexdigest()[:12]
 
@@ -422,6 +460,8 @@ def build_guest(
         ) from exc
     (rootfs / "sbin" / "lab-init").write_text(LAB_INIT)
     (rootfs / "sbin" / "lab-init").chmod(0o755)
+    (rootfs / "sbin" / "lab-systemd-init").write_text(LAB_SYSTEMD_INIT)
+    (rootfs / "sbin" / "lab-systemd-init").chmod(0o755)
     (rootfs / "etc" / "hostname").write_text("geoprobe-guest\n")
     (rootfs / "lab").mkdir(exist_ok=True)  # the run disk's mount point (the root is read-only)
     for old in cache.glob("guest-*"):  # images of an older recipe: 2 GB each

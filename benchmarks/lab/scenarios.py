@@ -134,6 +134,7 @@ class Lab:
     qemu_args: tuple[str, ...] = ()  # extra QEMU arguments, the same at both ends
     machine: str = "pc"
     measure_dirty_rate: bool = True  # calc-dirty-rate in runs without a migration
+    kernel_args: str = ""  # appended to the kernel command line (the units scenario's init=)
     _fitted: set[str] = field(
         default_factory=set, init=False, repr=False
     )  # guest catalogues already in the cache
@@ -183,6 +184,7 @@ class Lab:
                 accel=self.accel,
                 extra=self.qemu_args,
                 machine=self.machine,
+                append=f"{MachineSpec.append} {self.kernel_args}".strip(),
             )
             src = QemuProcess("src", spec, sites[0].ns, wd).start()
             self._vms = [src]
