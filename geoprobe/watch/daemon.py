@@ -616,7 +616,9 @@ class Watcher:
             self.baseline.add(rtts)
             if self.last_fix is None:
                 self._record_fix(fix, rtts, now, out)  # the first fix, as soon as there is one
-            if self.baseline.fix is None and self._home_here():
+            if self.baseline.fix is None:
+                self.baseline.fix = fix  # what the next warm-up rounds' moves are measured from
+            if self.fusion.home_fix is None and self._home_here():
                 self.baseline.fix = fix
                 self.fusion.rebaseline(fix)
                 if self._choose_probed(fix):

@@ -556,6 +556,22 @@ def test_a_first_round_that_spans_a_move_is_never_the_home(
     assert w.fusion.state == State.OUTSIDE and w.fusion.home_fix is None
 
 
+def test_a_first_round_astride_the_border_waits_for_a_second_before_it_is_home(
+    catalogue: Catalogue, tmp_path: Path
+) -> None:
+    """Basel, where DE, FR and CH meet: the first round is judged astride the border, so it is no
+    home yet, but later warm-up rounds are still measured against its fix (a move under the
+    warm-up's 100 km is no move), and the second round makes it home."""
+    world = World((47.56, 7.59), seed=1)
+    w, emitted, _ = make_watcher(catalogue, world, tmp_path)
+    w.round()
+    assert w.fusion.verdict is not None and w.fusion.verdict.verdict == "straddles"
+    assert w.fusion.home_fix is None and w.baseline.fix is not None
+    assert types(emitted) == [events.FIX]  # the first fix is told at once all the same
+    w.round()
+    assert w.fusion.home_fix is not None and w.fusion.state == State.NORMAL
+
+
 def test_a_move_within_the_allowed_set_during_warm_up_stays_out_of_the_baseline(
     catalogue: Catalogue, tmp_path: Path
 ) -> None:
