@@ -32,8 +32,9 @@ fixes() {
     n=$(grep -c '"io.geoprobe.location.fix"' "$EVENTS" 2>/dev/null)
     echo "${n:-0}"
 }
-restarts() { systemctl show -p NRestarts --value "$WATCH"; }
-main_pid() { systemctl show -p MainPID --value "$1"; }
+prop() { systemctl show -p "$2" --value "$1"; }  # prop UNIT PROPERTY
+restarts() { prop "$WATCH" NRestarts; }
+main_pid() { prop "$1" MainPID; }
 env_of() { tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep "^$2=" | cut -d= -f2-; }
 SCRAPE=http://127.0.0.1:9464/metrics  # the report-only drop-in's --metrics-listen
 metrics_text() {
@@ -159,7 +160,7 @@ else
 fi
 t1=$(up)
 systemctl stop "$WATCH"
-result=$(systemctl show -p Result --value "$WATCH")
+result=$(prop "$WATCH" Result)
 if [ "$result" = success ] && ! systemctl is-failed -q "$WATCH"; then
     pass watch-stop "stopped in $(since "$t1") s, result $result, geoprobe_up $(metric geoprobe_up)"
 else
@@ -170,8 +171,8 @@ fi
 # --- the check, once, as the timer runs it ------------------------------------------------------
 t1=$(up)
 systemctl start "$CHECK"
-result=$(systemctl show -p Result --value "$CHECK")
-status=$(systemctl show -p ExecMainStatus --value "$CHECK")
+result=$(prop "$CHECK" Result)
+status=$(prop "$CHECK" ExecMainStatus)
 line=$(journalctl -u "$CHECK" -o cat --no-pager | grep '^GEOPROBE' | tail -1)
 figure check_s "$(since "$t1")"
 case "$result:$status" in
@@ -208,7 +209,7 @@ sleep 2
 pid=$(main_pid "$WATCH")
 uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
 if systemctl is-active -q "$WATCH" && [ -n "$uid" ] && [ "$uid" != 0 ]; then
-    pass report-only-active "active as dynamic user uid $uid ($(systemctl show -p User --value "$WATCH"))"
+    pass report-only-active "active as dynamic user uid $uid ($(prop "$WATCH" User))"
 else
     fail report-only-active "$(systemctl is-active "$WATCH"), uid '$uid'"
 fi
